@@ -1,0 +1,221 @@
+//! The second config layer: typed, validated, ready to run. Everything here is plain data
+//! (`Clone + PartialEq`) so that `diff` can compare two generations field by field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this config was read from (relative paths inside it resolve against its folder).
+    pub source: Option<PathBuf>,
+    pub runtime: Runtime,
+    pub admin: Admin,
+    pub plugins: Plugins,
+    pub reload: Reload,
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    /// 0 = one per available core.
+    pub worker_threads: usize,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Serve the request with the native policy and count the failure.
+    Fallback,
+    /// Answer 503.
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plugins {
+    pub dir: PathBuf,
+    pub call_timeout: Duration,
+    pub memory_limit: u64,
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    pub watch: bool,
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// The public face of a listener: what clients typed, used for `X-Forwarded-*` and `Forwarded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    pub scheme: Scheme,
+    /// `host[:port]` as clients see it.
+    pub authority: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRef {
+    pub plugin: String,
+    /// The plugin's `config` table as JSON text (what `lifecycle.init` receives).
+    pub config_json: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub advertise: Option<Advertise>,
+    pub pool: String,
+    pub router: Option<PluginRef>,
+    pub proxy_protocol: bool,
+    pub tls: Option<Tls>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub sni: Vec<SniCert>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniCert {
+    /// Exact name or `*.suffix` wildcard, lower-case.
+    pub server_name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    /// 0 = unlimited (streamed).
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    pub resolve_interval: Duration,
+    pub balancer: PluginRef,
+    pub failover: Option<PluginRef>,
+    pub timeouts: Timeouts,
+    pub retry: Retry,
+    pub passive: Passive,
+    pub health: Option<Health>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Per try: from sending the request to the response head.
+    pub request: Duration,
+    /// How long a pooled upstream connection may sit idle.
+    pub idle: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub budget: f64,
+    pub buffer_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passive {
+    /// 0 disables passive health.
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub port: Option<u16>,
+    /// `None`: a TCP connect check.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub initial_delay: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub expect_status: StatusRange,
+    pub expect_body: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+/// Where an endpoint lives: an address now, or a name re-resolved every `resolve_interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    Socket(SocketAddr),
+    Host { host: String, port: u16 },
+}
+
+impl std::fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointAddress::Socket(addr) => write!(f, "{addr}"),
+            EndpointAddress::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub address: EndpointAddress,
+    pub weight: u32,
+    pub zone: String,
+    pub backup: bool,
+}

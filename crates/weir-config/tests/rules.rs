@@ -1,0 +1,374 @@
+//! One inline-TOML test per validation rule: each checks the key, the line and the message.
+
+use std::path::Path;
+use weir_config::{ConfigError, parse};
+
+const BASE: &str = r#"
+[[listener]]
+name = "client"
+bind = "127.0.0.1:18080"
+pool = "app"
+
+[[pool]]
+name = "app"
+[[pool.endpoint]]
+address = "127.0.0.1:9001"
+"#;
+
+fn errors(src: &str) -> Vec<ConfigError> {
+    match parse(src, Path::new("test.toml")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0,
+    }
+}
+
+/// Asserts exactly one error, on `key`, at `line`, whose message contains `needle`.
+#[track_caller]
+fn assert_one(src: &str, key: &str, line: usize, needle: &str) {
+    let errs = errors(src);
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
+    let e = &errs[0];
+    assert_eq!(e.key, key, "{e}");
+    assert_eq!(e.line, line, "{e}");
+    assert!(e.message.contains(needle), "{e}");
+    assert_eq!(e.file, Path::new("test.toml"));
+    let shown = e.to_string();
+    assert!(shown.starts_with(&format!("test.toml:{line}:")), "{shown}");
+}
+
+#[test]
+fn base_is_valid_with_defaults() {
+    let c = parse(BASE, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners.len(), 1);
+    let pool = &c.pools[0];
+    assert_eq!(pool.balancer.plugin, "round-robin");
+    assert_eq!(pool.passive.max_fails, 3);
+    assert_eq!(pool.timeouts.connect, std::time::Duration::from_secs(1));
+    assert_eq!(c.listeners[0].limits.max_headers, 100);
+    assert_eq!(c.admin.bind.to_string(), "127.0.0.1:9901");
+}
+
+#[test]
+fn duplicate_listener_names() {
+    let src = format!(
+        "{BASE}\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:18081\"\npool = \"app\"\n"
+    );
+    assert_one(
+        &src,
+        "listener[1].name",
+        13,
+        "duplicate listener name `client`",
+    );
+}
+
+#[test]
+fn duplicate_pool_names() {
+    let src = format!(
+        "{BASE}\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:9002\"\n"
+    );
+    assert_one(&src, "pool[1].name", 13, "duplicate pool name `app`");
+}
+
+#[test]
+fn two_listeners_on_one_address() {
+    let src =
+        format!("{BASE}\n[[listener]]\nname = \"p2p\"\nbind = \"0.0.0.0:18080\"\npool = \"app\"\n");
+    assert_one(&src, "listener[1].bind", 14, "already binds");
+}
+
+#[test]
+fn port_zero_listeners_never_collide() {
+    let src = BASE.replace("127.0.0.1:18080", "127.0.0.1:0")
+        + "\n[[listener]]\nname = \"p2p\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n";
+    assert!(errors(&src).is_empty());
+}
+
+#[test]
+fn listener_names_unknown_pool() {
+    let src = BASE.replace("pool = \"app\"", "pool = \"nope\"");
+    assert_one(&src, "listener[0].pool", 5, "unknown pool `nope`");
+    assert!(
+        errors(&src)[0]
+            .help
+            .as_deref()
+            .unwrap_or("")
+            .contains("app")
+    );
+}
+
+#[test]
+fn endpoint_address_that_does_not_parse() {
+    let src = BASE.replace("127.0.0.1:9001", "127.0.0.1");
+    assert_one(&src, "pool[0].endpoint[0].address", 10, "no port");
+    let src = BASE.replace("127.0.0.1:9001", "bad host!:80");
+    assert_one(&src, "pool[0].endpoint[0].address", 10, "neither an IP");
+}
+
+#[test]
+fn endpoint_hostnames_are_accepted() {
+    let src = BASE.replace("127.0.0.1:9001", "api.internal:9080");
+    let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.pools[0].endpoints[0].address.to_string(),
+        "api.internal:9080"
+    );
+}
+
+#[test]
+fn duration_with_space() {
+    let src = format!("{BASE}[pool.passive]\nfail_timeout = \"5 s\"\n");
+    assert_one(&src, "pool[0].passive.fail_timeout", 12, "invalid duration");
+}
+
+#[test]
+fn max_fails_zero_with_fail_timeout() {
+    let src = format!("{BASE}[pool.passive]\nmax_fails = 0\nfail_timeout = \"5s\"\n");
+    assert_one(&src, "pool[0].passive.max_fails", 12, "max_fails = 0");
+}
+
+#[test]
+fn missing_cert_file() {
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.tls]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
+    );
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!(errs[0].key, "listener[0].tls.cert");
+    assert_eq!(errs[0].line, 7);
+    assert!(errs[0].message.contains("nope.pem"));
+    assert_eq!(errs[1].key, "listener[0].tls.key");
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let src = BASE.replace("pool = \"app\"\n", "pool = \"app\"\nbnid = \"x\"\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, 6, "{}", errs[0]);
+    assert!(
+        errs[0].message.contains("unknown field `bnid`"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let src = format!("{BASE}\n[pool.timeouts\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, 12, "{}", errs[0]);
+}
+
+#[test]
+fn bad_bind_address() {
+    let src = BASE.replace("127.0.0.1:18080", "localhost");
+    assert_one(&src, "listener[0].bind", 4, "not an ip:port");
+}
+
+#[test]
+fn bad_advertise() {
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nadvertise = \"lb.example.com\"\n",
+    );
+    assert_one(&src, "listener[0].advertise", 6, "http:// or https://");
+}
+
+#[test]
+fn advertise_parses() {
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nadvertise = \"https://lb.example.com:9080\"\n",
+    );
+    let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let adv = c.listeners[0]
+        .advertise
+        .clone()
+        .unwrap_or_else(|| panic!("advertise"));
+    assert_eq!(adv.authority, "lb.example.com:9080");
+    assert_eq!(adv.scheme.as_str(), "https");
+}
+
+#[test]
+fn pool_without_endpoints() {
+    let src = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\n";
+    assert_one(src, "pool[0].name", 6, "no endpoints");
+}
+
+#[test]
+fn duplicate_endpoint() {
+    let src = format!("{BASE}[[pool.endpoint]]\naddress = \"127.0.0.1:9001\"\n");
+    assert_one(&src, "pool[0].endpoint[1].address", 12, "listed twice");
+}
+
+#[test]
+fn weight_zero() {
+    let src = format!("{BASE}weight = 0\n");
+    assert_one(
+        &src,
+        "pool[0].endpoint[0].weight",
+        11,
+        "between 1 and 10000",
+    );
+}
+
+#[test]
+fn health_status_range() {
+    let src = format!("{BASE}[pool.health]\nexpect_status = \"399-200\"\n");
+    assert_one(&src, "pool[0].health.expect_status", 12, "reversed");
+}
+
+#[test]
+fn health_port_out_of_range() {
+    let src = format!("{BASE}[pool.health]\nport = 70000\n");
+    assert_one(&src, "pool[0].health.port", 12, "not a port");
+}
+
+#[test]
+fn health_thresholds_positive() {
+    let src = format!("{BASE}[pool.health]\nhealthy_threshold = 0\n");
+    assert_one(&src, "pool[0].health.healthy_threshold", 12, "between 1");
+}
+
+#[test]
+fn health_path_must_be_absolute() {
+    let src = format!("{BASE}[pool.health]\npath = \"upcheck\"\n");
+    assert_one(&src, "pool[0].health.path", 12, "must start with `/`");
+}
+
+#[test]
+fn retry_budget_range() {
+    let src = format!("{BASE}[pool.retry]\nbudget = -1.0\n");
+    assert_one(&src, "pool[0].retry.budget", 12, "ratio");
+}
+
+#[test]
+fn retry_max_attempts_positive() {
+    let src = format!("{BASE}[pool.retry]\nmax_attempts = 0\n");
+    assert_one(&src, "pool[0].retry.max_attempts", 12, "between 1");
+}
+
+#[test]
+fn plugins_on_error_values() {
+    let src = format!("[plugins]\non_error = \"explode\"\n{BASE}");
+    assert_one(&src, "plugins.on_error", 2, "unknown value");
+}
+
+#[test]
+fn plugins_memory_limit_size() {
+    let src = format!("[plugins]\nmemory_limit = \"16 MiB\"\n{BASE}");
+    assert_one(&src, "plugins.memory_limit", 2, "invalid size");
+}
+
+#[test]
+fn plugin_name_is_a_file_stem() {
+    let src = format!("{BASE}\n[pool.balancer]\nplugin = \"../evil\"\n");
+    assert_one(&src, "pool[0].balancer.plugin", 13, "invalid plugin name");
+}
+
+#[test]
+fn plugin_config_becomes_json() {
+    let src = format!(
+        "{BASE}\n[pool.failover]\nplugin = \"retry-idempotent\"\nconfig = {{ max_attempts = 3, on_status = [502, 503] }}\n"
+    );
+    let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let f = c.pools[0]
+        .failover
+        .clone()
+        .unwrap_or_else(|| panic!("failover"));
+    let v: serde_json::Value = serde_json::from_str(&f.config_json).unwrap_or_default();
+    assert_eq!(v["max_attempts"], 3);
+    assert_eq!(v["on_status"][1], 503);
+}
+
+#[test]
+fn admin_non_loopback_needs_token() {
+    let src = format!("[admin]\nbind = \"0.0.0.0:9901\"\n{BASE}");
+    assert_one(&src, "admin.bind", 2, "without a token");
+}
+
+#[test]
+fn admin_token_env_is_enough() {
+    let src = format!("[admin]\nbind = \"0.0.0.0:9901\"\ntoken_env = \"WEIR_TOKEN\"\n{BASE}");
+    assert!(errors(&src).is_empty());
+}
+
+#[test]
+fn listener_clashes_with_admin() {
+    let src = BASE.replace("127.0.0.1:18080", "127.0.0.1:9901");
+    assert_one(&src, "listener[0].bind", 4, "admin API");
+}
+
+#[test]
+fn limits_zero_timeout() {
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.limits]\nheader_timeout = \"0s\"\n",
+    );
+    assert_one(
+        &src,
+        "listener[0].limits.header_timeout",
+        7,
+        "greater than zero",
+    );
+}
+
+#[test]
+fn max_body_bytes_accepts_int_and_string() {
+    for value in ["\"10MiB\"", "10485760"] {
+        let src = BASE.replace(
+            "pool = \"app\"\n",
+            &format!("pool = \"app\"\n[listener.limits]\nmax_body_bytes = {value}\n"),
+        );
+        let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listeners[0].limits.max_body_bytes, 10 << 20);
+    }
+}
+
+#[test]
+fn sni_wildcard_names() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for f in ["a.pem", "a.key"] {
+        std::fs::write(dir.path().join(f), "x").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n[[listener.tls.sni]]\nserver_name = \"*.Example.org\"\ncert = \"a.pem\"\nkey = \"a.key\"\n[[listener.tls.sni]]\nserver_name = \"a.*.org\"\ncert = \"a.pem\"\nkey = \"a.key\"\n",
+    );
+    let errs = match parse(&src, &dir.path().join("weir.toml")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0,
+    };
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].key, "listener[0].tls.sni[1].server_name");
+}
+
+#[test]
+fn every_error_is_reported() {
+    let src = BASE
+        .replace("127.0.0.1:9001", "nope")
+        .replace("pool = \"app\"", "pool = \"x\"");
+    assert_eq!(errors(&src).len(), 2);
+}
+
+#[test]
+fn no_listener() {
+    let src = "[[pool]]\nname = \"p\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:1\"\n";
+    let errs = errors(src);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].message.contains("no [[listener]]"));
+}
+
+#[test]
+fn unreadable_file_names_it() {
+    let err = weir_config::load(Path::new("/nonexistent/weir.toml"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("/nonexistent/weir.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
