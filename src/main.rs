@@ -1,1 +1,150 @@
-fn main() {}
+//! `weir`: the command line. Thin on purpose: parse arguments, set up logging and the runtime,
+//! hand over to weir-core. See DESIGN §4 for the contract.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weir_core::{Gateway, NativePolicies, PolicyFactory};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "A programmable HTTP gateway: reverse proxy and load balancer"
+)]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with the given config.
+    Run {
+        #[arg(long, short, default_value = "config/weir.toml")]
+        config: PathBuf,
+    },
+    /// Parse, validate and load everything the config references, then exit: 0 when good,
+    /// 1 with every error.
+    Check {
+        #[arg(long, short, default_value = "config/weir.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn policies() -> Arc<dyn PolicyFactory> {
+    Arc::new(NativePolicies)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match weir_config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            return ExitCode::from(1);
+        }
+    };
+    let errors = weir_core::gateway::check(&config, policies().as_ref());
+    if errors.is_empty() {
+        println!(
+            "{}: ok ({} listener(s), {} pool(s))",
+            path.display(),
+            config.listeners.len(),
+            config.pools.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        for e in &errors {
+            eprintln!("error: {}: {e}", path.display());
+        }
+        eprintln!("{}: {} error(s)", path.display(), errors.len());
+        ExitCode::from(1)
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match weir_config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = match builder.enable_all().thread_name("weir-worker").build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: weir_config::Config) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let gateway = match Gateway::start(config, policies()).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("error: cannot install signal handlers");
+        return ExitCode::from(1);
+    };
+    tracing::info!("weir is serving");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not available in this build yet"),
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    let clean = gateway.shutdown().await;
+    tracing::info!(clean, "stopped");
+    ExitCode::SUCCESS
+}

@@ -1,1 +1,20 @@
+//! weir's data plane: listeners and the strict HTTP front, the proxy path, upstream pools,
+//! generations and the admin API. Knows nothing of wasmtime: policies come in through the
+//! traits of [`policy`].
 
+pub mod admin;
+pub mod body;
+pub mod error;
+pub mod front;
+pub mod gateway;
+pub mod generation;
+pub mod headers;
+pub mod listener;
+pub mod policy;
+pub mod proxy;
+pub mod state;
+pub mod tls;
+pub mod upstream;
+
+pub use gateway::{Gateway, StartError};
+pub use generation::{NativePolicies, PolicyFactory};

@@ -1,1 +1,35 @@
+//! Test harness for weir: real upstream servers on `127.0.0.1:0`, the gateway started from inline
+//! TOML (in-process, or as the real `weir` binary), and h1 / h2 / TLS / WebSocket clients.
+//! A new end-to-end case should be about five lines:
+//!
+//! ```ignore
+//! let up = Upstream::start("a").await;
+//! let gw = TestGateway::start(&one_pool(&[&up])).await;
+//! let reply = get(&gw.url("client", "/")).await;
+//! assert_eq!(reply.status, 200);
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
+pub mod client;
+pub mod launch;
+pub mod upstream;
+
+pub use certs::TestCerts;
+pub use client::{Reply, get, h2c_get, raw_exchange, request, tls_get};
+pub use launch::{TestGateway, WeirProcess, free_port, one_pool};
+pub use upstream::Upstream;
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: std::time::Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

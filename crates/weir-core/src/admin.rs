@@ -1,0 +1,285 @@
+//! The admin API (DESIGN §5) on its own listener: probes, status, and the runtime controls an
+//! operator needs for a rolling update (drain / enable an endpoint, flip readiness). Mutating
+//! calls need `Authorization: Bearer <token>` when a token is configured.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Shared;
+
+/// Reads the admin token from `token_file` or `token_env`; `None` when neither is configured.
+pub fn load_token(admin: &weir_config::Admin) -> Result<Option<String>, String> {
+    if let Some(path) = &admin.token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read admin token file {}: {e}", path.display()))?;
+        let token = text.trim().to_string();
+        if token.is_empty() {
+            return Err(format!("admin token file {} is empty", path.display()));
+        }
+        return Ok(Some(token));
+    }
+    if let Some(var) = &admin.token_env {
+        let token =
+            std::env::var(var).map_err(|_| format!("admin token variable {var} is not set"))?;
+        return Ok(Some(token.trim().to_string()));
+    }
+    Ok(None)
+}
+
+pub struct Admin {
+    shared: Arc<Shared>,
+    token: Option<String>,
+}
+
+pub fn spawn(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    token: Option<String>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let admin = Arc::new(Admin { shared, token });
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: &str) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+impl Admin {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Some(given) = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        given
+            .strip_prefix("Bearer ")
+            .is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes()))
+    }
+
+    async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> AdminResponse {
+        let path = req.uri().path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (req.method(), segments.as_slice()) {
+            (&Method::GET, ["livez"]) => text(StatusCode::OK, "ok"),
+            (&Method::GET, ["readyz"]) => {
+                if self.shared.is_ready() {
+                    text(StatusCode::OK, "ready")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }
+            (&Method::GET, ["startupz"]) => {
+                if self.shared.is_started() {
+                    text(StatusCode::OK, "started")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }
+            (&Method::GET, ["api", "v1", "status"]) => {
+                json_response(StatusCode::OK, &self.status())
+            }
+            (m, ["api", "v1", ..]) if m != Method::GET && !self.authorized(&req) => {
+                let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                r
+            }
+            (&Method::PUT, ["api", "v1", "readiness"]) => match read_json(req).await {
+                Ok(v) => match v.get("ready").and_then(|r| r.as_bool()) {
+                    Some(ready) => {
+                        self.shared.set_ready(ready);
+                        tracing::info!(ready, "readiness set through the admin API");
+                        json_response(StatusCode::OK, &json!({ "ready": ready }))
+                    }
+                    None => text(StatusCode::BAD_REQUEST, "expected {\"ready\": true|false}"),
+                },
+                Err(e) => text(StatusCode::BAD_REQUEST, &e),
+            },
+            (
+                &Method::POST,
+                [
+                    "api",
+                    "v1",
+                    "pools",
+                    pool,
+                    "endpoints",
+                    address,
+                    action @ ("drain" | "enable"),
+                ],
+            ) => {
+                let address = percent_decode(address);
+                let generation = self.shared.generation.load();
+                let Some(p) = generation.pool(pool) else {
+                    return text(StatusCode::NOT_FOUND, &format!("no pool `{pool}`"));
+                };
+                let Some(e) = p.endpoints.iter().find(|e| e.label == address) else {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        &format!("no endpoint `{address}` in pool `{pool}`"),
+                    );
+                };
+                let drained = *action == "drain";
+                e.set_drained(drained);
+                tracing::info!(pool, endpoint = %address, drained, "endpoint drain changed through the admin API");
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "pool": pool, "endpoint": address, "drained": drained }),
+                )
+            }
+            (_, ["livez" | "readyz" | "startupz"]) | (_, ["api", "v1", "status"]) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let g = self.shared.generation.load();
+        let listeners: Vec<_> = g
+            .listeners
+            .iter()
+            .map(|l| {
+                json!({
+                    "name": l.name,
+                    "bind": l.config.bind.to_string(),
+                    "pool": g.pools.get(l.pool).map(|p| p.name.as_str()),
+                    "tls": l.config.tls.is_some(),
+                })
+            })
+            .collect();
+        let pools: Vec<_> = g
+            .pools
+            .iter()
+            .map(|p| {
+                let endpoints: Vec<_> = p
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.label,
+                            "id": e.id,
+                            "healthy": e.is_healthy(),
+                            "drained": e.is_drained(),
+                            "weight": e.weight(),
+                            "backup": e.is_backup(),
+                            "zone": e.zone,
+                            "in_flight": e.in_flight(),
+                            "requests": e.requests(),
+                            "idle_connections": e.idle_connections(),
+                        })
+                    })
+                    .collect();
+                json!({ "name": p.name, "balancer": p.config.balancer.plugin, "endpoints": endpoints })
+            })
+            .collect();
+        json!({
+            "generation": g.id,
+            "ready": self.shared.is_ready(),
+            "draining": self.shared.is_draining(),
+            "listeners": listeners,
+            "pools": pools,
+        })
+    }
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, String> {
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read body: {e}"))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))
+}
+
+/// Decodes `%3A` and friends in a path segment (endpoint addresses contain `:` and `[`).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(
+                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                16,
+            )
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,94 @@
+//! Errors of the proxy path and the one table from error kind to the HTTP answer the client gets.
+//! Bodies are short plain text naming the cause, never upstream internals.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ProxyBody;
+use crate::front::ActivityToken;
+
+/// Which side a failure came from: decides status, retryability and how it is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No endpoint of the pool is eligible (all down, drained or tried).
+    NoEndpoint,
+    ConnectFailed,
+    ConnectTimeout,
+    /// The connection broke before a response head arrived.
+    UpstreamReset,
+    ResponseTimeout,
+    /// The client's body was malformed, too large or too slow.
+    ClientBody {
+        status: u16,
+    },
+    /// The listener was removed by a reload while the request was arriving.
+    ListenerGone,
+    /// A router answered locally.
+    Local {
+        status: u16,
+    },
+    Draining,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        let code = match self {
+            ProxyError::NoEndpoint | ProxyError::ListenerGone | ProxyError::Draining => 503,
+            ProxyError::ConnectFailed | ProxyError::UpstreamReset => 502,
+            ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => 504,
+            ProxyError::ClientBody { status } | ProxyError::Local { status } => status,
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            ProxyError::NoEndpoint => "no upstream endpoint available",
+            ProxyError::ConnectFailed => "upstream connect failed",
+            ProxyError::ConnectTimeout => "upstream connect timed out",
+            ProxyError::UpstreamReset => "upstream closed the connection before responding",
+            ProxyError::ResponseTimeout => "upstream response timed out",
+            ProxyError::ClientBody { status: 413 } => "request body too large",
+            ProxyError::ClientBody { status: 408 } => "request body timeout",
+            ProxyError::ClientBody { .. } => "malformed request body",
+            ProxyError::ListenerGone => "listener is being removed",
+            ProxyError::Local { .. } => "",
+            ProxyError::Draining => "gateway is shutting down",
+        }
+    }
+
+    pub fn response(self, activity: ActivityToken) -> Response<ProxyBody> {
+        local_response(
+            self.status(),
+            self.message(),
+            self == ProxyError::NoEndpoint,
+            activity,
+        )
+    }
+}
+
+/// A short plain-text answer from the gateway itself.
+pub fn local_response(
+    status: StatusCode,
+    message: &str,
+    retry_after: bool,
+    activity: ActivityToken,
+) -> Response<ProxyBody> {
+    let body = if message.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::from(format!("{message}\n"))
+    };
+    let mut resp = Response::new(ProxyBody::full(body, activity));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::VIA, HeaderValue::from_static("1.1 weir"));
+    if retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}

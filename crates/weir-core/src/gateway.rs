@@ -1,0 +1,211 @@
+//! The gateway's lifecycle: build the first generation, bind every listener and the admin API,
+//! serve, and shut down gracefully (readiness off, stop accepting, let in-flight requests finish
+//! within `shutdown_timeout`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_config::Config;
+
+use crate::generation::{Generation, PolicyFactory};
+use crate::listener::{self, ListenerHandle};
+use crate::state::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Policies(String),
+    #[error("listener `{name}`: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener `{name}`: {message}")]
+    Tls { name: String, message: String },
+    #[error("admin: {0}")]
+    Admin(String),
+}
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listeners: Vec<ListenerHandle>,
+    admin_addr: SocketAddr,
+    admin_stop: CancellationToken,
+    admin_task: tokio::task::JoinHandle<()>,
+    background_stop: CancellationToken,
+    connections: TaskTracker,
+    shutdown_timeout: Duration,
+}
+
+/// Everything `weir check` verifies beyond the config file itself: policies build, TLS material
+/// loads, the admin token is readable.
+pub fn check(config: &Config, factory: &dyn PolicyFactory) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Err(e) = Generation::build(0, Arc::new(config.clone()), None, factory) {
+        errors.extend(e);
+    }
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls
+            && let Err(e) = crate::tls::server_config(tls)
+        {
+            errors.push(format!("listener `{}`: {e}", l.name));
+        }
+    }
+    if let Err(e) = crate::admin::load_token(&config.admin) {
+        errors.push(format!("admin: {e}"));
+    }
+    errors
+}
+
+impl Gateway {
+    pub async fn start(
+        config: Config,
+        factory: Arc<dyn PolicyFactory>,
+    ) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let generation = Generation::build(1, config.clone(), None, factory.as_ref())
+            .map_err(|e| StartError::Policies(e.join("; ")))?;
+        let token = crate::admin::load_token(&config.admin).map_err(StartError::Admin)?;
+        let shared = Arc::new(Shared::new(generation));
+        let connections = TaskTracker::new();
+
+        // Bind everything before serving anything: a failure leaves nothing half-started.
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(t) => {
+                    Some(
+                        crate::tls::server_config(t).map_err(|message| StartError::Tls {
+                            name: l.name.clone(),
+                            message,
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            let socket = listener::bind(l.bind).map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+            bound.push((l, socket, tls));
+        }
+        let admin_socket = listener::bind(config.admin.bind)
+            .map_err(|e| StartError::Admin(format!("cannot bind {}: {e}", config.admin.bind)))?;
+        let admin_addr = admin_socket
+            .local_addr()
+            .map_err(|e| StartError::Admin(e.to_string()))?;
+
+        let mut listeners = Vec::new();
+        for (l, socket, tls) in bound {
+            let handle = listener::spawn(
+                &l.name,
+                socket,
+                tls,
+                l.limits.max_connections,
+                shared.clone(),
+                connections.clone(),
+            )
+            .map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+            tracing::info!(listener = %l.name, bind = %handle.local_addr, pool = %l.pool, tls = l.tls.is_some(), "listening");
+            listeners.push(handle);
+        }
+        let admin_stop = CancellationToken::new();
+        let admin_task =
+            crate::admin::spawn(admin_socket, shared.clone(), token, admin_stop.clone());
+        tracing::info!(bind = %admin_addr, "admin API listening");
+
+        let background_stop = CancellationToken::new();
+        tokio::spawn(sweep_idle_connections(
+            shared.clone(),
+            background_stop.clone(),
+        ));
+
+        shared.set_started();
+        Ok(Gateway {
+            shared,
+            listeners,
+            admin_addr,
+            admin_stop,
+            admin_task,
+            background_stop,
+            connections,
+            shutdown_timeout: config.runtime.shutdown_timeout,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Actual bound addresses by listener name (port 0 in the config becomes the real port).
+    pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        self.listeners
+            .iter()
+            .map(|l| (l.name.to_string(), l.local_addr))
+            .collect()
+    }
+
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| &*l.name == name)
+            .map(|l| l.local_addr)
+    }
+
+    /// Graceful shutdown: `/readyz` turns 503, listeners stop accepting, open connections finish
+    /// their in-flight requests within `shutdown_timeout`. Returns whether all finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.shared.set_draining();
+        for l in &self.listeners {
+            l.stop();
+        }
+        for l in self.listeners {
+            l.join().await;
+        }
+        self.connections.close();
+        let clean = tokio::time::timeout(self.shutdown_timeout, self.connections.wait())
+            .await
+            .is_ok();
+        if !clean {
+            tracing::warn!(
+                remaining = self.connections.len(),
+                "shutdown timeout reached with connections still open"
+            );
+        }
+        self.background_stop.cancel();
+        self.admin_stop.cancel();
+        let _ = self.admin_task.await;
+        clean
+    }
+}
+
+/// Closes pooled upstream connections idle past their pool's `timeouts.idle`.
+async fn sweep_idle_connections(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let generation = shared.generation.load();
+        for pool in &generation.pools {
+            for e in &pool.endpoints {
+                e.sweep_idle(pool.config.timeouts.idle);
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! A generation: one immutable, fully built snapshot of the config with its runtime objects
+//! (pools, endpoints, policies). Requests pin the generation they start on (one `ArcSwap` load);
+//! a reload builds the next one beside it and swaps the pointer. Endpoints whose address did not
+//! change are carried over, so their health, counters and pooled connections survive reloads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use http::HeaderValue;
+use weir_config::{Config, PluginRef};
+
+use crate::policy::{BalancePolicy, FailoverPolicy, RetrySafe, RoundRobin, RoutePolicy};
+use crate::upstream::Endpoint;
+
+/// Builds policies from the plugin references of the config. The native factory knows the
+/// built-in policies; the Wasm host provides another.
+pub trait PolicyFactory: Send + Sync {
+    fn balancer(
+        &self,
+        plugin: &PluginRef,
+        pool: &weir_config::Pool,
+    ) -> Result<Arc<dyn BalancePolicy>, String>;
+    fn router(&self, plugin: &PluginRef, pools: &[String]) -> Result<Arc<dyn RoutePolicy>, String>;
+    fn failover(
+        &self,
+        plugin: &PluginRef,
+        pool: &weir_config::Pool,
+    ) -> Result<Arc<dyn FailoverPolicy>, String>;
+}
+
+/// The policies weir has without any plugin: `round-robin` and `retry-idempotent`.
+#[derive(Debug, Default)]
+pub struct NativePolicies;
+
+impl PolicyFactory for NativePolicies {
+    fn balancer(
+        &self,
+        plugin: &PluginRef,
+        pool: &weir_config::Pool,
+    ) -> Result<Arc<dyn BalancePolicy>, String> {
+        match plugin.plugin.as_str() {
+            "round-robin" => Ok(Arc::new(native_round_robin(pool))),
+            other => Err(format!(
+                "pool `{}`: balancer plugin `{other}` is not available in this build (native policies: round-robin)",
+                pool.name
+            )),
+        }
+    }
+
+    fn router(
+        &self,
+        plugin: &PluginRef,
+        _pools: &[String],
+    ) -> Result<Arc<dyn RoutePolicy>, String> {
+        Err(format!(
+            "router plugin `{}` is not available in this build",
+            plugin.plugin
+        ))
+    }
+
+    fn failover(
+        &self,
+        plugin: &PluginRef,
+        pool: &weir_config::Pool,
+    ) -> Result<Arc<dyn FailoverPolicy>, String> {
+        match plugin.plugin.as_str() {
+            "retry-idempotent" => Ok(Arc::new(RetrySafe)),
+            other => Err(format!(
+                "pool `{}`: failover plugin `{other}` is not available in this build (native policies: retry-idempotent)",
+                pool.name
+            )),
+        }
+    }
+}
+
+fn native_round_robin(pool: &weir_config::Pool) -> RoundRobin {
+    let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
+    RoundRobin::new(&weights)
+}
+
+/// A listener's per-generation settings (its socket lives outside generations).
+pub struct ListenerRt {
+    pub name: String,
+    pub config: weir_config::Listener,
+    /// Index of the default pool in `Generation::pools`.
+    pub pool: usize,
+    pub router: Option<Arc<dyn RoutePolicy>>,
+    /// `X-Forwarded-Proto` value: the advertised scheme, else the listener's own.
+    pub forwarded_proto: HeaderValue,
+    /// `X-Forwarded-Host` value when `advertise` is set (else the request's Host is used).
+    pub forwarded_host: Option<HeaderValue>,
+}
+
+pub struct PoolRt {
+    pub name: String,
+    pub config: weir_config::Pool,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub balancer: Arc<dyn BalancePolicy>,
+    /// The fallback when the balancer returns nothing usable.
+    pub native: RoundRobin,
+    pub failover: Arc<dyn FailoverPolicy>,
+}
+
+pub struct Generation {
+    pub id: u64,
+    pub config: Arc<Config>,
+    pub listeners: Vec<ListenerRt>,
+    pub pools: Vec<Arc<PoolRt>>,
+}
+
+static NEXT_ENDPOINT_ID: AtomicU32 = AtomicU32::new(1);
+
+impl Generation {
+    /// Builds a generation; `prev` lends its endpoints where pool and address match.
+    pub fn build(
+        id: u64,
+        config: Arc<Config>,
+        prev: Option<&Generation>,
+        factory: &dyn PolicyFactory,
+    ) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut kept: HashMap<(&str, &weir_config::EndpointAddress), Arc<Endpoint>> =
+            HashMap::new();
+        if let Some(prev) = prev {
+            for p in &prev.pools {
+                for e in &p.endpoints {
+                    kept.insert((p.name.as_str(), &e.address), e.clone());
+                }
+            }
+        }
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for pc in &config.pools {
+            let endpoints = pc
+                .endpoints
+                .iter()
+                .map(|ec| match kept.get(&(pc.name.as_str(), &ec.address)) {
+                    Some(e) => {
+                        e.apply(ec);
+                        e.clone()
+                    }
+                    None => Arc::new(Endpoint::new(
+                        NEXT_ENDPOINT_ID.fetch_add(1, Ordering::Relaxed),
+                        ec,
+                        pc.timeouts.max_idle_per_endpoint,
+                    )),
+                })
+                .collect();
+            let balancer = factory.balancer(&pc.balancer, pc).unwrap_or_else(|e| {
+                errors.push(e);
+                Arc::new(native_round_robin(pc))
+            });
+            let failover: Arc<dyn FailoverPolicy> = match &pc.failover {
+                None => Arc::new(RetrySafe),
+                Some(f) => factory.failover(f, pc).unwrap_or_else(|e| {
+                    errors.push(e);
+                    Arc::new(RetrySafe)
+                }),
+            };
+            pools.push(Arc::new(PoolRt {
+                name: pc.name.clone(),
+                config: pc.clone(),
+                endpoints,
+                balancer,
+                native: native_round_robin(pc),
+                failover,
+            }));
+        }
+        let pool_names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for lc in &config.listeners {
+            let Some(pool) = pool_names.iter().position(|n| *n == lc.pool) else {
+                errors.push(format!(
+                    "listener `{}` names unknown pool `{}`",
+                    lc.name, lc.pool
+                ));
+                continue;
+            };
+            let router = lc.router.as_ref().and_then(|r| {
+                factory
+                    .router(r, &pool_names)
+                    .map_err(|e| errors.push(e))
+                    .ok()
+            });
+            let own_scheme = if lc.tls.is_some() { "https" } else { "http" };
+            let scheme = lc
+                .advertise
+                .as_ref()
+                .map_or(own_scheme, |a| a.scheme.as_str());
+            listeners.push(ListenerRt {
+                name: lc.name.clone(),
+                config: lc.clone(),
+                pool,
+                router,
+                forwarded_proto: HeaderValue::from_static(scheme),
+                forwarded_host: lc
+                    .advertise
+                    .as_ref()
+                    .and_then(|a| HeaderValue::from_str(&a.authority).ok()),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Generation {
+                id,
+                config,
+                listeners,
+                pools,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerRt> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<PoolRt>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}

@@ -1,0 +1,172 @@
+//! Header rules of a proxy: hop-by-hop fields are removed in both directions (RFC 9110 §7.6.1,
+//! including every field named in `Connection`), and the forwarding fields are written
+//! (`X-Forwarded-For` appended, `X-Forwarded-Proto`/`-Host` and `Forwarded` set, `Via` appended).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const VIA_H1: HeaderValue = HeaderValue::from_static("1.1 weir");
+const VIA_H2: HeaderValue = HeaderValue::from_static("2 weir");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop fields: the fixed set and every field the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TRAILER,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// What the forwarding headers say about one request.
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    pub proto: &'a HeaderValue,
+    /// The host the client asked for: the advertised authority if configured, else the request's.
+    pub host: Option<&'a HeaderValue>,
+    pub http2: bool,
+}
+
+pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    let ip = f.client_ip.to_canonical();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), f.proto.clone());
+    if let Some(host) = f.host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={}", f.proto.to_str().unwrap_or("http"));
+    if let Some(host) = f.host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+    add_via(headers, f.http2);
+}
+
+pub fn add_via(headers: &mut HeaderMap, http2: bool) {
+    headers.append(header::VIA, if http2 { VIA_H2 } else { VIA_H1 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or(header::ACCEPT),
+                HeaderValue::from_str(v).unwrap_or(VIA_H1),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_fixed_and_named_hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+            ("host", "a"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept", "host"]);
+    }
+
+    #[test]
+    fn forwarding_appends_and_sets() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "ftp"),
+            ("forwarded", "for=10.0.0.1"),
+        ]);
+        let proto = HeaderValue::from_static("https");
+        let host = HeaderValue::from_static("lb.example.com:9080");
+        add_forwarding(
+            &mut h,
+            &Forwarding {
+                client_ip: "127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                proto: &proto,
+                host: Some(&host),
+                http2: false,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "lb.example.com:9080");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1, for=127.0.0.1;proto=https;host=\"lb.example.com:9080\""
+        );
+        assert_eq!(h["via"], "1.1 weir");
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6() {
+        let mut h = HeaderMap::new();
+        let proto = HeaderValue::from_static("http");
+        add_forwarding(
+            &mut h,
+            &Forwarding {
+                client_ip: "::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                proto: &proto,
+                host: None,
+                http2: true,
+            },
+        );
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+        assert_eq!(h["via"], "2 weir");
+    }
+}

@@ -1,0 +1,295 @@
+//! Listeners: bind, accept (bounded by `max_connections`: accept pauses, nothing crashes), TLS,
+//! and the choice of protocol per connection (ALPN with TLS; the h2 preface on plain ports,
+//! DESIGN §10: per-connection builders beat the auto builder). HTTP/1 connections go through the
+//! strict front ([`crate::front`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::front::{ConnActivity, GuardConfig, H1Guard, HeadLimits};
+use crate::proxy::{self, ConnInfo};
+use crate::state::Shared;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A bound listener. Its socket outlives generations; its settings are read from the current
+/// generation when a connection is accepted.
+pub struct ListenerHandle {
+    pub name: Arc<str>,
+    pub local_addr: SocketAddr,
+    pub tls: Option<Arc<ArcSwap<ServerConfig>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ListenerHandle {
+    /// Stops accepting; open connections are asked to finish (h1: close after the response in
+    /// flight; h2: GOAWAY).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds with `SO_REUSEADDR` and a deep backlog. Binding happens before a generation is
+/// published, so a bind failure fails the start or the reload, not a request.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+pub fn spawn(
+    name: &str,
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    max_connections: usize,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) -> std::io::Result<ListenerHandle> {
+    let local_addr = listener.local_addr()?;
+    let name: Arc<str> = Arc::from(name);
+    let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(accept_loop(AcceptCtx {
+        name: name.clone(),
+        listener,
+        tls: tls.clone(),
+        limit: Arc::new(Semaphore::new(max_connections)),
+        shared,
+        tracker,
+        stop: stop.clone(),
+    }));
+    Ok(ListenerHandle {
+        name,
+        local_addr,
+        tls,
+        stop,
+        task,
+    })
+}
+
+struct AcceptCtx {
+    name: Arc<str>,
+    listener: TcpListener,
+    tls: Option<Arc<ArcSwap<ServerConfig>>>,
+    limit: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+async fn accept_loop(ctx: AcceptCtx) {
+    loop {
+        let permit = tokio::select! {
+            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = ctx.stop.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = ctx.listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener stays.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = ctx.stop.cancelled() => break,
+        };
+        let conn = Conn {
+            listener: ctx.name.clone(),
+            peer,
+            shared: ctx.shared.clone(),
+            stop: ctx.stop.clone(),
+        };
+        let tls = ctx.tls.as_ref().map(|t| t.load_full());
+        ctx.tracker.spawn(async move {
+            let _permit = permit;
+            conn.serve(stream, tls).await;
+        });
+    }
+    tracing::debug!(listener = %ctx.name, "listener stopped accepting");
+}
+
+struct Conn {
+    listener: Arc<str>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Conn {
+    async fn serve(self, stream: TcpStream, tls: Option<Arc<ServerConfig>>) {
+        let _ = stream.set_nodelay(true);
+        let Some(limits) = self
+            .shared
+            .generation
+            .load()
+            .listener(&self.listener)
+            .map(|l| l.config.limits.clone())
+        else {
+            return;
+        };
+        match tls {
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let stream = match tokio::time::timeout(
+                    limits.header_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                if h2 {
+                    self.serve_h2(stream, &limits).await
+                } else {
+                    self.serve_h1(stream, &limits).await
+                }
+            }
+            None => match tokio::time::timeout(limits.header_timeout, sniff_h2(&stream)).await {
+                Ok(Ok(true)) => self.serve_h2(stream, &limits).await,
+                Ok(Ok(false)) => self.serve_h1(stream, &limits).await,
+                Ok(Err(_)) | Err(_) => {}
+            },
+        }
+    }
+
+    async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        io: S,
+        limits: &weir_config::Limits,
+    ) {
+        let activity = Arc::new(ConnActivity::default());
+        let guard = H1Guard::new(
+            io,
+            GuardConfig {
+                head: HeadLimits {
+                    max_header_bytes: limits.max_header_bytes,
+                    max_headers: limits.max_headers,
+                    max_uri_bytes: limits.max_uri_bytes,
+                    max_body_bytes: limits.max_body_bytes,
+                },
+                header_timeout: limits.header_timeout,
+                body_timeout: limits.body_timeout,
+                idle_timeout: limits.idle_timeout,
+            },
+            activity.clone(),
+        );
+        let info = Arc::new(ConnInfo {
+            listener: self.listener.clone(),
+            peer: self.peer,
+            activity: Some(activity),
+        });
+        let shared = self.shared.clone();
+        let service = service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req));
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_headers(limits.max_headers)
+            .max_buf_size((limits.max_header_bytes + 16 * 1024).max(400 * 1024))
+            .writev(false);
+        let conn = builder
+            .serve_connection(TokioIo::new(guard), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %self.peer, error = %e, "HTTP/1 connection ended with an error");
+        }
+    }
+
+    async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        io: S,
+        limits: &weir_config::Limits,
+    ) {
+        let info = Arc::new(ConnInfo {
+            listener: self.listener.clone(),
+            peer: self.peer,
+            activity: None,
+        });
+        let shared = self.shared.clone();
+        let service = service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req));
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(100)
+            .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_pending_accept_reset_streams(Some(20))
+            .keep_alive_interval(Some(limits.idle_timeout))
+            .keep_alive_timeout(limits.header_timeout);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %self.peer, error = %e, "HTTP/2 connection ended with an error");
+        }
+    }
+}
+
+/// Whether a plain connection opens with the HTTP/2 preface (h2c prior knowledge). Peeks, so
+/// the bytes stay in the socket for whichever protocol serves it.
+async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A preface split across packets: wait for the rest (bounded by the header timeout).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

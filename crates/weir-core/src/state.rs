@@ -1,0 +1,64 @@
+//! State shared by every connection of the process: the current generation and the flags the
+//! probes report. Everything the request path reads here is one atomic load.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::generation::Generation;
+
+pub struct Shared {
+    pub generation: ArcSwap<Generation>,
+    request_ids: AtomicU64,
+    /// Set by SIGTERM: `/readyz` 503, listeners stop accepting.
+    draining: AtomicBool,
+    /// Set by `PUT /api/v1/readiness`: `/readyz` 503 while traffic is still served.
+    unready: AtomicBool,
+    /// Listeners of the first generation are bound.
+    started: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(generation: Generation) -> Self {
+        Shared {
+            generation: ArcSwap::from_pointee(generation),
+            request_ids: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            unready: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.unready.store(!ready, Ordering::Release);
+    }
+
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// What `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.is_started() && !self.is_draining() && !self.unready.load(Ordering::Acquire)
+    }
+
+    pub fn operator_ready(&self) -> bool {
+        !self.unready.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,150 @@
+//! Clients for tests: HTTP/1.1 and h2c through hyper, TLS with a chosen SNI name and ALPN, and a
+//! raw TCP exchange for malformed requests hyper would never send.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `x-upstream` header: which test upstream answered.
+    pub fn upstream(&self) -> String {
+        self.headers
+            .get("x-upstream")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+async fn collect(resp: http::Response<hyper::body::Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
+}
+
+/// GET over HTTP/1.1.
+pub async fn get(url: &str) -> Reply {
+    request(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Any request over HTTP/1.1 (a fresh client each time: no connection reuse between calls).
+pub async fn request(req: Request<Full<Bytes>>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    collect(resp).await
+}
+
+/// GET over HTTP/2 with prior knowledge (h2c).
+pub async fn h2c_get(url: &str) -> Reply {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    let resp = client
+        .request(Request::get(url).body(Empty::new()).unwrap())
+        .await
+        .expect("h2c request failed");
+    collect(resp).await
+}
+
+/// GET over TLS to `addr`, presenting `server_name` as SNI and offering `alpn`. Returns the
+/// reply, the negotiated ALPN protocol and the server's leaf certificate.
+pub async fn tls_get(
+    addr: SocketAddr,
+    server_name: &str,
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+    path: &str,
+) -> (Reply, Option<Vec<u8>>, CertificateDer<'static>) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake failed");
+    let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .unwrap();
+    let uri = format!("https://{server_name}{path}");
+    let io = TokioIo::new(tls);
+    let resp = if negotiated.as_deref() == Some(b"h2") {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(Request::get(uri).body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(
+            Request::get(path)
+                .header("host", server_name)
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+    };
+    (collect(resp).await, negotiated, leaf)
+}
+
+/// Writes `bytes` to `addr` and reads until the server closes (or 10 s pass).
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,171 @@
+//! Starting the gateway for a test: in-process from inline TOML (ports 0, real addresses read
+//! back), or as the real `weir` binary (for CLI, signals and exit codes).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_core::{Gateway, NativePolicies};
+
+use crate::upstream::Upstream;
+
+/// A config with one listener `client` on a free port in front of one pool `app` of `upstreams`.
+pub fn one_pool(upstreams: &[&Upstream]) -> String {
+    let endpoints: String = upstreams
+        .iter()
+        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
+        .collect();
+    format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\n[[pool]]\nname = \"app\"\n{endpoints}"
+    )
+}
+
+/// The gateway running inside the test process.
+pub struct TestGateway {
+    gateway: Option<Gateway>,
+    addrs: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts from inline TOML; an `[admin]` table on a free port is added when absent.
+    pub async fn start(toml: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = if toml.contains("[admin]") {
+            toml.to_string()
+        } else {
+            format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{toml}")
+        };
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let config = weir_config::load(&path)
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n{toml}"));
+        let gateway = Gateway::start(config, Arc::new(NativePolicies))
+            .await
+            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        let addrs = gateway.listener_addrs();
+        let admin = gateway.admin_addr();
+        TestGateway {
+            gateway: Some(gateway),
+            addrs,
+            admin,
+            dir,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        *self
+            .addrs
+            .get(listener)
+            .unwrap_or_else(|| panic!("no listener {listener}"))
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(listener))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().unwrap()
+    }
+
+    pub async fn shutdown(mut self) -> bool {
+        self.gateway.take().unwrap().shutdown().await
+    }
+}
+
+/// A port that was free a moment ago (for configs the subprocess must bind itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `weir` binary running `weir run --config <file>`.
+pub struct WeirProcess {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub stderr: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl WeirProcess {
+    /// `toml` must set `[admin] bind` (use [`free_port`]).
+    pub fn spawn(bin: &Path, toml: &str, admin: SocketAddr) -> WeirProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("weir.toml");
+        std::fs::write(&config, toml).unwrap();
+        let stderr = dir.path().join("stderr.log");
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        WeirProcess {
+            child,
+            admin,
+            config,
+            stderr,
+            dir,
+        }
+    }
+
+    /// Polls `/readyz` until 200 (10 s at most).
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let ready = crate::eventually(Duration::from_secs(10), async || {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Empty<bytes::Bytes>>();
+            matches!(client.get(url.parse().unwrap()).await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        assert!(ready, "weir did not become ready: {}", self.stderr_text());
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (bounded); returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

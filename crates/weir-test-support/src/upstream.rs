@@ -1,0 +1,237 @@
+//! Upstream servers for tests: hyper HTTP/1 servers on `127.0.0.1:0` whose behaviour is chosen by
+//! the request path, with counters of connections and requests.
+//!
+//! Paths: `/delay/<ms>` answers after a delay; `/status/<code>` answers that status; `/bytes/<n>`
+//! streams `n` bytes; `/hang` never answers; `/ws` is a WebSocket echo; anything else echoes the
+//! request as JSON (`method`, `path`, `headers`, `body_len`, `upstream`). Request bodies are
+//! counted as they stream, never buffered.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub requests: AtomicU64,
+    pub body_bytes: AtomicU64,
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let name_s = name.to_string();
+        let c = counters.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.connections.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                let name = name_s.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| handle(req, name.clone(), c.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Upstream {
+            name: name.to_string(),
+            addr,
+            counters,
+            tasks: Some(task),
+        }
+    }
+
+    /// Stops accepting and drops every connection (like a killed process).
+    pub fn stop(&mut self) {
+        if let Some(t) = self.tasks.take() {
+            t.abort();
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.counters.body_bytes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    name: String,
+    c: Arc<Counters>,
+) -> Result<Response<Body>, Infallible> {
+    c.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["ws"] => return Ok(websocket(&mut req)),
+        ["hang"] => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        ["delay", ms] => {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        ["bytes", n] => {
+            let n: u64 = n.parse().unwrap_or(0);
+            return Ok(stream_bytes(n, &name));
+        }
+        _ => {}
+    }
+    let status = match parts.as_slice() {
+        ["status", code] => code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK),
+        _ => StatusCode::OK,
+    };
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        let entry = headers
+            .entry(k.as_str().to_string())
+            .or_insert_with(|| serde_json::Value::Array(vec![]));
+        if let serde_json::Value::Array(a) = entry {
+            a.push(serde_json::Value::String(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    let mut body = req.into_body();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    body_len += d.len() as u64;
+                    c.body_bytes.fetch_add(d.len() as u64, Ordering::SeqCst);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "headers": headers, "body_len": body_len });
+    let mut resp = Response::new(full(json.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    // A hop-by-hop header the gateway must strip.
+    resp.headers_mut()
+        .insert("keep-alive", "timeout=30".parse().unwrap());
+    Ok(resp)
+}
+
+fn stream_bytes(n: u64, name: &str) -> Response<Body> {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let stream = futures_util::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let take = left.min(CHUNK);
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(chunk.slice(..take as usize))),
+                left - take,
+            ))
+        }
+    });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    resp.headers_mut()
+        .insert("x-upstream", name.parse().unwrap());
+    resp
+}
+
+fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        let mut r = Response::new(full("not a websocket request"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(Bytes::new()))
+        .unwrap()
+}

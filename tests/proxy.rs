@@ -1,0 +1,176 @@
+//! End-to-end proxying through the real gateway on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use weir_test_support::*;
+
+#[tokio::test]
+async fn two_listeners_reach_only_their_pool_and_spread_over_endpoints() {
+    let (a1, a2, b1, b2) = (
+        Upstream::start("a1").await,
+        Upstream::start("a2").await,
+        Upstream::start("b1").await,
+        Upstream::start("b2").await,
+    );
+    let gw = TestGateway::start(&format!(
+        r#"
+[[listener]]
+name = "client"
+bind = "127.0.0.1:0"
+pool = "a"
+[[listener]]
+name = "p2p"
+bind = "127.0.0.1:0"
+pool = "b"
+[[pool]]
+name = "a"
+[[pool.endpoint]]
+address = "{}"
+[[pool.endpoint]]
+address = "{}"
+[[pool]]
+name = "b"
+[[pool.endpoint]]
+address = "{}"
+[[pool.endpoint]]
+address = "{}"
+"#,
+        a1.addr, a2.addr, b1.addr, b2.addr
+    ))
+    .await;
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for _ in 0..10 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        *seen.entry(r.upstream()).or_default() += 1;
+        let r = get(&gw.url("p2p", "/")).await;
+        assert_eq!(r.status, 200);
+        *seen.entry(r.upstream()).or_default() += 1;
+    }
+    assert_eq!(seen.get("a1"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("a2"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("b1"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("b2"), Some(&5), "{seen:?}");
+}
+
+#[tokio::test]
+async fn weights_shape_the_spread() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = TestGateway::start(&format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[[pool]]\nname = \"p\"\n[[pool.endpoint]]\naddress = \"{}\"\nweight = 3\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        a.addr, b.addr
+    ))
+    .await;
+    for _ in 0..8 {
+        get(&gw.url("client", "/")).await;
+    }
+    assert_eq!((a.requests(), b.requests()), (6, 2));
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_right_at_the_upstream() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let req = Request::get(gw.url("client", "/path?q=1"))
+        .header("host", "api.example.com")
+        .header("x-forwarded-for", "10.1.2.3")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = request(req).await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(j["path"], "/path?q=1");
+    assert_eq!(h["host"][0], "api.example.com", "Host is preserved");
+    assert_eq!(h["x-forwarded-for"][0], "10.1.2.3, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-host"][0], "api.example.com");
+    assert_eq!(
+        h["forwarded"][0],
+        "for=127.0.0.1;proto=http;host=\"api.example.com\""
+    );
+    assert_eq!(h["via"][0], "1.1 weir");
+}
+
+#[tokio::test]
+async fn advertise_feeds_the_forwarded_headers() {
+    let up = Upstream::start("a").await;
+    let toml = one_pool(&[&up]).replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nadvertise = \"https://lb.example.com:9080\"\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let j = get(&gw.url("client", "/")).await.json();
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-proto"][0], "https");
+    assert_eq!(h["x-forwarded-host"][0], "lb.example.com:9080");
+    assert_eq!(
+        h["forwarded"][0],
+        "for=127.0.0.1;proto=https;host=\"lb.example.com:9080\""
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let req = Request::get(gw.url("client", "/"))
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("x-end-to-end", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = request(req).await;
+    let j = r.json();
+    let h = j["headers"].as_object().unwrap();
+    for gone in [
+        "connection",
+        "x-private",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
+    }
+    assert_eq!(h["x-end-to-end"][0], "kept");
+    // The upstream sets `keep-alive`; the client must not see it.
+    assert!(r.headers.get("keep-alive").is_none());
+    assert_eq!(r.headers["via"], "1.1 weir");
+}
+
+#[tokio::test]
+async fn post_bodies_and_methods_pass_through() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let req = Request::post(gw.url("client", "/submit"))
+        .body(Full::new(Bytes::from_static(b"hello world")))
+        .unwrap();
+    let j = request(req).await.json();
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["body_len"], 11);
+    let r = get(&gw.url("client", "/status/404")).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.upstream(), "a");
+}
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused_upstream() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    }
+    assert_eq!(up.requests(), 20);
+    assert_eq!(
+        up.connections(),
+        1,
+        "sequential requests share one pooled upstream connection"
+    );
+}
