@@ -38,7 +38,7 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let activity = match &conn.activity {
-        Some(a) => ActivityToken::new(a.clone()),
+        Some(a) => ActivityToken::adopt(a.clone()),
         None => ActivityToken::none(),
     };
     let generation = shared.generation.load_full();

@@ -34,7 +34,8 @@ pub struct ConnActivity {
 }
 
 impl ConnActivity {
-    pub fn begin(&self) {
+    /// A request head went to hyper: it is in flight until its response ends.
+    fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -49,13 +50,14 @@ impl ConnActivity {
     }
 }
 
-/// Calls [`ConnActivity::end`] when dropped: held by a response body until it is finished.
+/// Ends one in-flight request of a connection when dropped: the guard counts a request from the
+/// moment it releases its head; the handler takes that count over and its response body holds
+/// it until the response is finished.
 #[derive(Debug)]
 pub struct ActivityToken(Option<Arc<ConnActivity>>);
 
 impl ActivityToken {
-    pub fn new(activity: Arc<ConnActivity>) -> Self {
-        activity.begin();
+    pub fn adopt(activity: Arc<ConnActivity>) -> Self {
         ActivityToken(Some(activity))
     }
 
@@ -185,6 +187,7 @@ impl<S> H1Guard<S> {
                             return Ok(());
                         }
                         HeadStatus::Complete(info) => {
+                            self.activity.begin();
                             self.ready += info.len;
                             self.requests += 1;
                             self.upgrade_pending = info.upgrade;
@@ -236,6 +239,10 @@ impl<S> H1Guard<S> {
         match self.head_start {
             // The offending request has not reached hyper: drop it whole.
             Some(start) => {
+                if !matches!(self.phase, Phase::Head { .. }) {
+                    // Its head was counted in flight when validated; it never reaches hyper now.
+                    self.activity.end();
+                }
                 self.buf.truncate(start);
                 self.ready = start;
                 self.end = End::Refused(reject);

@@ -1,0 +1,148 @@
+//! HTTP/2 (h2c and over TLS), TLS with ALPN and SNI, and WebSocket through the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use weir_test_support::*;
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let r = h2c_get(&gw.url("client", "/h2")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    let j = r.json();
+    assert_eq!(j["path"], "/h2");
+    assert_eq!(j["headers"]["via"][0], "2 weir");
+    // The h1 upstream got a Host header built from :authority.
+    assert_eq!(j["headers"]["host"][0], gw.addr("client").to_string());
+    // Plain HTTP/1.1 still works on the same port.
+    assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+}
+
+fn tls_config(certs: &TestCerts, up: &Upstream) -> String {
+    let (cert, key) = certs.leaf("default", &["default.test"]);
+    let (api_cert, api_key) = certs.leaf("api", &["api.example.org"]);
+    let (wild_cert, wild_key) = certs.leaf("wild", &["*.example.net"]);
+    format!(
+        r#"
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:0"
+pool = "app"
+[listener.tls]
+cert = "{}"
+key = "{}"
+[[listener.tls.sni]]
+server_name = "api.example.org"
+cert = "{}"
+key = "{}"
+[[listener.tls.sni]]
+server_name = "*.example.net"
+cert = "{}"
+key = "{}"
+[[pool]]
+name = "app"
+[[pool.endpoint]]
+address = "{}"
+"#,
+        cert.display(),
+        key.display(),
+        api_cert.display(),
+        api_key.display(),
+        wild_cert.display(),
+        wild_key.display(),
+        up.addr
+    )
+}
+
+#[tokio::test]
+async fn tls_with_alpn_h2_and_http11() {
+    let up = Upstream::start("a").await;
+    let certs = TestCerts::new();
+    let gw = TestGateway::start(&tls_config(&certs, &up)).await;
+    let (r, alpn, _) = tls_get(
+        gw.addr("tls"),
+        "default.test",
+        &certs.ca_der,
+        &[b"h2", b"http/1.1"],
+        "/x",
+    )
+    .await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"][0], "https");
+    let (r, alpn, _) = tls_get(
+        gw.addr("tls"),
+        "default.test",
+        &certs.ca_der,
+        &[b"http/1.1"],
+        "/y",
+    )
+    .await;
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_11);
+    assert_eq!(r.json()["path"], "/y");
+}
+
+#[tokio::test]
+async fn sni_selects_the_certificate() {
+    let up = Upstream::start("a").await;
+    let certs = TestCerts::new();
+    let gw = TestGateway::start(&tls_config(&certs, &up)).await;
+    // The handshake itself verifies the chain against each name: a wrong certificate fails it.
+    let (_, _, api_leaf) = tls_get(
+        gw.addr("tls"),
+        "api.example.org",
+        &certs.ca_der,
+        &[b"http/1.1"],
+        "/",
+    )
+    .await;
+    let (_, _, wild_leaf) = tls_get(
+        gw.addr("tls"),
+        "x.example.net",
+        &certs.ca_der,
+        &[b"http/1.1"],
+        "/",
+    )
+    .await;
+    let (_, _, default_leaf) = tls_get(
+        gw.addr("tls"),
+        "default.test",
+        &certs.ca_der,
+        &[b"http/1.1"],
+        "/",
+    )
+    .await;
+    assert_ne!(api_leaf, default_leaf);
+    assert_ne!(wild_leaf, default_leaf);
+    assert_ne!(api_leaf, wild_leaf);
+}
+
+#[tokio::test]
+async fn websocket_echo_through_weir() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let url = format!("ws://{}/ws", gw.addr("client"));
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket handshake through weir");
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[0u8, 1, 2, 255]
+    );
+    ws.close(None).await.unwrap();
+}

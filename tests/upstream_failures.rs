@@ -1,0 +1,106 @@
+//! What clients get when upstreams fail: 502 for a dead endpoint, 504 for a hanging one, 503
+//! when nothing is eligible; never a panic, never upstream internals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use weir_test_support::*;
+
+fn dead_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_gives_502() {
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        dead_addr()
+    );
+    let gw = TestGateway::start(&toml).await;
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "upstream connect failed\n");
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_gives_504_after_the_request_timeout() {
+    let up = Upstream::start("a").await;
+    let toml = one_pool(&[&up]) + "[pool.timeouts]\nrequest = \"300ms\"\n";
+    let gw = TestGateway::start(&toml).await;
+    let start = Instant::now();
+    let r = get(&gw.url("client", "/hang")).await;
+    let elapsed = start.elapsed();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.text(), "upstream response timed out\n");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn connect_failure_moves_on_to_a_live_endpoint() {
+    let up = Upstream::start("live").await;
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        dead_addr(),
+        up.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..6 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.upstream(), "live");
+    }
+    // POSTs too: a refused connect means nothing was sent.
+    let req = http::Request::post(gw.url("client", "/"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+        .unwrap();
+    assert_eq!(request(req).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_mid_response_does_not_hang_the_client() {
+    let mut up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let url = gw.url("client", "/delay/2000");
+    let pending = tokio::spawn(async move { get(&url).await.status });
+    assert!(eventually(Duration::from_secs(5), async || up.requests() == 1).await);
+    up.stop();
+    let status = tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("client hung")
+        .unwrap();
+    assert_eq!(status, 502);
+}
+
+#[tokio::test]
+async fn drained_endpoints_get_no_new_requests() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
+    let drain =
+        http::Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+    assert_eq!(request(drain).await.status, 200);
+    for _ in 0..6 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "b");
+    }
+    assert_eq!(a.requests(), 0);
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    assert_eq!(status["pools"][0]["endpoints"][0]["drained"], true);
+}
+
+#[tokio::test]
+async fn nothing_eligible_gives_503_with_retry_after() {
+    let a = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&a])).await;
+    let drain =
+        http::Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+    assert_eq!(request(drain).await.status, 200);
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+}
