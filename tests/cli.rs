@@ -1,0 +1,156 @@
+//! The `weir` binary as users run it: `weir check`, exit codes, error messages, SIGTERM drain.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weir_test_support::*;
+
+fn weir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            toml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_example_config_passes_weir_check() {
+    let mut files = Vec::new();
+    toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &mut files);
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let out = Command::new(weir()).args(["check", "--config"]).arg(&f).output().unwrap();
+        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    }
+}
+
+#[test]
+fn a_broken_config_names_file_line_and_key_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"nope\"\n[[pool]]\nname = \"p\"\n[pool.passive]\nfail_timeout = \"5 s\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:2\"\n",
+    )
+    .unwrap();
+    for cmd in ["check", "run"] {
+        let out = Command::new(weir()).arg(cmd).arg("--config").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let shown = path.display().to_string();
+        assert!(err.contains(&format!("{shown}:4:8: key `listener[0].pool`")), "{cmd}: {err}");
+        assert!(err.contains(&format!("{shown}:8:16: key `pool[0].passive.fail_timeout`")), "{cmd}: {err}");
+        assert!(err.contains("help:"), "{err}");
+    }
+}
+
+#[test]
+fn syntax_errors_and_unknown_keys_exit_1_with_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, "[[listener]]\nname = \"a\"\nbnid = \"x\"\n").unwrap();
+    let out = Command::new(weir()).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":3:1") && err.contains("unknown field `bnid`"), "{err}");
+}
+
+#[test]
+fn check_reports_unavailable_policies_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbalancer = { plugin = \"no-such-plugin\" }\n[[pool.endpoint]]\naddress = \"127.0.0.1:2\"\n").unwrap();
+    let out = Command::new(weir()).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-plugin"));
+    let out = Command::new(weir()).args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+}
+
+fn process_config(up: &Upstream, port: u16, admin: u16) -> String {
+    format!(
+        "[runtime]\nshutdown_timeout = \"10s\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    )
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let up = Upstream::start("a").await;
+    let (port, admin) = (free_port(), free_port());
+    let mut weir = WeirProcess::spawn(weir(), &process_config(&up, port, admin), format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
+
+    let url = format!("http://127.0.0.1:{port}/delay/2000");
+    let in_flight = tokio::spawn(async move {
+        let start = Instant::now();
+        let r = get(&url).await;
+        (r.status, start.elapsed())
+    });
+    assert!(eventually(Duration::from_secs(5), async || up.requests() == 2).await);
+    weir.signal("TERM");
+    // Draining: readiness is off while the request finishes.
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    assert!(eventually(Duration::from_secs(2), async || get(&readyz).await.status == 503).await);
+    let (status, elapsed) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the in-flight request was cut");
+    assert!(elapsed >= Duration::from_millis(1900));
+    assert_eq!(weir.wait_exit(Duration::from_secs(10)).await, Some(0), "{}", weir.stderr_text());
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "still accepting after exit");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let up = Upstream::start("a").await;
+    let (port, admin) = (free_port(), free_port());
+    let config = process_config(&up, port, admin);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config).unwrap();
+    let stderr = dir.path().join("stderr");
+    let mut child = Command::new(weir())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    let ready = eventually(Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_ok() && get(&readyz).await.status == 200
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(ready);
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(text.lines().count() >= 2, "{text}");
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn probes_answer_on_the_admin_listener() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    for path in ["/livez", "/readyz", "/startupz"] {
+        assert_eq!(get(&gw.admin_url(path)).await.status, 200, "{path}");
+    }
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["listeners"][0]["name"], "client");
+    assert_eq!(status["pools"][0]["endpoints"][0]["address"], up.addr.to_string());
+}
