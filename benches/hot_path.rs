@@ -15,8 +15,15 @@ use weir_core::upstream::Endpoint;
 const HEAD: &[u8] = b"GET /api/v1/items?limit=10 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: wrk/4.2\r\nAccept: application/json\r\nAccept-Encoding: gzip\r\nX-Request-Id: 5b1f0c2a-8c2e-4b8e-9a37-1f2d3c4b5a69\r\nConnection: keep-alive\r\n\r\n";
 
 fn head(c: &mut Criterion) {
-    let limits = HeadLimits { max_header_bytes: 65536, max_headers: 100, max_uri_bytes: 8192, max_body_bytes: 0 };
-    c.bench_function("front/check_head (7 headers)", |b| b.iter(|| check_head(black_box(HEAD), &limits)));
+    let limits = HeadLimits {
+        max_header_bytes: 65536,
+        max_headers: 100,
+        max_uri_bytes: 8192,
+        max_body_bytes: 0,
+    };
+    c.bench_function("front/check_head (7 headers)", |b| {
+        b.iter(|| check_head(black_box(HEAD), &limits))
+    });
 }
 
 fn chunked(c: &mut Criterion) {
@@ -38,7 +45,9 @@ fn select(c: &mut Criterion) {
         let endpoints: Vec<Arc<Endpoint>> = (0..n)
             .map(|i| {
                 let cfg = weir_config::Endpoint {
-                    address: weir_config::EndpointAddress::Socket(format!("127.0.0.1:{}", 10000 + i).parse().unwrap()),
+                    address: weir_config::EndpointAddress::Socket(
+                        format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
+                    ),
                     weight: 1,
                     zone: String::new(),
                     backup: false,
@@ -47,8 +56,15 @@ fn select(c: &mut Criterion) {
             })
             .collect();
         let rr = RoundRobin::new(&vec![1; n]);
-        let ctx = SelectCtx { request_id: 1, affinity_hash: 0, attempt: 1, tried: &[] };
-        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| b.iter(|| rr.select(black_box(&endpoints), &ctx)));
+        let ctx = SelectCtx {
+            request_id: 1,
+            affinity_hash: 0,
+            attempt: 1,
+            tried: &[],
+        };
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| rr.select(black_box(&endpoints), &ctx))
+        });
     }
     group.finish();
 }

@@ -25,11 +25,23 @@ fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_example_config_passes_weir_check() {
     let mut files = Vec::new();
-    toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &mut files);
+    toml_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        &mut files,
+    );
     assert!(files.len() >= 4, "{files:?}");
     for f in files {
-        let out = Command::new(weir()).args(["check", "--config"]).arg(&f).output().unwrap();
-        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(weir())
+            .args(["check", "--config"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
     }
 }
@@ -44,12 +56,23 @@ fn a_broken_config_names_file_line_and_key_and_exits_1() {
     )
     .unwrap();
     for cmd in ["check", "run"] {
-        let out = Command::new(weir()).arg(cmd).arg("--config").arg(&path).output().unwrap();
+        let out = Command::new(weir())
+            .arg(cmd)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         let shown = path.display().to_string();
-        assert!(err.contains(&format!("{shown}:4:8: key `listener[0].pool`")), "{cmd}: {err}");
-        assert!(err.contains(&format!("{shown}:8:16: key `pool[0].passive.fail_timeout`")), "{cmd}: {err}");
+        assert!(
+            err.contains(&format!("{shown}:4:8: key `listener[0].pool`")),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains(&format!("{shown}:8:16: key `pool[0].passive.fail_timeout`")),
+            "{cmd}: {err}"
+        );
         assert!(err.contains("help:"), "{err}");
     }
 }
@@ -59,10 +82,17 @@ fn syntax_errors_and_unknown_keys_exit_1_with_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, "[[listener]]\nname = \"a\"\nbnid = \"x\"\n").unwrap();
-    let out = Command::new(weir()).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(weir())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(":3:1") && err.contains("unknown field `bnid`"), "{err}");
+    assert!(
+        err.contains(":3:1") && err.contains("unknown field `bnid`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -70,10 +100,17 @@ fn check_reports_unavailable_policies_and_missing_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbalancer = { plugin = \"no-such-plugin\" }\n[[pool.endpoint]]\naddress = \"127.0.0.1:2\"\n").unwrap();
-    let out = Command::new(weir()).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(weir())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-plugin"));
-    let out = Command::new(weir()).args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
+    let out = Command::new(weir())
+        .args(["check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
 }
@@ -89,7 +126,11 @@ fn process_config(up: &Upstream, port: u16, admin: u16) -> String {
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let up = Upstream::start("a").await;
     let (port, admin) = (free_port(), free_port());
-    let mut weir = WeirProcess::spawn(weir(), &process_config(&up, port, admin), format!("127.0.0.1:{admin}").parse().unwrap());
+    let mut weir = WeirProcess::spawn(
+        weir(),
+        &process_config(&up, port, admin),
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+    );
     weir.wait_ready().await;
     assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
 
@@ -103,12 +144,26 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     weir.signal("TERM");
     // Draining: readiness is off while the request finishes.
     let readyz = format!("http://127.0.0.1:{admin}/readyz");
-    assert!(eventually(Duration::from_secs(2), async || get(&readyz).await.status == 503).await);
+    assert!(
+        eventually(Duration::from_secs(2), async || get(&readyz).await.status
+            == 503)
+        .await
+    );
     let (status, elapsed) = in_flight.await.unwrap();
     assert_eq!(status, 200, "the in-flight request was cut");
     assert!(elapsed >= Duration::from_millis(1900));
-    assert_eq!(weir.wait_exit(Duration::from_secs(10)).await, Some(0), "{}", weir.stderr_text());
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "still accepting after exit");
+    assert_eq!(
+        weir.wait_exit(Duration::from_secs(10)).await,
+        Some(0),
+        "{}",
+        weir.stderr_text()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "still accepting after exit"
+    );
 }
 
 #[tokio::test]
@@ -128,17 +183,26 @@ async fn json_logs_are_one_object_per_line() {
         .unwrap();
     let readyz = format!("http://127.0.0.1:{admin}/readyz");
     let ready = eventually(Duration::from_secs(10), async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_ok() && get(&readyz).await.status == 200
+        tokio::net::TcpStream::connect(("127.0.0.1", admin))
+            .await
+            .is_ok()
+            && get(&readyz).await.status == 200
     })
     .await;
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     assert!(ready);
     let text = std::fs::read_to_string(&stderr).unwrap();
     assert!(text.lines().count() >= 2, "{text}");
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("message").is_some(),
+            "{line}"
+        );
     }
 }
 
@@ -152,5 +216,8 @@ async fn probes_answer_on_the_admin_listener() {
     let status = get(&gw.admin_url("/api/v1/status")).await.json();
     assert_eq!(status["generation"], 1);
     assert_eq!(status["listeners"][0]["name"], "client");
-    assert_eq!(status["pools"][0]["endpoints"][0]["address"], up.addr.to_string());
+    assert_eq!(
+        status["pools"][0]["endpoints"][0]["address"],
+        up.addr.to_string()
+    );
 }
