@@ -77,7 +77,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let errors = weir_core::gateway::check(&config, policies().as_ref());
+    let errors = weir_core::gateway::check(&config, policies());
     if errors.is_empty() {
         println!(
             "{}: ok ({} listener(s), {} pool(s))",

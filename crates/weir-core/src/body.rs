@@ -100,6 +100,12 @@ impl ProxyBody {
         }
     }
 
+    /// Moves a local body under a connection's activity token.
+    pub fn with_activity(mut self, activity: ActivityToken) -> Self {
+        self._activity = activity;
+        self
+    }
+
     /// The response is complete: the connection can serve the next request.
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {

@@ -44,7 +44,7 @@ pub struct Gateway {
 
 /// Everything `weir check` verifies beyond the config file itself: policies build, TLS material
 /// loads, the admin token is readable.
-pub fn check(config: &Config, factory: &dyn PolicyFactory) -> Vec<String> {
+pub fn check(config: &Config, factory: Arc<dyn PolicyFactory>) -> Vec<String> {
     let mut errors = Vec::new();
     if let Err(e) = Generation::build(0, Arc::new(config.clone()), None, factory) {
         errors.extend(e);
@@ -68,7 +68,7 @@ impl Gateway {
         factory: Arc<dyn PolicyFactory>,
     ) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
-        let generation = Generation::build(1, config.clone(), None, factory.as_ref())
+        let generation = Generation::build(1, config.clone(), None, factory)
             .map_err(|e| StartError::Policies(e.join("; ")))?;
         let token = crate::admin::load_token(&config.admin).map_err(StartError::Admin)?;
         let shared = Arc::new(Shared::new(generation));

@@ -13,20 +13,38 @@ use weir_config::{Config, PluginRef};
 use crate::policy::{BalancePolicy, FailoverPolicy, RetrySafe, RoundRobin, RoutePolicy};
 use crate::upstream::Endpoint;
 
+/// What a factory knows of the pool it builds a policy for.
+pub struct PoolCtx<'a> {
+    /// Index in `Generation::pools` (the WIT's `pool-id`).
+    pub index: usize,
+    pub config: &'a weir_config::Pool,
+    pub endpoints: &'a [Arc<Endpoint>],
+    pub pool_names: &'a [String],
+}
+
 /// Builds policies from the plugin references of the config. The native factory knows the
-/// built-in policies; the Wasm host provides another.
+/// built-in policies; the Wasm plugin host provides another.
 pub trait PolicyFactory: Send + Sync {
     fn balancer(
         &self,
         plugin: &PluginRef,
-        pool: &weir_config::Pool,
+        pool: &PoolCtx<'_>,
     ) -> Result<Arc<dyn BalancePolicy>, String>;
-    fn router(&self, plugin: &PluginRef, pools: &[String]) -> Result<Arc<dyn RoutePolicy>, String>;
+    fn router(
+        &self,
+        plugin: &PluginRef,
+        listener: &weir_config::Listener,
+        pool_names: &[String],
+    ) -> Result<Arc<dyn RoutePolicy>, String>;
     fn failover(
         &self,
         plugin: &PluginRef,
-        pool: &weir_config::Pool,
+        pool: &PoolCtx<'_>,
     ) -> Result<Arc<dyn FailoverPolicy>, String>;
+    /// What `/api/v1/status` shows under `plugins`.
+    fn status(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
 }
 
 /// The policies weir has without any plugin: `round-robin` and `retry-idempotent`.
@@ -37,13 +55,13 @@ impl PolicyFactory for NativePolicies {
     fn balancer(
         &self,
         plugin: &PluginRef,
-        pool: &weir_config::Pool,
+        pool: &PoolCtx<'_>,
     ) -> Result<Arc<dyn BalancePolicy>, String> {
         match plugin.plugin.as_str() {
-            "round-robin" => Ok(Arc::new(native_round_robin(pool))),
+            "round-robin" => Ok(Arc::new(native_round_robin(pool.config))),
             other => Err(format!(
-                "pool `{}`: balancer plugin `{other}` is not available in this build (native policies: round-robin)",
-                pool.name
+                "pool `{}`: balancer plugin `{other}` is not available without the plugin host (native: round-robin)",
+                pool.config.name
             )),
         }
     }
@@ -51,30 +69,32 @@ impl PolicyFactory for NativePolicies {
     fn router(
         &self,
         plugin: &PluginRef,
-        _pools: &[String],
+        listener: &weir_config::Listener,
+        _pool_names: &[String],
     ) -> Result<Arc<dyn RoutePolicy>, String> {
         Err(format!(
-            "router plugin `{}` is not available in this build",
-            plugin.plugin
+            "listener `{}`: router plugin `{}` is not available without the plugin host",
+            listener.name, plugin.plugin
         ))
     }
 
     fn failover(
         &self,
         plugin: &PluginRef,
-        pool: &weir_config::Pool,
+        pool: &PoolCtx<'_>,
     ) -> Result<Arc<dyn FailoverPolicy>, String> {
         match plugin.plugin.as_str() {
             "retry-idempotent" => Ok(Arc::new(RetrySafe)),
             other => Err(format!(
-                "pool `{}`: failover plugin `{other}` is not available in this build (native policies: retry-idempotent)",
-                pool.name
+                "pool `{}`: failover plugin `{other}` is not available without the plugin host (native: retry-idempotent)",
+                pool.config.name
             )),
         }
     }
 }
 
-fn native_round_robin(pool: &weir_config::Pool) -> RoundRobin {
+/// The native round-robin over a pool's configured weights.
+pub fn native_round_robin(pool: &weir_config::Pool) -> RoundRobin {
     let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
     RoundRobin::new(&weights)
 }
@@ -97,7 +117,7 @@ pub struct PoolRt {
     pub config: weir_config::Pool,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balancer: Arc<dyn BalancePolicy>,
-    /// The fallback when the balancer returns nothing usable.
+    /// The fallback when the balancer answers nothing usable.
     pub native: RoundRobin,
     pub failover: Arc<dyn FailoverPolicy>,
 }
@@ -107,6 +127,8 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub listeners: Vec<ListenerRt>,
     pub pools: Vec<Arc<PoolRt>>,
+    /// The factory that built this generation's policies (for status reports).
+    pub policies: Arc<dyn PolicyFactory>,
 }
 
 static NEXT_ENDPOINT_ID: AtomicU32 = AtomicU32::new(1);
@@ -117,7 +139,7 @@ impl Generation {
         id: u64,
         config: Arc<Config>,
         prev: Option<&Generation>,
-        factory: &dyn PolicyFactory,
+        policies: Arc<dyn PolicyFactory>,
     ) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let mut kept: HashMap<(&str, &weir_config::EndpointAddress), Arc<Endpoint>> =
@@ -129,9 +151,10 @@ impl Generation {
                 }
             }
         }
+        let pool_names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let mut pools = Vec::with_capacity(config.pools.len());
-        for pc in &config.pools {
-            let endpoints = pc
+        for (index, pc) in config.pools.iter().enumerate() {
+            let endpoints: Vec<Arc<Endpoint>> = pc
                 .endpoints
                 .iter()
                 .map(|ec| match kept.get(&(pc.name.as_str(), &ec.address)) {
@@ -146,13 +169,19 @@ impl Generation {
                     )),
                 })
                 .collect();
-            let balancer = factory.balancer(&pc.balancer, pc).unwrap_or_else(|e| {
+            let ctx = PoolCtx {
+                index,
+                config: pc,
+                endpoints: &endpoints,
+                pool_names: &pool_names,
+            };
+            let balancer = policies.balancer(&pc.balancer, &ctx).unwrap_or_else(|e| {
                 errors.push(e);
                 Arc::new(native_round_robin(pc))
             });
             let failover: Arc<dyn FailoverPolicy> = match &pc.failover {
                 None => Arc::new(RetrySafe),
-                Some(f) => factory.failover(f, pc).unwrap_or_else(|e| {
+                Some(f) => policies.failover(f, &ctx).unwrap_or_else(|e| {
                     errors.push(e);
                     Arc::new(RetrySafe)
                 }),
@@ -166,7 +195,6 @@ impl Generation {
                 failover,
             }));
         }
-        let pool_names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for lc in &config.listeners {
             let Some(pool) = pool_names.iter().position(|n| *n == lc.pool) else {
@@ -177,8 +205,8 @@ impl Generation {
                 continue;
             };
             let router = lc.router.as_ref().and_then(|r| {
-                factory
-                    .router(r, &pool_names)
+                policies
+                    .router(r, lc, &pool_names)
                     .map_err(|e| errors.push(e))
                     .ok()
             });
@@ -205,6 +233,7 @@ impl Generation {
                 config,
                 listeners,
                 pools,
+                policies,
             })
         } else {
             Err(errors)

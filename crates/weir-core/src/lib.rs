@@ -8,6 +8,7 @@ pub mod error;
 pub mod front;
 pub mod gateway;
 pub mod generation;
+pub mod hash;
 pub mod headers;
 pub mod listener;
 pub mod policy;
@@ -17,4 +18,4 @@ pub mod tls;
 pub mod upstream;
 
 pub use gateway::{Gateway, StartError};
-pub use generation::{NativePolicies, PolicyFactory};
+pub use generation::{NativePolicies, PolicyFactory, PoolCtx};

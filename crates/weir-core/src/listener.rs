@@ -123,13 +123,14 @@ async fn accept_loop(ctx: AcceptCtx) {
             },
             _ = ctx.stop.cancelled() => break,
         };
+        let tls = ctx.tls.as_ref().map(|t| t.load_full());
         let conn = Conn {
             listener: ctx.name.clone(),
             peer,
+            https: tls.is_some(),
             shared: ctx.shared.clone(),
             stop: ctx.stop.clone(),
         };
-        let tls = ctx.tls.as_ref().map(|t| t.load_full());
         ctx.tracker.spawn(async move {
             let _permit = permit;
             conn.serve(stream, tls).await;
@@ -141,6 +142,7 @@ async fn accept_loop(ctx: AcceptCtx) {
 struct Conn {
     listener: Arc<str>,
     peer: SocketAddr,
+    https: bool,
     shared: Arc<Shared>,
     stop: CancellationToken,
 }
@@ -212,6 +214,7 @@ impl Conn {
         let info = Arc::new(ConnInfo {
             listener: self.listener.clone(),
             peer: self.peer,
+            https: self.https,
             activity: Some(activity),
         });
         let shared = self.shared.clone();
@@ -247,6 +250,7 @@ impl Conn {
         let info = Arc::new(ConnInfo {
             listener: self.listener.clone(),
             peer: self.peer,
+            https: self.https,
             activity: None,
         });
         let shared = self.shared.clone();

@@ -6,29 +6,74 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::upstream::Endpoint;
+
+/// What the host hashes into a request's affinity hash, as a balancer asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AffinityKey {
+    ClientIp,
+    Path,
+    Header(HeaderName),
+    Cookie(String),
+}
+
+impl AffinityKey {
+    /// `"client-ip"`, `"path"`, `"header:NAME"`, `"cookie:NAME"`.
+    pub fn parse(text: &str) -> Result<AffinityKey, String> {
+        match text.split_once(':') {
+            None if text == "client-ip" => Ok(AffinityKey::ClientIp),
+            None if text == "path" => Ok(AffinityKey::Path),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(AffinityKey::Header)
+                .map_err(|_| format!("`{name}` is not a header name")),
+            Some(("cookie", name)) if !name.is_empty() => Ok(AffinityKey::Cookie(name.to_string())),
+            _ => Err(format!(
+                "unknown affinity key `{text}` (client-ip, path, header:NAME, cookie:NAME)"
+            )),
+        }
+    }
+}
 
 /// What a router sees of a request.
 #[derive(Debug)]
 pub struct RouteRequest<'a> {
+    pub request_id: u64,
     pub method: &'a Method,
-    /// Host (h1) or :authority (h2), lower-cased, without the port.
+    pub https: bool,
+    /// Host (h1) or :authority (h2), without the port.
     pub host: &'a str,
     pub path_and_query: &'a str,
     pub client_ip: IpAddr,
     pub headers: &'a HeaderMap,
 }
 
+/// Where a router sends a request, with the changes it asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteTarget {
+    /// A pool of the current generation, by index.
+    pub pool: usize,
+    pub rewrite_path: Option<String>,
+    /// Set (replace) on the upstream request.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Per-try timeout instead of the pool's.
+    pub timeout: Option<Duration>,
+    /// Opaque plugin state echoed to select and on-failure.
+    pub cookie: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteDecision {
     /// The listener's default pool.
     Default,
-    /// A pool of the current generation, by index.
-    Pool(usize),
+    Upstream(RouteTarget),
     /// Answer locally without contacting an upstream.
-    Respond { status: u16, body: String },
+    Respond {
+        status: u16,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: bytes::Bytes,
+    },
 }
 
 /// Chooses the pool for a request. Called once per request, before any upstream work.
@@ -46,14 +91,35 @@ pub struct SelectCtx<'a> {
     pub attempt: u32,
     /// Endpoint indexes already tried for this request.
     pub tried: &'a [u32],
+    /// Set by the router (0 without one).
+    pub cookie: u64,
 }
 
-/// Chooses an endpoint of a pool. Contract: return the index of an endpoint for which
-/// [`Endpoint::is_eligible`] holds and that is not in `ctx.tried` when another one is eligible;
-/// `None` when nothing is eligible. The core checks the answer and falls back to the native
-/// balancer if it is out of range.
+/// A balancer's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    Endpoint(usize),
+    /// Let the native round-robin decide (also what a failed plugin call becomes).
+    Native,
+    /// Nothing acceptable: the client gets 503.
+    Unavailable,
+}
+
+/// Chooses an endpoint of a pool. Contract: return an endpoint for which
+/// [`Endpoint::is_eligible`] holds and that is not in `ctx.tried` when another one is eligible.
+/// The core checks the answer and uses the native balancer when it is not usable.
 pub trait BalancePolicy: Send + Sync + 'static {
-    fn select(&self, endpoints: &[std::sync::Arc<Endpoint>], ctx: &SelectCtx<'_>) -> Option<usize>;
+    fn select(&self, endpoints: &[std::sync::Arc<Endpoint>], ctx: &SelectCtx<'_>) -> Select;
+
+    /// What the host should hash into `SelectCtx::affinity_hash`.
+    fn affinity(&self) -> Option<&AffinityKey> {
+        None
+    }
+
+    /// A cookie the host sets when absent, whose value is the affinity key (sticky sessions).
+    fn sticky_cookie(&self) -> Option<&str> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +136,8 @@ pub enum FailureKind {
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptInfo {
     pub request_id: u64,
+    pub cookie: u64,
+    pub pool_index: u32,
     /// 1-based number of the attempt that failed.
     pub attempt: u32,
     pub endpoint_index: u32,
@@ -85,14 +153,23 @@ pub struct AttemptInfo {
 pub enum FailureDecision {
     /// Try again in the same pool (select runs again) after the backoff.
     Retry { backoff: Duration },
+    /// Try again in another pool (by index).
+    Failover { pool: usize },
     /// Give up: pass the upstream response through if any, else 502/504.
     Fail,
 }
 
-/// Decides what happens after a failed attempt. The core only acts on `Retry` when attempts and
-/// the retry budget allow it and the request is replayable or unsent.
+/// Decides what happens after a failed attempt. The core only acts on `Retry` / `Failover`
+/// when attempts and the retry budget allow it and the request is replayable or unsent.
 pub trait FailoverPolicy: Send + Sync + 'static {
     fn on_failure(&self, attempt: &AttemptInfo) -> FailureDecision;
+
+    /// Whether an upstream answer with this status is a failure worth asking about (the
+    /// response is held back until the policy decides). The native policy passes every status
+    /// through.
+    fn judges_status(&self, _status: u16) -> bool {
+        false
+    }
 }
 
 /// The native failover: retry whatever is safe to retry, immediately, on another endpoint.

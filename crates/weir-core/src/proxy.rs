@@ -1,25 +1,27 @@
 //! The request path: pin the generation, route, select, forward, and hand the upstream's
 //! response back while it streams. Retries happen only where the request is provably unsent or
-//! replayable (the failover policy decides within those bounds).
+//! replayable; the failover policy decides within those bounds.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::body::{Lease, ProxyBody, UpBody};
-use crate::error::{ProxyError, local_response};
+use crate::error::ProxyError;
 use crate::front::{ActivityToken, ConnActivity};
-use crate::generation::{Generation, PoolRt};
+use crate::generation::{Generation, ListenerRt, PoolRt};
+use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, strip_hop_by_hop};
 use crate::policy::{
-    AttemptInfo, FailureDecision, FailureKind, RouteDecision, RouteRequest, SelectCtx,
+    AffinityKey, AttemptInfo, FailureDecision, FailureKind, RouteDecision, RouteRequest,
+    RouteTarget, Select, SelectCtx,
 };
 use crate::state::Shared;
 use crate::upstream::{ConnectError, InFlight};
@@ -28,6 +30,7 @@ use crate::upstream::{ConnectError, InFlight};
 pub struct ConnInfo {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
+    pub https: bool,
     /// HTTP/1 connections share activity with their guard (idle timer, ordered refusals).
     pub activity: Option<Arc<ConnActivity>>,
 }
@@ -45,13 +48,17 @@ pub async fn serve(
     Ok(forward(&shared, &generation, &conn, req, activity).await)
 }
 
-fn host_of(req: &Request<Incoming>) -> Option<&str> {
-    req.uri().authority().map(|a| a.host()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(strip_port)
-    })
+fn host_of(req: &Request<Incoming>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.host())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(strip_port)
+        })
+        .unwrap_or("")
 }
 
 fn strip_port(host: &str) -> &str {
@@ -77,11 +84,124 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 
 /// Idempotent per RFC 9110 §9.2.2, or made so by the client with `Idempotency-Key`.
 fn idempotent(req: &Request<Incoming>) -> bool {
-    use http::Method;
     matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     ) || req.headers().contains_key("idempotency-key")
+}
+
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The affinity hash the pool's balancer asked for, and a `Set-Cookie` when a sticky cookie
+/// had to be issued.
+fn affinity(
+    pool: &PoolRt,
+    req: &Request<Incoming>,
+    peer: IpAddr,
+    request_id: u64,
+) -> (u64, Option<HeaderValue>) {
+    if let Some(name) = pool.balancer.sticky_cookie() {
+        if let Some(v) = cookie_value(req.headers(), name) {
+            return (fnv1a(v.as_bytes()), None);
+        }
+        let value = format!("{:016x}", mix(request_id ^ process_seed()));
+        let set =
+            HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax")).ok();
+        return (fnv1a(value.as_bytes()), set);
+    }
+    let hash = match pool.balancer.affinity() {
+        None => 0,
+        Some(AffinityKey::ClientIp) => match peer.to_canonical() {
+            IpAddr::V4(v4) => fnv1a(&v4.octets()),
+            IpAddr::V6(v6) => fnv1a(&v6.octets()),
+        },
+        Some(AffinityKey::Path) => fnv1a(req.uri().path().as_bytes()),
+        Some(AffinityKey::Header(name)) => {
+            req.headers().get(name).map_or(0, |v| fnv1a(v.as_bytes()))
+        }
+        Some(AffinityKey::Cookie(name)) => {
+            cookie_value(req.headers(), name).map_or(0, |v| fnv1a(v.as_bytes()))
+        }
+    };
+    (hash, None)
+}
+
+/// Random per process, so sticky cookie values are not guessable from request ids.
+fn process_seed() -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED
+        .get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(std::process::id()))
+}
+
+/// A replayable request's head, kept to send it again after an attempt that reached an upstream.
+struct Template {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn request(&self) -> Request<UpBody> {
+        let mut req = Request::new(UpBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn route(
+    listener: &ListenerRt,
+    generation: &Generation,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+    request_id: u64,
+) -> Result<RouteTarget, Response<ProxyBody>> {
+    let default = RouteTarget {
+        pool: listener.pool,
+        ..RouteTarget::default()
+    };
+    let Some(router) = &listener.router else {
+        return Ok(default);
+    };
+    let decision = router.route(&RouteRequest {
+        request_id,
+        method: req.method(),
+        https: conn.https,
+        host: host_of(req),
+        path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        client_ip: conn.peer.ip(),
+        headers: req.headers(),
+    });
+    match decision {
+        RouteDecision::Default => Ok(default),
+        RouteDecision::Upstream(t) if t.pool < generation.pools.len() => Ok(t),
+        RouteDecision::Upstream(_) => Ok(default),
+        RouteDecision::Respond {
+            status,
+            headers,
+            body,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            let mut resp = Response::new(ProxyBody::full(body, ActivityToken::none()));
+            *resp.status_mut() = status;
+            for (k, v) in headers {
+                resp.headers_mut().append(k, v);
+            }
+            add_via(resp.headers_mut(), false);
+            Err(resp)
+        }
+    }
 }
 
 async fn forward(
@@ -95,30 +215,18 @@ async fn forward(
         return ProxyError::ListenerGone.response(activity);
     };
     let request_id = shared.next_request_id();
-    let pool_index = match &listener.router {
-        None => listener.pool,
-        Some(router) => {
-            let decision = router.route(&RouteRequest {
-                method: req.method(),
-                host: host_of(&req).unwrap_or(""),
-                path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-                client_ip: conn.peer.ip(),
-                headers: req.headers(),
-            });
-            match decision {
-                RouteDecision::Default => listener.pool,
-                RouteDecision::Pool(i) if i < generation.pools.len() => i,
-                RouteDecision::Pool(_) => listener.pool,
-                RouteDecision::Respond { status, body } => {
-                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-                    return local_response(status, &body, false, activity);
-                }
-            }
+    let target = match route(listener, generation, conn, &req, request_id) {
+        Ok(t) => t,
+        Err(local) => {
+            let (parts, body) = local.into_parts();
+            let body = ProxyBody::with_activity(body, activity);
+            return Response::from_parts(parts, body);
         }
     };
-    let Some(pool) = generation.pools.get(pool_index) else {
+    let Some(first_pool) = generation.pools.get(target.pool) else {
         return ProxyError::NoEndpoint.response(activity);
     };
+    let (affinity_hash, set_cookie) = affinity(first_pool, &req, conn.peer.ip(), request_id);
 
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -161,51 +269,88 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, u);
     }
-    if let Some(pq) = parts.uri.path_and_query()
+    for (k, v) in &target.set_headers {
+        parts.headers.insert(k.clone(), v.clone());
+    }
+    if let Some(path) = &target.rewrite_path
+        && let Ok(uri) = Uri::try_from(path.as_str())
+    {
+        parts.uri = uri;
+    } else if let Some(pq) = parts.uri.path_and_query()
         && (parts.uri.scheme().is_some() || parts.uri.authority().is_some())
     {
         parts.uri = Uri::from(pq.clone());
     }
     parts.version = Version::HTTP_11;
     let has_body = !body.is_end_stream();
+    let replayable = replayable_method && !has_body && !upgrade;
+    let max_attempts = first_pool.config.retry.max_attempts.max(1);
+    let template = (replayable && max_attempts > 1).then(|| Template {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    });
     let up_body = if has_body {
         UpBody::Streamed(body)
     } else {
         UpBody::Empty
     };
-    let replayable = replayable_method && !has_body;
     let mut pending = Some(Request::from_parts(parts, up_body));
 
     let started = Instant::now();
-    let max_attempts = pool.config.retry.max_attempts.max(1);
     let mut tried: Vec<u32> = Vec::new();
     let mut attempt = 1u32;
+    let mut pool_index = target.pool;
     loop {
-        let Some(index) = select(pool, request_id, attempt, &tried) else {
+        let Some(pool) = generation.pools.get(pool_index) else {
+            return ProxyError::NoEndpoint.response(activity);
+        };
+        let ctx = SelectCtx {
+            request_id,
+            affinity_hash,
+            attempt,
+            tried: &tried,
+            cookie: target.cookie,
+        };
+        let Some(index) = select(pool, &ctx) else {
             return ProxyError::NoEndpoint.response(activity);
         };
         let endpoint = pool.endpoints[index].clone();
         let in_flight = InFlight::new(endpoint.clone());
         let t = &pool.config.timeouts;
-        let (failure, unsent) = match endpoint.checkout(t.connect, t.idle).await {
-            Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true),
+        let per_try = target.timeout.unwrap_or(t.request);
+        if pending.is_none() {
+            pending = template.as_ref().map(Template::request);
+        }
+        let (failure, unsent, held) = match endpoint.checkout(t.connect, t.idle).await {
+            Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
             Err(e) => {
                 tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
-                (FailureKind::ConnectRefused, true)
+                (FailureKind::ConnectRefused, true, None)
             }
             Ok((mut sender, reused)) => {
                 let Some(up_req) = pending.take() else {
                     return ProxyError::UpstreamReset.response(activity);
                 };
-                match tokio::time::timeout(t.request, sender.try_send_request(up_req)).await {
+                match tokio::time::timeout(per_try, sender.try_send_request(up_req)).await {
                     Ok(Ok(resp)) => {
-                        return respond(
-                            resp,
-                            Lease { sender, in_flight },
-                            client_upgrade,
-                            activity,
-                            http2,
-                        );
+                        let status = resp.status().as_u16();
+                        let can_retry = attempt < max_attempts && template.is_some();
+                        if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
+                            return respond(
+                                resp,
+                                Lease { sender, in_flight },
+                                client_upgrade,
+                                activity,
+                                http2,
+                                set_cookie,
+                            );
+                        }
+                        (
+                            FailureKind::HttpStatus(status),
+                            false,
+                            Some((resp, Lease { sender, in_flight })),
+                        )
                     }
                     Ok(Err(mut e)) => {
                         let returned = e.take_message();
@@ -215,14 +360,16 @@ async fn forward(
                         if let Some(status) = body_error_status(e.error()) {
                             return ProxyError::ClientBody { status }.response(activity);
                         }
-                        (FailureKind::ResetBeforeResponse, unsent)
+                        (FailureKind::ResetBeforeResponse, unsent, None)
                     }
-                    Err(_) => (FailureKind::ResponseTimeout, false),
+                    Err(_) => (FailureKind::ResponseTimeout, false, None),
                 }
             }
         };
         let info = AttemptInfo {
             request_id,
+            cookie: target.cookie,
+            pool_index: pool_index as u32,
             attempt,
             endpoint_index: index as u32,
             failure,
@@ -230,29 +377,30 @@ async fn forward(
             replayable,
             unsent,
         };
-        let retry = match pool.failover.on_failure(&info) {
-            FailureDecision::Retry { backoff } => Some(backoff),
-            FailureDecision::Fail => None,
+        let can_resend = unsent && pending.is_some() || template.is_some();
+        let decision = if attempt < max_attempts && can_resend {
+            pool.failover.on_failure(&info)
+        } else {
+            FailureDecision::Fail
         };
-        match retry {
-            Some(backoff)
-                if attempt < max_attempts && pending.is_some() && (unsent || replayable) =>
-            {
+        match decision {
+            FailureDecision::Retry { backoff } => {
                 tried.push(index as u32);
-                attempt += 1;
                 if backoff > Duration::ZERO {
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
                 }
             }
-            _ => {
+            FailureDecision::Failover { pool } if pool < generation.pools.len() => {
+                pool_index = pool;
+                tried.clear();
+            }
+            FailureDecision::Failover { .. } | FailureDecision::Fail => {
+                if let Some((resp, lease)) = held {
+                    return respond(resp, lease, client_upgrade, activity, http2, set_cookie);
+                }
                 let err = match failure {
-                    FailureKind::ConnectTimeout | FailureKind::ResponseTimeout => {
-                        if failure == FailureKind::ConnectTimeout {
-                            ProxyError::ConnectTimeout
-                        } else {
-                            ProxyError::ResponseTimeout
-                        }
-                    }
+                    FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
+                    FailureKind::ResponseTimeout => ProxyError::ResponseTimeout,
                     FailureKind::ConnectRefused => ProxyError::ConnectFailed,
                     FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => {
                         ProxyError::UpstreamReset
@@ -261,20 +409,16 @@ async fn forward(
                 return err.response(activity);
             }
         }
+        attempt += 1;
     }
 }
 
 /// The pool's balancer, checked; the native round-robin when it answers nothing usable.
-fn select(pool: &PoolRt, request_id: u64, attempt: u32, tried: &[u32]) -> Option<usize> {
-    let ctx = SelectCtx {
-        request_id,
-        affinity_hash: 0,
-        attempt,
-        tried,
-    };
-    match pool.balancer.select(&pool.endpoints, &ctx) {
-        Some(i) if pool.endpoints.get(i).is_some_and(|e| e.is_eligible()) => Some(i),
-        _ => crate::policy::BalancePolicy::select(&pool.native, &pool.endpoints, &ctx),
+fn select(pool: &PoolRt, ctx: &SelectCtx<'_>) -> Option<usize> {
+    match pool.balancer.select(&pool.endpoints, ctx) {
+        Select::Endpoint(i) if pool.endpoints.get(i).is_some_and(|e| e.is_eligible()) => Some(i),
+        Select::Unavailable => None,
+        _ => pool.native.pick(&pool.endpoints, ctx),
     }
 }
 
@@ -309,6 +453,7 @@ fn respond(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     activity: ActivityToken,
     http2: bool,
+    set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
@@ -336,5 +481,8 @@ fn respond(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_via(&mut parts.headers, http2);
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
     Response::from_parts(parts, ProxyBody::upstream(body, lease, activity))
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::policy::{BalancePolicy, SelectCtx};
+use crate::policy::{BalancePolicy, Select, SelectCtx};
 use crate::upstream::Endpoint;
 
 /// Longest schedule kept; larger weight sums are scaled down proportionally.
@@ -67,7 +67,18 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 impl BalancePolicy for RoundRobin {
-    fn select(&self, endpoints: &[Arc<Endpoint>], ctx: &SelectCtx<'_>) -> Option<usize> {
+    fn select(&self, endpoints: &[Arc<Endpoint>], ctx: &SelectCtx<'_>) -> Select {
+        match self.pick(endpoints, ctx) {
+            Some(i) => Select::Endpoint(i),
+            None => Select::Unavailable,
+        }
+    }
+}
+
+impl RoundRobin {
+    /// The next eligible endpoint, preferring untried primaries, then tried primaries, then
+    /// backups the same way.
+    pub fn pick(&self, endpoints: &[Arc<Endpoint>], ctx: &SelectCtx<'_>) -> Option<usize> {
         if endpoints.is_empty() || self.schedule.is_empty() {
             return None;
         }
