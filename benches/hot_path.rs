@@ -45,9 +45,7 @@ fn select(c: &mut Criterion) {
         let endpoints: Vec<Arc<Endpoint>> = (0..n)
             .map(|i| {
                 let cfg = weir_config::Endpoint {
-                    address: weir_config::EndpointAddress::Socket(
-                        format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
-                    ),
+                    address: weir_config::EndpointAddress::Socket(format!("127.0.0.1:{}", 10000 + i).parse().unwrap()),
                     weight: 1,
                     zone: String::new(),
                     backup: false,

@@ -14,9 +14,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(9081);
     let name = args.next().unwrap_or_else(|| format!("upstream-{port}"));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     eprintln!("demo upstream {name} on 127.0.0.1:{port}");
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use weir_core::{Gateway, NativePolicies, PolicyFactory};
+use weir_core::{Gateway, PolicyFactory};
+use weir_plugin_host::WasmPolicies;
 
 #[derive(Parser)]
 #[command(
@@ -64,8 +65,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn policies() -> Arc<dyn PolicyFactory> {
-    Arc::new(NativePolicies)
+/// The Wasm plugin host, with every plugin the config names loaded (compiled here, before
+/// any traffic).
+fn policies(config: &weir_config::Config) -> Result<Arc<dyn PolicyFactory>, Vec<String>> {
+    let wasm = WasmPolicies::new(&config.plugins).map_err(|e| vec![e])?;
+    wasm.prepare(config)?;
+    Ok(wasm)
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -77,7 +82,10 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let errors = weir_core::gateway::check(&config, policies());
+    let errors = match policies(&config) {
+        Ok(p) => weir_core::gateway::check(&config, p),
+        Err(e) => e,
+    };
     if errors.is_empty() {
         println!(
             "{}: ok ({} listener(s), {} pool(s))",
@@ -114,12 +122,21 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(config))
+    let policies = match policies(&config) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config, policies))
 }
 
-async fn serve(config: weir_config::Config) -> ExitCode {
+async fn serve(config: weir_config::Config, policies: Arc<dyn PolicyFactory>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let gateway = match Gateway::start(config, policies()).await {
+    let gateway = match Gateway::start(config, policies).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -25,10 +25,7 @@ fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_example_config_passes_weir_check() {
     let mut files = Vec::new();
-    toml_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
-        &mut files,
-    );
+    toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &mut files);
     assert!(files.len() >= 4, "{files:?}");
     for f in files {
         let out = Command::new(weir())
@@ -89,10 +86,7 @@ fn syntax_errors_and_unknown_keys_exit_1_with_the_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(":3:1") && err.contains("unknown field `bnid`"),
-        "{err}"
-    );
+    assert!(err.contains(":3:1") && err.contains("unknown field `bnid`"), "{err}");
 }
 
 #[test]
@@ -144,11 +138,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     weir.signal("TERM");
     // Draining: readiness is off while the request finishes.
     let readyz = format!("http://127.0.0.1:{admin}/readyz");
-    assert!(
-        eventually(Duration::from_secs(2), async || get(&readyz).await.status
-            == 503)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(2), async || get(&readyz).await.status == 503).await);
     let (status, elapsed) = in_flight.await.unwrap();
     assert_eq!(status, 200, "the in-flight request was cut");
     assert!(elapsed >= Duration::from_millis(1900));
@@ -159,9 +149,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         weir.stderr_text()
     );
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err(),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
         "still accepting after exit"
     );
 }
@@ -183,26 +171,17 @@ async fn json_logs_are_one_object_per_line() {
         .unwrap();
     let readyz = format!("http://127.0.0.1:{admin}/readyz");
     let ready = eventually(Duration::from_secs(10), async || {
-        tokio::net::TcpStream::connect(("127.0.0.1", admin))
-            .await
-            .is_ok()
-            && get(&readyz).await.status == 200
+        tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_ok() && get(&readyz).await.status == 200
     })
     .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     assert!(ready);
     let text = std::fs::read_to_string(&stderr).unwrap();
     assert!(text.lines().count() >= 2, "{text}");
     for line in text.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(
-            v.get("level").is_some() && v.get("message").is_some(),
-            "{line}"
-        );
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
     }
 }
 
@@ -216,8 +195,5 @@ async fn probes_answer_on_the_admin_listener() {
     let status = get(&gw.admin_url("/api/v1/status")).await.json();
     assert_eq!(status["generation"], 1);
     assert_eq!(status["listeners"][0]["name"], "client");
-    assert_eq!(
-        status["pools"][0]["endpoints"][0]["address"],
-        up.addr.to_string()
-    );
+    assert_eq!(status["pools"][0]["endpoints"][0]["address"], up.addr.to_string());
 }

@@ -74,14 +74,7 @@ async fn tls_with_alpn_h2_and_http11() {
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);
     assert_eq!(r.json()["headers"]["x-forwarded-proto"][0], "https");
-    let (r, alpn, _) = tls_get(
-        gw.addr("tls"),
-        "default.test",
-        &certs.ca_der,
-        &[b"http/1.1"],
-        "/y",
-    )
-    .await;
+    let (r, alpn, _) = tls_get(gw.addr("tls"), "default.test", &certs.ca_der, &[b"http/1.1"], "/y").await;
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_11);
@@ -94,30 +87,9 @@ async fn sni_selects_the_certificate() {
     let certs = TestCerts::new();
     let gw = TestGateway::start(&tls_config(&certs, &up)).await;
     // The handshake itself verifies the chain against each name: a wrong certificate fails it.
-    let (_, _, api_leaf) = tls_get(
-        gw.addr("tls"),
-        "api.example.org",
-        &certs.ca_der,
-        &[b"http/1.1"],
-        "/",
-    )
-    .await;
-    let (_, _, wild_leaf) = tls_get(
-        gw.addr("tls"),
-        "x.example.net",
-        &certs.ca_der,
-        &[b"http/1.1"],
-        "/",
-    )
-    .await;
-    let (_, _, default_leaf) = tls_get(
-        gw.addr("tls"),
-        "default.test",
-        &certs.ca_der,
-        &[b"http/1.1"],
-        "/",
-    )
-    .await;
+    let (_, _, api_leaf) = tls_get(gw.addr("tls"), "api.example.org", &certs.ca_der, &[b"http/1.1"], "/").await;
+    let (_, _, wild_leaf) = tls_get(gw.addr("tls"), "x.example.net", &certs.ca_der, &[b"http/1.1"], "/").await;
+    let (_, _, default_leaf) = tls_get(gw.addr("tls"), "default.test", &certs.ca_der, &[b"http/1.1"], "/").await;
     assert_ne!(api_leaf, default_leaf);
     assert_ne!(wild_leaf, default_leaf);
     assert_ne!(api_leaf, wild_leaf);
@@ -137,9 +109,7 @@ async fn websocket_echo_through_weir() {
         let echoed = ws.next().await.unwrap().unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
     }
-    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap().into_data().as_ref(),
         &[0u8, 1, 2, 255]

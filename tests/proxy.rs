@@ -89,10 +89,7 @@ async fn forwarded_headers_are_right_at_the_upstream() {
     assert_eq!(h["x-forwarded-for"][0], "10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"][0], "http");
     assert_eq!(h["x-forwarded-host"][0], "api.example.com");
-    assert_eq!(
-        h["forwarded"][0],
-        "for=127.0.0.1;proto=http;host=\"api.example.com\""
-    );
+    assert_eq!(h["forwarded"][0], "for=127.0.0.1;proto=http;host=\"api.example.com\"");
     assert_eq!(h["via"][0], "1.1 weir");
 }
 
@@ -130,13 +127,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     let r = request(req).await;
     let j = r.json();
     let h = j["headers"].as_object().unwrap();
-    for gone in [
-        "connection",
-        "x-private",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-    ] {
+    for gone in ["connection", "x-private", "keep-alive", "proxy-connection", "te"] {
         assert!(!h.contains_key(gone), "{gone} reached the upstream: {h:?}");
     }
     assert_eq!(h["x-end-to-end"][0], "kept");

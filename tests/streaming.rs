@@ -26,20 +26,13 @@ async fn ten_mib_each_way_stream_with_flat_memory() {
     let up = Upstream::start("a").await;
     let gw = TestGateway::start(&one_pool(&[&up])).await;
     // Warm up every path once so allocator pools exist before measuring.
-    assert_eq!(
-        get(&gw.url("client", "/bytes/65536")).await.body.len(),
-        65536
-    );
+    assert_eq!(get(&gw.url("client", "/bytes/65536")).await.body.len(), 65536);
     let before = peak_rss_kib();
 
     // Response: counted chunk by chunk on the client, never collected.
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
     let resp = client
-        .get(
-            gw.url("client", &format!("/bytes/{TEN_MIB}"))
-                .parse()
-                .unwrap(),
-        )
+        .get(gw.url("client", &format!("/bytes/{TEN_MIB}")).parse().unwrap())
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -52,17 +45,14 @@ async fn ten_mib_each_way_stream_with_flat_memory() {
 
     // Request: a generated 10 MiB stream; the upstream counts what arrives.
     let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
-    let frames = futures_util::stream::iter(
-        (0..160).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))),
-    );
+    let frames = futures_util::stream::iter((0..160).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))));
     let client = Client::builder(TokioExecutor::new()).build_http::<StreamBody<_>>();
     let req = http::Request::post(gw.url("client", "/upload"))
         .body(StreamBody::new(frames))
         .unwrap();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let j: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(j["body_len"], TEN_MIB);
     assert_eq!(up.body_bytes(), TEN_MIB);
 

@@ -87,27 +87,11 @@ const CASES: &[(&str, &str, u16)] = &[
         "GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n",
         400,
     ),
-    (
-        "NUL in value",
-        "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n",
-        400,
-    ),
-    (
-        "CTL in value",
-        "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x1bb\r\n\r\n",
-        400,
-    ),
-    (
-        "space before colon",
-        "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
-        400,
-    ),
+    ("NUL in value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n", 400),
+    ("CTL in value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x1bb\r\n\r\n", 400),
+    ("space before colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
     ("missing Host", "GET / HTTP/1.1\r\n\r\n", 400),
-    (
-        "duplicate Host",
-        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-        400,
-    ),
+    ("duplicate Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("invalid method", "G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("invalid version", "GET / HTTP/1.7\r\nHost: a\r\n\r\n", 400),
     ("fragment", "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
@@ -128,10 +112,7 @@ async fn each_malformed_request_gets_the_gateways_own_4xx_and_never_reaches_upst
     ));
     cases.push((
         "header bytes".into(),
-        format!(
-            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
-            "b".repeat(5000)
-        ),
+        format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(5000)),
         431,
     ));
     cases.push((
@@ -142,10 +123,7 @@ async fn each_malformed_request_gets_the_gateways_own_4xx_and_never_reaches_upst
     for (name, raw, want) in &cases {
         let response = raw_exchange(gw.addr("client"), raw.as_bytes()).await;
         assert_eq!(status_of(&response), *want, "{name}: {response:?}");
-        assert!(
-            response.contains("connection: close"),
-            "{name}: {response:?}"
-        );
+        assert!(response.contains("connection: close"), "{name}: {response:?}");
         assert!(
             response.contains("via: 1.1 weir"),
             "{name}: the gateway answered, not hyper or the upstream"
@@ -265,9 +243,7 @@ async fn slow_body_is_cut_at_body_timeout() {
 async fn keep_alive_connection_is_closed_after_idle_timeout() {
     let (_up, gw) = gateway("idle_timeout = \"300ms\"").await;
     let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let mut out = Vec::new();
     let start = Instant::now();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
@@ -283,9 +259,7 @@ async fn max_connections_pauses_accept_without_failing() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 16];
         s.read_exact(&mut buf).await.unwrap();
         held.push(s);

@@ -78,10 +78,9 @@ async fn an_upstream_that_closes_mid_response_does_not_hang_the_client() {
 async fn drained_endpoints_get_no_new_requests() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
-    let drain =
-        http::Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
+    let drain = http::Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
     assert_eq!(request(drain).await.status, 200);
     for _ in 0..6 {
         assert_eq!(get(&gw.url("client", "/")).await.upstream(), "b");
@@ -95,10 +94,9 @@ async fn drained_endpoints_get_no_new_requests() {
 async fn nothing_eligible_gives_503_with_retry_after() {
     let a = Upstream::start("a").await;
     let gw = TestGateway::start(&one_pool(&[&a])).await;
-    let drain =
-        http::Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
+    let drain = http::Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
     assert_eq!(request(drain).await.status, 200);
     let r = get(&gw.url("client", "/")).await;
     assert_eq!(r.status, 503);

@@ -115,9 +115,7 @@ fn pool_change(old: &Pool, new: &Pool) -> Option<PoolChange> {
     if old == new {
         return None;
     }
-    let find = |pool: &Pool, addr: &EndpointAddress| {
-        pool.endpoints.iter().find(|e| &e.address == addr).cloned()
-    };
+    let find = |pool: &Pool, addr: &EndpointAddress| pool.endpoints.iter().find(|e| &e.address == addr).cloned();
     let mut change = PoolChange {
         name: new.name.clone(),
         policies: old.balancer != new.balancer || old.failover != new.failover,

@@ -126,11 +126,7 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let before = src.get(..offset).unwrap_or(src);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before
-        .get(line_start..)
-        .map(|s| s.chars().count())
-        .unwrap_or(0)
-        + 1;
+    let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
     (line, column)
 }
 
@@ -164,10 +160,7 @@ pub fn locate(src: &str, path: &KeyPath) -> Option<usize> {
 }
 
 fn key_span(table: &dyn toml_edit::TableLike, key: &str) -> Option<usize> {
-    table
-        .get_key_value(key)
-        .and_then(|(k, _)| k.span())
-        .map(|s| s.start)
+    table.get_key_value(key).and_then(|(k, _)| k.span()).map(|s| s.start)
 }
 
 pub(crate) fn locate_issue(src: &str, file: &Path, issue: Issue) -> ConfigError {

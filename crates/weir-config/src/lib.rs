@@ -36,8 +36,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates `src` as if read from `file` (relative paths resolve against its folder).
 pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
-    let raw: raw::RawConfig =
-        toml::from_str(src).map_err(|e| ConfigErrors(vec![error::from_toml(src, file, &e)]))?;
+    let raw: raw::RawConfig = toml::from_str(src).map_err(|e| ConfigErrors(vec![error::from_toml(src, file, &e)]))?;
     let base_dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -49,10 +48,7 @@ pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
             Ok(config)
         }
         Err(issues) => {
-            let mut errors: Vec<ConfigError> = issues
-                .into_iter()
-                .map(|i| error::locate_issue(src, file, i))
-                .collect();
+            let mut errors: Vec<ConfigError> = issues.into_iter().map(|i| error::locate_issue(src, file, i)).collect();
             errors.sort_by_key(|e| (e.line, e.column));
             Err(ConfigErrors(errors))
         }

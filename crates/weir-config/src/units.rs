@@ -45,11 +45,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "" => {
                 return Err(format!(
                     "`{text}` has no unit after {number}{}",
-                    if i < bytes.len() {
-                        " (no spaces allowed)"
-                    } else {
-                        ""
-                    }
+                    if i < bytes.len() { " (no spaces allowed)" } else { "" }
                 ));
             }
             other => return Err(format!("`{text}`: unknown unit `{other}`")),
@@ -63,9 +59,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses a byte size: a bare integer or `<int><unit>` with `B KB MB GB KiB MiB GiB` (K/M/G accepted).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     if split == 0 {
         return Err(format!("`{text}` is not a size: expected a number first"));
     }

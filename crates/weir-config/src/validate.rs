@@ -32,9 +32,10 @@ impl V<'_> {
         match parse_duration(text) {
             Ok(d) => d,
             Err(e) => {
-                self.issue(Issue::new(path, format!("invalid duration: {e}")).help(
-                    "write a whole number followed by a unit without spaces: \"250ms\", \"5s\", \"1m\"",
-                ));
+                self.issue(
+                    Issue::new(path, format!("invalid duration: {e}"))
+                        .help("write a whole number followed by a unit without spaces: \"250ms\", \"5s\", \"1m\""),
+                );
                 parse_duration(default).unwrap_or_default()
             }
         }
@@ -49,8 +50,7 @@ impl V<'_> {
         };
         parsed.unwrap_or_else(|e| {
             self.issue(
-                Issue::new(path, format!("invalid size: {e}"))
-                    .help("write bytes as a number, or \"64KiB\", \"16MiB\""),
+                Issue::new(path, format!("invalid size: {e}")).help("write bytes as a number, or \"64KiB\", \"16MiB\""),
             );
             parse_size(default).unwrap_or(0)
         })
@@ -59,10 +59,7 @@ impl V<'_> {
     fn positive(&mut self, path: KeyPath, value: Option<u64>, default: u64, max: u64) -> u64 {
         let v = value.unwrap_or(default);
         if v == 0 || v > max {
-            self.issue(Issue::new(
-                path,
-                format!("must be between 1 and {max}, got {v}"),
-            ));
+            self.issue(Issue::new(path, format!("must be between 1 and {max}, got {v}")));
             return default;
         }
         v
@@ -74,10 +71,7 @@ impl V<'_> {
             self.issue(
                 Issue::new(
                     path,
-                    format!(
-                        "{what} `{}` does not exist or is not a file",
-                        resolved.display()
-                    ),
+                    format!("{what} `{}` does not exist or is not a file", resolved.display()),
                 )
                 .help("relative paths are resolved against the config file's folder"),
             );
@@ -112,11 +106,7 @@ impl V<'_> {
 /// Resolves a path from the config against the config file's folder.
 pub fn resolve(base: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
 }
 
 pub fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Vec<Issue>> {
@@ -166,10 +156,7 @@ pub fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Vec<Issue>>
     check_listeners(&mut v, &listeners, &pool_names, &admin);
 
     if raw.listener.is_empty() {
-        v.issue(
-            Issue::new(root, "no [[listener]] is configured")
-                .help("add a [[listener]] with name, bind and pool"),
-        );
+        v.issue(Issue::new(root, "no [[listener]] is configured").help("add a [[listener]] with name, bind and pool"));
     }
 
     if v.issues.is_empty() {
@@ -211,11 +198,8 @@ fn admin(v: &mut V<'_>, raw: &RawAdmin, path: &KeyPath) -> Admin {
         Ok(a) => a,
         Err(_) => {
             v.issue(
-                Issue::new(
-                    path.key("bind"),
-                    format!("`{bind_text}` is not an ip:port address"),
-                )
-                .help("e.g. \"127.0.0.1:9901\""),
+                Issue::new(path.key("bind"), format!("`{bind_text}` is not an ip:port address"))
+                    .help("e.g. \"127.0.0.1:9901\""),
             );
             SocketAddr::from(([127, 0, 0, 1], 9901))
         }
@@ -258,10 +242,7 @@ fn plugins(v: &mut V<'_>, raw: &RawPlugins, path: &KeyPath) -> Plugins {
         DEFAULT_CALL_TIMEOUT,
     );
     if call_timeout.is_zero() {
-        v.issue(Issue::new(
-            path.key("call_timeout"),
-            "must be greater than zero",
-        ));
+        v.issue(Issue::new(path.key("call_timeout"), "must be greater than zero"));
     }
     let memory_limit = v.size(
         path.key("memory_limit"),
@@ -275,10 +256,7 @@ fn plugins(v: &mut V<'_>, raw: &RawPlugins, path: &KeyPath) -> Plugins {
         ));
     }
     Plugins {
-        dir: resolve(
-            v.ctx.base_dir,
-            raw.dir.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR),
-        ),
+        dir: resolve(v.ctx.base_dir, raw.dir.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR)),
         call_timeout,
         memory_limit,
         on_error,
@@ -290,11 +268,8 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
         Ok(a) => a,
         Err(_) => {
             v.issue(
-                Issue::new(
-                    path.key("bind"),
-                    format!("`{}` is not an ip:port address", raw.bind),
-                )
-                .help("e.g. \"0.0.0.0:9080\" or \"[::]:9080\""),
+                Issue::new(path.key("bind"), format!("`{}` is not an ip:port address", raw.bind))
+                    .help("e.g. \"0.0.0.0:9080\" or \"[::]:9080\""),
             );
             SocketAddr::from(([0, 0, 0, 0], 0))
         }
@@ -302,19 +277,13 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
     if raw.name.is_empty() {
         v.issue(Issue::new(path.key("name"), "must not be empty"));
     }
-    let advertise = raw
-        .advertise
-        .as_ref()
-        .and_then(|a| match parse_advertise(a) {
-            Ok(adv) => Some(adv),
-            Err(e) => {
-                v.issue(
-                    Issue::new(path.key("advertise"), e)
-                        .help("e.g. \"https://lb.example.com:9080\""),
-                );
-                None
-            }
-        });
+    let advertise = raw.advertise.as_ref().and_then(|a| match parse_advertise(a) {
+        Ok(adv) => Some(adv),
+        Err(e) => {
+            v.issue(Issue::new(path.key("advertise"), e).help("e.g. \"https://lb.example.com:9080\""));
+            None
+        }
+    });
     let tls = raw.tls.as_ref().map(|t| {
         let tp = path.key("tls");
         let sni = t
@@ -333,10 +302,7 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
                 {
                     v.issue(Issue::new(
                         sp.key("server_name"),
-                        format!(
-                            "`{}` is not a host name or `*.suffix` wildcard",
-                            s.server_name
-                        ),
+                        format!("`{}` is not a host name or `*.suffix` wildcard", s.server_name),
                     ));
                 }
                 SniCert {
@@ -360,34 +326,16 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
             l.header_timeout.as_ref(),
             DEFAULT_HEADER_TIMEOUT,
         ),
-        body_timeout: v.duration(
-            lp.key("body_timeout"),
-            l.body_timeout.as_ref(),
-            DEFAULT_BODY_TIMEOUT,
-        ),
-        idle_timeout: v.duration(
-            lp.key("idle_timeout"),
-            l.idle_timeout.as_ref(),
-            DEFAULT_IDLE_TIMEOUT,
-        ),
+        body_timeout: v.duration(lp.key("body_timeout"), l.body_timeout.as_ref(), DEFAULT_BODY_TIMEOUT),
+        idle_timeout: v.duration(lp.key("idle_timeout"), l.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),
         max_header_bytes: v.positive(
             lp.key("max_header_bytes"),
             l.max_header_bytes,
             DEFAULT_MAX_HEADER_BYTES,
             1 << 24,
         ) as usize,
-        max_headers: v.positive(
-            lp.key("max_headers"),
-            l.max_headers,
-            DEFAULT_MAX_HEADERS,
-            10_000,
-        ) as usize,
-        max_uri_bytes: v.positive(
-            lp.key("max_uri_bytes"),
-            l.max_uri_bytes,
-            DEFAULT_MAX_URI_BYTES,
-            1 << 20,
-        ) as usize,
+        max_headers: v.positive(lp.key("max_headers"), l.max_headers, DEFAULT_MAX_HEADERS, 10_000) as usize,
+        max_uri_bytes: v.positive(lp.key("max_uri_bytes"), l.max_uri_bytes, DEFAULT_MAX_URI_BYTES, 1 << 20) as usize,
         max_body_bytes: v.size(
             lp.key("max_body_bytes"),
             l.max_body_bytes.as_ref(),
@@ -410,10 +358,7 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
         }
     }
     if limits.max_uri_bytes > limits.max_header_bytes {
-        v.issue(Issue::new(
-            lp.key("max_uri_bytes"),
-            "must not exceed max_header_bytes",
-        ));
+        v.issue(Issue::new(lp.key("max_uri_bytes"), "must not exceed max_header_bytes"));
     }
     Listener {
         name: raw.name.clone(),
@@ -438,9 +383,7 @@ fn parse_advertise(text: &str) -> Result<Advertise, String> {
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     let valid = !authority.is_empty() && authority.parse::<http_authority::Check>().is_ok();
     if !valid {
-        return Err(format!(
-            "`{text}` has no valid host[:port] after the scheme"
-        ));
+        return Err(format!("`{text}` has no valid host[:port] after the scheme"));
     }
     Ok(Advertise {
         scheme,
@@ -465,10 +408,7 @@ mod http_authority {
                 }
             };
             if let Some(h) = host
-                && (h.is_empty()
-                    || !h
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+                && (h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
             {
                 return Err(());
             }
@@ -480,12 +420,7 @@ mod http_authority {
     }
 }
 
-fn check_listeners(
-    v: &mut V<'_>,
-    listeners: &[Listener],
-    pools: &HashMap<&str, usize>,
-    admin: &Admin,
-) {
+fn check_listeners(v: &mut V<'_>, listeners: &[Listener], pools: &HashMap<&str, usize>, admin: &Admin) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut binds: Vec<(SocketAddr, usize)> = Vec::new();
     for (i, l) in listeners.iter().enumerate() {
@@ -494,10 +429,7 @@ fn check_listeners(
             v.issue(
                 Issue::new(
                     path.key("name"),
-                    format!(
-                        "duplicate listener name `{}` (also listener[{first}])",
-                        l.name
-                    ),
+                    format!("duplicate listener name `{}` (also listener[{first}])", l.name),
                 )
                 .help("give every [[listener]] its own name"),
             );
@@ -533,10 +465,7 @@ fn check_listeners(
             if overlaps(admin.bind, l.bind) {
                 v.issue(Issue::new(
                     path.key("bind"),
-                    format!(
-                        "listener `{}` binds {} which the admin API binds",
-                        l.name, l.bind
-                    ),
+                    format!("listener `{}` binds {} which the admin API binds", l.name, l.bind),
                 ));
             }
             binds.push((l.bind, i));
@@ -644,10 +573,7 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         max_fails: max_fails.min(u32::MAX as u64) as u32,
         fail_timeout,
     };
-    let health = raw
-        .health
-        .as_ref()
-        .map(|h| health(v, h, &path.key("health")));
+    let health = raw.health.as_ref().map(|h| health(v, h, &path.key("health")));
     let endpoints: Vec<Endpoint> = raw
         .endpoint
         .iter()
@@ -656,11 +582,8 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         .collect();
     if endpoints.is_empty() {
         v.issue(
-            Issue::new(
-                path.key("name"),
-                format!("pool `{}` has no endpoints", raw.name),
-            )
-            .help("add at least one [[pool.endpoint]] with an address"),
+            Issue::new(path.key("name"), format!("pool `{}` has no endpoints", raw.name))
+                .help("add at least one [[pool.endpoint]] with an address"),
         );
     }
     let mut seen = HashSet::new();
@@ -669,10 +592,7 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
             v.issue(
                 Issue::new(
                     path.key("endpoint").index(i).key("address"),
-                    format!(
-                        "endpoint {} is listed twice in pool `{}`",
-                        e.address, raw.name
-                    ),
+                    format!("endpoint {} is listed twice in pool `{}`", e.address, raw.name),
                 )
                 .help("use weight to give an endpoint more traffic"),
             );
@@ -704,47 +624,24 @@ fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath) -> Health {
     let port = raw.port.and_then(|p| match u16::try_from(p) {
         Ok(p) if p > 0 => Some(p),
         _ => {
-            v.issue(Issue::new(
-                path.key("port"),
-                format!("`{p}` is not a port (1-65535)"),
-            ));
+            v.issue(Issue::new(path.key("port"), format!("`{p}` is not a port (1-65535)")));
             None
         }
     });
     if let Some(p) = &raw.path
         && !p.starts_with('/')
     {
-        v.issue(Issue::new(
-            path.key("path"),
-            format!("`{p}` must start with `/`"),
-        ));
+        v.issue(Issue::new(path.key("path"), format!("`{p}` must start with `/`")));
     }
-    let expect_text = raw
-        .expect_status
-        .as_deref()
-        .unwrap_or(DEFAULT_EXPECT_STATUS);
+    let expect_text = raw.expect_status.as_deref().unwrap_or(DEFAULT_EXPECT_STATUS);
     let expect_status = parse_status_range(expect_text).unwrap_or_else(|e| {
         v.issue(Issue::new(path.key("expect_status"), e).help("e.g. \"200\" or \"200-399\""));
-        StatusRange {
-            low: 200,
-            high: 399,
-        }
+        StatusRange { low: 200, high: 399 }
     });
-    let interval = v.duration(
-        path.key("interval"),
-        raw.interval.as_ref(),
-        DEFAULT_HEALTH_INTERVAL,
-    );
-    let timeout = v.duration(
-        path.key("timeout"),
-        raw.timeout.as_ref(),
-        DEFAULT_HEALTH_TIMEOUT,
-    );
+    let interval = v.duration(path.key("interval"), raw.interval.as_ref(), DEFAULT_HEALTH_INTERVAL);
+    let timeout = v.duration(path.key("timeout"), raw.timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT);
     if interval.is_zero() {
-        v.issue(Issue::new(
-            path.key("interval"),
-            "must be greater than zero",
-        ));
+        v.issue(Issue::new(path.key("interval"), "must be greater than zero"));
     }
     if timeout.is_zero() {
         v.issue(Issue::new(path.key("timeout"), "must be greater than zero"));
@@ -780,9 +677,7 @@ fn parse_status_range(text: &str) -> Result<StatusRange, String> {
     let parse = |s: &str| -> Result<u16, String> {
         match s.parse::<u16>() {
             Ok(n) if (100..=599).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "`{text}` is not a status or status range (100-599)"
-            )),
+            _ => Err(format!("`{text}` is not a status or status range (100-599)")),
         }
     };
     let (low, high) = match text.split_once('-') {
@@ -800,17 +695,17 @@ fn parse_status_range(text: &str) -> Result<StatusRange, String> {
 
 fn endpoint(v: &mut V<'_>, raw: &RawEndpoint, path: &KeyPath) -> Endpoint {
     let address = parse_endpoint_address(&raw.address).unwrap_or_else(|e| {
-        v.issue(Issue::new(path.key("address"), e).help("write ip:port (\"10.0.1.10:9080\", \"[::1]:9080\") or host:port (\"api.internal:9080\")"));
+        v.issue(
+            Issue::new(path.key("address"), e)
+                .help("write ip:port (\"10.0.1.10:9080\", \"[::1]:9080\") or host:port (\"api.internal:9080\")"),
+        );
         EndpointAddress::Socket(SocketAddr::from(([0, 0, 0, 0], 0)))
     });
     let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
     if weight == 0 || weight > 10_000 {
         v.issue(
-            Issue::new(
-                path.key("weight"),
-                format!("must be between 1 and 10000, got {weight}"),
-            )
-            .help("drain an endpoint through the admin API instead of weight 0"),
+            Issue::new(path.key("weight"), format!("must be between 1 and 10000, got {weight}"))
+                .help("drain an endpoint through the admin API instead of weight 0"),
         );
     }
     Endpoint {
@@ -848,9 +743,7 @@ pub fn parse_endpoint_address(text: &str) -> Result<EndpointAddress, String> {
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
     if !valid_host {
-        return Err(format!(
-            "`{text}`: `{host}` is neither an IP address nor a host name"
-        ));
+        return Err(format!("`{text}`: `{host}` is neither an IP address nor a host name"));
     }
     Ok(EndpointAddress::Host {
         host: host.to_ascii_lowercase(),

@@ -45,10 +45,7 @@ fn listener_added_removed_and_rebound() {
 #[test]
 fn endpoints_added_removed_changed() {
     let b = A
-        .replace(
-            "address = \"127.0.0.1:9001\"",
-            "address = \"127.0.0.1:9003\"",
-        )
+        .replace("address = \"127.0.0.1:9001\"", "address = \"127.0.0.1:9003\"")
         .replace(
             "address = \"127.0.0.1:9002\"",
             "address = \"127.0.0.1:9002\"\nweight = 5",
@@ -65,9 +62,7 @@ fn endpoints_added_removed_changed() {
 
 #[test]
 fn policy_and_settings_changes() {
-    let b = format!(
-        "{A}[pool.balancer]\nplugin = \"least-request\"\n[pool.timeouts]\nconnect = \"2s\"\n"
-    );
+    let b = format!("{A}[pool.balancer]\nplugin = \"least-request\"\n[pool.timeouts]\nconnect = \"2s\"\n");
     let d = diff(&cfg(A), &cfg(&b));
     let p = &d.pools_changed[0];
     assert!(p.policies && p.settings && !p.health);
@@ -88,8 +83,7 @@ fn pools_added_and_removed() {
 
 #[test]
 fn global_sections() {
-    let b =
-        format!("[admin]\nbind = \"127.0.0.1:9902\"\n[runtime]\nshutdown_timeout = \"5s\"\n{A}");
+    let b = format!("[admin]\nbind = \"127.0.0.1:9902\"\n[runtime]\nshutdown_timeout = \"5s\"\n{A}");
     let d = diff(&cfg(A), &cfg(&b));
     assert!(d.admin_changed && d.runtime_changed && !d.plugins_changed && !d.reload_changed);
 }

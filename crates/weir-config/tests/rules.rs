@@ -50,29 +50,19 @@ fn base_is_valid_with_defaults() {
 
 #[test]
 fn duplicate_listener_names() {
-    let src = format!(
-        "{BASE}\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:18081\"\npool = \"app\"\n"
-    );
-    assert_one(
-        &src,
-        "listener[1].name",
-        13,
-        "duplicate listener name `client`",
-    );
+    let src = format!("{BASE}\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:18081\"\npool = \"app\"\n");
+    assert_one(&src, "listener[1].name", 13, "duplicate listener name `client`");
 }
 
 #[test]
 fn duplicate_pool_names() {
-    let src = format!(
-        "{BASE}\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:9002\"\n"
-    );
+    let src = format!("{BASE}\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:9002\"\n");
     assert_one(&src, "pool[1].name", 13, "duplicate pool name `app`");
 }
 
 #[test]
 fn two_listeners_on_one_address() {
-    let src =
-        format!("{BASE}\n[[listener]]\nname = \"p2p\"\nbind = \"0.0.0.0:18080\"\npool = \"app\"\n");
+    let src = format!("{BASE}\n[[listener]]\nname = \"p2p\"\nbind = \"0.0.0.0:18080\"\npool = \"app\"\n");
     assert_one(&src, "listener[1].bind", 14, "already binds");
 }
 
@@ -87,13 +77,7 @@ fn port_zero_listeners_never_collide() {
 fn listener_names_unknown_pool() {
     let src = BASE.replace("pool = \"app\"", "pool = \"nope\"");
     assert_one(&src, "listener[0].pool", 5, "unknown pool `nope`");
-    assert!(
-        errors(&src)[0]
-            .help
-            .as_deref()
-            .unwrap_or("")
-            .contains("app")
-    );
+    assert!(errors(&src)[0].help.as_deref().unwrap_or("").contains("app"));
 }
 
 #[test]
@@ -108,10 +92,7 @@ fn endpoint_address_that_does_not_parse() {
 fn endpoint_hostnames_are_accepted() {
     let src = BASE.replace("127.0.0.1:9001", "api.internal:9080");
     let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        c.pools[0].endpoints[0].address.to_string(),
-        "api.internal:9080"
-    );
+    assert_eq!(c.pools[0].endpoints[0].address.to_string(), "api.internal:9080");
 }
 
 #[test]
@@ -146,11 +127,7 @@ fn unknown_key_is_located() {
     let errs = errors(&src);
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].line, 6, "{}", errs[0]);
-    assert!(
-        errs[0].message.contains("unknown field `bnid`"),
-        "{}",
-        errs[0]
-    );
+    assert!(errs[0].message.contains("unknown field `bnid`"), "{}", errs[0]);
 }
 
 #[test]
@@ -169,10 +146,7 @@ fn bad_bind_address() {
 
 #[test]
 fn bad_advertise() {
-    let src = BASE.replace(
-        "pool = \"app\"\n",
-        "pool = \"app\"\nadvertise = \"lb.example.com\"\n",
-    );
+    let src = BASE.replace("pool = \"app\"\n", "pool = \"app\"\nadvertise = \"lb.example.com\"\n");
     assert_one(&src, "listener[0].advertise", 6, "http:// or https://");
 }
 
@@ -183,10 +157,7 @@ fn advertise_parses() {
         "pool = \"app\"\nadvertise = \"https://lb.example.com:9080\"\n",
     );
     let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let adv = c.listeners[0]
-        .advertise
-        .clone()
-        .unwrap_or_else(|| panic!("advertise"));
+    let adv = c.listeners[0].advertise.clone().unwrap_or_else(|| panic!("advertise"));
     assert_eq!(adv.authority, "lb.example.com:9080");
     assert_eq!(adv.scheme.as_str(), "https");
 }
@@ -206,12 +177,7 @@ fn duplicate_endpoint() {
 #[test]
 fn weight_zero() {
     let src = format!("{BASE}weight = 0\n");
-    assert_one(
-        &src,
-        "pool[0].endpoint[0].weight",
-        11,
-        "between 1 and 10000",
-    );
+    assert_one(&src, "pool[0].endpoint[0].weight", 11, "between 1 and 10000");
 }
 
 #[test]
@@ -274,10 +240,7 @@ fn plugin_config_becomes_json() {
         "{BASE}\n[pool.failover]\nplugin = \"retry-idempotent\"\nconfig = {{ max_attempts = 3, on_status = [502, 503] }}\n"
     );
     let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let f = c.pools[0]
-        .failover
-        .clone()
-        .unwrap_or_else(|| panic!("failover"));
+    let f = c.pools[0].failover.clone().unwrap_or_else(|| panic!("failover"));
     let v: serde_json::Value = serde_json::from_str(&f.config_json).unwrap_or_default();
     assert_eq!(v["max_attempts"], 3);
     assert_eq!(v["on_status"][1], 503);
@@ -307,12 +270,7 @@ fn limits_zero_timeout() {
         "pool = \"app\"\n",
         "pool = \"app\"\n[listener.limits]\nheader_timeout = \"0s\"\n",
     );
-    assert_one(
-        &src,
-        "listener[0].limits.header_timeout",
-        7,
-        "greater than zero",
-    );
+    assert_one(&src, "listener[0].limits.header_timeout", 7, "greater than zero");
 }
 
 #[test]

@@ -31,8 +31,7 @@ pub fn load_token(admin: &weir_config::Admin) -> Result<Option<String>, String> 
         return Ok(Some(token));
     }
     if let Some(var) = &admin.token_env {
-        let token =
-            std::env::var(var).map_err(|_| format!("admin token variable {var} is not set"))?;
+        let token = std::env::var(var).map_err(|_| format!("admin token variable {var} is not set"))?;
         return Ok(Some(token.trim().to_string()));
     }
     Ok(None)
@@ -105,11 +104,7 @@ impl Admin {
         let Some(token) = &self.token else {
             return true;
         };
-        let Some(given) = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(given) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
             return false;
         };
         given
@@ -136,15 +131,11 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "starting")
                 }
             }
-            (&Method::GET, ["api", "v1", "status"]) => {
-                json_response(StatusCode::OK, &self.status())
-            }
+            (&Method::GET, ["api", "v1", "status"]) => json_response(StatusCode::OK, &self.status()),
             (m, ["api", "v1", ..]) if m != Method::GET && !self.authorized(&req) => {
                 let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
                 r
             }
             (&Method::PUT, ["api", "v1", "readiness"]) => match read_json(req).await {
@@ -241,6 +232,7 @@ impl Admin {
             "draining": self.shared.is_draining(),
             "listeners": listeners,
             "pools": pools,
+            "plugins": g.policies.status(),
         })
     }
 }
@@ -262,10 +254,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(
-                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                16,
-            )
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
         {
             out.push(v);
             i += 3;

@@ -58,12 +58,7 @@ impl ProxyError {
     }
 
     pub fn response(self, activity: ActivityToken) -> Response<ProxyBody> {
-        local_response(
-            self.status(),
-            self.message(),
-            self == ProxyError::NoEndpoint,
-            activity,
-        )
+        local_response(self.status(), self.message(), self == ProxyError::NoEndpoint, activity)
     }
 }
 

@@ -63,13 +63,10 @@ pub fn check(config: &Config, factory: Arc<dyn PolicyFactory>) -> Vec<String> {
 }
 
 impl Gateway {
-    pub async fn start(
-        config: Config,
-        factory: Arc<dyn PolicyFactory>,
-    ) -> Result<Gateway, StartError> {
+    pub async fn start(config: Config, factory: Arc<dyn PolicyFactory>) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
-        let generation = Generation::build(1, config.clone(), None, factory)
-            .map_err(|e| StartError::Policies(e.join("; ")))?;
+        let generation =
+            Generation::build(1, config.clone(), None, factory).map_err(|e| StartError::Policies(e.join("; ")))?;
         let token = crate::admin::load_token(&config.admin).map_err(StartError::Admin)?;
         let shared = Arc::new(Shared::new(generation));
         let connections = TaskTracker::new();
@@ -78,14 +75,10 @@ impl Gateway {
         let mut bound = Vec::new();
         for l in &config.listeners {
             let tls = match &l.tls {
-                Some(t) => {
-                    Some(
-                        crate::tls::server_config(t).map_err(|message| StartError::Tls {
-                            name: l.name.clone(),
-                            message,
-                        })?,
-                    )
-                }
+                Some(t) => Some(crate::tls::server_config(t).map_err(|message| StartError::Tls {
+                    name: l.name.clone(),
+                    message,
+                })?),
                 None => None,
             };
             let socket = listener::bind(l.bind).map_err(|source| StartError::Bind {
@@ -120,15 +113,11 @@ impl Gateway {
             listeners.push(handle);
         }
         let admin_stop = CancellationToken::new();
-        let admin_task =
-            crate::admin::spawn(admin_socket, shared.clone(), token, admin_stop.clone());
+        let admin_task = crate::admin::spawn(admin_socket, shared.clone(), token, admin_stop.clone());
         tracing::info!(bind = %admin_addr, "admin API listening");
 
         let background_stop = CancellationToken::new();
-        tokio::spawn(sweep_idle_connections(
-            shared.clone(),
-            background_stop.clone(),
-        ));
+        tokio::spawn(sweep_idle_connections(shared.clone(), background_stop.clone()));
 
         shared.set_started();
         Ok(Gateway {
@@ -160,10 +149,7 @@ impl Gateway {
     }
 
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|l| &*l.name == name)
-            .map(|l| l.local_addr)
+        self.listeners.iter().find(|l| &*l.name == name).map(|l| l.local_addr)
     }
 
     /// Graceful shutdown: `/readyz` turns 503, listeners stop accepting, open connections finish

@@ -25,22 +25,19 @@ pub struct PoolCtx<'a> {
 /// Builds policies from the plugin references of the config. The native factory knows the
 /// built-in policies; the Wasm plugin host provides another.
 pub trait PolicyFactory: Send + Sync {
-    fn balancer(
-        &self,
-        plugin: &PluginRef,
-        pool: &PoolCtx<'_>,
-    ) -> Result<Arc<dyn BalancePolicy>, String>;
+    fn balancer(&self, plugin: &PluginRef, pool: &PoolCtx<'_>) -> Result<Arc<dyn BalancePolicy>, String>;
     fn router(
         &self,
         plugin: &PluginRef,
         listener: &weir_config::Listener,
         pool_names: &[String],
     ) -> Result<Arc<dyn RoutePolicy>, String>;
-    fn failover(
-        &self,
-        plugin: &PluginRef,
-        pool: &PoolCtx<'_>,
-    ) -> Result<Arc<dyn FailoverPolicy>, String>;
+    fn failover(&self, plugin: &PluginRef, pool: &PoolCtx<'_>) -> Result<Arc<dyn FailoverPolicy>, String>;
+    /// Loads whatever `config` references before a generation is built from it (plugin files:
+    /// compiled here, off the request path). Blocking.
+    fn prepare(&self, _config: &Config) -> Result<(), Vec<String>> {
+        Ok(())
+    }
     /// What `/api/v1/status` shows under `plugins`.
     fn status(&self) -> serde_json::Value {
         serde_json::Value::Array(Vec::new())
@@ -52,11 +49,7 @@ pub trait PolicyFactory: Send + Sync {
 pub struct NativePolicies;
 
 impl PolicyFactory for NativePolicies {
-    fn balancer(
-        &self,
-        plugin: &PluginRef,
-        pool: &PoolCtx<'_>,
-    ) -> Result<Arc<dyn BalancePolicy>, String> {
+    fn balancer(&self, plugin: &PluginRef, pool: &PoolCtx<'_>) -> Result<Arc<dyn BalancePolicy>, String> {
         match plugin.plugin.as_str() {
             "round-robin" => Ok(Arc::new(native_round_robin(pool.config))),
             other => Err(format!(
@@ -78,11 +71,7 @@ impl PolicyFactory for NativePolicies {
         ))
     }
 
-    fn failover(
-        &self,
-        plugin: &PluginRef,
-        pool: &PoolCtx<'_>,
-    ) -> Result<Arc<dyn FailoverPolicy>, String> {
+    fn failover(&self, plugin: &PluginRef, pool: &PoolCtx<'_>) -> Result<Arc<dyn FailoverPolicy>, String> {
         match plugin.plugin.as_str() {
             "retry-idempotent" => Ok(Arc::new(RetrySafe)),
             other => Err(format!(
@@ -142,8 +131,7 @@ impl Generation {
         policies: Arc<dyn PolicyFactory>,
     ) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
-        let mut kept: HashMap<(&str, &weir_config::EndpointAddress), Arc<Endpoint>> =
-            HashMap::new();
+        let mut kept: HashMap<(&str, &weir_config::EndpointAddress), Arc<Endpoint>> = HashMap::new();
         if let Some(prev) = prev {
             for p in &prev.pools {
                 for e in &p.endpoints {
@@ -198,23 +186,15 @@ impl Generation {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for lc in &config.listeners {
             let Some(pool) = pool_names.iter().position(|n| *n == lc.pool) else {
-                errors.push(format!(
-                    "listener `{}` names unknown pool `{}`",
-                    lc.name, lc.pool
-                ));
+                errors.push(format!("listener `{}` names unknown pool `{}`", lc.name, lc.pool));
                 continue;
             };
-            let router = lc.router.as_ref().and_then(|r| {
-                policies
-                    .router(r, lc, &pool_names)
-                    .map_err(|e| errors.push(e))
-                    .ok()
-            });
-            let own_scheme = if lc.tls.is_some() { "https" } else { "http" };
-            let scheme = lc
-                .advertise
+            let router = lc
+                .router
                 .as_ref()
-                .map_or(own_scheme, |a| a.scheme.as_str());
+                .and_then(|r| policies.router(r, lc, &pool_names).map_err(|e| errors.push(e)).ok());
+            let own_scheme = if lc.tls.is_some() { "https" } else { "http" };
+            let scheme = lc.advertise.as_ref().map_or(own_scheme, |a| a.scheme.as_str());
             listeners.push(ListenerRt {
                 name: lc.name.clone(),
                 config: lc.clone(),

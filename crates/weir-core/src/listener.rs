@@ -162,12 +162,7 @@ impl Conn {
         match tls {
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                let stream = match tokio::time::timeout(
-                    limits.header_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
+                let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
@@ -190,11 +185,7 @@ impl Conn {
         }
     }
 
-    async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-        self,
-        io: S,
-        limits: &weir_config::Limits,
-    ) {
+    async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
         let activity = Arc::new(ConnActivity::default());
         let guard = H1Guard::new(
             io,
@@ -226,9 +217,7 @@ impl Conn {
             .max_headers(limits.max_headers)
             .max_buf_size((limits.max_header_bytes + 16 * 1024).max(400 * 1024))
             .writev(false);
-        let conn = builder
-            .serve_connection(TokioIo::new(guard), service)
-            .with_upgrades();
+        let conn = builder.serve_connection(TokioIo::new(guard), service).with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
@@ -242,11 +231,7 @@ impl Conn {
         }
     }
 
-    async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-        self,
-        io: S,
-        limits: &weir_config::Limits,
-    ) {
+    async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
         let info = Arc::new(ConnInfo {
             listener: self.listener.clone(),
             peer: self.peer,

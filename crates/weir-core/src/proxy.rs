@@ -20,8 +20,7 @@ use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, strip_hop_by_hop};
 use crate::policy::{
-    AffinityKey, AttemptInfo, FailureDecision, FailureKind, RouteDecision, RouteRequest,
-    RouteTarget, Select, SelectCtx,
+    AffinityKey, AttemptInfo, FailureDecision, FailureKind, RouteDecision, RouteRequest, RouteTarget, Select, SelectCtx,
 };
 use crate::state::Shared;
 use crate::upstream::{ConnectError, InFlight};
@@ -76,10 +75,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
 /// Idempotent per RFC 9110 §9.2.2, or made so by the client with `Idempotency-Key`.
@@ -103,44 +99,40 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// The affinity hash the pool's balancer asked for, and a `Set-Cookie` when a sticky cookie
 /// had to be issued.
-fn affinity(
-    pool: &PoolRt,
-    req: &Request<Incoming>,
-    peer: IpAddr,
-    request_id: u64,
-) -> (u64, Option<HeaderValue>) {
+fn affinity(pool: &PoolRt, req: &Request<Incoming>, peer: IpAddr, request_id: u64) -> (u64, Option<HeaderValue>) {
     if let Some(name) = pool.balancer.sticky_cookie() {
         if let Some(v) = cookie_value(req.headers(), name) {
             return (fnv1a(v.as_bytes()), None);
         }
         let value = format!("{:016x}", mix(request_id ^ process_seed()));
-        let set =
-            HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax")).ok();
+        let set = HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax")).ok();
         return (fnv1a(value.as_bytes()), set);
     }
-    let hash = match pool.balancer.affinity() {
-        None => 0,
-        Some(AffinityKey::ClientIp) => match peer.to_canonical() {
+    let hash = pool
+        .balancer
+        .affinity()
+        .map_or(0, |key| affinity_hash(key, peer, req.uri().path(), req.headers()));
+    (hash, None)
+}
+
+/// Hashes the request's value of `key` (0 when the request has none).
+pub fn affinity_hash(key: &AffinityKey, peer: IpAddr, path: &str, headers: &HeaderMap) -> u64 {
+    match key {
+        AffinityKey::ClientIp => match peer.to_canonical() {
             IpAddr::V4(v4) => fnv1a(&v4.octets()),
             IpAddr::V6(v6) => fnv1a(&v6.octets()),
         },
-        Some(AffinityKey::Path) => fnv1a(req.uri().path().as_bytes()),
-        Some(AffinityKey::Header(name)) => {
-            req.headers().get(name).map_or(0, |v| fnv1a(v.as_bytes()))
-        }
-        Some(AffinityKey::Cookie(name)) => {
-            cookie_value(req.headers(), name).map_or(0, |v| fnv1a(v.as_bytes()))
-        }
-    };
-    (hash, None)
+        AffinityKey::Path => fnv1a(path.as_bytes()),
+        AffinityKey::Header(name) => headers.get(name).map_or(0, |v| fnv1a(v.as_bytes())),
+        AffinityKey::Cookie(name) => cookie_value(headers, name).map_or(0, |v| fnv1a(v.as_bytes())),
+    }
 }
 
 /// Random per process, so sticky cookie values are not guessable from request ids.
 fn process_seed() -> u64 {
     use std::hash::BuildHasher;
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED
-        .get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(std::process::id()))
+    *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(std::process::id()))
 }
 
 /// A replayable request's head, kept to send it again after an attempt that reached an upstream.
@@ -187,11 +179,7 @@ fn route(
         RouteDecision::Default => Ok(default),
         RouteDecision::Upstream(t) if t.pool < generation.pools.len() => Ok(t),
         RouteDecision::Upstream(_) => Ok(default),
-        RouteDecision::Respond {
-            status,
-            headers,
-            body,
-        } => {
+        RouteDecision::Respond { status, headers, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
             let mut resp = Response::new(ProxyBody::full(body, ActivityToken::none()));
             *resp.status_mut() = status;
@@ -402,9 +390,7 @@ async fn forward(
                     FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
                     FailureKind::ResponseTimeout => ProxyError::ResponseTimeout,
                     FailureKind::ConnectRefused => ProxyError::ConnectFailed,
-                    FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => {
-                        ProxyError::UpstreamReset
-                    }
+                    FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => ProxyError::UpstreamReset,
                 };
                 return err.response(activity);
             }
@@ -430,9 +416,7 @@ fn body_error_status(err: &hyper::Error) -> Option<u16> {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return match io.kind() {
                 std::io::ErrorKind::TimedOut => Some(408),
-                std::io::ErrorKind::InvalidData if io.to_string().contains("too large") => {
-                    Some(413)
-                }
+                std::io::ErrorKind::InvalidData if io.to_string().contains("too large") => Some(413),
                 std::io::ErrorKind::InvalidData => Some(400),
                 _ => None,
             };
@@ -463,11 +447,8 @@ fn respond(
                 let _in_flight = in_flight;
                 match tokio::try_join!(client, upstream) {
                     Ok((client, upstream)) => {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(client),
-                            &mut TokioIo::new(upstream),
-                        )
-                        .await;
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
                 }

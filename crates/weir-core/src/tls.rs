@@ -44,11 +44,7 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_key_pair(
-    cert: &Path,
-    key: &Path,
-    provider: &CryptoProvider,
-) -> Result<Arc<CertifiedKey>, String> {
+fn load_key_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -56,8 +52,8 @@ fn load_key_pair(
     if certs.is_empty() {
         return Err(format!("no certificate found in {}", cert.display()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
     let signing = provider
         .key_provider
         .load_private_key(key_der)

@@ -133,10 +133,7 @@ impl Endpoint {
         while let Some(mut idle) = self.idle.pop() {
             // `ready` is immediate for an idle connection; it only waits for one whose last
             // (empty) response the connection task is still finishing.
-            if idle.since.elapsed() < idle_timeout
-                && !idle.sender.is_closed()
-                && idle.sender.ready().await.is_ok()
-            {
+            if idle.since.elapsed() < idle_timeout && !idle.sender.is_closed() && idle.sender.ready().await.is_ok() {
                 return Ok((idle.sender, true));
             }
         }

@@ -47,7 +47,7 @@ mod config;
 mod pool;
 
 pub use config::Config;
-pub use pool::{PoolCache, eligible, healthy, untried};
+pub use pool::{PerPool, PoolCache, eligible, healthy, untried};
 
 /// What a plugin declares about itself once, from `init` (see `plugin-info` in the WIT).
 #[derive(Debug, Clone, Default)]

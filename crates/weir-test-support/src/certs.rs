@@ -16,9 +16,7 @@ impl TestCerts {
     pub fn new() -> TestCerts {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "weir test CA");
+        params.distinguished_name.push(DnType::CommonName, "weir test CA");
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let ca_der = CertificateDer::from(issuer.der().to_vec());
         TestCerts {
@@ -31,9 +29,7 @@ impl TestCerts {
     /// Writes `<file>.pem` and `<file>.key` for a leaf valid for `names`; returns both paths.
     pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("weir"));

@@ -28,8 +28,7 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// The `x-upstream` header: which test upstream answered.
@@ -44,11 +43,7 @@ impl Reply {
 
 async fn collect(resp: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Reply {
         status: parts.status,
         headers: parts.headers,

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_core::{Gateway, NativePolicies};
+use weir_core::{Gateway, PolicyFactory};
+use weir_plugin_host::WasmPolicies;
 
 use crate::upstream::Upstream;
 
@@ -32,29 +33,37 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    /// Starts from inline TOML; an `[admin]` table on a free port is added when absent.
+    /// Starts from inline TOML; an `[admin]` table on a free port is added when absent, and a
+    /// `[plugins]` table pointing at the repository's built plugins (`plugins/dist`).
     pub async fn start(toml: &str) -> TestGateway {
+        Self::try_start(toml)
+            .await
+            .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
+    }
+
+    /// Like [`TestGateway::start`], returning the errors instead of panicking.
+    pub async fn try_start(toml: &str) -> Result<TestGateway, String> {
         let dir = tempfile::tempdir().unwrap();
-        let toml = if toml.contains("[admin]") {
-            toml.to_string()
-        } else {
-            format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{toml}")
-        };
+        let mut toml = toml.to_string();
+        if !toml.contains("[admin]") {
+            toml = format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{toml}");
+        }
+        if !toml.contains("[plugins]") {
+            toml = format!("[plugins]\ndir = \"{}\"\n\n{toml}", plugins_dist().display());
+        }
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, &toml).unwrap();
-        let config = weir_config::load(&path)
-            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n{toml}"));
-        let gateway = Gateway::start(config, Arc::new(NativePolicies))
-            .await
-            .unwrap_or_else(|e| panic!("gateway failed to start: {e}"));
+        let config = weir_config::load(&path).map_err(|e| format!("test config is invalid:\n{e}\n{toml}"))?;
+        let policies = wasm_policies(&config).map_err(|e| e.join("\n"))?;
+        let gateway = Gateway::start(config, policies).await.map_err(|e| e.to_string())?;
         let addrs = gateway.listener_addrs();
         let admin = gateway.admin_addr();
-        TestGateway {
+        Ok(TestGateway {
             gateway: Some(gateway),
             addrs,
             admin,
             dir,
-        }
+        })
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -79,6 +88,30 @@ impl TestGateway {
     pub async fn shutdown(mut self) -> bool {
         self.gateway.take().unwrap().shutdown().await
     }
+}
+
+/// The repository's `plugins/dist`, where scripts/build-plugins.sh puts the plugin files.
+pub fn plugins_dist() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../plugins/dist")
+        .canonicalize()
+        .unwrap_or_else(|_| {
+            panic!("plugins/dist does not exist: build the plugins first with scripts/build-plugins.sh")
+        })
+}
+
+/// The path of a built plugin; panics with the build command when it is missing.
+pub fn plugin_file(name: &str) -> PathBuf {
+    let p = plugins_dist().join(format!("{name}.wasm"));
+    assert!(p.is_file(), "{} is missing: run scripts/build-plugins.sh", p.display());
+    p
+}
+
+/// The Wasm plugin host with `config`'s plugins loaded, as `weir run` does it.
+pub fn wasm_policies(config: &weir_config::Config) -> Result<Arc<dyn PolicyFactory>, Vec<String>> {
+    let wasm = WasmPolicies::new(&config.plugins).map_err(|e| vec![e])?;
+    wasm.prepare(config)?;
+    Ok(wasm)
 }
 
 /// A port that was free a moment ago (for configs the subprocess must bind itself).
@@ -127,9 +160,8 @@ impl WeirProcess {
     pub async fn wait_ready(&mut self) {
         let url = format!("http://{}/readyz", self.admin);
         let ready = crate::eventually(Duration::from_secs(10), async || {
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<http_body_util::Empty<bytes::Bytes>>();
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
             matches!(client.get(url.parse().unwrap()).await, Ok(r) if r.status() == 200)
         })
         .await;

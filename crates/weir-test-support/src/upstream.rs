@@ -108,11 +108,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn handle(
-    mut req: Request<Incoming>,
-    name: String,
-    c: Arc<Counters>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> Result<Response<Body>, Infallible> {
     c.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -168,13 +164,11 @@ async fn handle(
     let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "headers": headers, "body_len": body_len });
     let mut resp = Response::new(full(json.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     // A hop-by-hop header the gateway must strip.
-    resp.headers_mut()
-        .insert("keep-alive", "timeout=30".parse().unwrap());
+    resp.headers_mut().insert("keep-alive", "timeout=30".parse().unwrap());
     Ok(resp)
 }
 
@@ -195,8 +189,7 @@ fn stream_bytes(n: u64, name: &str) -> Response<Body> {
         }
     });
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    resp.headers_mut()
-        .insert("x-upstream", name.parse().unwrap());
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
     resp
 }
 

@@ -1,13 +1,11 @@
 //! `round-robin`: smooth weighted round-robin (nginx's algorithm) over the eligible endpoints;
 //! backups only when no primary is eligible. The default balancer of every pool.
 
-use std::cell::RefCell;
-
 use weir_plugin_sdk::*;
 
 struct RoundRobin {
     pool: PoolCache,
-    current: RefCell<Vec<i64>>,
+    current: PerPool<Vec<i64>>,
 }
 
 /// One step of smooth weighted round-robin over the endpoints for which `ok` holds.
@@ -38,7 +36,7 @@ impl Plugin for RoundRobin {
 
     fn init(config: &Config) -> Result<Self, String> {
         config.only(&[])?;
-        Ok(RoundRobin { pool: PoolCache::default(), current: RefCell::new(Vec::new()) })
+        Ok(RoundRobin { pool: PoolCache::default(), current: PerPool::default() })
     }
 
     fn select(&self, pool: PoolView, key: SelectKey) -> SelectDecision {
@@ -49,11 +47,12 @@ impl Plugin for RoundRobin {
                 _ => vec![1; n],
             };
             let backup = |i: usize| info.and_then(|s| s.endpoints.get(i)).is_some_and(|e| e.backup);
-            let mut current = self.current.borrow_mut();
-            let pick = smooth_pick(&mut current, &weights, |i| !backup(i) && eligible(&pool, &key, i))
-                .or_else(|| smooth_pick(&mut current, &weights, |i| !backup(i) && healthy(&pool, i)))
-                .or_else(|| smooth_pick(&mut current, &weights, |i| backup(i) && eligible(&pool, &key, i)))
-                .or_else(|| smooth_pick(&mut current, &weights, |i| backup(i) && healthy(&pool, i)));
+            let pick = self.current.with(pool.pool_id, |current| {
+                smooth_pick(current, &weights, |i| !backup(i) && eligible(&pool, &key, i))
+                    .or_else(|| smooth_pick(current, &weights, |i| !backup(i) && healthy(&pool, i)))
+                    .or_else(|| smooth_pick(current, &weights, |i| backup(i) && eligible(&pool, &key, i)))
+                    .or_else(|| smooth_pick(current, &weights, |i| backup(i) && healthy(&pool, i)))
+            });
             match pick {
                 Some(i) => SelectDecision::Endpoint(i as u32),
                 None => SelectDecision::Unavailable,

@@ -38,10 +38,7 @@ pub struct Step {
 impl Default for Chunked {
     fn default() -> Self {
         Chunked {
-            st: St::Size {
-                digits: 0,
-                value: 0,
-            },
+            st: St::Size { digits: 0, value: 0 },
             data_bytes: 0,
         }
     }
@@ -58,11 +55,7 @@ impl Chunked {
             if let St::Data(n) = self.st {
                 let take = n.min((buf.len() - i) as u64);
                 i += take as usize;
-                self.st = if take == n {
-                    St::DataCr
-                } else {
-                    St::Data(n - take)
-                };
+                self.st = if take == n { St::DataCr } else { St::Data(n - take) };
                 continue;
             }
             let b = buf[i];
@@ -95,10 +88,7 @@ impl Chunked {
                     _ if len >= MAX_LINE || (b < 0x20 && b != b'\t') || b == 0x7f => {
                         return Err(MALFORMED);
                     }
-                    _ => St::Ext {
-                        value,
-                        len: len + 1,
-                    },
+                    _ => St::Ext { value, len: len + 1 },
                 },
                 St::SizeLf { value } => {
                     if b != b'\n' {
@@ -119,10 +109,7 @@ impl Chunked {
                 }
                 St::Data(_) => unreachable_data(),
                 St::DataCr if b == b'\r' => St::DataLf,
-                St::DataLf if b == b'\n' => St::Size {
-                    digits: 0,
-                    value: 0,
-                },
+                St::DataLf if b == b'\n' => St::Size { digits: 0, value: 0 },
                 St::DataCr | St::DataLf => return Err(MALFORMED),
                 St::TrailerStart => match b {
                     b'\r' => St::EndLf,
@@ -139,18 +126,12 @@ impl Chunked {
                 St::TrailerLf if b == b'\n' => St::TrailerStart,
                 St::TrailerLf => return Err(MALFORMED),
                 St::EndLf if b == b'\n' => {
-                    return Ok(Step {
-                        used: i,
-                        done: true,
-                    });
+                    return Ok(Step { used: i, done: true });
                 }
                 St::EndLf => return Err(MALFORMED),
             };
         }
-        Ok(Step {
-            used: i,
-            done: false,
-        })
+        Ok(Step { used: i, done: false })
     }
 }
 
@@ -223,12 +204,7 @@ mod tests {
             b"0\r\n\n",
             b"5\r\nhello\r\r",
         ] {
-            assert_eq!(
-                run(bad),
-                Err(MALFORMED),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert_eq!(run(bad), Err(MALFORMED), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -206,11 +206,7 @@ impl<S> H1Guard<S> {
                     }
                     let take = avail.min(n);
                     self.ready += take as usize;
-                    self.phase = if take == n {
-                        Phase::Idle
-                    } else {
-                        Phase::Fixed(n - take)
-                    };
+                    self.phase = if take == n { Phase::Idle } else { Phase::Fixed(n - take) };
                 }
                 Phase::Chunked(mut c) => {
                     if pos >= self.buf.len() {
@@ -218,11 +214,7 @@ impl<S> H1Guard<S> {
                     }
                     let step = c.feed(&self.buf[pos..], self.cfg.head.max_body_bytes)?;
                     self.ready += step.used;
-                    self.phase = if step.done {
-                        Phase::Idle
-                    } else {
-                        Phase::Chunked(c)
-                    };
+                    self.phase = if step.done { Phase::Idle } else { Phase::Chunked(c) };
                     if !step.done {
                         return Ok(());
                     }
@@ -266,9 +258,7 @@ impl<S> H1Guard<S> {
             Phase::Idle if self.requests == 0 => Some(self.accepted_at + self.cfg.header_timeout),
             Phase::Idle => Some(*self.waiting_since.get_or_insert(now) + self.cfg.idle_timeout),
             Phase::Head { started, .. } => Some(started + self.cfg.header_timeout),
-            Phase::Fixed(_) | Phase::Chunked(_) => {
-                Some(*self.waiting_since.get_or_insert(now) + self.cfg.body_timeout)
-            }
+            Phase::Fixed(_) | Phase::Chunked(_) => Some(*self.waiting_since.get_or_insert(now) + self.cfg.body_timeout),
             Phase::Passthrough => None,
         }
     }
@@ -303,11 +293,7 @@ fn refusal_response(reject: Reject) -> Vec<u8> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
             if this.ready > 0 {
@@ -334,10 +320,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, r.reason)));
                 }
                 End::BodyTimeout => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request body timeout",
-                    )));
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request body timeout")));
                 }
             }
             if this.phase == Phase::Passthrough {
@@ -396,11 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Guard<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for H1Guard<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.sniff_response(data);
         Pin::new(&mut this.io).poll_write(cx, data)

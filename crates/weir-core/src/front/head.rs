@@ -11,10 +11,7 @@ pub struct Reject {
 
 impl Reject {
     pub const fn bad(reason: &'static str) -> Self {
-        Reject {
-            status: 400,
-            reason,
-        }
+        Reject { status: 400, reason }
     }
 }
 
@@ -87,10 +84,7 @@ fn check_with<'b>(
     let len = match status {
         httparse::Status::Partial => {
             if buf.len() > limits.max_header_bytes {
-                let line_done = buf
-                    .iter()
-                    .take(limits.max_uri_bytes + 64)
-                    .any(|&b| b == b'\n');
+                let line_done = buf.iter().take(limits.max_uri_bytes + 64).any(|&b| b == b'\n');
                 return Err(if line_done {
                     Reject {
                         status: 431,
@@ -160,10 +154,7 @@ fn check_with<'b>(
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
         }
-        if h.value
-            .iter()
-            .any(|&b| b == 0x7f || (b < 0x20 && b != b'\t'))
-        {
+        if h.value.iter().any(|&b| b == 0x7f || (b < 0x20 && b != b'\t')) {
             return Err(Reject::bad("control character in a header value"));
         }
     }
@@ -209,8 +200,7 @@ fn check_target(method: &str, path: &str) -> Result<(), Reject> {
         http::uri::PathAndQuery::try_from(path).is_ok()
     } else {
         let lower = path.get(..8).unwrap_or(path).to_ascii_lowercase();
-        (lower.starts_with("http://") || lower.starts_with("https://"))
-            && http::Uri::try_from(path).is_ok()
+        (lower.starts_with("http://") || lower.starts_with("https://")) && http::Uri::try_from(path).is_ok()
     };
     if ok {
         Ok(())
@@ -290,10 +280,7 @@ mod tests {
 
     #[test]
     fn partial_until_blank_line() {
-        assert_eq!(
-            check("GET / HTTP/1.1\r\nHost: x\r\n"),
-            Ok(HeadStatus::Partial)
-        );
+        assert_eq!(check("GET / HTTP/1.1\r\nHost: x\r\n"), Ok(HeadStatus::Partial));
     }
 
     #[test]
@@ -308,15 +295,11 @@ mod tests {
     #[test]
     fn rejects_cl_and_te() {
         assert_eq!(
-            rejected(
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
-            ),
+            rejected("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
             400
         );
         assert_eq!(
-            rejected(
-                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
-            ),
+            rejected("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"),
             400
         );
     }
@@ -340,94 +323,57 @@ mod tests {
             );
         }
         assert_eq!(
-            rejected(
-                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
-            ),
+            rejected("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
             400
         );
     }
 
     #[test]
     fn rejects_te_on_http10() {
-        assert_eq!(
-            rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            400
-        );
+        assert_eq!(rejected("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
     }
 
     #[test]
     fn rejects_bad_content_length() {
-        for cl in [
-            "+1",
-            "-1",
-            "1, 1",
-            "1 1",
-            "0x10",
-            "",
-            "99999999999999999999",
-        ] {
+        for cl in ["+1", "-1", "1, 1", "1 1", "0x10", "", "99999999999999999999"] {
             assert_eq!(
-                rejected(&format!(
-                    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n"
-                )),
+                rejected(&format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n\r\n")),
                 400,
                 "{cl}"
             );
         }
         assert_eq!(
-            rejected(
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"
-            ),
+            rejected("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"),
             400
         );
         assert_eq!(
-            rejected(
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
-            ),
+            rejected("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
             400
         );
     }
 
     #[test]
     fn rejects_obs_fold() {
-        assert_eq!(
-            rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"),
-            400
-        );
+        assert_eq!(rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"), 400);
     }
 
     #[test]
     fn rejects_ctl_in_values() {
-        assert_eq!(
-            rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n"),
-            400
-        );
-        assert_eq!(
-            rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n"),
-            400
-        );
-        assert_eq!(
-            rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n"),
-            400
-        );
+        assert_eq!(rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n"), 400);
+        assert_eq!(rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n"), 400);
+        assert_eq!(rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n"), 400);
     }
 
     #[test]
     fn rejects_space_before_colon() {
         assert_eq!(rejected("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);
-        assert_eq!(
-            rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A\t: b\r\n\r\n"),
-            400
-        );
+        assert_eq!(rejected("GET / HTTP/1.1\r\nHost: x\r\nX-A\t: b\r\n\r\n"), 400);
     }
 
     #[test]
     fn rejects_missing_or_duplicate_host() {
         assert_eq!(rejected("GET / HTTP/1.1\r\n\r\n"), 400);
-        assert_eq!(
-            rejected("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
-            400
-        );
+        assert_eq!(rejected("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
         assert_eq!(rejected("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), 400);
     }
 
@@ -449,20 +395,11 @@ mod tests {
     #[test]
     fn limits_give_431_and_414() {
         let many: String = (0..9).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(
-            rejected(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
-            431
-        );
+        assert_eq!(rejected(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")), 431);
         let big = "a".repeat(1100);
-        assert_eq!(
-            rejected(&format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {big}\r\n")),
-            431
-        );
+        assert_eq!(rejected(&format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {big}\r\n")), 431);
         let long = "a".repeat(300);
-        assert_eq!(
-            rejected(&format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n")),
-            414
-        );
+        assert_eq!(rejected(&format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n")), 414);
         let huge = "a".repeat(1100);
         assert_eq!(rejected(&format!("GET /{huge}")), 414);
     }
@@ -473,10 +410,7 @@ mod tests {
             max_body_bytes: 10,
             ..LIMITS
         };
-        let r = check_head(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n",
-            &limits,
-        );
+        let r = check_head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", &limits);
         assert_eq!(r.err().map(|r| r.status), Some(413));
     }
 }

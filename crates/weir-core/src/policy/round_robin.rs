@@ -35,10 +35,7 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
         return Vec::new();
     }
     let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
-    let mut w: Vec<u64> = weights
-        .iter()
-        .map(|&x| u64::from(x.max(1) / g.max(1)))
-        .collect();
+    let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g.max(1))).collect();
     let total: u64 = w.iter().sum();
     if total > MAX_SCHEDULE {
         for x in &mut w {
@@ -92,29 +89,17 @@ impl RoundRobin {
         {
             return Some(pick);
         }
-        scan(endpoints, slot, |e, i| {
-            !e.is_backup() && e.is_eligible() && untried(i)
-        })
-        .or_else(|| scan(endpoints, slot, |e, _| !e.is_backup() && e.is_eligible()))
-        .or_else(|| {
-            scan(endpoints, slot, |e, i| {
-                e.is_backup() && e.is_eligible() && untried(i)
-            })
-        })
-        .or_else(|| scan(endpoints, slot, |e, _| e.is_backup() && e.is_eligible()))
+        scan(endpoints, slot, |e, i| !e.is_backup() && e.is_eligible() && untried(i))
+            .or_else(|| scan(endpoints, slot, |e, _| !e.is_backup() && e.is_eligible()))
+            .or_else(|| scan(endpoints, slot, |e, i| e.is_backup() && e.is_eligible() && untried(i)))
+            .or_else(|| scan(endpoints, slot, |e, _| e.is_backup() && e.is_eligible()))
     }
 }
 
 /// First endpoint from `start` (wrapping) that satisfies `ok`.
-pub fn scan(
-    endpoints: &[Arc<Endpoint>],
-    start: usize,
-    ok: impl Fn(&Endpoint, usize) -> bool,
-) -> Option<usize> {
+pub fn scan(endpoints: &[Arc<Endpoint>], start: usize, ok: impl Fn(&Endpoint, usize) -> bool) -> Option<usize> {
     let n = endpoints.len();
-    (0..n)
-        .map(|k| (start + k) % n)
-        .find(|&i| ok(&endpoints[i], i))
+    (0..n).map(|k| (start + k) % n).find(|&i| ok(&endpoints[i], i))
 }
 
 #[cfg(test)]

@@ -1,0 +1,135 @@
+//! What each plugin instance's store holds, and the host side of the `host`, `pools`, `shared`
+//! and `metrics` imports. WASI is linked (Rust's std imports it) but grants nothing: no
+//! preopened directories, no environment, no sockets, empty stdin, stdout/stderr discarded.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::weir::policy::{host, metrics, pools, shared, types};
+use crate::shared_state::PluginShared;
+
+/// Per-plugin data every instance of the plugin points at.
+pub struct PluginCtx {
+    pub name: String,
+    pub shared: Arc<PluginShared>,
+}
+
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: StoreLimits,
+    pub plugin: Arc<PluginCtx>,
+    /// The static data of the pool being served (answers `pools.pool-info`).
+    pub pool: Option<Arc<pools::PoolStatic>>,
+    pub pool_names: Arc<[String]>,
+    rng: u64,
+}
+
+fn started() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<PluginCtx>, memory_limit: u64, pool_names: Arc<[String]>, seed: u64) -> Self {
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(memory_limit).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .build();
+        HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin,
+            pool: None,
+            pool_names,
+            rng: seed | 1,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, msg: String) {
+        let plugin = self.plugin.name.as_str();
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, "{msg}"),
+            host::Level::Debug => tracing::debug!(plugin, "{msg}"),
+            host::Level::Info => tracing::info!(plugin, "{msg}"),
+            host::Level::Warn => tracing::warn!(plugin, "{msg}"),
+            host::Level::Error => tracing::error!(plugin, "{msg}"),
+        }
+    }
+
+    fn now_ns(&mut self) -> u64 {
+        u64::try_from(started().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn random_u64(&mut self) -> u64 {
+        // xorshift64*: fast, per instance, seeded by the host.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+impl pools::Host for HostState {
+    fn pool_info(&mut self, pool_id: u32) -> Option<pools::PoolStatic> {
+        let pool = self.pool.as_ref()?;
+        let id = self.pool_names.iter().position(|n| *n == pool.name)?;
+        (id as u32 == pool_id).then(|| (**pool).clone())
+    }
+
+    fn pool_id(&mut self, name: String) -> Option<u32> {
+        self.pool_names.iter().position(|n| *n == name).map(|i| i as u32)
+    }
+}
+
+impl shared::Host for HostState {
+    fn counter_add(&mut self, key: String, delta: i64) -> i64 {
+        self.plugin.shared.counter_add(key, delta)
+    }
+
+    fn sticky_get(&mut self, pool_id: u32, key: u64) -> Option<u32> {
+        self.plugin.shared.sticky_get(pool_id, key)
+    }
+
+    fn sticky_set(&mut self, pool_id: u32, key: u64, endpoint_id: u32, ttl_ms: u32) {
+        self.plugin.shared.sticky_set(pool_id, key, endpoint_id, ttl_ms)
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<(Vec<u8>, u64)> {
+        self.plugin.shared.kv_get(&key)
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, expected_version: u64) -> Option<u64> {
+        self.plugin.shared.kv_set(key, value, expected_version)
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_inc(&mut self, name: String, delta: u64) {
+        self.plugin.shared.metric_inc(name, delta)
+    }
+
+    fn histogram_record(&mut self, name: String, value: f64) {
+        self.plugin.shared.metric_record(name, value)
+    }
+}

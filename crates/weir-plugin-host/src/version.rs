@@ -1,0 +1,355 @@
+//! A plugin version in service: a loaded file plus the config it was initialised with, its
+//! pool of long-lived instances (never one per request), and the containment of failures:
+//! a call that traps, runs past `call_timeout` or grows past `memory_limit` discards its
+//! instance, is counted, is logged once per burst, and repeated failure puts the plugin in
+//! backoff, during which the fallback serves without calling it.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use wasmtime::Store;
+
+use crate::bindings::{balancer, failover, lifecycle, router, types};
+use crate::engine::{PluginEngine, TICK};
+use crate::host_state::{HostState, PluginCtx};
+use crate::loader::Loaded;
+
+/// Spare instances kept per plugin version (about one per worker).
+const POOLED_INSTANCES: usize = 64;
+/// Consecutive failures that start a backoff.
+const BACKOFF_AFTER: u32 = 5;
+/// How long `init` may take.
+const INIT_DEADLINE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Route,
+    Select,
+    OnFailure,
+    Init,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Route => "route",
+            Hook::Select => "select",
+            Hook::OnFailure => "on-failure",
+            Hook::Init => "init",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Trap,
+    Timeout,
+    Oom,
+    /// An answer the host could not use (unknown pool, index out of range).
+    Invalid,
+    /// Not called: the plugin is in backoff, or no instance could be created.
+    Skipped,
+}
+
+pub const OUTCOMES: [Outcome; 6] = [
+    Outcome::Ok,
+    Outcome::Trap,
+    Outcome::Timeout,
+    Outcome::Oom,
+    Outcome::Invalid,
+    Outcome::Skipped,
+];
+pub const HOOKS: [Hook; 4] = [Hook::Route, Hook::Select, Hook::OnFailure, Hook::Init];
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Trap => "trap",
+            Outcome::Timeout => "timeout",
+            Outcome::Oom => "oom",
+            Outcome::Invalid => "invalid",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Call counters and health of one plugin name, kept across versions.
+#[derive(Default)]
+pub struct Stats {
+    calls: [[AtomicU64; 6]; 4],
+    nanos: [AtomicU64; 4],
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch()` until which calls are skipped.
+    backoff_until_ms: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+fn epoch() -> Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Stats {
+    pub fn count(&self, hook: Hook, outcome: Outcome) {
+        self.calls[hook as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn calls(&self, hook: Hook, outcome: Outcome) -> u64 {
+        self.calls[hook as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn seconds(&self, hook: Hook) -> f64 {
+        self.nanos[hook as usize].load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    pub fn in_backoff(&self) -> bool {
+        self.backoff_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    fn success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failure(&self, plugin: &str, hook: Hook, outcome: Outcome, error: String) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 {
+            tracing::warn!(plugin, hook = hook.as_str(), outcome = outcome.as_str(), %error, "plugin call failed; serving with the fallback");
+        }
+        if n >= BACKOFF_AFTER && n.is_multiple_of(BACKOFF_AFTER) {
+            let exp = (n / BACKOFF_AFTER - 1).min(8);
+            let backoff = Duration::from_millis(100u64 << exp).min(Duration::from_secs(30));
+            self.backoff_until_ms
+                .store(now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                plugin,
+                failures = n,
+                backoff_ms = backoff.as_millis() as u64,
+                "plugin keeps failing; backing off"
+            );
+        }
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(format!("{} {}: {error}", hook.as_str(), outcome.as_str()));
+        }
+    }
+}
+
+/// Facts from `init`.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub affinity_key: Option<String>,
+    pub want_headers: Vec<String>,
+    pub sticky_cookie: Option<String>,
+}
+
+pub struct Instance {
+    pub store: Store<HostState>,
+    pub router: Option<router::Guest>,
+    pub balancer: Option<balancer::Guest>,
+    pub failover: Option<failover::Guest>,
+    /// Reused request buffers: no allocation per call once warm.
+    pub view: types::PoolView,
+    pub key: types::SelectKey,
+}
+
+pub struct PluginVersion {
+    pub loaded: Arc<Loaded>,
+    pub config_json: String,
+    pub manifest: Manifest,
+    pub ctx: Arc<PluginCtx>,
+    pub stats: Arc<Stats>,
+    engine: Arc<PluginEngine>,
+    memory_limit: u64,
+    deadline_ticks: u64,
+    pool_names: Arc<[String]>,
+    instances: ArrayQueue<Box<Instance>>,
+    seeds: AtomicU64,
+}
+
+impl PluginVersion {
+    /// Creates the version and its first instance (`init` runs; an error refuses the version).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Arc<PluginEngine>,
+        loaded: Arc<Loaded>,
+        config_json: String,
+        ctx: Arc<PluginCtx>,
+        stats: Arc<Stats>,
+        memory_limit: u64,
+        call_timeout: Duration,
+        pool_names: Arc<[String]>,
+    ) -> Result<PluginVersion, String> {
+        let ticks = call_timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
+        let mut version = PluginVersion {
+            loaded,
+            config_json,
+            manifest: Manifest {
+                name: String::new(),
+                version: String::new(),
+                affinity_key: None,
+                want_headers: Vec::new(),
+                sticky_cookie: None,
+            },
+            ctx,
+            stats,
+            engine,
+            memory_limit,
+            // The deadline is counted in whole ticks from "now", which may be just before a tick.
+            deadline_ticks: ticks + 1,
+            pool_names,
+            instances: ArrayQueue::new(POOLED_INSTANCES),
+            seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+        };
+        let (instance, manifest) = version.instantiate()?;
+        version.manifest = manifest;
+        let _ = version.instances.push(instance);
+        Ok(version)
+    }
+
+    fn instantiate(&self) -> Result<(Box<Instance>, Manifest), String> {
+        let name = &self.loaded.name;
+        let seed = self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        let state = HostState::new(self.ctx.clone(), self.memory_limit, self.pool_names.clone(), seed);
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(INIT_DEADLINE.as_millis() as u64);
+        let instance = self
+            .loaded
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("plugin `{name}`: cannot instantiate: {e:#}"))?;
+        let lifecycle: lifecycle::Guest = self
+            .loaded
+            .lifecycle
+            .load(&mut store, &instance)
+            .map_err(|e| format!("plugin `{name}`: {e:#}"))?;
+        let info = lifecycle
+            .call_init(&mut store, &self.config_json)
+            .map_err(|e| format!("plugin `{name}`: init trapped: {e:#}"))?
+            .map_err(|e| format!("plugin `{name}`: init rejected its config: {e}"))?;
+        fn load<T>(name: &str, what: &str, r: wasmtime::Result<T>) -> Result<T, String> {
+            r.map_err(|e| format!("plugin `{name}`: {what}: {e:#}"))
+        }
+        let router = match &self.loaded.router {
+            Some(ix) => Some(load(name, "router", ix.load(&mut store, &instance))?),
+            None => None,
+        };
+        let balancer = match &self.loaded.balancer {
+            Some(ix) => Some(load(name, "balancer", ix.load(&mut store, &instance))?),
+            None => None,
+        };
+        let failover = match &self.loaded.failover {
+            Some(ix) => Some(load(name, "failover", ix.load(&mut store, &instance))?),
+            None => None,
+        };
+        let manifest = Manifest {
+            name: info.name,
+            version: info.version,
+            affinity_key: info.affinity_key,
+            want_headers: info.want_headers,
+            sticky_cookie: info.sticky_cookie,
+        };
+        let view = types::PoolView {
+            pool_id: 0,
+            generation: 0,
+            health: Vec::new(),
+            in_flight: Vec::new(),
+            ewma_latency_us: Vec::new(),
+        };
+        let key = types::SelectKey {
+            request_id: 0,
+            affinity_hash: 0,
+            cookie: 0,
+            attempt: 1,
+            tried: Vec::new(),
+        };
+        Ok((
+            Box::new(Instance {
+                store,
+                router,
+                balancer,
+                failover,
+                view,
+                key,
+            }),
+            manifest,
+        ))
+    }
+
+    /// Runs `f` on a pooled instance with the call deadline set; contains every failure.
+    /// `None` means the caller must use its fallback.
+    pub fn call<R>(&self, hook: Hook, f: impl FnOnce(&mut Instance) -> wasmtime::Result<R>) -> Option<R> {
+        if self.stats.in_backoff() {
+            self.stats.count(hook, Outcome::Skipped);
+            return None;
+        }
+        let mut instance = match self.instances.pop() {
+            Some(i) => i,
+            None => match self.instantiate() {
+                Ok((i, _)) => i,
+                Err(e) => {
+                    self.stats.count(hook, Outcome::Skipped);
+                    self.stats.failure(&self.loaded.name, hook, Outcome::Skipped, e);
+                    return None;
+                }
+            },
+        };
+        instance.store.set_epoch_deadline(self.deadline_ticks);
+        let started = Instant::now();
+        let result = f(&mut instance);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.nanos[hook as usize].fetch_add(nanos, Ordering::Relaxed);
+        match result {
+            Ok(r) => {
+                self.stats.count(hook, Outcome::Ok);
+                self.stats.success();
+                // A full pool drops the spare instance.
+                let _ = self.instances.push(instance);
+                Some(r)
+            }
+            Err(e) => {
+                // A trapped instance refuses further calls: it is dropped here, and its pooled
+                // slot (memory included) goes back to the allocator.
+                let outcome = classify(&e);
+                self.stats.count(hook, outcome);
+                self.stats.failure(&self.loaded.name, hook, outcome, format!("{e:#}"));
+                None
+            }
+        }
+    }
+
+    /// Counts an answer the host could not use.
+    pub fn invalid(&self, hook: Hook, why: String) {
+        self.stats.count(hook, Outcome::Invalid);
+        if let Ok(mut last) = self.stats.last_error.lock() {
+            *last = Some(format!("{}: {why}", hook.as_str()));
+        }
+    }
+}
+
+fn classify(e: &wasmtime::Error) -> Outcome {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>()
+        && *trap == wasmtime::Trap::Interrupt
+    {
+        return Outcome::Timeout;
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing trap when growing memory") || text.contains("out of memory") {
+        Outcome::Oom
+    } else {
+        Outcome::Trap
+    }
+}
