@@ -59,6 +59,7 @@ fn select(c: &mut Criterion) {
             affinity_hash: 0,
             attempt: 1,
             tried: &[],
+            cookie: 0,
         };
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| rr.select(black_box(&endpoints), &ctx))

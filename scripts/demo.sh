@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
 
+bash scripts/build-plugins.sh
 cargo build --release --bin weir --example demo_upstream
 
 pids=()

@@ -12,4 +12,6 @@ if command -v rustup >/dev/null 2>&1; then
   for component in rustfmt clippy; do
     grep -q "^${component}" <<<"$installed" || rustup component add "$component"
   done
+  # Plugins are WebAssembly components: rustc emits them directly for this target.
+  rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 fi

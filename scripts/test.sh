@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, every test, and each benchmark once.
+# The whole test suite, as CI runs it: formatting, lints, the plugins (built for wasm32-wasip2,
+# and their decision logic tested natively), every test, and each benchmark once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo fmt --all -- --check
+bash scripts/build-plugins.sh
+cargo test --manifest-path plugins/Cargo.toml --lib
+cargo test --manifest-path crates/weir-plugin-sdk/Cargo.toml --lib --target-dir plugins/target
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # Benchmarks compile and run one iteration each, so they cannot rot.

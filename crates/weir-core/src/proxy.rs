@@ -158,7 +158,7 @@ fn route(
     conn: &ConnInfo,
     req: &Request<Incoming>,
     request_id: u64,
-) -> Result<RouteTarget, Response<ProxyBody>> {
+) -> Result<RouteTarget, Box<Response<ProxyBody>>> {
     let default = RouteTarget {
         pool: listener.pool,
         ..RouteTarget::default()
@@ -187,7 +187,7 @@ fn route(
                 resp.headers_mut().append(k, v);
             }
             add_via(resp.headers_mut(), false);
-            Err(resp)
+            Err(Box::new(resp))
         }
     }
 }
@@ -206,7 +206,7 @@ async fn forward(
     let target = match route(listener, generation, conn, &req, request_id) {
         Ok(t) => t,
         Err(local) => {
-            let (parts, body) = local.into_parts();
+            let (parts, body) = (*local).into_parts();
             let body = ProxyBody::with_activity(body, activity);
             return Response::from_parts(parts, body);
         }
@@ -289,6 +289,8 @@ async fn forward(
     let mut tried: Vec<u32> = Vec::new();
     let mut attempt = 1u32;
     let mut pool_index = target.pool;
+    // The previous failure, answered with when no untried endpoint is left.
+    let mut last: Option<(FailureKind, Held)> = None;
     loop {
         let Some(pool) = generation.pools.get(pool_index) else {
             return ProxyError::NoEndpoint.response(activity);
@@ -300,8 +302,12 @@ async fn forward(
             tried: &tried,
             cookie: target.cookie,
         };
-        let Some(index) = select(pool, &ctx) else {
-            return ProxyError::NoEndpoint.response(activity);
+        // Like nginx's proxy_next_upstream: each endpoint at most once per request.
+        let Some(index) = select(pool, &ctx).filter(|i| !tried.contains(&(*i as u32))) else {
+            return match last {
+                Some((failure, held)) => give_up(failure, held, client_upgrade, activity, http2, set_cookie),
+                None => ProxyError::NoEndpoint.response(activity),
+            };
         };
         let endpoint = pool.endpoints[index].clone();
         let in_flight = InFlight::new(endpoint.clone());
@@ -383,20 +389,37 @@ async fn forward(
                 tried.clear();
             }
             FailureDecision::Failover { .. } | FailureDecision::Fail => {
-                if let Some((resp, lease)) = held {
-                    return respond(resp, lease, client_upgrade, activity, http2, set_cookie);
-                }
-                let err = match failure {
-                    FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
-                    FailureKind::ResponseTimeout => ProxyError::ResponseTimeout,
-                    FailureKind::ConnectRefused => ProxyError::ConnectFailed,
-                    FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => ProxyError::UpstreamReset,
-                };
-                return err.response(activity);
+                return give_up(failure, held, client_upgrade, activity, http2, set_cookie);
             }
         }
+        last = Some((failure, held));
         attempt += 1;
     }
+}
+
+/// An upstream answer held back while the failover policy decides.
+type Held = Option<(Response<Incoming>, Lease)>;
+
+/// The answer after the last attempt failed: the upstream's own response when there is one,
+/// else the gateway's error for the failure.
+fn give_up(
+    failure: FailureKind,
+    held: Held,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    activity: ActivityToken,
+    http2: bool,
+    set_cookie: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    if let Some((resp, lease)) = held {
+        return respond(resp, lease, client_upgrade, activity, http2, set_cookie);
+    }
+    let err = match failure {
+        FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
+        FailureKind::ResponseTimeout => ProxyError::ResponseTimeout,
+        FailureKind::ConnectRefused => ProxyError::ConnectFailed,
+        FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => ProxyError::UpstreamReset,
+    };
+    err.response(activity)
 }
 
 /// The pool's balancer, checked; the native round-robin when it answers nothing usable.

@@ -40,7 +40,7 @@ impl PluginEngine {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| format!("cannot create the Wasm engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("cannot link WASI: {e:#}"))?;
+        crate::quiet_io::add_to_linker(&mut linker).map_err(|e| format!("cannot link WASI: {e:#}"))?;
         Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut HostState| s)
             .map_err(|e| format!("cannot link the weir imports: {e:#}"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod host_state;
 pub mod loader;
 pub mod policies;
+pub mod quiet_io;
 pub mod shared_state;
 pub mod version;
 

@@ -58,7 +58,9 @@ impl Config {
     pub fn u64_or(&self, key: &str, default: u64) -> Result<u64, String> {
         match self.0.get(key) {
             None => Ok(default),
-            Some(v) => v.as_u64().ok_or_else(|| format!("`{key}` must be a non-negative integer, got {v}")),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| format!("`{key}` must be a non-negative integer, got {v}")),
         }
     }
 
@@ -74,7 +76,10 @@ impl Config {
             None => Ok(default.to_vec()),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_u64().ok_or_else(|| format!("`{key}` must be a list of integers, got {v}")))
+                .map(|v| {
+                    v.as_u64()
+                        .ok_or_else(|| format!("`{key}` must be a list of integers, got {v}"))
+                })
                 .collect(),
             Some(other) => Err(format!("`{key}` must be a list, got {other}")),
         }
@@ -82,9 +87,13 @@ impl Config {
 
     /// A duration written like the gateway's own (`"250ms"`, `"1h"`), in milliseconds.
     pub fn duration_ms_or(&self, key: &str, default_ms: u64) -> Result<u64, String> {
-        let Some(text) = self.opt_str(key)? else { return Ok(default_ms) };
+        let Some(text) = self.opt_str(key)? else {
+            return Ok(default_ms);
+        };
         let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let n: u64 = text[..split].parse().map_err(|_| format!("`{key}`: `{text}` is not a duration"))?;
+        let n: u64 = text[..split]
+            .parse()
+            .map_err(|_| format!("`{key}`: `{text}` is not a duration"))?;
         let factor = match &text[split..] {
             "ms" => 1,
             "s" => 1000,

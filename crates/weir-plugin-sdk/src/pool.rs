@@ -34,7 +34,11 @@ pub struct PoolCache {
 impl PoolCache {
     /// Runs `f` on the current static data of `view`'s pool, fetching it when stale.
     pub fn with<R>(&self, view: &PoolView, f: impl FnOnce(Option<&PoolStatic>) -> R) -> R {
-        let stale = self.pools.borrow().get(&view.pool_id).is_none_or(|p| p.generation != view.generation);
+        let stale = self
+            .pools
+            .borrow()
+            .get(&view.pool_id)
+            .is_none_or(|p| p.generation != view.generation);
         if stale {
             match pools::pool_info(view.pool_id) {
                 Some(info) => {

@@ -6,7 +6,6 @@
 //! request as JSON (`method`, `path`, `headers`, `body_len`, `upstream`). Request bodies are
 //! counted as they stream, never buffered.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +26,8 @@ pub struct Counters {
     pub connections: AtomicU64,
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
+    /// When set, every request's connection is closed without a response (a crashing server).
+    pub reset: std::sync::atomic::AtomicBool,
 }
 
 pub struct Upstream {
@@ -89,6 +90,11 @@ impl Upstream {
         }
     }
 
+    /// From now on, close every request's connection without answering.
+    pub fn set_resetting(&self, on: bool) {
+        self.counters.reset.store(on, Ordering::SeqCst);
+    }
+
     pub fn requests(&self) -> u64 {
         self.counters.requests.load(Ordering::SeqCst)
     }
@@ -108,8 +114,11 @@ impl Drop for Upstream {
     }
 }
 
-async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> Result<Response<Body>, Infallible> {
+async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> Result<Response<Body>, std::io::Error> {
     c.requests.fetch_add(1, Ordering::SeqCst);
+    if c.reset.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("resetting on purpose"));
+    }
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {

@@ -36,7 +36,10 @@ impl Plugin for RoundRobin {
 
     fn init(config: &Config) -> Result<Self, String> {
         config.only(&[])?;
-        Ok(RoundRobin { pool: PoolCache::default(), current: PerPool::default() })
+        Ok(RoundRobin {
+            pool: PoolCache::default(),
+            current: PerPool::default(),
+        })
     }
 
     fn select(&self, pool: PoolView, key: SelectKey) -> SelectDecision {

@@ -1,0 +1,454 @@
+//! Each default plugin changes real traffic as DESIGN §9 says; faulty plugins are contained.
+//! Real `.wasm` files built from plugins/ (scripts/build-plugins.sh), real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use weir_test_support::*;
+
+fn endpoints(ups: &[&Upstream]) -> String {
+    ups.iter()
+        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
+        .collect()
+}
+
+fn get_with(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+async fn status_json(gw: &TestGateway) -> serde_json::Value {
+    get(&gw.admin_url("/api/v1/status")).await.json()
+}
+
+fn plugin_calls(status: &serde_json::Value, plugin: &str, hook: &str, outcome: &str) -> u64 {
+    status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == plugin)
+        .and_then(|p| p["calls"][hook][outcome].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_default_balancer_is_the_wasm_round_robin() {
+    plugin_file("round-robin");
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
+    for _ in 0..10 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    }
+    assert_eq!((a.requests(), b.requests()), (5, 5));
+    let s = status_json(&gw).await;
+    assert_eq!(plugin_calls(&s, "round-robin", "select", "ok"), 10, "{s}");
+    let rr = s["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "round-robin")
+        .unwrap()
+        .clone();
+    assert_eq!(rr["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[tokio::test]
+async fn host_router_sends_hosts_to_their_pools() {
+    let (a, b, d) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("default").await,
+    );
+    let toml = format!(
+        r#"
+[[listener]]
+name = "client"
+bind = "127.0.0.1:0"
+pool = "default"
+router = {{ plugin = "host-router", config = {{ routes = [ {{ host = "a.example.com", pool = "a" }}, {{ host = "*.example.com", path_prefix = "/b", pool = "b" }} ] }} }}
+[[pool]]
+name = "default"
+{}
+[[pool]]
+name = "a"
+{}
+[[pool]]
+name = "b"
+{}
+"#,
+        endpoints(&[&d]),
+        endpoints(&[&a]),
+        endpoints(&[&b])
+    );
+    let gw = TestGateway::start(&toml).await;
+    let url = gw.url("client", "/b/x");
+    assert_eq!(
+        request(get_with(&url, &[("host", "a.example.com")])).await.upstream(),
+        "a"
+    );
+    assert_eq!(
+        request(get_with(&url, &[("host", "b.example.com")])).await.upstream(),
+        "b"
+    );
+    assert_eq!(
+        request(get_with(&gw.url("client", "/other"), &[("host", "b.example.com")]))
+            .await
+            .upstream(),
+        "default"
+    );
+    assert_eq!(
+        request(get_with(&url, &[("host", "example.org")])).await.upstream(),
+        "default"
+    );
+}
+
+#[tokio::test]
+async fn consistent_hash_pins_users_by_header() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let toml =
+        one_pool(&refs) + "[pool.balancer]\nplugin = \"consistent-hash\"\nconfig = { key = \"header:x-user\" }\n";
+    let gw = TestGateway::start(&toml).await;
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..30 {
+            let u = format!("user-{user}");
+            let got = request(get_with(&gw.url("client", "/"), &[("x-user", &u)]))
+                .await
+                .upstream();
+            if round == 0 {
+                owner.insert(u, got);
+            } else {
+                assert_eq!(owner[&u], got, "{u} moved");
+            }
+        }
+    }
+    let used: std::collections::HashSet<&String> = owner.values().collect();
+    assert_eq!(used.len(), 3, "30 users should spread over 3 endpoints: {owner:?}");
+}
+
+#[tokio::test]
+async fn least_request_avoids_the_endpoint_holding_slow_requests() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let toml = one_pool(&[&a, &b]) + "[pool.balancer]\nplugin = \"least-request\"\nconfig = { choices = 2 }\n";
+    let gw = TestGateway::start(&toml).await;
+    let admin = |action: &str, who: &Upstream| {
+        Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/{action}", who.addr)))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(request(admin("drain", &b)).await.status, 200);
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let url = gw.url("client", "/delay/1500");
+        slow.push(tokio::spawn(async move { get(&url).await.status }));
+    }
+    assert!(eventually(Duration::from_secs(5), async || a.requests() == 3).await);
+    assert_eq!(request(admin("enable", &b)).await.status, 200);
+    for _ in 0..10 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "b");
+    }
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn retry_idempotent_hides_a_resetting_endpoint_from_gets_and_never_replays_posts() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.set_resetting(true);
+    let toml =
+        one_pool(&[&bad, &good]) + "[pool.failover]\nplugin = \"retry-idempotent\"\nconfig = { max_attempts = 3 }\n";
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..10 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.upstream(), "good");
+    }
+    assert!(bad.requests() >= 4, "the bad endpoint was tried: {}", bad.requests());
+    let (bad_before, good_before) = (bad.requests(), good.requests());
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let req = Request::post(gw.url("client", "/"))
+            .body(Full::new(Bytes::from_static(b"once")))
+            .unwrap();
+        statuses.push(request(req).await.status.as_u16());
+    }
+    let sent_bad = bad.requests() - bad_before;
+    let sent_good = good.requests() - good_before;
+    // Every POST reached exactly one upstream; the ones that hit the bad one failed with 502.
+    assert_eq!(sent_bad + sent_good, 6, "a POST was replayed");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count() as u64,
+        sent_bad,
+        "{statuses:?}"
+    );
+    assert!(sent_bad >= 1);
+}
+
+#[tokio::test]
+async fn retry_idempotent_retries_listed_statuses() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let toml = one_pool(&[&a, &b]) + "[pool.failover]\nplugin = \"retry-idempotent\"\nconfig = { on_status = [503] }\n";
+    let gw = TestGateway::start(&toml).await;
+    // Both answer 503 for this path: the client gets a 503 after one retry, not more.
+    let r = get(&gw.url("client", "/status/503")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(a.requests() + b.requests(), 2);
+}
+
+#[tokio::test]
+async fn zone_aware_prefers_the_local_zone_and_spills_over() {
+    let (a, b) = (Upstream::start("zone-a").await, Upstream::start("zone-b").await);
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbalancer = {{ plugin = \"zone-aware\", config = {{ local_zone = \"a\" }} }}\n[[pool.endpoint]]\naddress = \"{}\"\nzone = \"a\"\n[[pool.endpoint]]\naddress = \"{}\"\nzone = \"b\"\n",
+        a.addr, b.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..5 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "zone-a");
+    }
+    let drain = Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(request(drain).await.status, 200);
+    for _ in 0..5 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "zone-b");
+    }
+}
+
+#[tokio::test]
+async fn canary_by_header() {
+    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"stable\"\nrouter = {{ plugin = \"canary\", config = {{ pool = \"stable\", canary_pool = \"canary\", percent = 0, header = \"x-canary\" }} }}\n[[pool]]\nname = \"stable\"\n{}[[pool]]\nname = \"canary\"\n{}",
+        endpoints(&[&stable]),
+        endpoints(&[&canary])
+    );
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..5 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "stable");
+        assert_eq!(
+            request(get_with(&gw.url("client", "/"), &[("x-canary", "1")]))
+                .await
+                .upstream(),
+            "canary"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sticky_sessions_follow_the_cookie() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let toml = one_pool(&refs) + "[pool.balancer]\nplugin = \"sticky\"\nconfig = { cookie = \"sid\", ttl = \"1h\" }\n";
+    let gw = TestGateway::start(&toml).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let first = get(&gw.url("client", "/")).await;
+        let cookie = first.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(cookie.starts_with("sid="), "{cookie}");
+        let pinned = first.upstream();
+        seen.insert(pinned.clone());
+        for _ in 0..4 {
+            let r = request(get_with(&gw.url("client", "/"), &[("cookie", &cookie)])).await;
+            assert_eq!(r.upstream(), pinned);
+            assert!(r.headers.get("set-cookie").is_none());
+        }
+    }
+    assert!(seen.len() >= 2, "new sessions should spread: {seen:?}");
+}
+
+#[tokio::test]
+async fn pool_failover_moves_to_the_fallback_pool() {
+    let dr = Upstream::start("dr").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"main\"\n[[pool]]\nname = \"main\"\nfailover = {{ plugin = \"pool-failover\", config = {{ fallback_pool = \"dr\", retries = 0 }} }}\n[[pool.endpoint]]\naddress = \"{dead}\"\n[[pool]]\nname = \"dr\"\n{}",
+        endpoints(&[&dr])
+    );
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..3 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.upstream(), "dr");
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+async fn faulty_balancer_is_contained(plugin: &str, outcome: &str) {
+    let (a, b, other) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("other").await,
+    );
+    let toml = format!(
+        "[plugins]\ndir = \"{}\"\ncall_timeout = \"5ms\"\nmemory_limit = \"8MiB\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"other\"\n[[pool]]\nname = \"app\"\nbalancer = {{ plugin = \"{plugin}\" }}\n{}[[pool]]\nname = \"other\"\n{}",
+        plugins_dist().display(),
+        endpoints(&[&a, &b]),
+        endpoints(&[&other])
+    );
+    let gw = TestGateway::start(&toml).await;
+    let rss_before = rss_kib();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..30 {
+        let start = Instant::now();
+        let r = get(&gw.url("client", "/")).await;
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(r.status, 200, "{plugin}: the fallback must serve");
+        assert_eq!(get(&gw.url("other", "/")).await.upstream(), "other");
+    }
+    // Served by the native fallback, which still spreads.
+    assert!(
+        a.requests() > 5 && b.requests() > 5,
+        "{} {}",
+        a.requests(),
+        b.requests()
+    );
+    let s = status_json(&gw).await;
+    let failed = plugin_calls(&s, plugin, "select", outcome);
+    let skipped = plugin_calls(&s, plugin, "select", "skipped");
+    assert!(failed >= 5, "{plugin}: {s}");
+    assert_eq!(failed + skipped, 30, "{plugin}: every request is counted once: {s}");
+    let entry = s["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == plugin)
+        .unwrap()
+        .clone();
+    assert!(
+        entry["last_error"].as_str().is_some_and(|e| e.contains(outcome)),
+        "{entry}"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "{plugin}: a request took {slowest:?}"
+    );
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "{plugin}: RSS grew by {grown} KiB");
+}
+
+#[tokio::test]
+async fn a_trapping_balancer_is_contained() {
+    faulty_balancer_is_contained("fault-trap", "trap").await;
+}
+
+#[tokio::test]
+async fn a_looping_balancer_is_interrupted_at_call_timeout() {
+    faulty_balancer_is_contained("fault-loop", "timeout").await;
+}
+
+#[tokio::test]
+async fn a_memory_hungry_balancer_is_stopped_at_memory_limit() {
+    faulty_balancer_is_contained("fault-oom", "oom").await;
+}
+
+#[tokio::test]
+async fn on_error_fail_answers_503() {
+    let a = Upstream::start("a").await;
+    let toml = format!(
+        "[plugins]\ndir = \"{}\"\non_error = \"fail\"\n{}[pool.balancer]\nplugin = \"fault-trap\"\n",
+        plugins_dist().display(),
+        one_pool(&[&a])
+    );
+    let gw = TestGateway::start(&toml).await;
+    assert_eq!(get(&gw.url("client", "/")).await.status, 503);
+    assert_eq!(a.requests(), 0);
+}
+
+fn plugin_dir_with(files: &[(&str, Vec<u8>)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(format!("{name}.wasm")), bytes).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn bad_plugin_files_are_refused_with_a_reason() {
+    let a = Upstream::start("a").await;
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let dir = plugin_dir_with(&[
+        ("garbage", b"this is not wasm".to_vec()),
+        ("core-module", core_module),
+        ("fault-abi", std::fs::read(plugin_file("fault-abi")).unwrap()),
+        (
+            "consistent-hash",
+            std::fs::read(plugin_file("consistent-hash")).unwrap(),
+        ),
+    ]);
+    let cases = [
+        ("garbage", "", "not a WebAssembly file"),
+        ("core-module", "", "not a usable WebAssembly component"),
+        ("fault-abi", "", "weir:policy/lifecycle@0.1.0"),
+        (
+            "consistent-hash",
+            "config = { key = \"bogus\" }",
+            "init rejected its config",
+        ),
+        ("missing", "", "not found"),
+    ];
+    for (plugin, config, reason) in cases {
+        let toml = format!(
+            "[plugins]\ndir = \"{}\"\n{}[pool.balancer]\nplugin = \"{plugin}\"\n{config}\n",
+            dir.path().display(),
+            one_pool(&[&a])
+        );
+        let err = TestGateway::try_start(&toml)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{plugin} was accepted"));
+        assert!(err.contains(reason), "{plugin}: {err}");
+        assert!(err.contains(plugin), "{plugin}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_readme_example_plugin_builds_and_loads() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/README.md")).unwrap();
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins/first-healthy/src/lib.rs")).unwrap();
+    assert!(
+        readme.contains(source.trim()),
+        "plugins/README.md must show plugins/first-healthy/src/lib.rs verbatim"
+    );
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let toml = one_pool(&[&a, &b]) + "[pool.balancer]\nplugin = \"first-healthy\"\n";
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..4 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "a");
+    }
+    let s = status_json(&gw).await;
+    assert_eq!(plugin_calls(&s, "first-healthy", "select", "ok"), 4);
+}
