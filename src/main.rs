@@ -157,7 +157,13 @@ async fn serve(config: weir_config::Config, policies: Arc<dyn PolicyFactory>) ->
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not available in this build yet"),
+            _ = hup.recv() => {
+                if let Err(errors) = gateway.reload("SIGHUP").await {
+                    for e in errors {
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
         }
     }
     tracing::info!("shutting down: finishing in-flight requests");

@@ -138,6 +138,10 @@ impl Admin {
                     .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
                 r
             }
+            (&Method::POST, ["api", "v1", "reload"]) => match crate::reload::request(&self.shared, "admin API").await {
+                Ok(generation) => json_response(StatusCode::OK, &json!({ "generation": generation })),
+                Err(errors) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "errors": errors })),
+            },
             (&Method::PUT, ["api", "v1", "readiness"]) => match read_json(req).await {
                 Ok(v) => match v.get("ready").and_then(|r| r.as_bool()) {
                     Some(ready) => {
@@ -233,6 +237,8 @@ impl Admin {
             "listeners": listeners,
             "pools": pools,
             "plugins": g.policies.status(),
+            "last_reload": self.shared.last_reload.lock().ok().and_then(|r| r.clone()),
+            "reloads": { "ok": self.shared.reloads_ok.load(std::sync::atomic::Ordering::Relaxed), "failed": self.shared.reloads_failed.load(std::sync::atomic::Ordering::Relaxed) },
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ pub enum StartError {
 
 pub struct Gateway {
     shared: Arc<Shared>,
-    listeners: Vec<ListenerHandle>,
+    listeners: Arc<Mutex<Vec<ListenerHandle>>>,
     admin_addr: SocketAddr,
     admin_stop: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
@@ -119,6 +119,21 @@ impl Gateway {
         let background_stop = CancellationToken::new();
         tokio::spawn(sweep_idle_connections(shared.clone(), background_stop.clone()));
 
+        let listeners = Arc::new(Mutex::new(listeners));
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(16);
+        let (reloaded_tx, reloaded_rx) = tokio::sync::watch::channel(1);
+        let _ = shared.reloads.set(reload_tx.clone());
+        let controller = crate::reload::Controller {
+            shared: shared.clone(),
+            listeners: listeners.clone(),
+            connections: connections.clone(),
+            reloaded: reloaded_tx,
+        };
+        tokio::spawn(controller.run(reload_rx));
+        if config.reload.watch && config.source.is_some() {
+            crate::watch::spawn(shared.clone(), reload_tx, reloaded_rx);
+        }
+
         shared.set_started();
         Ok(Gateway {
             shared,
@@ -142,24 +157,33 @@ impl Gateway {
 
     /// Actual bound addresses by listener name (port 0 in the config becomes the real port).
     pub fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
-        self.listeners
-            .iter()
-            .map(|l| (l.name.to_string(), l.local_addr))
-            .collect()
+        match self.listeners.lock() {
+            Ok(ls) => ls.iter().map(|l| (l.name.to_string(), l.local_addr)).collect(),
+            Err(_) => HashMap::new(),
+        }
     }
 
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| &*l.name == name).map(|l| l.local_addr)
+        self.listener_addrs().get(name).copied()
+    }
+
+    /// Reloads the config file now (what SIGHUP and `POST /api/v1/reload` do).
+    pub async fn reload(&self, reason: &'static str) -> crate::reload::ReloadResult {
+        crate::reload::request(&self.shared, reason).await
     }
 
     /// Graceful shutdown: `/readyz` turns 503, listeners stop accepting, open connections finish
     /// their in-flight requests within `shutdown_timeout`. Returns whether all finished in time.
     pub async fn shutdown(self) -> bool {
         self.shared.set_draining();
-        for l in &self.listeners {
+        let listeners: Vec<ListenerHandle> = match self.listeners.lock() {
+            Ok(mut ls) => ls.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for l in &listeners {
             l.stop();
         }
-        for l in self.listeners {
+        for l in listeners {
             l.join().await;
         }
         self.connections.close();

@@ -13,9 +13,11 @@ pub mod headers;
 pub mod listener;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 pub use gateway::{Gateway, StartError};
 pub use generation::{NativePolicies, PolicyFactory, PoolCtx};

@@ -2,13 +2,22 @@
 //! probes report. Everything the request path reads here is one atomic load.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 
 use crate::generation::Generation;
+use crate::reload::{ReloadReport, ReloadRequest};
 
 pub struct Shared {
     pub generation: ArcSwap<Generation>,
+    /// Where reload requests go (the controller task); set once the gateway runs.
+    pub reloads: OnceLock<mpsc::Sender<ReloadRequest>>,
+    /// The outcome of the last reload, for `/api/v1/status`.
+    pub last_reload: Mutex<Option<ReloadReport>>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
     request_ids: AtomicU64,
     /// Set by SIGTERM: `/readyz` 503, listeners stop accepting.
     draining: AtomicBool,
@@ -22,6 +31,10 @@ impl Shared {
     pub fn new(generation: Generation) -> Self {
         Shared {
             generation: ArcSwap::from_pointee(generation),
+            reloads: OnceLock::new(),
+            last_reload: Mutex::new(None),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
             request_ids: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             unready: AtomicBool::new(false),

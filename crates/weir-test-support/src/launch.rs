@@ -81,6 +81,26 @@ impl TestGateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The config file the gateway was started from (rewrite it, then reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("weir.toml")
+    }
+
+    /// Replaces the config file atomically (write a temporary file, rename it into place).
+    pub fn write_config(&self, toml: &str) {
+        let tmp = self.dir.path().join(".weir.toml.tmp");
+        std::fs::write(&tmp, toml).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    pub async fn reload(&self) -> Result<u64, Vec<String>> {
+        self.gateway().reload("test").await
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.gateway().shared().generation.load().id
+    }
+
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().unwrap()
     }
