@@ -21,6 +21,14 @@ use crate::body::UpBody;
 
 pub type Sender = SendRequest<UpBody>;
 
+/// Bumped whenever any endpoint's health or drain state changes: lets policy hosts cache a
+/// pool's health column and refill it only when something changed.
+pub static HEALTH_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+pub fn health_epoch() -> u64 {
+    HEALTH_EPOCH.load(Ordering::Acquire)
+}
+
 #[derive(Debug)]
 struct Idle {
     sender: Sender,
@@ -96,7 +104,9 @@ impl Endpoint {
     }
 
     pub fn set_healthy(&self, v: bool) {
-        self.healthy.store(v, Ordering::Relaxed);
+        if self.healthy.swap(v, Ordering::AcqRel) != v {
+            HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     pub fn is_drained(&self) -> bool {
@@ -104,7 +114,9 @@ impl Endpoint {
     }
 
     pub fn set_drained(&self, v: bool) {
-        self.drained.store(v, Ordering::Relaxed);
+        if self.drained.swap(v, Ordering::AcqRel) != v {
+            HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     pub fn weight(&self) -> u32 {

@@ -137,6 +137,7 @@ impl PolicyFactory for WasmPolicies {
         });
         Ok(Arc::new(WasmBalancer {
             affinity: parse_affinity(&version)?,
+            wants_load: version.manifest.wants_load,
             sticky: version.manifest.sticky_cookie.clone(),
             version,
             pool_id: pool.index as u32,
@@ -351,6 +352,7 @@ fn health_code(e: &Endpoint) -> u8 {
 
 struct WasmBalancer {
     version: Arc<PluginVersion>,
+    wants_load: bool,
     pool_id: u32,
     pool_static: Arc<PoolStatic>,
     affinity: Option<AffinityKey>,
@@ -369,13 +371,22 @@ impl BalancePolicy for WasmBalancer {
             let v = &mut inst.view;
             v.pool_id = self.pool_id;
             v.generation = self.pool_static.generation;
-            v.health.clear();
+            // The health column changes rarely: refill it only when this pool or any endpoint's
+            // health changed since this instance last filled it.
+            let view_for = (
+                Arc::as_ptr(&self.pool_static) as usize,
+                weir_core::upstream::health_epoch(),
+            );
+            if inst.view_for != view_for || v.health.len() != endpoints.len() {
+                v.health.clear();
+                v.health.extend(endpoints.iter().map(|e| health_code(e)));
+                inst.view_for = view_for;
+            }
             v.in_flight.clear();
             v.ewma_latency_us.clear();
-            for e in endpoints {
-                v.health.push(health_code(e));
-                v.in_flight.push(e.in_flight());
-                v.ewma_latency_us.push(0);
+            if self.wants_load {
+                v.in_flight.extend(endpoints.iter().map(|e| e.in_flight()));
+                v.ewma_latency_us.resize(endpoints.len(), 0);
             }
             let k = &mut inst.key;
             k.request_id = ctx.request_id;

@@ -152,6 +152,7 @@ pub struct Manifest {
     pub affinity_key: Option<String>,
     pub want_headers: Vec<String>,
     pub sticky_cookie: Option<String>,
+    pub wants_load: bool,
 }
 
 pub struct Instance {
@@ -162,6 +163,8 @@ pub struct Instance {
     /// Reused request buffers: no allocation per call once warm.
     pub view: types::PoolView,
     pub key: types::SelectKey,
+    /// Which pool and health epoch `view.health` was filled for.
+    pub view_for: (usize, u64),
 }
 
 pub struct PluginVersion {
@@ -201,6 +204,7 @@ impl PluginVersion {
                 affinity_key: None,
                 want_headers: Vec::new(),
                 sticky_cookie: None,
+                wants_load: false,
             },
             ctx,
             stats,
@@ -215,7 +219,37 @@ impl PluginVersion {
         let (instance, manifest) = version.instantiate()?;
         version.manifest = manifest;
         let _ = version.instances.push(instance);
+        version.smoke();
         Ok(version)
+    }
+
+    /// One `select` on an empty pool before serving. A failure does not refuse the plugin
+    /// (requests are contained anyway) but is logged and shown as its last error at once.
+    fn smoke(&self) {
+        if self.loaded.balancer.is_none() {
+            return;
+        }
+        let Some(mut inst) = self.instances.pop() else { return };
+        inst.store.set_epoch_deadline(self.deadline_ticks);
+        let inst_ref = &mut *inst;
+        let result = match &inst_ref.balancer {
+            Some(b) => b
+                .call_select(&mut inst_ref.store, &inst_ref.view, &inst_ref.key)
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                let _ = self.instances.push(inst);
+            }
+            Err(e) => {
+                let outcome = classify(&e);
+                tracing::warn!(plugin = %self.loaded.name, outcome = outcome.as_str(), error = %format!("{e:#}"), "plugin failed its smoke call; requests will be served by the fallback when it fails");
+                if let Ok(mut last) = self.stats.last_error.lock() {
+                    *last = Some(format!("smoke select {}: {e:#}", outcome.as_str()));
+                }
+            }
+        }
     }
 
     fn instantiate(&self) -> Result<(Box<Instance>, Manifest), String> {
@@ -261,6 +295,7 @@ impl PluginVersion {
             affinity_key: info.affinity_key,
             want_headers: info.want_headers,
             sticky_cookie: info.sticky_cookie,
+            wants_load: info.wants_load,
         };
         let view = types::PoolView {
             pool_id: 0,
@@ -284,6 +319,7 @@ impl PluginVersion {
                 failover,
                 view,
                 key,
+                view_for: (0, 0),
             }),
             manifest,
         ))

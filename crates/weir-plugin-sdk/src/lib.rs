@@ -59,6 +59,8 @@ pub struct Manifest {
     pub want_headers: Vec<String>,
     /// A cookie the host sets when absent; its value becomes the affinity key.
     pub sticky_cookie: Option<String>,
+    /// `select` reads `PoolView::in_flight` / `ewma_latency_us` (else they arrive empty).
+    pub wants_load: bool,
 }
 
 /// A policy plugin. Implement the hooks for the roles it plays; the others keep their
@@ -103,6 +105,7 @@ pub mod __glue {
             affinity_key: m.affinity_key,
             want_headers: m.want_headers,
             sticky_cookie: m.sticky_cookie,
+            wants_load: m.wants_load,
         }
     }
 

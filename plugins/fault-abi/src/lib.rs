@@ -17,6 +17,7 @@ impl Lifecycle for FaultAbi {
             affinity_key: None,
             want_headers: Vec::new(),
             sticky_cookie: None,
+            wants_load: false,
         })
     }
 }

@@ -13,25 +13,25 @@ pub struct Route {
     pub pool: String,
 }
 
-/// Host specificity: exact 2, wildcard 1, any 0; `None` when it does not match.
+/// Host specificity: exact 2, wildcard 1, any 0; `None` when it does not match. `pattern` is
+/// lower-case (from `parse`); `host` is compared without case and without allocating.
 fn host_rank(pattern: &str, host: &str) -> Option<u8> {
-    let host = host.trim_end_matches('.');
+    let host = host.trim_end_matches('.').as_bytes();
     if pattern.is_empty() || pattern == "*" {
         Some(0)
     } else if let Some(suffix) = pattern.strip_prefix("*.") {
         let dot = host.len().checked_sub(suffix.len() + 1)?;
-        (host.ends_with(suffix) && host.as_bytes().get(dot) == Some(&b'.')).then_some(1)
+        (host[dot] == b'.' && host[dot + 1..].eq_ignore_ascii_case(suffix.as_bytes())).then_some(1)
     } else {
-        pattern.eq_ignore_ascii_case(host).then_some(2)
+        pattern.as_bytes().eq_ignore_ascii_case(host).then_some(2)
     }
 }
 
 /// The best route for `host` and `path`.
 pub fn best<'r>(routes: &'r [Route], host: &str, path: &str) -> Option<&'r Route> {
-    let host = host.to_ascii_lowercase();
     routes
         .iter()
-        .filter_map(|r| Some((host_rank(&r.host, &host)?, r)))
+        .filter_map(|r| Some((host_rank(&r.host, host)?, r)))
         .filter(|(_, r)| path.starts_with(&r.path_prefix))
         .max_by_key(|(rank, r)| (*rank, r.path_prefix.len()))
         .map(|(_, r)| r)

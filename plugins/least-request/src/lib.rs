@@ -46,6 +46,13 @@ impl Plugin for LeastRequest {
         })
     }
 
+    fn manifest(&self) -> Manifest {
+        Manifest {
+            wants_load: true,
+            ..Manifest::default()
+        }
+    }
+
     fn select(&self, pool: PoolView, key: SelectKey) -> SelectDecision {
         let n = pool.health.len();
         let mut eligible_now: Vec<usize> = (0..n).filter(|&i| eligible(&pool, &key, i)).collect();

@@ -1,0 +1,148 @@
+//! Plugin benchmarks (issue targets, checked against these numbers in the README):
+//! native vs Wasm `round-robin` select at 4, 64 and 1,024 endpoints (target: Wasm <= 1 us);
+//! `route` + `select` per request (target <= 1.5 us); plugin load, cold compile vs cached
+//! (target: cached <= 5 ms). Needs the built plugins (scripts/build-plugins.sh).
+//! Run: `cargo bench --bench plugins`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use weir_core::policy::{BalancePolicy, RoundRobin, RouteRequest, SelectCtx};
+use weir_core::upstream::Endpoint;
+use weir_core::{PolicyFactory, PoolCtx};
+use weir_plugin_host::WasmPolicies;
+use weir_plugin_host::engine::PluginEngine;
+
+fn dist() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist")
+}
+
+fn config(n: usize) -> (tempfile::TempDir, weir_config::Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints: String = (0..n)
+        .map(|i| {
+            format!(
+                "[[pool.endpoint]]\naddress = \"10.0.{}.{}:8080\"\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    let toml = format!(
+        "[plugins]\ndir = \"{}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\nrouter = {{ plugin = \"host-router\", config = {{ routes = [ {{ host = \"*.example.com\", path_prefix = \"/api\", pool = \"app\" }} ] }} }}\n[[pool]]\nname = \"app\"\n{endpoints}",
+        dist().display()
+    );
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, toml).unwrap();
+    let c = weir_config::load(&path).unwrap();
+    (dir, c)
+}
+
+fn endpoints(config: &weir_config::Config) -> Vec<Arc<Endpoint>> {
+    config.pools[0]
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Arc::new(Endpoint::new(i as u32, e, 1)))
+        .collect()
+}
+
+fn select(c: &mut Criterion) {
+    let mut group = c.benchmark_group("select");
+    for n in [4usize, 64, 1024] {
+        let (_dir, config) = config(n);
+        let eps = endpoints(&config);
+        let names = vec!["app".to_string()];
+        let wasm = WasmPolicies::new(&config.plugins).unwrap();
+        wasm.prepare(&config).unwrap();
+        let ctx = PoolCtx {
+            index: 0,
+            config: &config.pools[0],
+            endpoints: &eps,
+            pool_names: &names,
+        };
+        let balancer = wasm.balancer(&config.pools[0].balancer, &ctx).unwrap();
+        let native = RoundRobin::new(&vec![1; n]);
+        let key = SelectCtx {
+            request_id: 1,
+            affinity_hash: 0,
+            attempt: 1,
+            tried: &[],
+            cookie: 0,
+        };
+        group.bench_with_input(BenchmarkId::new("native round-robin", n), &n, |b, _| {
+            b.iter(|| native.select(black_box(&eps), &key))
+        });
+        group.bench_with_input(BenchmarkId::new("wasm round-robin", n), &n, |b, _| {
+            b.iter(|| balancer.select(black_box(&eps), &key))
+        });
+    }
+    group.finish();
+}
+
+fn route_and_select(c: &mut Criterion) {
+    let (_dir, config) = config(16);
+    let eps = endpoints(&config);
+    let names = vec!["app".to_string()];
+    let wasm = WasmPolicies::new(&config.plugins).unwrap();
+    wasm.prepare(&config).unwrap();
+    let ctx = PoolCtx {
+        index: 0,
+        config: &config.pools[0],
+        endpoints: &eps,
+        pool_names: &names,
+    };
+    let balancer = wasm.balancer(&config.pools[0].balancer, &ctx).unwrap();
+    let router = wasm
+        .router(
+            config.listeners[0].router.as_ref().unwrap(),
+            &config.listeners[0],
+            &names,
+        )
+        .unwrap();
+    let headers = http::HeaderMap::new();
+    let method = http::Method::GET;
+    c.bench_function("route + select (host-router, round-robin, 16 endpoints)", |b| {
+        b.iter(|| {
+            let decision = router.route(&RouteRequest {
+                request_id: 7,
+                method: &method,
+                https: false,
+                host: "api.example.com",
+                path_and_query: "/api/v1/items?limit=10",
+                client_ip: "127.0.0.1".parse().unwrap(),
+                headers: &headers,
+            });
+            let key = SelectCtx {
+                request_id: 7,
+                affinity_hash: 0,
+                attempt: 1,
+                tried: &[],
+                cookie: 0,
+            };
+            (black_box(decision), balancer.select(&eps, &key))
+        })
+    });
+}
+
+fn load(c: &mut Criterion) {
+    let engine = PluginEngine::new(16 << 20).unwrap();
+    let path = dist().join("round-robin.wasm");
+    let cache = tempfile::tempdir().unwrap();
+    weir_plugin_host::loader::load(&engine, "round-robin", &path, Some(cache.path())).unwrap();
+    let mut group = c.benchmark_group("plugin load (round-robin)");
+    group.sample_size(10);
+    group.bench_function("cold compile", |b| {
+        b.iter(|| weir_plugin_host::loader::load(&engine, "round-robin", &path, None).unwrap())
+    });
+    group.bench_function("cached", |b| {
+        b.iter(|| weir_plugin_host::loader::load(&engine, "round-robin", &path, Some(cache.path())).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, select, route_and_select, load);
+criterion_main!(benches);
