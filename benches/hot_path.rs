@@ -50,7 +50,7 @@ fn select(c: &mut Criterion) {
                     zone: String::new(),
                     backup: false,
                 };
-                Arc::new(Endpoint::new(i as u32, &cfg, 1))
+                Arc::new(Endpoint::new(i as u32, &cfg, 1, true))
             })
             .collect();
         let rr = RoundRobin::new(&vec![1; n]);

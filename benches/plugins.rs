@@ -46,7 +46,7 @@ fn endpoints(config: &weir_config::Config) -> Vec<Arc<Endpoint>> {
         .endpoints
         .iter()
         .enumerate()
-        .map(|(i, e)| Arc::new(Endpoint::new(i as u32, e, 1)))
+        .map(|(i, e)| Arc::new(Endpoint::new(i as u32, e, 1, true)))
         .collect()
 }
 

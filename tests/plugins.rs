@@ -168,8 +168,9 @@ async fn least_request_avoids_the_endpoint_holding_slow_requests() {
 async fn retry_idempotent_hides_a_resetting_endpoint_from_gets_and_never_replays_posts() {
     let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
     bad.set_resetting(true);
-    let toml =
-        one_pool(&[&bad, &good]) + "[pool.failover]\nplugin = \"retry-idempotent\"\nconfig = { max_attempts = 3 }\n";
+    // Passive health off: every request must meet the resetting endpoint in turn.
+    let toml = one_pool(&[&bad, &good])
+        + "[pool.failover]\nplugin = \"retry-idempotent\"\nconfig = { max_attempts = 3 }\n[pool.passive]\nmax_fails = 0\n";
     let gw = TestGateway::start(&toml).await;
     for _ in 0..10 {
         let r = get(&gw.url("client", "/")).await;

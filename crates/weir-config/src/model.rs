@@ -168,6 +168,8 @@ pub struct Passive {
     /// 0 disables passive health.
     pub max_fails: u32,
     pub fail_timeout: Duration,
+    /// Statuses counted as failures (5xx only).
+    pub fail_on_status: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -189,6 +189,8 @@ pub struct RawRetry {
 pub struct RawPassive {
     pub max_fails: Option<u64>,
     pub fail_timeout: Option<String>,
+    /// Upstream statuses that count as failed attempts (default none: only transport failures).
+    pub fail_on_status: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -569,9 +569,28 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
             .help("e.g. fail_timeout = \"5s\", or max_fails = 0 to disable"),
         );
     }
+    let fail_on_status: Vec<u16> = raw
+        .passive
+        .fail_on_status
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|code| {
+            if (500..=599).contains(&code) {
+                Some(code as u16)
+            } else {
+                v.issue(Issue::new(
+                    pp.key("fail_on_status"),
+                    format!("`{code}` is not a 5xx status"),
+                ));
+                None
+            }
+        })
+        .collect();
     let passive = Passive {
         max_fails: max_fails.min(u32::MAX as u64) as u32,
         fail_timeout,
+        fail_on_status,
     };
     let health = raw.health.as_ref().map(|h| health(v, h, &path.key("health")));
     let endpoints: Vec<Endpoint> = raw

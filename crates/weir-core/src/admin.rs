@@ -217,6 +217,8 @@ impl Admin {
                             "address": e.label,
                             "id": e.id,
                             "healthy": e.is_healthy(),
+                            "passively_down": e.passively_down(),
+                            "checks": { "ok": e.checks_ok.load(std::sync::atomic::Ordering::Relaxed), "failed": e.checks_failed.load(std::sync::atomic::Ordering::Relaxed) },
                             "drained": e.is_drained(),
                             "weight": e.weight(),
                             "backup": e.is_backup(),

@@ -130,6 +130,7 @@ impl Gateway {
             reloaded: reloaded_tx,
         };
         tokio::spawn(controller.run(reload_rx));
+        crate::health::spawn(shared.clone(), reloaded_rx.clone(), background_stop.clone());
         if config.reload.watch && config.source.is_some() {
             crate::watch::spawn(shared.clone(), reload_tx, reloaded_rx);
         }

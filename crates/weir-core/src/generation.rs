@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use http::HeaderValue;
 use weir_config::{Config, PluginRef};
 
+use crate::budget::RetryBudget;
 use crate::policy::{BalancePolicy, FailoverPolicy, RetrySafe, RoundRobin, RoutePolicy};
 use crate::upstream::Endpoint;
 
@@ -51,7 +52,7 @@ pub struct NativePolicies;
 impl PolicyFactory for NativePolicies {
     fn balancer(&self, plugin: &PluginRef, pool: &PoolCtx<'_>) -> Result<Arc<dyn BalancePolicy>, String> {
         match plugin.plugin.as_str() {
-            "round-robin" => Ok(Arc::new(native_round_robin(pool.config))),
+            "round-robin" => Ok(Arc::new(native_round_robin(pool.endpoints))),
             other => Err(format!(
                 "pool `{}`: balancer plugin `{other}` is not available without the plugin host (native: round-robin)",
                 pool.config.name
@@ -82,9 +83,9 @@ impl PolicyFactory for NativePolicies {
     }
 }
 
-/// The native round-robin over a pool's configured weights.
-pub fn native_round_robin(pool: &weir_config::Pool) -> RoundRobin {
-    let weights: Vec<u32> = pool.endpoints.iter().map(|e| e.weight).collect();
+/// The native round-robin over a pool's endpoints and their current weights.
+pub fn native_round_robin(endpoints: &[Arc<Endpoint>]) -> RoundRobin {
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight()).collect();
     RoundRobin::new(&weights)
 }
 
@@ -109,6 +110,8 @@ pub struct PoolRt {
     /// The fallback when the balancer answers nothing usable.
     pub native: RoundRobin,
     pub failover: Arc<dyn FailoverPolicy>,
+    /// Caps retries to a share of the pool's request rate.
+    pub budget: RetryBudget,
 }
 
 pub struct Generation {
@@ -148,12 +151,18 @@ impl Generation {
                 .map(|ec| match kept.get(&(pc.name.as_str(), &ec.address)) {
                     Some(e) => {
                         e.apply(ec);
+                        if pc.health.is_none() {
+                            // No checker any more: nothing else would mark it healthy again.
+                            e.set_healthy(true);
+                        }
                         e.clone()
                     }
+                    // With active checks, a new endpoint takes no traffic before its first pass.
                     None => Arc::new(Endpoint::new(
                         NEXT_ENDPOINT_ID.fetch_add(1, Ordering::Relaxed),
                         ec,
                         pc.timeouts.max_idle_per_endpoint,
+                        pc.health.is_none(),
                     )),
                 })
                 .collect();
@@ -165,7 +174,7 @@ impl Generation {
             };
             let balancer = policies.balancer(&pc.balancer, &ctx).unwrap_or_else(|e| {
                 errors.push(e);
-                Arc::new(native_round_robin(pc))
+                Arc::new(native_round_robin(&endpoints))
             });
             let failover: Arc<dyn FailoverPolicy> = match &pc.failover {
                 None => Arc::new(RetrySafe),
@@ -174,13 +183,15 @@ impl Generation {
                     Arc::new(RetrySafe)
                 }),
             };
+            let native = native_round_robin(&endpoints);
             pools.push(Arc::new(PoolRt {
                 name: pc.name.clone(),
                 config: pc.clone(),
                 endpoints,
                 balancer,
-                native: native_round_robin(pc),
+                native,
                 failover,
+                budget: RetryBudget::new(pc.retry.budget),
             }));
         }
         let mut listeners = Vec::with_capacity(config.listeners.len());

@@ -4,12 +4,14 @@
 
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod error;
 pub mod front;
 pub mod gateway;
 pub mod generation;
 pub mod hash;
 pub mod headers;
+pub mod health;
 pub mod listener;
 pub mod policy;
 pub mod proxy;

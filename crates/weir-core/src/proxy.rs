@@ -286,6 +286,7 @@ async fn forward(
     let mut pending = Some(Request::from_parts(parts, up_body));
 
     let started = Instant::now();
+    first_pool.budget.record_request();
     let mut tried: Vec<u32> = Vec::new();
     let mut attempt = 1u32;
     let mut pool_index = target.pool;
@@ -329,6 +330,11 @@ async fn forward(
                 match tokio::time::timeout(per_try, sender.try_send_request(up_req)).await {
                     Ok(Ok(resp)) => {
                         let status = resp.status().as_u16();
+                        if pool.config.passive.fail_on_status.contains(&status) {
+                            endpoint.record_failure(&pool.config.passive);
+                        } else {
+                            endpoint.record_success();
+                        }
                         let can_retry = attempt < max_attempts && template.is_some();
                         if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
                             return respond(
@@ -360,6 +366,9 @@ async fn forward(
                 }
             }
         };
+        if !matches!(failure, FailureKind::HttpStatus(_)) {
+            endpoint.record_failure(&pool.config.passive);
+        }
         let info = AttemptInfo {
             request_id,
             cookie: target.cookie,
@@ -376,6 +385,14 @@ async fn forward(
             pool.failover.on_failure(&info)
         } else {
             FailureDecision::Fail
+        };
+        // Retries (and failovers) spend the pool's retry budget; an exhausted budget fails fast.
+        let decision = match decision {
+            FailureDecision::Retry { .. } | FailureDecision::Failover { .. } if !pool.budget.try_retry() => {
+                tracing::debug!(pool = %pool.name, "retry budget exhausted");
+                FailureDecision::Fail
+            }
+            d => d,
         };
         match decision {
             FailureDecision::Retry { backoff } => {

@@ -22,6 +22,9 @@ pub type ReloadResult = Result<u64, Vec<String>>;
 
 pub struct ReloadRequest {
     pub reason: &'static str,
+    /// Rebuild from the running config (after a runtime change such as a weight) instead of
+    /// reading the file.
+    pub rebuild: bool,
     pub reply: Option<oneshot::Sender<ReloadResult>>,
 }
 
@@ -38,6 +41,15 @@ pub struct ReloadReport {
 
 /// Asks the controller for a reload and waits for its outcome.
 pub async fn request(shared: &Shared, reason: &'static str) -> ReloadResult {
+    send(shared, reason, false).await
+}
+
+/// Rebuilds the generation from the running config (runtime changes such as weights).
+pub async fn rebuild(shared: &Shared, reason: &'static str) -> ReloadResult {
+    send(shared, reason, true).await
+}
+
+async fn send(shared: &Shared, reason: &'static str, rebuild: bool) -> ReloadResult {
     let Some(tx) = shared.reloads.get() else {
         return Err(vec!["the gateway is not running".to_string()]);
     };
@@ -45,6 +57,7 @@ pub async fn request(shared: &Shared, reason: &'static str) -> ReloadResult {
     if tx
         .send(ReloadRequest {
             reason,
+            rebuild,
             reply: Some(reply),
         })
         .await
@@ -68,7 +81,11 @@ impl Controller {
     pub async fn run(self, mut rx: mpsc::Receiver<ReloadRequest>) {
         while let Some(req) = rx.recv().await {
             let started = Instant::now();
-            let result = self.reload().await;
+            let result = if req.rebuild {
+                self.rebuild()
+            } else {
+                self.reload().await
+            };
             let report = ReloadReport {
                 reason: req.reason,
                 ok: result.is_ok(),
@@ -106,6 +123,14 @@ impl Controller {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    fn rebuild(&self) -> ReloadResult {
+        let old = self.shared.generation.load_full();
+        let id = old.id + 1;
+        let generation = Generation::build(id, old.config.clone(), Some(&old), old.policies.clone())?;
+        self.shared.generation.store(Arc::new(generation));
+        Ok(id)
     }
 
     async fn reload(&self) -> ReloadResult {

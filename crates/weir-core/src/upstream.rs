@@ -60,15 +60,39 @@ pub struct Endpoint {
     pub zone: String,
     backup: AtomicBool,
     weight: AtomicU32,
+    /// Set by the admin API: the weight survives reloads until set again.
+    weight_overridden: AtomicBool,
     drained: AtomicBool,
+    /// The active health checks' verdict (true when the pool has no checks).
     healthy: AtomicBool,
+    /// Passive health (nginx `max_fails` / `fail_timeout`): failures in the current window,
+    /// when the window started, until when the endpoint is out, and whether the next attempt
+    /// after an outage is a single probe.
+    fails: AtomicU32,
+    window_start_ms: AtomicU64,
+    down_until_ms: AtomicU64,
+    probation: AtomicBool,
     in_flight: AtomicU32,
     requests: AtomicU64,
+    pub checks_ok: AtomicU64,
+    pub checks_failed: AtomicU64,
     idle: ArrayQueue<Idle>,
 }
 
+fn clock_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Milliseconds on a process-local monotonic clock.
+pub fn now_ms() -> u64 {
+    u64::try_from(clock_start().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Endpoint {
-    pub fn new(id: u32, cfg: &weir_config::Endpoint, max_idle: usize) -> Self {
+    /// `healthy`: false for an endpoint of a pool with active checks, which takes no traffic
+    /// until its first passed check.
+    pub fn new(id: u32, cfg: &weir_config::Endpoint, max_idle: usize, healthy: bool) -> Self {
         Endpoint {
             id,
             label: cfg.address.to_string(),
@@ -76,23 +100,82 @@ impl Endpoint {
             zone: cfg.zone.clone(),
             backup: AtomicBool::new(cfg.backup),
             weight: AtomicU32::new(cfg.weight),
+            weight_overridden: AtomicBool::new(false),
             drained: AtomicBool::new(false),
-            healthy: AtomicBool::new(true),
+            healthy: AtomicBool::new(healthy),
+            fails: AtomicU32::new(0),
+            window_start_ms: AtomicU64::new(0),
+            down_until_ms: AtomicU64::new(0),
+            probation: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
+            checks_ok: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
             idle: ArrayQueue::new(max_idle.max(1)),
         }
     }
 
     /// Applies the config's static settings (weight, backup) to a kept endpoint.
     pub fn apply(&self, cfg: &weir_config::Endpoint) {
-        self.weight.store(cfg.weight, Ordering::Relaxed);
+        if !self.weight_overridden.load(Ordering::Relaxed) {
+            self.weight.store(cfg.weight, Ordering::Relaxed);
+        }
         self.backup.store(cfg.backup, Ordering::Relaxed);
     }
 
-    /// Takes new requests: healthy and not drained.
+    /// Sets the weight at runtime (admin API); it survives reloads.
+    pub fn override_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.weight_overridden.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes new requests: healthy (active and passive) and not drained.
     pub fn is_eligible(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.drained.load(Ordering::Relaxed)
+        self.is_healthy() && !self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Out because of passive health (`max_fails` within `fail_timeout`).
+    pub fn passively_down(&self) -> bool {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    /// A failed attempt (connect error, timeout, reset, or a status the pool counts).
+    pub fn record_failure(&self, passive: &weir_config::Passive) {
+        if passive.max_fails == 0 {
+            return;
+        }
+        let now = now_ms();
+        let timeout = u64::try_from(passive.fail_timeout.as_millis()).unwrap_or(u64::MAX);
+        let probing = self.probation.swap(false, Ordering::AcqRel);
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let fails = if now.saturating_sub(start) > timeout {
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if probing || fails >= passive.max_fails {
+            self.down_until_ms.store(now + timeout, Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+            self.window_start_ms.store(0, Ordering::Relaxed);
+            // After the outage, one attempt decides: a failure takes it out again at once.
+            self.probation.store(true, Ordering::Release);
+            HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(endpoint = %self.label, fails, fail_timeout_ms = timeout, "endpoint unavailable (passive health)");
+        }
+    }
+
+    /// A successful attempt: the failure count starts over.
+    pub fn record_success(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+        }
+        if self.probation.load(Ordering::Relaxed) {
+            self.probation.store(false, Ordering::Relaxed);
+            tracing::info!(endpoint = %self.label, "endpoint available again (passive health)");
+        }
     }
 
     pub fn is_backup(&self) -> bool {
@@ -100,6 +183,11 @@ impl Endpoint {
     }
 
     pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.passively_down()
+    }
+
+    /// The active checks' verdict alone.
+    pub fn actively_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
@@ -176,7 +264,8 @@ impl Endpoint {
         }
     }
 
-    async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
+    /// The address to connect to (hostnames are looked up).
+    pub async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
         match &self.address {
             EndpointAddress::Socket(a) => Ok(*a),
             EndpointAddress::Host { host, port } => tokio::net::lookup_host((host.as_str(), *port))

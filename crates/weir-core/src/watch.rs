@@ -105,6 +105,7 @@ pub(crate) fn spawn(
             if reloads
                 .send(ReloadRequest {
                     reason: "file change",
+                    rebuild: false,
                     reply: None,
                 })
                 .await

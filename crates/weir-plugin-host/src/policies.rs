@@ -120,7 +120,7 @@ static POOL_STATIC_GENERATION: AtomicU64 = AtomicU64::new(1);
 impl PolicyFactory for WasmPolicies {
     fn balancer(&self, plugin: &PluginRef, pool: &PoolCtx<'_>) -> Result<Arc<dyn BalancePolicy>, String> {
         if self.native.contains_key(&plugin.plugin) && plugin.plugin == "round-robin" {
-            return Ok(Arc::new(native_round_robin(pool.config)));
+            return Ok(Arc::new(native_round_robin(pool.endpoints)));
         }
         let version = self.version(plugin).ok_or_else(|| missing("balancer", plugin))?;
         if version.loaded.balancer.is_none() {

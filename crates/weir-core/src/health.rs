@@ -1,0 +1,136 @@
+//! Active health checks: per endpoint, an HTTP `GET` of the pool's `health.path` on its own
+//! `health.port` (traffic on 9080, probe `GET :9000/upcheck`), or a TCP connect when no path is
+//! set; `interval`, `timeout`, `initial_delay`, `healthy_threshold`, `unhealthy_threshold`,
+//! `expect_status`, `expect_body`. Checks are jittered so that many endpoints do not align, run
+//! off the request path, and write one atomic the request path reads. State *changes* are
+//! logged, once. The checkers follow the current generation: restarted after every reload.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use weir_config::{EndpointAddress, Health};
+
+use crate::state::Shared;
+use crate::upstream::Endpoint;
+
+/// Largest body read to look for `expect_body`.
+const MAX_BODY: usize = 64 * 1024;
+
+pub(crate) fn spawn(shared: Arc<Shared>, mut generations: watch::Receiver<u64>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut checks = JoinSet::new();
+        loop {
+            checks.abort_all();
+            let generation = shared.generation.load_full();
+            for pool in &generation.pools {
+                let Some(health) = &pool.config.health else { continue };
+                for endpoint in &pool.endpoints {
+                    checks.spawn(check_loop(endpoint.clone(), health.clone(), pool.name.clone()));
+                }
+            }
+            drop(generation);
+            tokio::select! {
+                changed = generations.changed() => if changed.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+        }
+        checks.abort_all();
+    });
+}
+
+/// A small deterministic spread per endpoint and round: up to a tenth of the interval.
+fn jitter(interval: Duration, seed: u64) -> Duration {
+    let mixed = crate::hash::mix(seed);
+    let tenth = interval.as_millis().max(10) as u64 / 10;
+    Duration::from_millis(mixed % tenth.max(1))
+}
+
+async fn check_loop(endpoint: Arc<Endpoint>, health: Health, pool: String) {
+    let mut round = u64::from(endpoint.id) << 32;
+    tokio::time::sleep(health.initial_delay + jitter(health.interval, round)).await;
+    let (mut passes, mut failures) = (0u32, 0u32);
+    loop {
+        round += 1;
+        let verdict = match tokio::time::timeout(health.timeout, probe(&endpoint, &health)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer within {}",
+                weir_config::format_duration(health.timeout)
+            )),
+        };
+        match verdict {
+            Ok(()) => {
+                endpoint.checks_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                passes += 1;
+                failures = 0;
+                if !endpoint.actively_healthy() && passes >= health.healthy_threshold {
+                    endpoint.set_healthy(true);
+                    tracing::info!(pool = %pool, endpoint = %endpoint.label, passes, "endpoint healthy");
+                }
+            }
+            Err(reason) => {
+                endpoint
+                    .checks_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                failures += 1;
+                passes = 0;
+                if endpoint.actively_healthy() && failures >= health.unhealthy_threshold {
+                    endpoint.set_healthy(false);
+                    tracing::warn!(pool = %pool, endpoint = %endpoint.label, failures, %reason, "endpoint unhealthy");
+                }
+            }
+        }
+        tokio::time::sleep(health.interval + jitter(health.interval, round)).await;
+    }
+}
+
+async fn probe(endpoint: &Endpoint, health: &Health) -> Result<(), String> {
+    let mut addr = endpoint.resolve().await.map_err(|e| e.to_string())?;
+    if let Some(port) = health.port {
+        addr.set_port(port);
+    }
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let Some(path) = &health.path else {
+        return Ok(());
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let host = match &endpoint.address {
+        EndpointAddress::Host { host, .. } => format!("{host}:{}", addr.port()),
+        EndpointAddress::Socket(_) => addr.to_string(),
+    };
+    let req = Request::get(path.as_str())
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "weir-health-check")
+        .body(Empty::new())
+        .map_err(|e| format!("bad check request: {e}"))?;
+    let resp = send.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
+    let status = resp.status().as_u16();
+    if !health.expect_status.contains(status) {
+        return Err(format!("GET {path} answered {status}"));
+    }
+    if let Some(needle) = &health.expect_body {
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("GET {path}: body: {e}"))?
+            .to_bytes();
+        if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
+            return Err(format!("GET {path}: body does not contain {needle:?}"));
+        }
+    }
+    Ok(())
+}
