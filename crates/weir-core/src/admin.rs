@@ -153,6 +153,37 @@ impl Admin {
                 },
                 Err(e) => text(StatusCode::BAD_REQUEST, &e),
             },
+            (&Method::PUT, ["api", "v1", "pools", pool, "endpoints", address, "weight"]) => {
+                let address = percent_decode(address);
+                let weight = match read_json(req).await {
+                    Ok(v) => match v.get("weight").and_then(|w| w.as_u64()) {
+                        Some(w) if (1..=10_000).contains(&w) => w as u32,
+                        _ => return text(StatusCode::BAD_REQUEST, "expected {\"weight\": 1..10000}"),
+                    },
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &e),
+                };
+                {
+                    let generation = self.shared.generation.load();
+                    let Some(p) = generation.pool(pool) else {
+                        return text(StatusCode::NOT_FOUND, &format!("no pool `{pool}`"));
+                    };
+                    let Some(e) = p.endpoints.iter().find(|e| e.label == address) else {
+                        return text(
+                            StatusCode::NOT_FOUND,
+                            &format!("no endpoint `{address}` in pool `{pool}`"),
+                        );
+                    };
+                    e.override_weight(weight);
+                }
+                // Balancers precompute their schedules per generation: build a new one.
+                match crate::reload::rebuild(&self.shared, "weight change").await {
+                    Ok(generation) => json_response(
+                        StatusCode::OK,
+                        &json!({ "pool": pool, "endpoint": address, "weight": weight, "generation": generation }),
+                    ),
+                    Err(errors) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "errors": errors })),
+                }
+            }
             (
                 &Method::POST,
                 [

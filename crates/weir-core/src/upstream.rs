@@ -25,8 +25,23 @@ pub type Sender = SendRequest<UpBody>;
 /// pool's health column and refill it only when something changed.
 pub static HEALTH_EPOCH: AtomicU64 = AtomicU64::new(1);
 
+/// The latest end of any passive outage (ms on [`now_ms`]); outages end by time, not by an event.
+static PASSIVE_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+/// A key that changes whenever any endpoint's eligibility may have changed: on every health or
+/// drain event, and every 50 ms while a passive outage is pending (they end by time).
 pub fn health_epoch() -> u64 {
-    HEALTH_EPOCH.load(Ordering::Acquire)
+    let base = HEALTH_EPOCH.load(Ordering::Acquire);
+    let until = PASSIVE_UNTIL.load(Ordering::Relaxed);
+    if until == 0 {
+        return base;
+    }
+    let now = now_ms();
+    if now <= until {
+        base ^ ((now / 50 + 1) << 32)
+    } else {
+        base ^ (1 << 63)
+    }
 }
 
 #[derive(Debug)]
@@ -158,6 +173,7 @@ impl Endpoint {
         };
         if probing || fails >= passive.max_fails {
             self.down_until_ms.store(now + timeout, Ordering::Relaxed);
+            PASSIVE_UNTIL.fetch_max(now + timeout, Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
             self.window_start_ms.store(0, Ordering::Relaxed);
             // After the outage, one attempt decides: a failure takes it out again at once.

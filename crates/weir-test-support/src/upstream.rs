@@ -28,6 +28,12 @@ pub struct Counters {
     pub body_bytes: AtomicU64,
     /// When set, every request's connection is closed without a response (a crashing server).
     pub reset: std::sync::atomic::AtomicBool,
+    /// What `GET /upcheck` answers (200 "I'm up!" by default); 0 = never answer.
+    pub upcheck_status: std::sync::atomic::AtomicU16,
+    /// Health checks received on `/upcheck` (not counted in `requests`).
+    pub checks: AtomicU64,
+    /// Every `x-test-id` header received, in order (to prove a request was never replayed).
+    pub ids: std::sync::Mutex<Vec<String>>,
 }
 
 pub struct Upstream {
@@ -54,6 +60,7 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(Counters::default());
+        counters.upcheck_status.store(200, Ordering::SeqCst);
         let name_s = name.to_string();
         let c = counters.clone();
         let task = tokio::spawn(async move {
@@ -90,6 +97,19 @@ impl Upstream {
         }
     }
 
+    /// What `GET /upcheck` answers from now on; 0 makes it hang.
+    pub fn set_upcheck(&self, status: u16) {
+        self.counters.upcheck_status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.counters.ids.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn checks(&self) -> u64 {
+        self.counters.checks.load(Ordering::SeqCst)
+    }
+
     /// From now on, close every request's connection without answering.
     pub fn set_resetting(&self, on: bool) {
         self.counters.reset.store(on, Ordering::SeqCst);
@@ -115,7 +135,22 @@ impl Drop for Upstream {
 }
 
 async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> Result<Response<Body>, std::io::Error> {
+    if req.uri().path() == "/upcheck" {
+        c.checks.fetch_add(1, Ordering::SeqCst);
+        let status = c.upcheck_status.load(Ordering::SeqCst);
+        if status == 0 {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        let mut r = Response::new(full(if status == 200 { "I'm up!" } else { "down" }));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Ok(r);
+    }
     c.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(id) = req.headers().get("x-test-id").and_then(|v| v.to_str().ok())
+        && let Ok(mut ids) = c.ids.lock()
+    {
+        ids.push(id.to_string());
+    }
     if c.reset.load(Ordering::SeqCst) {
         return Err(std::io::Error::other("resetting on purpose"));
     }

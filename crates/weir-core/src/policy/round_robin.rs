@@ -73,8 +73,8 @@ impl BalancePolicy for RoundRobin {
 }
 
 impl RoundRobin {
-    /// The next eligible endpoint, preferring untried primaries, then tried primaries, then
-    /// backups the same way.
+    /// The next eligible endpoint: untried primaries, then untried backups (only when every
+    /// primary is out or already failed this request), then tried ones.
     pub fn pick(&self, endpoints: &[Arc<Endpoint>], ctx: &SelectCtx<'_>) -> Option<usize> {
         if endpoints.is_empty() || self.schedule.is_empty() {
             return None;
@@ -90,8 +90,8 @@ impl RoundRobin {
             return Some(pick);
         }
         scan(endpoints, slot, |e, i| !e.is_backup() && e.is_eligible() && untried(i))
-            .or_else(|| scan(endpoints, slot, |e, _| !e.is_backup() && e.is_eligible()))
             .or_else(|| scan(endpoints, slot, |e, i| e.is_backup() && e.is_eligible() && untried(i)))
+            .or_else(|| scan(endpoints, slot, |e, _| !e.is_backup() && e.is_eligible()))
             .or_else(|| scan(endpoints, slot, |e, _| e.is_backup() && e.is_eligible()))
     }
 }

@@ -1,0 +1,388 @@
+//! Health and failover on real sockets: active checks on their own port, startup semantics,
+//! passive health, failover under a killed upstream, backups, retry budget, drain, readiness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use weir_test_support::*;
+
+/// A traffic upstream on `ip` and its health server on `ip:health_port`.
+async fn replica(ip: &str, health_port: u16, name: &str) -> (Upstream, Upstream) {
+    let traffic = Upstream::start_on(format!("{ip}:0").parse().unwrap(), name).await;
+    let health = Upstream::start_on(
+        format!("{ip}:{health_port}").parse().unwrap(),
+        &format!("{name}-health"),
+    )
+    .await;
+    (traffic, health)
+}
+
+/// A port free on 127.0.0.1, .2 and .3 (health servers of different replicas share it).
+fn shared_free_port() -> u16 {
+    loop {
+        let p = free_port();
+        if ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((*ip, p)).is_ok())
+        {
+            return p;
+        }
+    }
+}
+
+async fn endpoint_status(gw: &TestGateway, addr: SocketAddr) -> serde_json::Value {
+    let s = get(&gw.admin_url("/api/v1/status")).await.json();
+    s["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .cloned()
+        .unwrap()
+}
+
+fn health_pool(health_port: u16, endpoints: &[&Upstream]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
+        .collect();
+    format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[pool.health]\nport = {health_port}\npath = \"/upcheck\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\nexpect_body = \"I'm up!\"\n{eps}"
+    )
+}
+
+#[tokio::test]
+async fn active_checks_probe_their_own_port_and_path() {
+    let hp = shared_free_port();
+    let (a, ha) = replica("127.0.0.1", hp, "a").await;
+    let (b, hb) = replica("127.0.0.2", hp, "b").await;
+    let gw = TestGateway::start(&health_pool(hp, &[&a, &b])).await;
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, b.addr).await["healthy"] == true
+        )
+        .await
+    );
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, a.addr).await["healthy"] == true
+        )
+        .await
+    );
+    for _ in 0..4 {
+        get(&gw.url("client", "/")).await;
+    }
+    assert!(a.requests() > 0 && b.requests() > 0);
+
+    // B's health port says 503: B leaves rotation within interval x unhealthy_threshold (+1 interval).
+    hb.set_upcheck(503);
+    let start = Instant::now();
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, b.addr).await["healthy"] == false
+        )
+        .await
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(200 * 2 + 200 + 150),
+        "took {:?}",
+        start.elapsed()
+    );
+    let before = b.requests();
+    for _ in 0..10 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "a");
+    }
+    assert_eq!(
+        b.requests(),
+        before,
+        "an unhealthy endpoint got traffic (its traffic port was fine)"
+    );
+
+    // Back after healthy_threshold passes.
+    hb.set_upcheck(200);
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, b.addr).await["healthy"] == true
+        )
+        .await
+    );
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(get(&gw.url("client", "/")).await.upstream());
+    }
+    assert_eq!(seen.len(), 2);
+
+    // A check that hangs fails at `timeout`.
+    ha.set_upcheck(0);
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, a.addr).await["healthy"] == false
+        )
+        .await
+    );
+    assert!(hb.checks() > 4 && ha.checks() > 4);
+}
+
+#[tokio::test]
+async fn an_endpoint_added_with_checks_gets_no_request_before_its_first_pass() {
+    let hp = shared_free_port();
+    let (a, _ha) = replica("127.0.0.1", hp, "a").await;
+    let (c, hc) = replica("127.0.0.3", hp, "c").await;
+    hc.set_upcheck(503);
+    let gw = TestGateway::start(&health_pool(hp, &[&a])).await;
+    assert!(
+        eventually(Duration::from_secs(3), async || get(&gw.url("client", "/"))
+            .await
+            .status
+            == 200)
+        .await
+    );
+    let admin = format!(
+        "[admin]\nbind = \"{}\"\n[plugins]\ndir = \"{}\"\n",
+        gw.admin,
+        plugins_dist().display()
+    );
+    gw.write_config(&(admin + &health_pool(hp, &[&a, &c])));
+    gw.reload().await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "a");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(c.requests(), 0, "a new endpoint got traffic before passing a check");
+    hc.set_upcheck(200);
+    assert!(
+        eventually(Duration::from_secs(3), async || get(&gw.url("client", "/"))
+            .await
+            .upstream()
+            == "c")
+        .await
+    );
+}
+
+async fn hammer(url: String, clients: usize, duration: Duration, post: bool) -> (u64, u64, Vec<u16>) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (url, ok, ids, stop, statuses) = (url.clone(), ok.clone(), ids.clone(), stop.clone(), statuses.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let id = ids.fetch_add(1, Ordering::Relaxed).to_string();
+                let req = if post { Request::post(&url) } else { Request::get(&url) }
+                    .header("x-test-id", &id)
+                    .body(Full::new(if post { Bytes::from_static(b"x") } else { Bytes::new() }))
+                    .unwrap();
+                let s = request(req).await.status.as_u16();
+                if s == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    statuses.lock().unwrap().push(s);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let failed = statuses.lock().unwrap().clone();
+    (ok.load(Ordering::Relaxed), ids.load(Ordering::Relaxed), failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_upstreams_costs_gets_nothing_and_never_replays_posts() {
+    for post in [false, true] {
+        let (mut a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
+        let url = gw.url("client", "/delay/20");
+        let load = tokio::spawn(hammer(url, 20, Duration::from_secs(3), post));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.stop();
+        let (ok, sent, failed) = load.await.unwrap();
+        assert!(ok > 100, "{ok}");
+        if post {
+            assert!(failed.iter().all(|&s| s == 502), "{failed:?}");
+            let mut ids = a.ids();
+            ids.extend(b.ids());
+            let unique: std::collections::HashSet<&String> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "a POST reached the upstreams twice");
+            assert!(ids.len() as u64 <= sent);
+        } else {
+            assert!(failed.is_empty(), "GET clients saw errors: {failed:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn max_fails_takes_an_endpoint_out_for_fail_timeout_then_one_probe() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.set_resetting(true);
+    let toml = one_pool(&[&bad, &good]) + "[pool.passive]\nmax_fails = 2\nfail_timeout = \"2s\"\n";
+    let gw = TestGateway::start(&toml).await;
+    while bad.requests() < 2 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    }
+    let out_at = Instant::now();
+    assert_eq!(bad.requests(), 2);
+    while out_at.elapsed() < Duration::from_millis(1800) {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "good");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bad.requests(), 2, "the endpoint got traffic during fail_timeout");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    }
+    assert_eq!(bad.requests(), 3, "after fail_timeout exactly one probe attempt");
+}
+
+#[tokio::test]
+async fn backups_serve_when_primaries_are_down_and_503_when_everything_is() {
+    let hp = shared_free_port();
+    let (p1, hp1) = replica("127.0.0.1", hp, "p1").await;
+    let (p2, hp2) = replica("127.0.0.2", hp, "p2").await;
+    let (bk, hbk) = replica("127.0.0.3", hp, "backup").await;
+    let toml = health_pool(hp, &[&p1, &p2, &bk]).replace(
+        &format!("address = \"{}\"\n", bk.addr),
+        &format!("address = \"{}\"\nbackup = true\n", bk.addr),
+    );
+    let gw = TestGateway::start(&toml).await;
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, bk.addr).await["healthy"] == true
+        )
+        .await
+    );
+    for _ in 0..6 {
+        assert_ne!(get(&gw.url("client", "/")).await.upstream(), "backup");
+    }
+    hp1.set_upcheck(503);
+    hp2.set_upcheck(503);
+    assert!(
+        eventually(Duration::from_secs(3), async || get(&gw.url("client", "/"))
+            .await
+            .upstream()
+            == "backup")
+        .await
+    );
+    hbk.set_upcheck(503);
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, bk.addr).await["healthy"] == false
+        )
+        .await
+    );
+    let start = Instant::now();
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "503 must come within the connect timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_storm_is_capped_by_the_budget() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    a.set_resetting(true);
+    b.set_resetting(true);
+    let toml = one_pool(&[&a, &b]) + "[pool.retry]\nmax_attempts = 3\nbudget = 0.2\n[pool.passive]\nmax_fails = 0\n";
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..100 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 502);
+    }
+    let attempts = a.requests() + b.requests();
+    // Without a budget every request would meet both endpoints: 200 attempts.
+    assert!(attempts <= 100 + 20 + 10, "{attempts} attempts");
+    assert!(attempts > 100, "{attempts}");
+}
+
+#[tokio::test]
+async fn draining_lets_the_request_in_flight_finish_and_takes_no_new_ones() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
+    let url = gw.url("client", "/delay/2000");
+    let slow = tokio::spawn(async move { get(&url).await });
+    assert!(eventually(Duration::from_secs(2), async || a.requests() + b.requests() == 1).await);
+    let (busy, other) = if a.requests() == 1 { (&a, &b) } else { (&b, &a) };
+    let drain = Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", busy.addr)))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(request(drain).await.status, 200);
+    for _ in 0..10 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), other.name);
+    }
+    assert_eq!(busy.requests(), 1);
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream(), busy.name);
+}
+
+#[tokio::test]
+async fn readiness_can_be_flipped_and_mutations_need_the_token() {
+    let a = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
+        token.display(),
+        one_pool(&[&a])
+    );
+    let gw = TestGateway::start(&toml).await;
+    let put = |auth: Option<&str>, ready: bool| {
+        let mut b = Request::put(gw.admin_url("/api/v1/readiness"));
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Full::new(Bytes::from(format!("{{\"ready\": {ready}}}"))))
+            .unwrap()
+    };
+    assert_eq!(request(put(None, false)).await.status, 401);
+    assert_eq!(request(put(Some("Bearer wrong"), false)).await.status, 401);
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
+    assert_eq!(request(put(Some("Bearer s3cret"), false)).await.status, 200);
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 503);
+    assert_eq!(get(&gw.admin_url("/livez")).await.status, 200);
+    assert_eq!(get(&gw.url("client", "/")).await.status, 200, "traffic is still served");
+    // Reads need no token; the flag survives a reload.
+    assert_eq!(get(&gw.admin_url("/api/v1/status")).await.status, 200);
+    gw.reload().await.unwrap();
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 503);
+    assert_eq!(request(put(Some("Bearer s3cret"), true)).await.status, 200);
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
+}
+
+#[tokio::test]
+async fn weight_and_drain_survive_a_reload() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
+    let put = Request::put(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/weight", a.addr)))
+        .body(Full::new(Bytes::from("{\"weight\": 3}")))
+        .unwrap();
+    let r = request(put).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    gw.reload().await.unwrap();
+    for _ in 0..8 {
+        get(&gw.url("client", "/")).await;
+    }
+    assert_eq!((a.requests(), b.requests()), (6, 2));
+    assert_eq!(endpoint_status(&gw, a.addr).await["weight"], 3);
+}
