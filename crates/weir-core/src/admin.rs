@@ -132,6 +132,14 @@ impl Admin {
                 }
             }
             (&Method::GET, ["api", "v1", "status"]) => json_response(StatusCode::OK, &self.status()),
+            (&Method::GET, ["metrics"]) => {
+                let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(&self.shared))));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                r
+            }
             (m, ["api", "v1", ..]) if m != Method::GET && !self.authorized(&req) => {
                 let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 r.headers_mut()

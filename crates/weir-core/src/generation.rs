@@ -43,6 +43,32 @@ pub trait PolicyFactory: Send + Sync {
     fn status(&self) -> serde_json::Value {
         serde_json::Value::Array(Vec::new())
     }
+    /// `weir_plugin_calls_total`.
+    fn call_metrics(&self) -> Vec<CallMetric> {
+        Vec::new()
+    }
+    /// `weir_plugin_call_duration_seconds`.
+    fn call_durations(&self) -> Vec<CallDuration> {
+        Vec::new()
+    }
+}
+
+/// Calls of one plugin hook with one result.
+#[derive(Debug, Clone)]
+pub struct CallMetric {
+    pub plugin: String,
+    pub hook: &'static str,
+    pub result: &'static str,
+    pub calls: u64,
+}
+
+/// Total time in one plugin hook.
+#[derive(Debug, Clone)]
+pub struct CallDuration {
+    pub plugin: String,
+    pub hook: &'static str,
+    pub calls: u64,
+    pub seconds: f64,
 }
 
 /// The policies weir has without any plugin: `round-robin` and `retry-idempotent`.
@@ -100,6 +126,8 @@ pub struct ListenerRt {
     pub forwarded_proto: HeaderValue,
     /// `X-Forwarded-Host` value when `advertise` is set (else the request's Host is used).
     pub forwarded_host: Option<HeaderValue>,
+    /// Request counters per pool index (resolved here once, not per request).
+    pub routes: Vec<Arc<crate::metrics::RouteMetrics>>,
 }
 
 pub struct PoolRt {
@@ -216,6 +244,10 @@ impl Generation {
                     .advertise
                     .as_ref()
                     .and_then(|a| HeaderValue::from_str(&a.authority).ok()),
+                routes: pool_names
+                    .iter()
+                    .map(|p| crate::metrics::global().route(&lc.name, p))
+                    .collect(),
             });
         }
         if errors.is_empty() {

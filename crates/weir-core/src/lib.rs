@@ -13,6 +13,7 @@ pub mod hash;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

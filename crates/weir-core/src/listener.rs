@@ -131,9 +131,12 @@ async fn accept_loop(ctx: AcceptCtx) {
             shared: ctx.shared.clone(),
             stop: ctx.stop.clone(),
         };
+        let active = crate::metrics::global().connections(&ctx.name);
+        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ctx.tracker.spawn(async move {
             let _permit = permit;
             conn.serve(stream, tls).await;
+            active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
     tracing::debug!(listener = %ctx.name, "listener stopped accepting");

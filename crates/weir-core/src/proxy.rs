@@ -19,6 +19,7 @@ use crate::front::{ActivityToken, ConnActivity};
 use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, strip_hop_by_hop};
+use crate::metrics::AttemptOutcome;
 use crate::policy::{
     AffinityKey, AttemptInfo, FailureDecision, FailureKind, RouteDecision, RouteRequest, RouteTarget, Select, SelectCtx,
 };
@@ -44,7 +45,13 @@ pub async fn serve(
         None => ActivityToken::none(),
     };
     let generation = shared.generation.load_full();
-    Ok(forward(&shared, &generation, &conn, req, activity).await)
+    let started = Instant::now();
+    let mut route_metrics = None;
+    let resp = forward(&shared, &generation, &conn, req, activity, &mut route_metrics).await;
+    if let Some(m) = route_metrics {
+        m.record(resp.status().as_u16(), started.elapsed());
+    }
+    Ok(resp)
 }
 
 fn host_of(req: &Request<Incoming>) -> &str {
@@ -198,6 +205,7 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     activity: ActivityToken,
+    route_metrics: &mut Option<Arc<crate::metrics::RouteMetrics>>,
 ) -> Response<ProxyBody> {
     let Some(listener) = generation.listener(&conn.listener) else {
         return ProxyError::ListenerGone.response(activity);
@@ -214,6 +222,7 @@ async fn forward(
     let Some(first_pool) = generation.pools.get(target.pool) else {
         return ProxyError::NoEndpoint.response(activity);
     };
+    *route_metrics = listener.routes.get(target.pool).cloned();
     let (affinity_hash, set_cookie) = affinity(first_pool, &req, conn.peer.ip(), request_id);
 
     let upgrade = is_upgrade(&req);
@@ -330,6 +339,11 @@ async fn forward(
                 match tokio::time::timeout(per_try, sender.try_send_request(up_req)).await {
                     Ok(Ok(resp)) => {
                         let status = resp.status().as_u16();
+                        endpoint.count_attempt(if status >= 500 {
+                            AttemptOutcome::Status5xx
+                        } else {
+                            AttemptOutcome::Ok
+                        });
                         if pool.config.passive.fail_on_status.contains(&status) {
                             endpoint.record_failure(&pool.config.passive);
                         } else {
@@ -368,6 +382,12 @@ async fn forward(
         };
         if !matches!(failure, FailureKind::HttpStatus(_)) {
             endpoint.record_failure(&pool.config.passive);
+            endpoint.count_attempt(match failure {
+                FailureKind::ConnectRefused => AttemptOutcome::ConnectError,
+                FailureKind::ConnectTimeout => AttemptOutcome::ConnectTimeout,
+                FailureKind::ResponseTimeout => AttemptOutcome::Timeout,
+                _ => AttemptOutcome::Reset,
+            });
         }
         let info = AttemptInfo {
             request_id,
@@ -394,6 +414,14 @@ async fn forward(
             }
             d => d,
         };
+        if matches!(
+            decision,
+            FailureDecision::Retry { .. } | FailureDecision::Failover { .. }
+        ) {
+            crate::metrics::global()
+                .retries(&pool.name)
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match decision {
             FailureDecision::Retry { backoff } => {
                 tried.push(index as u32);

@@ -91,6 +91,7 @@ pub struct Endpoint {
     requests: AtomicU64,
     pub checks_ok: AtomicU64,
     pub checks_failed: AtomicU64,
+    attempts: [AtomicU64; 6],
     idle: ArrayQueue<Idle>,
 }
 
@@ -126,6 +127,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             checks_ok: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
+            attempts: Default::default(),
             idle: ArrayQueue::new(max_idle.max(1)),
         }
     }
@@ -136,6 +138,14 @@ impl Endpoint {
             self.weight.store(cfg.weight, Ordering::Relaxed);
         }
         self.backup.store(cfg.backup, Ordering::Relaxed);
+    }
+
+    pub fn count_attempt(&self, outcome: crate::metrics::AttemptOutcome) {
+        self.attempts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn attempts(&self, outcome: crate::metrics::AttemptOutcome) -> u64 {
+        self.attempts[outcome as usize].load(Ordering::Relaxed)
     }
 
     /// Sets the weight at runtime (admin API); it survives reloads.

@@ -280,6 +280,40 @@ impl PolicyFactory for WasmPolicies {
         Ok(())
     }
 
+    fn call_metrics(&self) -> Vec<weir_core::generation::CallMetric> {
+        self.call_counts()
+            .into_iter()
+            .map(|(plugin, hook, result, calls)| weir_core::generation::CallMetric {
+                plugin,
+                hook,
+                result,
+                calls,
+            })
+            .collect()
+    }
+
+    fn call_durations(&self) -> Vec<weir_core::generation::CallDuration> {
+        let mut out = Vec::new();
+        for e in self.stats.iter() {
+            for hook in HOOKS {
+                let calls: u64 = OUTCOMES
+                    .iter()
+                    .filter(|o| **o != crate::version::Outcome::Skipped)
+                    .map(|o| e.value().calls(hook, *o))
+                    .sum();
+                if calls > 0 {
+                    out.push(weir_core::generation::CallDuration {
+                        plugin: e.key().clone(),
+                        hook: hook.as_str(),
+                        calls,
+                        seconds: e.value().seconds(hook),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn status(&self) -> serde_json::Value {
         let mut out = Vec::new();
         for e in self.loaded.iter() {

@@ -1,0 +1,76 @@
+//! `/metrics` parses as Prometheus text and its counters match the traffic sent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use weir_test_support::*;
+
+fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_parse_and_match_the_traffic() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let toml = one_pool(&[&a, &b])
+        .replace("name = \"client\"", "name = \"metrics-test\"")
+        .replace("name = \"app\"", "name = \"metrics-pool\"")
+        .replace("pool = \"app\"", "pool = \"metrics-pool\"");
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..5 {
+        assert_eq!(get(&gw.url("metrics-test", "/")).await.status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("metrics-test", "/status/404")).await.status, 404);
+    }
+    let r = get(&gw.admin_url("/metrics")).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("unparsable /metrics: {e}\n{text}"));
+    let s = &scrape.samples;
+    let route = [("listener", "metrics-test"), ("pool", "metrics-pool")];
+    assert_eq!(
+        value(s, "weir_requests_total", &[route[0], route[1], ("code", "200")]),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(s, "weir_requests_total", &[route[0], route[1], ("code", "404")]),
+        3.0
+    );
+    assert_eq!(value(s, "weir_request_duration_seconds_count", &route), 8.0, "{text}");
+    assert_eq!(
+        value(
+            s,
+            "weir_upstream_attempts_total",
+            &[("pool", "metrics-pool"), ("outcome", "ok")]
+        ),
+        8.0
+    );
+    assert_eq!(value(s, "weir_endpoint_healthy", &[("pool", "metrics-pool")]), 2.0);
+    assert_eq!(value(s, "weir_endpoint_in_flight", &[("pool", "metrics-pool")]), 0.0);
+    assert_eq!(
+        value(
+            s,
+            "weir_plugin_calls_total",
+            &[("plugin", "round-robin"), ("hook", "select"), ("result", "ok")]
+        ),
+        8.0
+    );
+    assert_eq!(value(s, "weir_config_generation", &[]), 1.0);
+    assert!(text.contains("weir_reloads_total{result=\"error\"} 0"), "{text}");
+    assert!(
+        text.contains("weir_connections_active{listener=\"metrics-test\"}"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE weir_request_duration_seconds histogram"));
+}
