@@ -18,7 +18,7 @@ fn install(dir: &Path, name: &str, bytes: &[u8]) {
 
 fn config(plugins: &Path, a: &Upstream, b: &Upstream) -> String {
     format!(
-        "[plugins]\ndir = \"{}\"\n[reload]\ndebounce = \"50ms\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbalancer = {{ plugin = \"lb\" }}\n[[pool.endpoint]]\naddress = \"{}\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        "[plugins]\ndir = \"{}\"\ncall_timeout = \"50ms\"\n[reload]\ndebounce = \"50ms\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbalancer = {{ plugin = \"lb\" }}\n[[pool.endpoint]]\naddress = \"{}\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
         plugins.display(),
         a.addr,
         b.addr
@@ -64,7 +64,9 @@ async fn replacing_a_plugin_under_load_switches_behaviour_with_zero_failures() {
         "lb",
         &std::fs::read(plugin_file("round-robin")).unwrap(),
     );
-    let switched = eventually(Duration::from_secs(10), async || b.requests() > 0).await;
+    // The swap is a new generation; after it, round-robin reaches b.
+    let switched = eventually(Duration::from_secs(10), async || gw.generation() > generation).await
+        && eventually(Duration::from_secs(5), async || b.requests() > 0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
