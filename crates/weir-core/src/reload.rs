@@ -155,15 +155,26 @@ impl Controller {
         let mut to_bind = diff.listeners_added.clone();
         let mut to_retire = diff.listeners_removed.clone();
         let mut rotate = Vec::new();
+        let bound_now: std::collections::HashMap<String, std::net::SocketAddr> = match self.listeners.lock() {
+            Ok(hs) => hs.iter().map(|h| (h.name.to_string(), h.local_addr)).collect(),
+            Err(_) => Default::default(),
+        };
         for change in &diff.listeners_changed {
             let (Some(was), Some(now)) = (old.config.listener(&change.name), config.listener(&change.name)) else {
                 continue;
             };
-            if change.rebind || was.tls.is_some() != now.tls.is_some() {
+            // `bind = "...:0"` resolved to a real port: naming that port is not a rebind.
+            let same_socket = bound_now.get(&change.name) == Some(&now.bind);
+            if (change.rebind && !same_socket) || was.tls.is_some() != now.tls.is_some() {
                 to_bind.push(change.name.clone());
                 to_retire.push(change.name.clone());
-            } else if change.tls {
-                rotate.push(change.name.clone());
+            }
+        }
+        // Certificates are re-read on every reload: the files may have new contents under the
+        // same paths (the usual way certificates are renewed).
+        for l in &config.listeners {
+            if l.tls.is_some() && !to_bind.contains(&l.name) {
+                rotate.push(l.name.clone());
             }
         }
         let mut bound = Vec::new();

@@ -49,7 +49,12 @@ impl TestGateway {
             toml = format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{toml}");
         }
         if !toml.contains("[plugins]") {
-            toml = format!("[plugins]\ndir = \"{}\"\n\n{toml}", plugins_dist().display());
+            // A roomy call deadline: on a loaded 2-core CI machine a preempted 2 ms call would
+            // fall back to the native balancer and blur what the test checks.
+            toml = format!(
+                "[plugins]\ndir = \"{}\"\ncall_timeout = \"100ms\"\n\n{toml}",
+                plugins_dist().display()
+            );
         }
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, &toml).unwrap();
