@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 fi
-cargo build --manifest-path plugins/Cargo.toml --release --target wasm32-wasip2
+cargo build --manifest-path plugins/Cargo.toml --release --target wasm32-wasip2 --target-dir plugins/target
 mkdir -p plugins/dist
 for dir in plugins/*/; do
   name=$(basename "$dir")

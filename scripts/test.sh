@@ -8,7 +8,7 @@ source scripts/prereqs.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo fmt --all -- --check
 bash scripts/build-plugins.sh
-cargo test --manifest-path plugins/Cargo.toml --lib
+cargo test --manifest-path plugins/Cargo.toml --lib --target-dir plugins/target
 cargo test --manifest-path crates/weir-plugin-sdk/Cargo.toml --lib --target-dir plugins/target
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
