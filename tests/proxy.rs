@@ -165,3 +165,38 @@ async fn keep_alive_connections_are_reused_upstream() {
         "sequential requests share one pooled upstream connection"
     );
 }
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let toml = format!("[runtime]\naccess_log = \"{}\"\n{}", log.display(), one_pool(&[&up]));
+    let gw = TestGateway::start(&toml).await;
+    for path in ["/one", "/status/404", "/three"] {
+        get(&gw.url("client", path)).await;
+    }
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(5), async || lines().len() == 3).await,
+        "{:?}",
+        lines()
+    );
+    let entries: Vec<serde_json::Value> = lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(entries[1]["path"], "/status/404");
+    assert_eq!(entries[1]["status"], 404);
+    for e in &entries {
+        assert_eq!(e["listener"], "client");
+        assert_eq!(e["pool"], "app");
+        assert_eq!(e["endpoint"], up.addr.to_string());
+        assert_eq!(e["attempts"], 1);
+        assert_eq!(e["generation"], 1);
+        assert!(e["duration_ms"].as_f64().unwrap() >= 0.0);
+    }
+}

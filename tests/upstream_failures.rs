@@ -102,3 +102,19 @@ async fn nothing_eligible_gives_503_with_retry_after() {
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "1");
 }
+
+#[tokio::test]
+async fn hostname_endpoints_are_resolved_and_served() {
+    let up = Upstream::start("named").await;
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nresolve_interval = \"100ms\"\n[[pool.endpoint]]\naddress = \"localhost:{}\"\n",
+        up.addr.port()
+    );
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..3 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.upstream(), "named");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+}

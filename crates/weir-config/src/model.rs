@@ -32,6 +32,17 @@ pub struct Runtime {
     /// 0 = one per available core.
     pub worker_threads: usize,
     pub shutdown_timeout: Duration,
+    pub access_log: AccessLog,
+}
+
+/// Where the per-request access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    /// As structured events of the `weir::access` tracing target on stderr.
+    Stderr,
+    /// JSON lines appended to this file.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]

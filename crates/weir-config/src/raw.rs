@@ -63,6 +63,8 @@ pub struct RawConfig {
 pub struct RawRuntime {
     pub worker_threads: Option<u64>,
     pub shutdown_timeout: Option<String>,
+    /// "off" (default), "stderr", or a file path: one structured line per request.
+    pub access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -182,6 +182,18 @@ fn runtime(v: &mut V<'_>, raw: &RawRuntime, path: &KeyPath) -> Runtime {
             "must be at most 1024 (0 = one per core)",
         ));
     }
+    let access_log = match raw.access_log.as_deref() {
+        None | Some("off") => AccessLog::Off,
+        Some("stderr") => AccessLog::Stderr,
+        Some("") => {
+            v.issue(Issue::new(
+                path.key("access_log"),
+                "must be \"off\", \"stderr\" or a file path",
+            ));
+            AccessLog::Off
+        }
+        Some(file) => AccessLog::File(resolve(v.ctx.base_dir, file)),
+    };
     Runtime {
         worker_threads: worker_threads.min(1024) as usize,
         shutdown_timeout: v.duration(
@@ -189,6 +201,7 @@ fn runtime(v: &mut V<'_>, raw: &RawRuntime, path: &KeyPath) -> Runtime {
             raw.shutdown_timeout.as_ref(),
             DEFAULT_SHUTDOWN_TIMEOUT,
         ),
+        access_log,
     }
 }
 

@@ -4,6 +4,7 @@
 //! `expect_status`, `expect_body`. Checks are jittered so that many endpoints do not align, run
 //! off the request path, and write one atomic the request path reads. State *changes* are
 //! logged, once. The checkers follow the current generation: restarted after every reload.
+//! The same task set re-resolves endpoint hostnames every `resolve_interval`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,10 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut generations: watch::Receiver<u64>, 
             checks.abort_all();
             let generation = shared.generation.load_full();
             for pool in &generation.pools {
+                let named: Vec<Arc<Endpoint>> = pool.endpoints.iter().filter(|e| e.is_hostname()).cloned().collect();
+                if !named.is_empty() {
+                    checks.spawn(resolve_loop(named, pool.config.resolve_interval));
+                }
                 let Some(health) = &pool.config.health else { continue };
                 for endpoint in &pool.endpoints {
                     checks.spawn(check_loop(endpoint.clone(), health.clone(), pool.name.clone()));
@@ -44,6 +49,16 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut generations: watch::Receiver<u64>, 
         }
         checks.abort_all();
     });
+}
+
+/// Re-resolves hostnames every `resolve_interval`, off the request path.
+async fn resolve_loop(endpoints: Vec<Arc<Endpoint>>, interval: Duration) {
+    loop {
+        for e in &endpoints {
+            let _ = e.refresh_address().await;
+        }
+        tokio::time::sleep(interval.max(Duration::from_millis(100))).await;
+    }
 }
 
 /// A small deterministic spread per endpoint and round: up to a tenth of the interval.

@@ -2,6 +2,7 @@
 //! generations and the admin API. Knows nothing of wasmtime: policies come in through the
 //! traits of [`policy`].
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod budget;

@@ -46,12 +46,48 @@ pub async fn serve(
     };
     let generation = shared.generation.load_full();
     let started = Instant::now();
-    let mut route_metrics = None;
-    let resp = forward(&shared, &generation, &conn, req, activity, &mut route_metrics).await;
-    if let Some(m) = route_metrics {
-        m.record(resp.status().as_u16(), started.elapsed());
+    let log = &generation.config.runtime.access_log;
+    let logged =
+        (!matches!(log, weir_config::AccessLog::Off)).then(|| (req.method().clone(), req.uri().path().to_string()));
+    let mut trace = Trace::default();
+    let resp = forward(&shared, &generation, &conn, req, activity, &mut trace).await;
+    let took = started.elapsed();
+    if let Some(m) = &trace.route {
+        m.record(resp.status().as_u16(), took);
+    }
+    if let Some((method, path)) = logged {
+        crate::access_log::write(
+            log,
+            &crate::access_log::Entry {
+                ts_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis()),
+                listener: &conn.listener,
+                pool: trace
+                    .pool
+                    .and_then(|i| generation.pools.get(i))
+                    .map_or("-", |p| p.name.as_str()),
+                endpoint: trace.endpoint.as_ref().map_or("-", |e| e.label.as_str()),
+                method: method.as_str(),
+                path: &path,
+                status: resp.status().as_u16(),
+                duration_ms: took.as_secs_f64() * 1e3,
+                attempts: trace.attempts,
+                generation: generation.id,
+                bytes_out: resp.body().size_hint().exact(),
+            },
+        );
     }
     Ok(resp)
+}
+
+/// What the request path learned about a request, for metrics and the access log.
+#[derive(Default)]
+struct Trace {
+    route: Option<Arc<crate::metrics::RouteMetrics>>,
+    pool: Option<usize>,
+    endpoint: Option<Arc<crate::upstream::Endpoint>>,
+    attempts: u32,
 }
 
 fn host_of(req: &Request<Incoming>) -> &str {
@@ -205,7 +241,7 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     activity: ActivityToken,
-    route_metrics: &mut Option<Arc<crate::metrics::RouteMetrics>>,
+    trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let Some(listener) = generation.listener(&conn.listener) else {
         return ProxyError::ListenerGone.response(activity);
@@ -222,7 +258,7 @@ async fn forward(
     let Some(first_pool) = generation.pools.get(target.pool) else {
         return ProxyError::NoEndpoint.response(activity);
     };
-    *route_metrics = listener.routes.get(target.pool).cloned();
+    trace.route = listener.routes.get(target.pool).cloned();
     let (affinity_hash, set_cookie) = affinity(first_pool, &req, conn.peer.ip(), request_id);
 
     let upgrade = is_upgrade(&req);
@@ -320,6 +356,9 @@ async fn forward(
             };
         };
         let endpoint = pool.endpoints[index].clone();
+        trace.pool = Some(pool_index);
+        trace.attempts = attempt;
+        trace.endpoint = Some(endpoint.clone());
         let in_flight = InFlight::new(endpoint.clone());
         let t = &pool.config.timeouts;
         let per_try = target.timeout.unwrap_or(t.request);

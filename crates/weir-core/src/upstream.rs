@@ -92,6 +92,8 @@ pub struct Endpoint {
     pub checks_ok: AtomicU64,
     pub checks_failed: AtomicU64,
     attempts: [AtomicU64; 6],
+    /// The last good lookup of a `host:port` endpoint, refreshed every `resolve_interval`.
+    resolved: arc_swap::ArcSwapOption<SocketAddr>,
     idle: ArrayQueue<Idle>,
 }
 
@@ -128,6 +130,7 @@ impl Endpoint {
             checks_ok: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             attempts: Default::default(),
+            resolved: arc_swap::ArcSwapOption::empty(),
             idle: ArrayQueue::new(max_idle.max(1)),
         }
     }
@@ -290,15 +293,45 @@ impl Endpoint {
         }
     }
 
-    /// The address to connect to (hostnames are looked up).
+    /// The address to connect to: hostnames use the last good lookup, looked up on first use.
     pub async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
         match &self.address {
             EndpointAddress::Socket(a) => Ok(*a),
-            EndpointAddress::Host { host, port } => tokio::net::lookup_host((host.as_str(), *port))
-                .await?
-                .next()
-                .ok_or_else(|| ConnectError::NoAddress(self.label.clone())),
+            EndpointAddress::Host { .. } => match self.resolved.load_full() {
+                Some(addr) => Ok(*addr),
+                None => self.refresh_address().await,
+            },
         }
+    }
+
+    /// Looks the hostname up again; a failure keeps the last good address.
+    pub async fn refresh_address(&self) -> Result<SocketAddr, ConnectError> {
+        let (host, port) = match &self.address {
+            EndpointAddress::Host { host, port } => (host, port),
+            EndpointAddress::Socket(a) => return Ok(*a),
+        };
+        let looked_up = tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .map(|mut a| a.next());
+        match looked_up {
+            Ok(Some(addr)) => {
+                let previous = self.resolved.swap(Some(std::sync::Arc::new(addr)));
+                if previous.as_deref().is_some_and(|p| *p != addr) {
+                    tracing::info!(endpoint = %self.label, %addr, "endpoint address changed");
+                }
+                Ok(addr)
+            }
+            Ok(None) | Err(_) => {
+                let last = self.resolved.load_full();
+                tracing::warn!(endpoint = %self.label, kept = ?last.as_deref(), "name resolution failed; keeping the last good address");
+                last.map(|a| *a)
+                    .ok_or_else(|| ConnectError::NoAddress(self.label.clone()))
+            }
+        }
+    }
+
+    pub fn is_hostname(&self) -> bool {
+        matches!(self.address, EndpointAddress::Host { .. })
     }
 
     async fn connect(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
