@@ -41,6 +41,13 @@ fn config(n: usize) -> (tempfile::TempDir, weir_config::Config) {
     (dir, c)
 }
 
+/// The Wasm policies of `config`, prepared, with the pool's endpoints.
+fn prepared(config: &weir_config::Config) -> (Arc<WasmPolicies>, Vec<Arc<Endpoint>>) {
+    let wasm = WasmPolicies::new(&config.plugins).unwrap();
+    wasm.prepare(config).unwrap();
+    (wasm, endpoints(config))
+}
+
 fn endpoints(config: &weir_config::Config) -> Vec<Arc<Endpoint>> {
     config.pools[0]
         .endpoints
@@ -54,10 +61,8 @@ fn select(c: &mut Criterion) {
     let mut group = c.benchmark_group("select");
     for n in [4usize, 64, 1024] {
         let (_dir, config) = config(n);
-        let eps = endpoints(&config);
+        let (wasm, eps) = prepared(&config);
         let names = vec!["app".to_string()];
-        let wasm = WasmPolicies::new(&config.plugins).unwrap();
-        wasm.prepare(&config).unwrap();
         let ctx = PoolCtx {
             index: 0,
             config: &config.pools[0],
@@ -85,10 +90,8 @@ fn select(c: &mut Criterion) {
 
 fn route_and_select(c: &mut Criterion) {
     let (_dir, config) = config(16);
-    let eps = endpoints(&config);
+    let (wasm, eps) = prepared(&config);
     let names = vec!["app".to_string()];
-    let wasm = WasmPolicies::new(&config.plugins).unwrap();
-    wasm.prepare(&config).unwrap();
     let ctx = PoolCtx {
         index: 0,
         config: &config.pools[0],

@@ -297,16 +297,6 @@ async fn pool_failover_moves_to_the_fallback_pool() {
     }
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 async fn faulty_balancer_is_contained(plugin: &str, outcome: &str) {
     let (a, b, other) = (
         Upstream::start("a").await,
@@ -320,7 +310,7 @@ async fn faulty_balancer_is_contained(plugin: &str, outcome: &str) {
         endpoints(&[&other])
     );
     let gw = TestGateway::start(&toml).await;
-    let rss_before = rss_kib();
+    let rss_before = proc_status_kib("VmRSS");
     let mut slowest = Duration::ZERO;
     for _ in 0..30 {
         let start = Instant::now();
@@ -356,7 +346,7 @@ async fn faulty_balancer_is_contained(plugin: &str, outcome: &str) {
         slowest < Duration::from_millis(500),
         "{plugin}: a request took {slowest:?}"
     );
-    let grown = rss_kib().saturating_sub(rss_before);
+    let grown = proc_status_kib("VmRSS").saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "{plugin}: RSS grew by {grown} KiB");
 }
 

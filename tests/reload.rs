@@ -34,16 +34,6 @@ fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_reloads_under_load_fail_nothing_and_leak_nothing() {
     let (a, b, c) = (
@@ -81,14 +71,14 @@ async fn a_hundred_reloads_under_load_fail_nothing_and_leak_nothing() {
         gw.reload().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (fds_before, rss_before) = (fds(), rss_kib());
+    let (fds_before, rss_before) = (fds(), proc_status_kib("VmRSS"));
     let generation = gw.generation();
     for i in 0..100 {
         gw.write_config(if i % 2 == 0 { &one } else { &two });
         gw.reload().await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (fds_after, rss_after) = (fds(), rss_kib());
+    let (fds_after, rss_after) = (fds(), proc_status_kib("VmRSS"));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();

@@ -11,23 +11,13 @@ use weir_test_support::*;
 
 const TEN_MIB: u64 = 10 * 1024 * 1024;
 
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_mib_each_way_stream_with_flat_memory() {
     let up = Upstream::start("a").await;
     let gw = TestGateway::start(&one_pool(&[&up])).await;
     // Warm up every path once so allocator pools exist before measuring.
     assert_eq!(get(&gw.url("client", "/bytes/65536")).await.body.len(), 65536);
-    let before = peak_rss_kib();
+    let before = proc_status_kib("VmHWM");
 
     // Response: counted chunk by chunk on the client, never collected.
     let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
@@ -56,7 +46,7 @@ async fn ten_mib_each_way_stream_with_flat_memory() {
     assert_eq!(j["body_len"], TEN_MIB);
     assert_eq!(up.body_bytes(), TEN_MIB);
 
-    let grown_kib = peak_rss_kib().saturating_sub(before);
+    let grown_kib = proc_status_kib("VmHWM").saturating_sub(before);
     // Buffering either body whole would add at least 10 MiB to the peak.
     assert!(
         grown_kib < 6 * 1024,

@@ -73,7 +73,7 @@ impl V<'_> {
                     path,
                     format!("{what} `{}` does not exist or is not a file", resolved.display()),
                 )
-                .help("relative paths are resolved against the config file's folder"),
+                .help("relative paths are resolved against the config file's folder, then the working directory"),
             );
         }
         resolved
@@ -103,10 +103,20 @@ impl V<'_> {
     }
 }
 
-/// Resolves a path from the config against the config file's folder.
+/// Resolves a path from the config: against the config file's folder, or against the working
+/// directory when only that one exists (DESIGN's example config names repository paths such as
+/// `plugins/dist` from `config/weir.toml`).
 pub fn resolve(base: &Path, value: &str) -> PathBuf {
     let p = Path::new(value);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let beside = base.join(p);
+    if !beside.exists() && p.exists() {
+        p.to_path_buf()
+    } else {
+        beside
+    }
 }
 
 pub fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Vec<Issue>> {

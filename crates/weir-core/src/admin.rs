@@ -170,18 +170,9 @@ impl Admin {
                     },
                     Err(e) => return text(StatusCode::BAD_REQUEST, &e),
                 };
-                {
-                    let generation = self.shared.generation.load();
-                    let Some(p) = generation.pool(pool) else {
-                        return text(StatusCode::NOT_FOUND, &format!("no pool `{pool}`"));
-                    };
-                    let Some(e) = p.endpoints.iter().find(|e| e.label == address) else {
-                        return text(
-                            StatusCode::NOT_FOUND,
-                            &format!("no endpoint `{address}` in pool `{pool}`"),
-                        );
-                    };
-                    e.override_weight(weight);
+                match self.endpoint(pool, &address) {
+                    Ok(e) => e.override_weight(weight),
+                    Err(not_found) => return *not_found,
                 }
                 // Balancers precompute their schedules per generation: build a new one.
                 match crate::reload::rebuild(&self.shared, "weight change").await {
@@ -205,15 +196,9 @@ impl Admin {
                 ],
             ) => {
                 let address = percent_decode(address);
-                let generation = self.shared.generation.load();
-                let Some(p) = generation.pool(pool) else {
-                    return text(StatusCode::NOT_FOUND, &format!("no pool `{pool}`"));
-                };
-                let Some(e) = p.endpoints.iter().find(|e| e.label == address) else {
-                    return text(
-                        StatusCode::NOT_FOUND,
-                        &format!("no endpoint `{address}` in pool `{pool}`"),
-                    );
+                let e = match self.endpoint(pool, &address) {
+                    Ok(e) => e,
+                    Err(not_found) => return *not_found,
                 };
                 let drained = *action == "drain";
                 e.set_drained(drained);
@@ -227,6 +212,21 @@ impl Admin {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => text(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    /// The endpoint `address` of `pool` in the current generation, or the 404 to answer.
+    fn endpoint(&self, pool: &str, address: &str) -> Result<Arc<crate::upstream::Endpoint>, Box<AdminResponse>> {
+        let generation = self.shared.generation.load();
+        let Some(p) = generation.pool(pool) else {
+            return Err(Box::new(text(StatusCode::NOT_FOUND, &format!("no pool `{pool}`"))));
+        };
+        match p.endpoints.iter().find(|e| e.label == address) {
+            Some(e) => Ok(e.clone()),
+            None => Err(Box::new(text(
+                StatusCode::NOT_FOUND,
+                &format!("no endpoint `{address}` in pool `{pool}`"),
+            ))),
         }
     }
 

@@ -33,3 +33,14 @@ pub async fn eventually(timeout: std::time::Duration, mut cond: impl AsyncFnMut(
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// A field of `/proc/self/status` in KiB (`"VmRSS"`, `"VmHWM"`): memory checks in tests.
+pub fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
