@@ -297,14 +297,16 @@ async fn pool_failover_moves_to_the_fallback_pool() {
     }
 }
 
-async fn faulty_balancer_is_contained(plugin: &str, outcome: &str) {
+/// `call_timeout`: short for the looping fixture; roomy for the others, so that on a loaded
+/// machine their own failure (trap, out of memory) is the one that fires.
+async fn faulty_balancer_is_contained(plugin: &str, outcome: &str, call_timeout: &str) {
     let (a, b, other) = (
         Upstream::start("a").await,
         Upstream::start("b").await,
         Upstream::start("other").await,
     );
     let toml = format!(
-        "[plugins]\ndir = \"{}\"\ncall_timeout = \"5ms\"\nmemory_limit = \"8MiB\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"other\"\n[[pool]]\nname = \"app\"\nbalancer = {{ plugin = \"{plugin}\" }}\n{}[[pool]]\nname = \"other\"\n{}",
+        "[plugins]\ndir = \"{}\"\ncall_timeout = \"{call_timeout}\"\nmemory_limit = \"8MiB\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"other\"\n[[pool]]\nname = \"app\"\nbalancer = {{ plugin = \"{plugin}\" }}\n{}[[pool]]\nname = \"other\"\n{}",
         plugins_dist().display(),
         endpoints(&[&a, &b]),
         endpoints(&[&other])
@@ -352,17 +354,17 @@ async fn faulty_balancer_is_contained(plugin: &str, outcome: &str) {
 
 #[tokio::test]
 async fn a_trapping_balancer_is_contained() {
-    faulty_balancer_is_contained("fault-trap", "trap").await;
+    faulty_balancer_is_contained("fault-trap", "trap", "200ms").await;
 }
 
 #[tokio::test]
 async fn a_looping_balancer_is_interrupted_at_call_timeout() {
-    faulty_balancer_is_contained("fault-loop", "timeout").await;
+    faulty_balancer_is_contained("fault-loop", "timeout", "5ms").await;
 }
 
 #[tokio::test]
 async fn a_memory_hungry_balancer_is_stopped_at_memory_limit() {
-    faulty_balancer_is_contained("fault-oom", "oom").await;
+    faulty_balancer_is_contained("fault-oom", "oom", "200ms").await;
 }
 
 #[tokio::test]
