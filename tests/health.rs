@@ -386,3 +386,24 @@ async fn weight_and_drain_survive_a_reload() {
     assert_eq!((a.requests(), b.requests()), (6, 2));
     assert_eq!(endpoint_status(&gw, a.addr).await["weight"], 3);
 }
+
+#[tokio::test]
+async fn small_idempotent_bodies_are_buffered_and_replayed() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.set_resetting(true);
+    let gw = TestGateway::start(&(one_pool(&[&bad, &good]) + "[pool.passive]\nmax_fails = 0\n")).await;
+    for _ in 0..4 {
+        let req = Request::put(gw.url("client", "/doc"))
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let r = request(req).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.upstream(), "good");
+        assert_eq!(r.json()["body_len"], 7, "the replay carried the body");
+    }
+    assert!(
+        bad.requests() >= 2,
+        "the resetting endpoint was tried: {}",
+        bad.requests()
+    );
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -178,16 +179,22 @@ fn process_seed() -> u64 {
     *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(std::process::id()))
 }
 
-/// A replayable request's head, kept to send it again after an attempt that reached an upstream.
+/// A replayable request, kept to send it again after an attempt that reached an upstream.
 struct Template {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// The buffered body (replayable requests have none or one under `retry.buffer_bytes`).
+    body: Option<bytes::Bytes>,
 }
 
 impl Template {
     fn request(&self) -> Request<UpBody> {
-        let mut req = Request::new(UpBody::Empty);
+        let body = match &self.body {
+            Some(b) => UpBody::Full(Some(b.clone())),
+            None => UpBody::Empty,
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
@@ -316,18 +323,44 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
     let has_body = !body.is_end_stream();
-    let replayable = replayable_method && !has_body && !upgrade;
     let max_attempts = first_pool.config.retry.max_attempts.max(1);
+    // An idempotent request with a small declared body is buffered, so that it can be replayed;
+    // anything else streams and is replayable only while it has not left weir.
+    let limit = first_pool.config.retry.buffer_bytes;
+    let buffer = has_body
+        && replayable_method
+        && !upgrade
+        && max_attempts > 1
+        && body.size_hint().exact().is_some_and(|n| n <= limit);
+    let (up_body, buffered) = if !has_body {
+        (UpBody::Empty, None)
+    } else if buffer {
+        match http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await
+        {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                (UpBody::Full(Some(bytes.clone())), Some(bytes))
+            }
+            Err(e) => {
+                let status = e
+                    .downcast_ref::<hyper::Error>()
+                    .and_then(body_error_status)
+                    .unwrap_or(400);
+                return ProxyError::ClientBody { status }.response(activity);
+            }
+        }
+    } else {
+        (UpBody::Streamed(body), None)
+    };
+    let replayable = replayable_method && !upgrade && (!has_body || buffered.is_some());
     let template = (replayable && max_attempts > 1).then(|| Template {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
+        body: buffered,
     });
-    let up_body = if has_body {
-        UpBody::Streamed(body)
-    } else {
-        UpBody::Empty
-    };
     let mut pending = Some(Request::from_parts(parts, up_body));
 
     let started = Instant::now();
