@@ -209,7 +209,7 @@ async fn killing_one_of_two_upstreams_costs_gets_nothing_and_never_replays_posts
         let (mut a, b) = (Upstream::start("a").await, Upstream::start("b").await);
         let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
         let url = gw.url("client", "/delay/20");
-        let load = tokio::spawn(hammer(url, 20, Duration::from_secs(3), post));
+        let load = tokio::spawn(hammer(url, 20, Duration::from_secs(5), post));
         tokio::time::sleep(Duration::from_secs(1)).await;
         a.stop();
         let (ok, sent, failed) = load.await.unwrap();
