@@ -12,5 +12,6 @@ cargo test --manifest-path plugins/Cargo.toml --lib --target-dir plugins/target
 cargo test --manifest-path crates/weir-plugin-sdk/Cargo.toml --lib --target-dir plugins/target
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
-# Benchmarks compile and run one iteration each, so they cannot rot.
-cargo bench --workspace -- --test
+# Benchmarks compile and run one iteration each, so they cannot rot (criterion's test mode,
+# built with the test profile: no second, optimised build of wasmtime just for this).
+cargo test --workspace --benches
