@@ -16,9 +16,15 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT INT TERM
 pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+# Starts a pinned background process and records its PID (taskset execs the program).
+spawn() {
+  local core=$1; shift
+  if command -v taskset >/dev/null; then taskset -c "$core" "$@" & else "$@" & fi
+  pids+=($!)
+}
 
-pin 0 target/release/examples/demo_upstream 19081 a 2>/dev/null & pids+=($!)
-pin 0 target/release/examples/demo_upstream 19082 b 2>/dev/null & pids+=($!)
+spawn 0 target/release/examples/demo_upstream 19081 a
+spawn 0 target/release/examples/demo_upstream 19082 b
 mkdir -p "$work/no-plugins"
 for kind in wasm native; do
   dir=$PWD/plugins/dist; [ "$kind" = native ] && dir=$work/no-plugins
@@ -44,7 +50,7 @@ address = "127.0.0.1:19081"
 [[pool.endpoint]]
 address = "127.0.0.1:19082"
 TOML
-  WEIR_LOG=warn pin 0 target/release/weir run --config "$work/$kind.toml" & pids+=($!)
+  WEIR_LOG=warn spawn 0 target/release/weir run --config "$work/$kind.toml"
 done
 for admin in 19901 19902; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
