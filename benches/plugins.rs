@@ -41,11 +41,20 @@ fn config(n: usize) -> (tempfile::TempDir, weir_config::Config) {
     (dir, c)
 }
 
-/// The Wasm policies of `config`, prepared, with the pool's endpoints.
-fn prepared(config: &weir_config::Config) -> (Arc<WasmPolicies>, Vec<Arc<Endpoint>>) {
+/// The Wasm policies of `config`, prepared, the pool's endpoints and its balancer.
+fn prepared(config: &weir_config::Config) -> (Arc<WasmPolicies>, Vec<Arc<Endpoint>>, Arc<dyn BalancePolicy>) {
     let wasm = WasmPolicies::new(&config.plugins).unwrap();
     wasm.prepare(config).unwrap();
-    (wasm, endpoints(config))
+    let eps = endpoints(config);
+    let names = vec!["app".to_string()];
+    let ctx = PoolCtx {
+        index: 0,
+        config: &config.pools[0],
+        endpoints: &eps,
+        pool_names: &names,
+    };
+    let balancer = wasm.balancer(&config.pools[0].balancer, &ctx).unwrap();
+    (wasm, eps, balancer)
 }
 
 fn endpoints(config: &weir_config::Config) -> Vec<Arc<Endpoint>> {
@@ -61,15 +70,7 @@ fn select(c: &mut Criterion) {
     let mut group = c.benchmark_group("select");
     for n in [4usize, 64, 1024] {
         let (_dir, config) = config(n);
-        let (wasm, eps) = prepared(&config);
-        let names = vec!["app".to_string()];
-        let ctx = PoolCtx {
-            index: 0,
-            config: &config.pools[0],
-            endpoints: &eps,
-            pool_names: &names,
-        };
-        let balancer = wasm.balancer(&config.pools[0].balancer, &ctx).unwrap();
+        let (_wasm, eps, balancer) = prepared(&config);
         let native = RoundRobin::new(&vec![1; n]);
         let key = SelectCtx {
             request_id: 1,
@@ -90,15 +91,8 @@ fn select(c: &mut Criterion) {
 
 fn route_and_select(c: &mut Criterion) {
     let (_dir, config) = config(16);
-    let (wasm, eps) = prepared(&config);
+    let (wasm, eps, balancer) = prepared(&config);
     let names = vec!["app".to_string()];
-    let ctx = PoolCtx {
-        index: 0,
-        config: &config.pools[0],
-        endpoints: &eps,
-        pool_names: &names,
-    };
-    let balancer = wasm.balancer(&config.pools[0].balancer, &ctx).unwrap();
     let router = wasm
         .router(
             config.listeners[0].router.as_ref().unwrap(),

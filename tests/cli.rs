@@ -11,6 +11,15 @@ fn weir() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_weir"))
 }
 
+/// `weir check --config <path>`.
+fn check(path: &Path) -> std::process::Output {
+    Command::new(weir())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -28,11 +37,7 @@ fn every_example_config_passes_weir_check() {
     toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &mut files);
     assert!(files.len() >= 4, "{files:?}");
     for f in files {
-        let out = Command::new(weir())
-            .args(["check", "--config"])
-            .arg(&f)
-            .output()
-            .unwrap();
+        let out = check(&f);
         assert!(
             out.status.success(),
             "{}: {}",
@@ -79,11 +84,7 @@ fn syntax_errors_and_unknown_keys_exit_1_with_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, "[[listener]]\nname = \"a\"\nbnid = \"x\"\n").unwrap();
-    let out = Command::new(weir())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":3:1") && err.contains("unknown field `bnid`"), "{err}");
@@ -94,17 +95,10 @@ fn check_reports_unavailable_policies_and_missing_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[[pool]]\nname = \"p\"\nbalancer = { plugin = \"no-such-plugin\" }\n[[pool.endpoint]]\naddress = \"127.0.0.1:2\"\n").unwrap();
-    let out = Command::new(weir())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-plugin"));
-    let out = Command::new(weir())
-        .args(["check", "--config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
+    let out = check(Path::new("/nonexistent.toml"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
 }

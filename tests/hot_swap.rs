@@ -25,8 +25,9 @@ fn config(plugins: &Path, a: &Upstream, b: &Upstream) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replacing_a_plugin_under_load_switches_behaviour_with_zero_failures() {
+/// A gateway whose pool `app` (upstreams a, b) is balanced by plugin `lb`, installed from
+/// `first-healthy` in a plugins folder of its own.
+async fn start_with_first_healthy() -> (tempfile::TempDir, Upstream, Upstream, TestGateway) {
     let plugins = tempfile::tempdir().unwrap();
     install(
         plugins.path(),
@@ -35,6 +36,12 @@ async fn replacing_a_plugin_under_load_switches_behaviour_with_zero_failures() {
     );
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let gw = TestGateway::start(&config(plugins.path(), &a, &b)).await;
+    (plugins, a, b, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_plugin_under_load_switches_behaviour_with_zero_failures() {
+    let (plugins, _a, b, gw) = start_with_first_healthy().await;
     assert_eq!(get(&gw.url("client", "/")).await.upstream(), "a");
     let generation = gw.generation();
 
@@ -93,14 +100,7 @@ async fn replacing_a_plugin_under_load_switches_behaviour_with_zero_failures() {
 
 #[tokio::test]
 async fn a_bad_plugin_file_is_refused_and_the_running_version_keeps_serving() {
-    let plugins = tempfile::tempdir().unwrap();
-    install(
-        plugins.path(),
-        "lb",
-        &std::fs::read(plugin_file("first-healthy")).unwrap(),
-    );
-    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let gw = TestGateway::start(&config(plugins.path(), &a, &b)).await;
+    let (plugins, _a, _b, gw) = start_with_first_healthy().await;
     let generation = gw.generation();
     for (bytes, reason) in [
         (b"garbage".to_vec(), "not a WebAssembly file"),

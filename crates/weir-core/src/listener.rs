@@ -205,14 +205,7 @@ impl Conn {
             },
             activity.clone(),
         );
-        let info = Arc::new(ConnInfo {
-            listener: self.listener.clone(),
-            peer: self.peer,
-            https: self.https,
-            activity: Some(activity),
-        });
-        let shared = self.shared.clone();
-        let service = service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req));
+        let service = self.service(Some(activity));
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -221,28 +214,11 @@ impl Conn {
             .max_buf_size((limits.max_header_bytes + 16 * 1024).max(400 * 1024))
             .writev(false);
         let conn = builder.serve_connection(TokioIo::new(guard), service).with_upgrades();
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(peer = %self.peer, error = %e, "HTTP/1 connection ended with an error");
-        }
+        self.drive(conn, |c| c.graceful_shutdown(), "HTTP/1").await;
     }
 
     async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
-        let info = Arc::new(ConnInfo {
-            listener: self.listener.clone(),
-            peer: self.peer,
-            https: self.https,
-            activity: None,
-        });
-        let shared = self.shared.clone();
-        let service = service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req));
+        let service = self.service(None);
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -252,16 +228,49 @@ impl Conn {
             .keep_alive_interval(Some(limits.idle_timeout))
             .keep_alive_timeout(limits.header_timeout);
         let conn = builder.serve_connection(TokioIo::new(io), service);
+        self.drive(conn, |c| c.graceful_shutdown(), "HTTP/2").await;
+    }
+
+    /// The request handler of this connection.
+    fn service(
+        &self,
+        activity: Option<Arc<ConnActivity>>,
+    ) -> impl hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<crate::body::ProxyBody>,
+        Error = std::convert::Infallible,
+        Future = impl std::future::Future<Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>>
+                 + Send
+                 + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let info = Arc::new(ConnInfo {
+            listener: self.listener.clone(),
+            peer: self.peer,
+            https: self.https,
+            activity,
+        });
+        let shared = self.shared.clone();
+        service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req))
+    }
+
+    /// Serves `conn` to its end; when the listener stops, asks it to finish gracefully
+    /// (h1: close after the response in flight; h2: GOAWAY) and waits for that.
+    async fn drive<C>(&self, conn: C, graceful: impl FnOnce(std::pin::Pin<&mut C>), protocol: &str)
+    where
+        C: std::future::Future<Output = hyper::Result<()>>,
+    {
         tokio::pin!(conn);
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = self.stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
                 conn.await
             }
         };
         if let Err(e) = result {
-            tracing::debug!(peer = %self.peer, error = %e, "HTTP/2 connection ended with an error");
+            tracing::debug!(peer = %self.peer, error = %e, protocol, "connection ended with an error");
         }
     }
 }
