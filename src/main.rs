@@ -35,6 +35,15 @@ enum Command {
     Run {
         #[arg(long, short, default_value = "config/weir.toml")]
         config: PathBuf,
+        /// Listen on this Unix socket for a binary upgrade: a new `weir run --upgrade-from`
+        /// at the same path takes over the listening sockets, and this process drains and exits.
+        #[arg(long, value_name = "SOCKET")]
+        upgrade_socket: Option<PathBuf>,
+        /// Take over the listening sockets of the weir serving upgrades at SOCKET, then tell it
+        /// to drain and exit. This process then serves upgrades at SOCKET itself (unless
+        /// `--upgrade-socket` names another path).
+        #[arg(long, value_name = "SOCKET")]
+        upgrade_from: Option<PathBuf>,
     },
     /// Parse, validate and load everything the config references, then exit: 0 when good,
     /// 1 with every error.
@@ -61,7 +70,17 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => run(&config),
+        Command::Run {
+            config,
+            upgrade_socket,
+            upgrade_from,
+        } => {
+            let upgrade = Upgrade {
+                listen: upgrade_socket.or_else(|| upgrade_from.clone()),
+                from: upgrade_from,
+            };
+            run(&config, upgrade)
+        }
     }
 }
 
@@ -103,7 +122,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+/// The binary-upgrade sockets of `weir run`.
+struct Upgrade {
+    listen: Option<PathBuf>,
+    from: Option<PathBuf>,
+}
+
+fn run(path: &std::path::Path, upgrade: Upgrade) -> ExitCode {
     let config = match weir_config::load(path) {
         Ok(c) => c,
         Err(errors) => {
@@ -131,12 +156,31 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(config, policies))
+    // Plugins are compiled and the config is good before the running process is disturbed.
+    let inherited = match &upgrade.from {
+        Some(from) => match weir_core::upgrade::Inherited::receive(from) {
+            Ok(i) => {
+                tracing::info!(from = %from.display(), old_pid = i.old_pid, "received the running process's sockets");
+                Some(i)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    runtime.block_on(serve(config, policies, inherited, upgrade.listen))
 }
 
-async fn serve(config: weir_config::Config, policies: Arc<dyn PolicyFactory>) -> ExitCode {
+async fn serve(
+    config: weir_config::Config,
+    policies: Arc<dyn PolicyFactory>,
+    mut inherited: Option<weir_core::upgrade::Inherited>,
+    upgrade_socket: Option<PathBuf>,
+) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let gateway = match Gateway::start(config, policies).await {
+    let gateway = match Gateway::start_with(config, policies, inherited.as_mut()).await {
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -144,6 +188,19 @@ async fn serve(config: weir_config::Config, policies: Arc<dyn PolicyFactory>) ->
             return ExitCode::from(1);
         }
     };
+    if let Some(inherited) = inherited {
+        let old_pid = inherited.old_pid;
+        match inherited.confirm() {
+            Ok(()) => tracing::info!(old_pid, "binary upgrade: serving; the old process drains and exits"),
+            Err(e) => tracing::warn!(error = %e, "binary upgrade: both processes serve until the old one stops"),
+        }
+    }
+    if let Some(path) = &upgrade_socket
+        && let Err(e) = gateway.listen_for_upgrades(path)
+    {
+        tracing::error!(socket = %path.display(), error = %e, "cannot listen for binary upgrades");
+        eprintln!("error: upgrade socket {}: {e}", path.display());
+    }
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -157,6 +214,7 @@ async fn serve(config: weir_config::Config, policies: Arc<dyn PolicyFactory>) ->
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = gateway.handed_over() => break,
             _ = hup.recv() => {
                 if let Err(errors) = gateway.reload("SIGHUP").await {
                     for e in errors {

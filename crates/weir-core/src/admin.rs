@@ -43,7 +43,7 @@ pub struct Admin {
 }
 
 pub fn spawn(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     shared: Arc<Shared>,
     token: Option<String>,
     stop: CancellationToken,

@@ -35,11 +35,15 @@ pub struct Gateway {
     shared: Arc<Shared>,
     listeners: Arc<Mutex<Vec<ListenerHandle>>>,
     admin_addr: SocketAddr,
+    admin_socket: Arc<tokio::net::TcpListener>,
     admin_stop: CancellationToken,
     admin_task: tokio::task::JoinHandle<()>,
     background_stop: CancellationToken,
     connections: TaskTracker,
     shutdown_timeout: Duration,
+    /// Cancelled once a new process took over the sockets (binary upgrade).
+    handed_over: CancellationToken,
+    upgrade: Mutex<Option<crate::upgrade::UpgradeServer>>,
 }
 
 /// Everything `weir check` verifies beyond the config file itself: policies build, TLS material
@@ -64,6 +68,16 @@ pub fn check(config: &Config, factory: Arc<dyn PolicyFactory>) -> Vec<String> {
 
 impl Gateway {
     pub async fn start(config: Config, factory: Arc<dyn PolicyFactory>) -> Result<Gateway, StartError> {
+        Self::start_with(config, factory, None).await
+    }
+
+    /// Starts on sockets inherited from a running weir (binary upgrade) where the config binds
+    /// the same addresses; binds the rest.
+    pub async fn start_with(
+        config: Config,
+        factory: Arc<dyn PolicyFactory>,
+        mut inherited: Option<&mut crate::upgrade::Inherited>,
+    ) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let generation =
             Generation::build(1, config.clone(), None, factory).map_err(|e| StartError::Policies(e.join("; ")))?;
@@ -81,15 +95,17 @@ impl Gateway {
                 })?),
                 None => None,
             };
-            let socket = listener::bind(l.bind).map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
+            let socket =
+                adopt_or_bind(inherited.as_deref_mut(), &l.name, false, l.bind).map_err(|source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
             bound.push((l, socket, tls));
         }
-        let admin_socket = listener::bind(config.admin.bind)
+        let admin_socket = adopt_or_bind(inherited, "admin", true, config.admin.bind)
             .map_err(|e| StartError::Admin(format!("cannot bind {}: {e}", config.admin.bind)))?;
+        let admin_socket = Arc::new(admin_socket);
         let admin_addr = admin_socket
             .local_addr()
             .map_err(|e| StartError::Admin(e.to_string()))?;
@@ -113,7 +129,7 @@ impl Gateway {
             listeners.push(handle);
         }
         let admin_stop = CancellationToken::new();
-        let admin_task = crate::admin::spawn(admin_socket, shared.clone(), token, admin_stop.clone());
+        let admin_task = crate::admin::spawn(admin_socket.clone(), shared.clone(), token, admin_stop.clone());
         tracing::info!(bind = %admin_addr, "admin API listening");
 
         let background_stop = CancellationToken::new();
@@ -140,12 +156,59 @@ impl Gateway {
             shared,
             listeners,
             admin_addr,
+            admin_socket,
             admin_stop,
             admin_task,
             background_stop,
             connections,
             shutdown_timeout: config.runtime.shutdown_timeout,
+            handed_over: CancellationToken::new(),
+            upgrade: Mutex::new(None),
         })
+    }
+
+    /// Serves binary upgrades on the Unix socket `path` (`weir run --upgrade-socket`): a new
+    /// process connecting there takes over every listening socket, and [`Gateway::handed_over`]
+    /// completes once it serves.
+    pub fn listen_for_upgrades(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let listeners = self.listeners.clone();
+        let admin = self.admin_socket.clone();
+        let admin_addr = self.admin_addr;
+        let gather = move || {
+            let mut offers = vec![crate::upgrade::Offer {
+                entry: crate::upgrade::SocketEntry {
+                    name: "admin".to_string(),
+                    admin: true,
+                    addr: admin_addr,
+                },
+                socket: admin.clone(),
+            }];
+            if let Ok(ls) = listeners.lock() {
+                offers.extend(ls.iter().map(|h| crate::upgrade::Offer {
+                    entry: crate::upgrade::SocketEntry {
+                        name: h.name.to_string(),
+                        admin: false,
+                        addr: h.local_addr,
+                    },
+                    socket: h.socket.clone(),
+                }));
+            }
+            offers
+        };
+        let server = crate::upgrade::UpgradeServer::spawn(path, gather, self.handed_over.clone())?;
+        tracing::info!(socket = %path.display(), "listening for binary upgrades");
+        if let Ok(mut slot) = self.upgrade.lock()
+            && let Some(old) = slot.replace(server)
+        {
+            old.close();
+        }
+        Ok(())
+    }
+
+    /// Completes when a new process has taken over the sockets; then call
+    /// [`Gateway::shutdown`] to drain and exit.
+    pub async fn handed_over(&self) {
+        self.handed_over.cancelled().await
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -177,6 +240,11 @@ impl Gateway {
     /// their in-flight requests within `shutdown_timeout`. Returns whether all finished in time.
     pub async fn shutdown(self) -> bool {
         self.shared.set_draining();
+        if let Ok(mut slot) = self.upgrade.lock()
+            && let Some(server) = slot.take()
+        {
+            server.close();
+        }
         let listeners: Vec<ListenerHandle> = match self.listeners.lock() {
             Ok(mut ls) => ls.drain(..).collect(),
             Err(_) => Vec::new(),
@@ -201,6 +269,22 @@ impl Gateway {
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
         clean
+    }
+}
+
+/// A socket inherited from the process being upgraded, or a freshly bound one.
+fn adopt_or_bind(
+    inherited: Option<&mut crate::upgrade::Inherited>,
+    name: &str,
+    admin: bool,
+    bind: SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    match inherited.and_then(|i| i.take(name, admin, bind)) {
+        Some(socket) => {
+            tracing::info!(listener = name, bind = %bind, "adopted the running process's socket");
+            tokio::net::TcpListener::from_std(socket)
+        }
+        None => listener::bind(bind),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod state;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod watch;
 

@@ -25,11 +25,17 @@ use crate::state::Shared;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a stopping listener lets an HTTP/1 keep-alive connection send one more request
+/// (answered with `Connection: close`) before closing it if idle. See [`Conn::drive`].
+const H1_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// A bound listener. Its socket outlives generations; its settings are read from the current
 /// generation when a connection is accepted.
 pub struct ListenerHandle {
     pub name: Arc<str>,
     pub local_addr: SocketAddr,
+    /// Shared with the accept loop; the binary upgrade hands its descriptor to the new process.
+    pub socket: Arc<TcpListener>,
     pub tls: Option<Arc<ArcSwap<ServerConfig>>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -74,12 +80,13 @@ pub fn spawn(
     tracker: TaskTracker,
 ) -> std::io::Result<ListenerHandle> {
     let local_addr = listener.local_addr()?;
+    let listener = Arc::new(listener);
     let name: Arc<str> = Arc::from(name);
     let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
     let stop = CancellationToken::new();
     let task = tokio::spawn(accept_loop(AcceptCtx {
         name: name.clone(),
-        listener,
+        listener: listener.clone(),
         tls: tls.clone(),
         limit: Arc::new(Semaphore::new(max_connections)),
         shared,
@@ -89,6 +96,7 @@ pub fn spawn(
     Ok(ListenerHandle {
         name,
         local_addr,
+        socket: listener,
         tls,
         stop,
         task,
@@ -97,7 +105,7 @@ pub fn spawn(
 
 struct AcceptCtx {
     name: Arc<str>,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     tls: Option<Arc<ArcSwap<ServerConfig>>>,
     limit: Arc<Semaphore>,
     shared: Arc<Shared>,
@@ -206,6 +214,7 @@ impl Conn {
             activity.clone(),
         );
         let service = self.service(Some(activity));
+        let grace = limits.idle_timeout.min(H1_CLOSE_GRACE);
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -214,7 +223,7 @@ impl Conn {
             .max_buf_size((limits.max_header_bytes + 16 * 1024).max(400 * 1024))
             .writev(false);
         let conn = builder.serve_connection(TokioIo::new(guard), service).with_upgrades();
-        self.drive(conn, |c| c.graceful_shutdown(), "HTTP/1").await;
+        self.drive(conn, grace, |c| c.graceful_shutdown(), "HTTP/1").await;
     }
 
     async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
@@ -228,7 +237,9 @@ impl Conn {
             .keep_alive_interval(Some(limits.idle_timeout))
             .keep_alive_timeout(limits.header_timeout);
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        self.drive(conn, |c| c.graceful_shutdown(), "HTTP/2").await;
+        // GOAWAY tells the client which streams were taken: no race, no grace needed.
+        self.drive(conn, Duration::ZERO, |c| c.graceful_shutdown(), "HTTP/2")
+            .await;
     }
 
     /// The request handler of this connection.
@@ -249,15 +260,19 @@ impl Conn {
             listener: self.listener.clone(),
             peer: self.peer,
             https: self.https,
+            closing: activity.is_some().then(|| self.stop.clone()),
             activity,
         });
         let shared = self.shared.clone();
         service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req))
     }
 
-    /// Serves `conn` to its end; when the listener stops, asks it to finish gracefully
-    /// (h1: close after the response in flight; h2: GOAWAY) and waits for that.
-    async fn drive<C>(&self, conn: C, graceful: impl FnOnce(std::pin::Pin<&mut C>), protocol: &str)
+    /// Serves `conn` to its end; when the listener stops, asks it to finish gracefully and
+    /// waits for that. HTTP/1 first gets `grace`: every response then says `Connection: close`,
+    /// so a client that keeps sending leaves after its next response; closing an idle
+    /// keep-alive connection at once would race the client's next request (which then fails).
+    /// After the grace, idle connections close and a request in flight finishes first.
+    async fn drive<C>(&self, conn: C, grace: Duration, graceful: impl FnOnce(std::pin::Pin<&mut C>), protocol: &str)
     where
         C: std::future::Future<Output = hyper::Result<()>>,
     {
@@ -265,8 +280,13 @@ impl Conn {
         let result = tokio::select! {
             r = conn.as_mut() => r,
             _ = self.stop.cancelled() => {
-                graceful(conn.as_mut());
-                conn.await
+                match tokio::time::timeout(grace, conn.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        graceful(conn.as_mut());
+                        conn.await
+                    }
+                }
             }
         };
         if let Err(e) = result {

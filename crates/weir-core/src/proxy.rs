@@ -34,6 +34,10 @@ pub struct ConnInfo {
     pub https: bool,
     /// HTTP/1 connections share activity with their guard (idle timer, ordered refusals).
     pub activity: Option<Arc<ConnActivity>>,
+    /// Cancelled when the listener stops (shutdown, removal, binary upgrade): HTTP/1 responses
+    /// then carry `Connection: close`, so a busy keep-alive client moves to a new connection
+    /// after its next response instead of racing a close of its idle connection.
+    pub closing: Option<tokio_util::sync::CancellationToken>,
 }
 
 pub async fn serve(
@@ -51,7 +55,14 @@ pub async fn serve(
     let logged =
         (!matches!(log, weir_config::AccessLog::Off)).then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut trace = Trace::default();
-    let resp = forward(&shared, &generation, &conn, req, activity, &mut trace).await;
+    let mut resp = forward(&shared, &generation, &conn, req, activity, &mut trace).await;
+    if let Some(closing) = &conn.closing
+        && closing.is_cancelled()
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let took = started.elapsed();
     if let Some(m) = &trace.route {
         m.record(resp.status().as_u16(), took);

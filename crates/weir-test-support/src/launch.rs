@@ -160,6 +160,11 @@ pub struct WeirProcess {
 impl WeirProcess {
     /// `toml` must set `[admin] bind` (use [`free_port`]).
     pub fn spawn(bin: &Path, toml: &str, admin: SocketAddr) -> WeirProcess {
+        Self::spawn_with_args(bin, toml, admin, &[])
+    }
+
+    /// `weir run --config <file> <args>`.
+    pub fn spawn_with_args(bin: &Path, toml: &str, admin: SocketAddr, args: &[&std::ffi::OsStr]) -> WeirProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("weir.toml");
         std::fs::write(&config, toml).unwrap();
@@ -167,6 +172,7 @@ impl WeirProcess {
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
