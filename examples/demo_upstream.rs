@@ -1,5 +1,6 @@
-//! A tiny upstream for trying weir: `cargo run --example demo_upstream -- <port> <name>` answers
-//! every request with `hello from <name>` and the path it saw.
+//! A tiny upstream for trying weir: `cargo run --example demo_upstream -- <port> <name> [bytes]`
+//! answers every request with `hello from <name>` and the path it saw, padded with `.` to
+//! `bytes` when given (the load benchmark asks for ~100-byte bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -14,6 +15,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(9081);
     let name = args.next().unwrap_or_else(|| format!("upstream-{port}"));
+    let pad: usize = args.next().and_then(|b| b.parse().ok()).unwrap_or(0);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     eprintln!("demo upstream {name} on 127.0.0.1:{port}");
     loop {
@@ -23,7 +25,11 @@ async fn main() {
         let name = name.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let body = format!("hello from {name}: {} {}\n", req.method(), req.uri());
+                let mut body = format!("hello from {name}: {} {}", req.method(), req.uri());
+                while body.len() + 1 < pad {
+                    body.push('.');
+                }
+                body.push('\n');
                 async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

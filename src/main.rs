@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
 use weir_core::{Gateway, PolicyFactory};
 use weir_plugin_host::WasmPolicies;
 
@@ -136,10 +137,17 @@ fn run(path: &std::path::Path, upgrade: Upgrade) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
-    }
+    // One worker: a current-thread runtime, without the work-stealing scheduler's queues and
+    // wake-ups (DESIGN §10 measured multi_thread with one worker 2-5% slower).
+    let mut builder = if config.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if config.runtime.worker_threads > 0 {
+            b.worker_threads(config.runtime.worker_threads);
+        }
+        b
+    };
     let runtime = match builder.enable_all().thread_name("weir-worker").build() {
         Ok(r) => r,
         Err(e) => {

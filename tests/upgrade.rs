@@ -1,6 +1,7 @@
 //! Zero-downtime binary upgrade, as operators run it: `weir run --upgrade-socket S`, later a new
 //! binary with `weir run --upgrade-from S` takes over the listening sockets; the old process
-//! drains and exits. Real processes, real sockets, clients sending all along.
+//! drains and exits. Real processes, real sockets, clients sending all along. The processes run
+//! one worker thread (the current-thread runtime; other CLI tests cover the multi-thread one).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
@@ -25,7 +26,7 @@ fn config(ups: &[&Upstream], port: u16, admin: u16, extra: &str) -> String {
         .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
         .collect();
     format!(
-        "[runtime]\nshutdown_timeout = \"10s\"\n[plugins]\ndir = \"{}\"\ncall_timeout = \"100ms\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n{extra}[[pool]]\nname = \"app\"\n{endpoints}",
+        "[runtime]\nshutdown_timeout = \"10s\"\nworker_threads = 1\n[plugins]\ndir = \"{}\"\ncall_timeout = \"100ms\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n{extra}[[pool]]\nname = \"app\"\n{endpoints}",
         plugins_dist().display()
     )
 }

@@ -183,14 +183,16 @@ impl Conn {
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 if h2 {
-                    self.serve_h2(stream, &limits).await
+                    Box::pin(self.serve_h2(stream, &limits)).await
                 } else {
-                    self.serve_h1(stream, &limits).await
+                    Box::pin(self.serve_h1(stream, &limits)).await
                 }
             }
+            // Each protocol's state is boxed on its own: inline, every connection's task would
+            // hold the largest of them (TLS + HTTP/2), ~9 KB, idle keep-alive ones included.
             None => match tokio::time::timeout(limits.header_timeout, sniff_h2(&stream)).await {
-                Ok(Ok(true)) => self.serve_h2(stream, &limits).await,
-                Ok(Ok(false)) => self.serve_h1(stream, &limits).await,
+                Ok(Ok(true)) => Box::pin(self.serve_h2(stream, &limits)).await,
+                Ok(Ok(false)) => Box::pin(self.serve_h1(stream, &limits)).await,
                 Ok(Err(_)) | Err(_) => {}
             },
         }

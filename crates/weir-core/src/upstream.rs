@@ -339,7 +339,9 @@ impl Endpoint {
             let addr = self.resolve().await?;
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
+            // writev(false): headers and small bodies go out in one flattened write (DESIGN §10).
             let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                .writev(false)
                 .handshake::<_, UpBody>(TokioIo::new(stream))
                 .await?;
             tokio::spawn(async move {

@@ -23,7 +23,10 @@ use tokio::time::{Instant, Sleep};
 use super::chunked::Chunked;
 use super::head::{BodyFraming, HeadLimits, HeadStatus, Reject, check_head};
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Reads start with a small buffer and grow while reads fill it (bodies, pipelines), so an idle
+/// keep-alive connection holds 4 KiB here rather than the largest chunk it ever read.
+const FIRST_READ_CHUNK: usize = 4 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Per-connection state shared between the guard and the request handler: how many responses are
 /// still being produced. The idle timer only runs, and a refusal is only written, when it is zero.
@@ -127,6 +130,8 @@ pub struct H1Guard<S> {
     waiting_since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     refusal: Option<(Vec<u8>, usize)>,
+    /// How much spare room the next read asks for (see [`FIRST_READ_CHUNK`]).
+    chunk: usize,
 }
 
 impl<S> H1Guard<S> {
@@ -147,6 +152,7 @@ impl<S> H1Guard<S> {
             waiting_since: None,
             timer: Box::pin(tokio::time::sleep_until(now + cfg.header_timeout)),
             refusal: None,
+            chunk: FIRST_READ_CHUNK,
         }
     }
 
@@ -326,7 +332,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
             if this.phase == Phase::Passthrough {
                 return Pin::new(&mut this.io).poll_read(cx, out);
             }
-            this.buf.reserve(READ_CHUNK);
+            this.buf.reserve(this.chunk);
+            let room = this.buf.capacity() - this.buf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
                 Poll::Ready(Ok(0)) => {
                     // Client closed. A partial head is dropped; a partial body shows as an
@@ -338,7 +345,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<S> {
                     }
                     this.end = End::Eof;
                 }
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
+                    if n == room {
+                        this.chunk = (this.chunk * 2).min(READ_CHUNK);
+                    }
                     if let Err(reject) = this.scan() {
                         this.refuse(reject);
                     }
