@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# A/B of two weir binaries (before/after a change): layout A (weir and two demo upstreams on
+# core 0, wrk on core 1), interleaved wrk rounds, req/s and weir's CPU µs per request each round.
+#   usage: benches/load/ab.sh OLD_WEIR NEW_WEIR [ROUNDS=5] [SECONDS=4]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+A=$1; B=$2; R=${3:-5}; S=${4:-4}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+cargo build -q --release --example demo_upstream
+bash scripts/build-plugins.sh >/dev/null 2>&1
+W=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+trap cleanup EXIT INT TERM
+mk() { cat > "$W/$1.toml" <<T
+[runtime]
+worker_threads = 1
+[admin]
+bind = "127.0.0.1:$3"
+[plugins]
+dir = "$PWD/plugins/dist"
+[reload]
+watch = false
+[[listener]]
+name = "client"
+bind = "127.0.0.1:$2"
+pool = "app"
+[[pool]]
+name = "app"
+[[pool.endpoint]]
+address = "127.0.0.1:19181"
+[[pool.endpoint]]
+address = "127.0.0.1:19182"
+T
+}
+mk a 18181 19911; mk b 18182 19912
+taskset -c 0 target/release/examples/demo_upstream 19181 a 100 2>/dev/null & pids+=($!)
+taskset -c 0 target/release/examples/demo_upstream 19182 b 100 2>/dev/null & pids+=($!)
+WEIR_LOG=warn taskset -c 0 "$A" run --config "$W/a.toml" & PA=$!; pids+=($PA)
+WEIR_LOG=warn taskset -c 0 "$B" run --config "$W/b.toml" & PB=$!; pids+=($PB)
+for p in 18181 18182; do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  taskset -c 1 wrk -t1 -c64 -d2s "http://127.0.0.1:$p/" >/dev/null
+done
+jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+for _ in $(seq "$R"); do
+  for which in old new; do
+    port=18181; pid=$PA; [ $which = new ] && { port=18182; pid=$PB; }
+    c0=$(jiffies $pid)
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${S}s" "http://127.0.0.1:$port/")
+    c1=$(jiffies $pid)
+    n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    echo "$which $rps $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$HZ" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')"
+  done
+done | tee "$W/res"
+awk '{r[$1] = r[$1] " " $2; c[$1] = c[$1] " " $3} END {for (k in r) print k, "req/s:" r[k], " cpu us/req:" c[k]}' "$W/res"
