@@ -12,28 +12,9 @@ W=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 trap cleanup EXIT INT TERM
-mk() { cat > "$W/$1.toml" <<T
-[runtime]
-worker_threads = 1
-[admin]
-bind = "127.0.0.1:$3"
-[plugins]
-dir = "$PWD/plugins/dist"
-[reload]
-watch = false
-[[listener]]
-name = "client"
-bind = "127.0.0.1:$2"
-pool = "app"
-[[pool]]
-name = "app"
-[[pool.endpoint]]
-address = "127.0.0.1:19181"
-[[pool.endpoint]]
-address = "127.0.0.1:19182"
-T
-}
-mk a 18181 19911; mk b 18182 19912
+source benches/load/weir-config.sh
+weir_toml "$W/a.toml" 18181 19911 "$PWD/plugins/dist" 19181 19182
+weir_toml "$W/b.toml" 18182 19912 "$PWD/plugins/dist" 19181 19182
 taskset -c 0 target/release/examples/demo_upstream 19181 a 100 2>/dev/null & pids+=($!)
 taskset -c 0 target/release/examples/demo_upstream 19182 b 100 2>/dev/null & pids+=($!)
 WEIR_LOG=warn taskset -c 0 "$A" run --config "$W/a.toml" & PA=$!; pids+=($PA)

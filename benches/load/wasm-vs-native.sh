@@ -25,31 +25,13 @@ spawn() {
 
 spawn 0 target/release/examples/demo_upstream 19081 a
 spawn 0 target/release/examples/demo_upstream 19082 b
+source benches/load/weir-config.sh
 mkdir -p "$work/no-plugins"
 for kind in wasm native; do
   dir=$PWD/plugins/dist; [ "$kind" = native ] && dir=$work/no-plugins
   port=18080; [ "$kind" = native ] && port=18090
   admin=19901; [ "$kind" = native ] && admin=19902
-  cat > "$work/$kind.toml" <<TOML
-[runtime]
-worker_threads = 1
-[admin]
-bind = "127.0.0.1:$admin"
-[plugins]
-dir = "$dir"
-[reload]
-watch = false
-[[listener]]
-name = "client"
-bind = "127.0.0.1:$port"
-pool = "demo"
-[[pool]]
-name = "demo"
-[[pool.endpoint]]
-address = "127.0.0.1:19081"
-[[pool.endpoint]]
-address = "127.0.0.1:19082"
-TOML
+  weir_toml "$work/$kind.toml" "$port" "$admin" "$dir" 19081 19082
   WEIR_LOG=warn spawn 0 target/release/weir run --config "$work/$kind.toml"
 done
 for admin in 19901 19902; do

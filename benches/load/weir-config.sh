@@ -1,0 +1,25 @@
+# Sourced by the load scripts: the minimal weir config they benchmark (one worker thread, no
+# file watching, one listener in front of two upstreams on loopback).
+#   weir_toml FILE PORT ADMIN_PORT PLUGINS_DIR UPSTREAM_PORT_A UPSTREAM_PORT_B
+weir_toml() {
+  cat > "$1" <<TOML
+[runtime]
+worker_threads = 1
+[admin]
+bind = "127.0.0.1:$3"
+[plugins]
+dir = "$4"
+[reload]
+watch = false
+[[listener]]
+name = "client"
+bind = "127.0.0.1:$2"
+pool = "app"
+[[pool]]
+name = "app"
+[[pool.endpoint]]
+address = "127.0.0.1:$5"
+[[pool.endpoint]]
+address = "127.0.0.1:$6"
+TOML
+}
