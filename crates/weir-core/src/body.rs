@@ -1,85 +1,40 @@
-//! The two body types of the proxy path, as enums rather than boxed trait objects so that a
-//! request allocates nothing for them.
-//!
-//! [`UpBody`] is what goes to an upstream (the client's streamed body, or bytes). [`ProxyBody`] is
-//! what goes to the client: the upstream's streamed body, which returns the upstream connection to
-//! its pool when it ends, or a short local answer.
+//! The response body of the proxy path, as an enum rather than a boxed trait object so that a
+//! request allocates nothing for it: the upstream's body, read off the upstream connection as
+//! the client takes it (the connection goes back to its pool when it ends), or a short local
+//! answer.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::front::ActivityToken;
-use crate::upstream::{InFlight, Sender};
+use crate::h1client::ResponseBody;
+use crate::upstream::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A request body on its way to an upstream.
-#[derive(Debug)]
-pub enum UpBody {
-    Empty,
-    Streamed(Incoming),
-    Full(Option<Bytes>),
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpBody::Empty => Poll::Ready(None),
-            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Streamed(inc) => Pin::new(inc).poll_frame(cx).map_err(BoxError::from),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Empty => true,
-            UpBody::Full(b) => b.is_none(),
-            UpBody::Streamed(inc) => inc.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Empty => SizeHint::with_exact(0),
-            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Streamed(inc) => inc.size_hint(),
-        }
-    }
-}
-
-/// The upstream connection and counters a response body holds until it ends.
-#[derive(Debug)]
-pub struct Lease {
-    pub sender: Sender,
-    pub in_flight: InFlight,
-}
 
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub struct ProxyBody {
     inner: Inner,
-    lease: Option<Lease>,
+    /// Counts the request against its endpoint until the body ends.
+    in_flight: Option<InFlight>,
     _activity: ActivityToken,
 }
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    Upstream(ResponseBody),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, lease: Lease, activity: ActivityToken) -> Self {
+    pub fn upstream(body: ResponseBody, in_flight: InFlight, activity: ActivityToken) -> Self {
         let mut b = ProxyBody {
             inner: Inner::Upstream(body),
-            lease: Some(lease),
+            in_flight: Some(in_flight),
             _activity: activity,
         };
         if b.is_end_stream() {
@@ -92,7 +47,7 @@ impl ProxyBody {
         let inner = Inner::Full(if bytes.is_empty() { None } else { Some(bytes) });
         ProxyBody {
             inner,
-            lease: None,
+            in_flight: None,
             _activity: activity,
         }
     }
@@ -103,27 +58,22 @@ impl ProxyBody {
         self
     }
 
-    /// The response is complete: the connection can serve the next request.
+    /// The response is complete: a reusable connection goes back to its endpoint's pool.
     fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.in_flight.endpoint().checkin(lease.sender);
+        if let Some(in_flight) = self.in_flight.take()
+            && let Inner::Upstream(body) = &mut self.inner
+            && let Some(conn) = body.take_reusable()
+        {
+            in_flight.endpoint().checkin(conn);
         }
-    }
-}
-
-fn inc_done(inner: &Inner) -> bool {
-    match inner {
-        Inner::Upstream(inc) => inc.is_end_stream(),
-        Inner::Full(_) => true,
     }
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        // A body dropped after its last byte still leaves a reusable connection.
-        if inc_done(&self.inner) {
-            self.release();
-        }
+        // A body dropped after its last byte still leaves a reusable connection; one dropped
+        // before that closes the connection with it.
+        self.release();
     }
 }
 
@@ -135,22 +85,21 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(inc) => match Pin::new(inc).poll_frame(cx) {
+            Inner::Upstream(body) => match body.poll_data(cx) {
                 Poll::Ready(None) => {
                     this.release();
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    // The connection is broken: drop it instead of pooling it.
-                    this.lease = None;
+                    this.in_flight = None;
                     Poll::Ready(Some(Err(e.into())))
                 }
-                Poll::Ready(Some(Ok(frame))) => {
+                Poll::Ready(Some(Ok(data))) => {
                     // hyper stops polling once a sized body is written: release right away.
-                    if inc_done(&this.inner) {
+                    if body.is_done() {
                         this.release();
                     }
-                    Poll::Ready(Some(Ok(frame)))
+                    Poll::Ready(Some(Ok(Frame::data(data))))
                 }
                 Poll::Pending => Poll::Pending,
             },
@@ -160,14 +109,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
-            Inner::Upstream(inc) => inc.is_end_stream(),
+            Inner::Upstream(body) => body.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Upstream(inc) => inc.size_hint(),
+            Inner::Upstream(body) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }

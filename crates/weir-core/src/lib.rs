@@ -10,6 +10,7 @@ pub mod error;
 pub mod front;
 pub mod gateway;
 pub mod generation;
+pub mod h1client;
 pub mod hash;
 pub mod headers;
 pub mod health;

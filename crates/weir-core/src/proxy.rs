@@ -12,12 +12,14 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::body::{Lease, ProxyBody, UpBody};
+use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::front::{ActivityToken, ConnActivity};
 use crate::generation::{Generation, ListenerRt, PoolRt};
+use crate::h1client::{ExchangeError, ResponseBody, ResponseHead, UpBody, UpConn};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
@@ -190,29 +192,6 @@ fn process_seed() -> u64 {
     *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(std::process::id()))
 }
 
-/// A replayable request, kept to send it again after an attempt that reached an upstream.
-struct Template {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    /// The buffered body (replayable requests have none or one under `retry.buffer_bytes`).
-    body: Option<bytes::Bytes>,
-}
-
-impl Template {
-    fn request(&self) -> Request<UpBody> {
-        let body = match &self.body {
-            Some(b) => UpBody::Full(Some(b.clone())),
-            None => UpBody::Empty,
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
 fn route(
     listener: &ListenerRt,
     generation: &Generation,
@@ -343,17 +322,14 @@ async fn forward(
         && !upgrade
         && max_attempts > 1
         && body.size_hint().exact().is_some_and(|n| n <= limit);
-    let (up_body, buffered) = if !has_body {
-        (UpBody::Empty, None)
+    let mut up_body = if !has_body {
+        UpBody::Empty
     } else if buffer {
         match http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
             .await
         {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                (UpBody::Full(Some(bytes.clone())), Some(bytes))
-            }
+            Ok(collected) => UpBody::Full(collected.to_bytes()),
             Err(e) => {
                 let status = e
                     .downcast_ref::<hyper::Error>()
@@ -363,16 +339,12 @@ async fn forward(
             }
         }
     } else {
-        (UpBody::Streamed(body), None)
+        UpBody::Streamed(body)
     };
-    let replayable = replayable_method && !upgrade && (!has_body || buffered.is_some());
-    let template = (replayable && max_attempts > 1).then(|| Template {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
-        body: buffered,
-    });
-    let mut pending = Some(Request::from_parts(parts, up_body));
+    // Replayable: the same head (kept in `parts`) and body can go out again after an attempt
+    // that reached an upstream.
+    let replayable = replayable_method && !upgrade && !matches!(up_body, UpBody::Streamed(_));
+    let can_replay = replayable && max_attempts > 1;
 
     let started = Instant::now();
     first_pool.budget.record_request();
@@ -399,6 +371,9 @@ async fn forward(
                 None => ProxyError::NoEndpoint.response(activity),
             };
         };
+        if !up_body.resendable() {
+            return ProxyError::UpstreamReset.response(activity);
+        }
         let endpoint = pool.endpoints[index].clone();
         trace.pool = Some(pool_index);
         trace.attempts = attempt;
@@ -406,22 +381,17 @@ async fn forward(
         let in_flight = InFlight::new(endpoint.clone());
         let t = &pool.config.timeouts;
         let per_try = target.timeout.unwrap_or(t.request);
-        if pending.is_none() {
-            pending = template.as_ref().map(Template::request);
-        }
         let (failure, unsent, held) = match endpoint.checkout(t.connect, t.idle).await {
             Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
             Err(e) => {
                 tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
                 (FailureKind::ConnectRefused, true, None)
             }
-            Ok((mut sender, reused)) => {
-                let Some(up_req) = pending.take() else {
-                    return ProxyError::UpstreamReset.response(activity);
-                };
-                match tokio::time::timeout(per_try, sender.try_send_request(up_req)).await {
-                    Ok(Ok(resp)) => {
-                        let status = resp.status().as_u16();
+            Ok((mut conn, reused)) => {
+                let exchange = conn.exchange(&parts.method, &parts.uri, &parts.headers, &mut up_body);
+                match tokio::time::timeout(per_try, exchange).await {
+                    Ok(Ok(head)) => {
+                        let status = head.status.as_u16();
                         endpoint.count_attempt(if status >= 500 {
                             AttemptOutcome::Status5xx
                         } else {
@@ -432,31 +402,20 @@ async fn forward(
                         } else {
                             endpoint.record_success();
                         }
-                        let can_retry = attempt < max_attempts && template.is_some();
+                        let can_retry = attempt < max_attempts && can_replay;
                         if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
-                            return respond(
-                                resp,
-                                Lease { sender, in_flight },
-                                client_upgrade,
-                                activity,
-                                http2,
-                                set_cookie,
-                            );
+                            return respond(head, conn, in_flight, client_upgrade, activity, http2, set_cookie);
                         }
-                        (
-                            FailureKind::HttpStatus(status),
-                            false,
-                            Some((resp, Lease { sender, in_flight })),
-                        )
+                        (FailureKind::HttpStatus(status), false, Some((head, conn, in_flight)))
                     }
-                    Ok(Err(mut e)) => {
-                        let returned = e.take_message();
-                        let unsent = returned.is_some() && reused;
-                        pending = returned;
-                        tracing::debug!(endpoint = %endpoint.label, error = %e.error(), "upstream request failed");
-                        if let Some(status) = body_error_status(e.error()) {
-                            return ProxyError::ClientBody { status }.response(activity);
-                        }
+                    Ok(Err(ExchangeError::ClientBody(e))) => {
+                        tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
+                        let status = body_error_status(&e).unwrap_or(400);
+                        return ProxyError::ClientBody { status }.response(activity);
+                    }
+                    Ok(Err(e)) => {
+                        let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
+                        tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
                         (FailureKind::ResetBeforeResponse, unsent, None)
                     }
                     Err(_) => (FailureKind::ResponseTimeout, false, None),
@@ -483,7 +442,7 @@ async fn forward(
             replayable,
             unsent,
         };
-        let can_resend = unsent && pending.is_some() || template.is_some();
+        let can_resend = unsent && up_body.resendable() || can_replay;
         let decision = if attempt < max_attempts && can_resend {
             pool.failover.on_failure(&info)
         } else {
@@ -526,7 +485,7 @@ async fn forward(
 }
 
 /// An upstream answer held back while the failover policy decides.
-type Held = Option<(Response<Incoming>, Lease)>;
+type Held = Option<(ResponseHead, UpConn, InFlight)>;
 
 /// The answer after the last attempt failed: the upstream's own response when there is one,
 /// else the gateway's error for the failure.
@@ -538,8 +497,8 @@ fn give_up(
     http2: bool,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
-    if let Some((resp, lease)) = held {
-        return respond(resp, lease, client_upgrade, activity, http2, set_cookie);
+    if let Some((head, conn, in_flight)) = held {
+        return respond(head, conn, in_flight, client_upgrade, activity, http2, set_cookie);
     }
     let err = match failure {
         FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
@@ -583,38 +542,49 @@ fn body_error_status(err: &hyper::Error) -> Option<u16> {
 }
 
 fn respond(
-    mut resp: Response<Incoming>,
-    lease: Lease,
+    head: ResponseHead,
+    conn: UpConn,
+    in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     activity: ActivityToken,
     http2: bool,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let in_flight = lease.in_flight;
-            tokio::spawn(async move {
-                let _in_flight = in_flight;
-                match tokio::try_join!(client, upstream) {
-                    Ok((client, upstream)) => {
-                        let _ =
-                            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = client_upgrade else {
+            return ProxyError::UpstreamReset.response(activity);
+        };
+        let (mut upstream, early) = conn.into_upgraded();
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            match client.await {
+                Ok(client) => {
+                    let mut client = TokioIo::new(client);
+                    // Bytes the upstream sent right behind its 101 belong to the new protocol.
+                    if !early.is_empty() && client.write_all(&early).await.is_err() {
+                        return;
                     }
-                    Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 }
-            });
-            let (mut parts, _) = resp.into_parts();
-            add_via(&mut parts.headers, false);
-            return Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new(), activity));
-        }
-        return ProxyError::UpstreamReset.response(activity);
+                Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+            }
+        });
+        let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new(), activity));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers;
+        add_via(resp.headers_mut(), false);
+        return resp;
     }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    add_via(&mut parts.headers, http2);
+    let body = ResponseBody::new(conn, &head);
+    let ResponseHead {
+        status, mut headers, ..
+    } = head;
+    add_via(&mut headers, http2);
     if let Some(cookie) = set_cookie {
-        parts.headers.append(header::SET_COOKIE, cookie);
+        headers.append(header::SET_COOKIE, cookie);
     }
-    Response::from_parts(parts, ProxyBody::upstream(body, lease, activity))
+    let mut resp = Response::new(ProxyBody::upstream(body, in_flight, activity));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
 }

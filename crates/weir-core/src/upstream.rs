@@ -1,9 +1,9 @@
 //! Upstream endpoints: their live state (atomics the request path reads) and their pool of
 //! keep-alive HTTP/1 connections.
 //!
-//! The pool is a bounded lock-free queue of `SendRequest` handles per endpoint (DESIGN §10: own
-//! per-endpoint pool, not `legacy::Client`). A connection goes back to the queue when the
-//! response *body* ends, so it is never handed to two requests at once.
+//! The pool is a bounded lock-free queue of idle [`UpConn`]s per endpoint (DESIGN §10: own
+//! per-endpoint pool, connections driven inline by the request). A connection goes back to the
+//! queue when the response *body* ends, so it is never handed to two requests at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,15 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_config::EndpointAddress;
 
-use crate::body::UpBody;
-
-pub type Sender = SendRequest<UpBody>;
+use crate::h1client::UpConn;
 
 /// Bumped whenever any endpoint's health or drain state changes: lets policy hosts cache a
 /// pool's health column and refill it only when something changed.
@@ -46,7 +42,7 @@ pub fn health_epoch() -> u64 {
 
 #[derive(Debug)]
 struct Idle {
-    sender: Sender,
+    conn: UpConn,
     since: Instant,
 }
 
@@ -59,8 +55,6 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("name resolution of {0} gave no address")]
     NoAddress(String),
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
 /// One upstream endpoint of a pool. Shared across generations while its address is unchanged,
@@ -252,39 +246,36 @@ impl Endpoint {
         self.idle.len()
     }
 
-    /// A pooled connection younger than `idle_timeout`, or a new one.
-    /// Returns the sender and whether it was reused (an unsent request may be retried on a reused one).
+    /// A pooled connection younger than `idle_timeout` and still open, or a new one.
+    /// Returns the connection and whether it was reused (an unsent request may be retried on a
+    /// reused one).
     pub async fn checkout(
         &self,
         connect_timeout: Duration,
         idle_timeout: Duration,
-    ) -> Result<(Sender, bool), ConnectError> {
-        while let Some(mut idle) = self.idle.pop() {
-            // `ready` is immediate for an idle connection; it only waits for one whose last
-            // (empty) response the connection task is still finishing.
-            if idle.since.elapsed() < idle_timeout && !idle.sender.is_closed() && idle.sender.ready().await.is_ok() {
-                return Ok((idle.sender, true));
+    ) -> Result<(UpConn, bool), ConnectError> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.since.elapsed() < idle_timeout && idle.conn.is_idle_usable() {
+                return Ok((idle.conn, true));
             }
         }
         Ok((self.connect(connect_timeout).await?, false))
     }
 
     /// Returns a connection whose response has been read to the end.
-    pub fn checkin(&self, sender: Sender) {
-        if !sender.is_closed() {
-            // A full queue drops the connection: the pool is bounded.
-            let _ = self.idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+    pub fn checkin(&self, conn: UpConn) {
+        // A full queue drops the connection: the pool is bounded.
+        let _ = self.idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
     }
 
-    /// Drops pooled connections idle for longer than `idle_timeout`.
+    /// Drops pooled connections idle for longer than `idle_timeout`, or closed by the upstream.
     pub fn sweep_idle(&self, idle_timeout: Duration) {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
-                Some(idle) if idle.since.elapsed() < idle_timeout && !idle.sender.is_closed() => {
+                Some(idle) if idle.since.elapsed() < idle_timeout && idle.conn.is_idle_usable() => {
                     let _ = self.idle.push(idle);
                 }
                 Some(_) => {}
@@ -334,22 +325,12 @@ impl Endpoint {
         matches!(self.address, EndpointAddress::Host { .. })
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+    async fn connect(&self, connect_timeout: Duration) -> Result<UpConn, ConnectError> {
         let connect = async {
             let addr = self.resolve().await?;
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            // writev(false): headers and small bodies go out in one flattened write (DESIGN §10).
-            let (sender, conn) = hyper::client::conn::http1::Builder::new()
-                .writev(false)
-                .handshake::<_, UpBody>(TokioIo::new(stream))
-                .await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-            Ok::<_, ConnectError>(sender)
+            Ok::<_, ConnectError>(UpConn::new(stream))
         };
         tokio::time::timeout(connect_timeout, connect)
             .await

@@ -1,0 +1,262 @@
+//! Decodes a chunked response body (RFC 9112 §7.1) straight out of the connection's read buffer:
+//! data comes out as slices of that buffer, framing bytes are skipped. Strict: CRLF line ends,
+//! hex sizes without signs or spaces, bounded extensions and trailers (discarded).
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Longest chunk-size line extension or trailer line accepted.
+const MAX_LINE: usize = 4096;
+/// Most trailer bytes accepted in all.
+const MAX_TRAILERS: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Size {
+        digits: u8,
+        value: u64,
+    },
+    Ext {
+        value: u64,
+        len: usize,
+    },
+    SizeLf {
+        value: u64,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    TrailerLine(usize),
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// What one decoding step produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    /// The last chunk and the trailers have been read.
+    Done,
+    /// The buffer holds no complete step: read more.
+    NeedMore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkedDecoder {
+    st: St,
+    trailer_bytes: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            st: St::Size { digits: 0, value: 0 },
+            trailer_bytes: 0,
+        }
+    }
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn is_done(&self) -> bool {
+        self.st == St::Done
+    }
+
+    /// Consumes framing from the front of `buf` and returns the next data slice, the end, or
+    /// a request for more bytes. Data is split off `buf` without copying.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
+        let mut used = 0;
+        let result = loop {
+            if let St::Data(n) = self.st {
+                if used > 0 {
+                    buf.advance(used);
+                    used = 0;
+                }
+                if buf.is_empty() {
+                    break Decoded::NeedMore;
+                }
+                let take = n.min(buf.len() as u64) as usize;
+                self.st = if take as u64 == n {
+                    St::DataCr
+                } else {
+                    St::Data(n - take as u64)
+                };
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            if self.st == St::Done {
+                break Decoded::Done;
+            }
+            let Some(&b) = buf.get(used) else {
+                break Decoded::NeedMore;
+            };
+            used += 1;
+            self.st = match self.st {
+                St::Size { digits, value } => match hex(b) {
+                    Some(d) => {
+                        // 16 hex digits would overflow; no chunk is near 2^60 bytes anyway.
+                        if digits >= 15 {
+                            return Err("chunk size too large");
+                        }
+                        St::Size {
+                            digits: digits + 1,
+                            value: value * 16 + d,
+                        }
+                    }
+                    None if digits == 0 => return Err("invalid chunk size"),
+                    None => match b {
+                        b';' => St::Ext { value, len: 0 },
+                        b'\r' => St::SizeLf { value },
+                        _ => return Err("invalid chunk size"),
+                    },
+                },
+                St::Ext { value, len } => match b {
+                    b'\r' => St::SizeLf { value },
+                    b'\n' => return Err("bare LF in chunk extension"),
+                    _ if len >= MAX_LINE => return Err("chunk extension too long"),
+                    _ => St::Ext { value, len: len + 1 },
+                },
+                St::SizeLf { value } => match b {
+                    b'\n' if value == 0 => St::TrailerStart,
+                    b'\n' => St::Data(value),
+                    _ => return Err("chunk size line not ended by CRLF"),
+                },
+                St::Data(_) | St::Done => unreachable_state()?,
+                St::DataCr => match b {
+                    b'\r' => St::DataLf,
+                    _ => return Err("chunk data not followed by CRLF"),
+                },
+                St::DataLf => match b {
+                    b'\n' => St::Size { digits: 0, value: 0 },
+                    _ => return Err("chunk data not followed by CRLF"),
+                },
+                St::TrailerStart => match b {
+                    b'\r' => St::EndLf,
+                    b'\n' => return Err("bare LF in trailers"),
+                    _ => St::TrailerLine(1),
+                },
+                St::TrailerLine(len) => match b {
+                    b'\r' => St::TrailerLf,
+                    b'\n' => return Err("bare LF in trailers"),
+                    _ if len >= MAX_LINE => return Err("trailer line too long"),
+                    _ => St::TrailerLine(len + 1),
+                },
+                St::TrailerLf => match b {
+                    b'\n' => St::TrailerStart,
+                    _ => return Err("trailer line not ended by CRLF"),
+                },
+                St::EndLf => match b {
+                    b'\n' => St::Done,
+                    _ => return Err("chunked body not ended by CRLF"),
+                },
+            };
+            if matches!(
+                self.st,
+                St::TrailerStart | St::TrailerLine(_) | St::TrailerLf | St::EndLf
+            ) {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_TRAILERS {
+                    return Err("trailers too large");
+                }
+            }
+        };
+        buf.advance(used);
+        Ok(result)
+    }
+}
+
+/// Data and Done are handled before the byte loop; reaching them there is a bug, reported as
+/// malformed input rather than a panic.
+fn unreachable_state() -> Result<St, &'static str> {
+    Err("chunked decoder state error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `input` fed in pieces of `step` bytes; returns the data or the error.
+    fn decode_in_steps(input: &[u8], step: usize) -> Result<(Vec<u8>, usize), &'static str> {
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(step.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match dec.decode(&mut buf)? {
+                    Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::Done => return Ok((out, buf.len())),
+                    Decoded::NeedMore => break,
+                }
+            }
+        }
+        Err("incomplete")
+    }
+
+    #[test]
+    fn decodes_at_every_split_point() {
+        let input = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in 1..input.len() {
+            let (data, rest) = decode_in_steps(input, step).unwrap_or_else(|e| panic!("step {step}: {e}"));
+            assert_eq!(data, b"hello 0123456789", "step {step}");
+            // Bytes after the body are left for whoever reads next (and make the connection unusable).
+            assert!(rest <= 4);
+        }
+    }
+
+    #[test]
+    fn empty_body() {
+        assert_eq!(decode_in_steps(b"0\r\n\r\n", 64), Ok((Vec::new(), 0)));
+    }
+
+    #[test]
+    fn refuses_malformed_framing() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"-1\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nx: 1\n\r\n",
+            b"10000000000000000\r\n",
+            b"0\r\n\r\r",
+            b"5;a\nhello\r\n",
+        ] {
+            assert!(
+                decode_in_steps(bad, 64).is_err_and(|e| e != "incomplete"),
+                "accepted {:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn bounded_extensions_and_trailers() {
+        let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "e".repeat(MAX_LINE + 1));
+        assert!(decode_in_steps(long_ext.as_bytes(), 1024).is_err());
+        let many_trailers: String = (0..2000).map(|i| format!("x-t{i}: {}\r\n", "v".repeat(30))).collect();
+        let body = format!("0\r\n{many_trailers}\r\n");
+        assert_eq!(decode_in_steps(body.as_bytes(), 4096), Err("trailers too large"));
+    }
+
+    #[test]
+    fn large_chunk_streams_without_waiting_for_all_of_it() {
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(&b"100000\r\nabc"[..]);
+        assert_eq!(dec.decode(&mut buf), Ok(Decoded::Data(Bytes::from_static(b"abc"))));
+        assert_eq!(dec.decode(&mut buf), Ok(Decoded::NeedMore));
+        assert!(!dec.is_done());
+    }
+}

@@ -1,0 +1,397 @@
+//! One upstream HTTP/1.1 connection, driven inline by the request that holds it: the request
+//! task writes the head (and body) and reads the response head itself, and the client's
+//! response body reads the upstream's body straight off the socket. No connection task, no
+//! channel, no extra wake-ups per request (DESIGN §10: the pingora shape).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::{ChunkedDecoder, Decoded};
+use super::head::{Framing, HeadError, RequestFraming, ResponseHead, encode_request, parse_response, put_chunk_size};
+
+/// Read buffer of a connection; a whole small response arrives in one read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Below this much free room the read buffer is grown (or reclaimed) before reading.
+const MIN_ROOM: usize = 1024;
+/// Request bodies up to this size go out in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// A request body on its way to an upstream.
+#[derive(Debug)]
+pub enum UpBody {
+    Empty,
+    /// Buffered bytes: can be sent again on another attempt.
+    Full(Bytes),
+    /// The client's body, streamed as it arrives; can be sent once.
+    Streamed(Incoming),
+    /// A streamed body that an attempt has started to send.
+    Spent,
+}
+
+impl UpBody {
+    /// Whether another attempt can still send this body.
+    pub fn resendable(&self) -> bool {
+        !matches!(self, UpBody::Spent)
+    }
+}
+
+/// Why an exchange failed. Only [`ExchangeError::Unsent`] proves the upstream saw nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("writing the request failed before any byte of it left: {0}")]
+    Unsent(io::Error),
+    #[error("the client's request body failed: {0}")]
+    ClientBody(hyper::Error),
+    #[error("upstream connection failed: {0}")]
+    Io(io::Error),
+    #[error("upstream closed the connection before a response head")]
+    Closed,
+    #[error(transparent)]
+    Head(#[from] HeadError),
+}
+
+/// A pooled upstream connection.
+#[derive(Debug)]
+pub struct UpConn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+}
+
+impl UpConn {
+    pub fn new(stream: TcpStream) -> Self {
+        UpConn {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Cheap liveness check of an idle connection, without a syscall unless the reactor saw
+    /// it become readable: an idle connection that is readable was closed by the upstream (or
+    /// sent bytes nobody asked for), and cannot carry a request.
+    pub fn is_idle_usable(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends one request and reads its response head (skipping interim 1xx other than 101).
+    /// A streamed body is sent while the head is awaited, so an upstream that answers early
+    /// (a 413, a redirect) is heard; the connection is then not reused.
+    pub async fn exchange(
+        &mut self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &mut UpBody,
+    ) -> Result<ResponseHead, ExchangeError> {
+        self.wbuf.clear();
+        let framing = match body {
+            UpBody::Empty | UpBody::Spent => RequestFraming::Empty,
+            UpBody::Full(b) => RequestFraming::Length(b.len() as u64),
+            UpBody::Streamed(inc) => match inc.size_hint().exact() {
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            },
+        };
+        encode_request(method, uri, headers, framing, &mut self.wbuf);
+        match body {
+            UpBody::Full(b) if b.len() <= INLINE_BODY => {
+                self.wbuf.extend_from_slice(b);
+                write_first(&mut self.stream, &self.wbuf).await?;
+            }
+            UpBody::Full(b) => {
+                write_first(&mut self.stream, &self.wbuf).await?;
+                self.stream.write_all(b).await.map_err(ExchangeError::Io)?;
+            }
+            UpBody::Empty | UpBody::Spent => write_first(&mut self.stream, &self.wbuf).await?,
+            UpBody::Streamed(_) => {
+                write_first(&mut self.stream, &self.wbuf).await?;
+                let UpBody::Streamed(incoming) = std::mem::replace(body, UpBody::Spent) else {
+                    return Err(ExchangeError::Closed);
+                };
+                return self
+                    .stream_body_and_read_head(incoming, framing == RequestFraming::Chunked, method)
+                    .await;
+            }
+        }
+        read_head(&mut self.stream, &mut self.rbuf, method).await
+    }
+
+    async fn stream_body_and_read_head(
+        &mut self,
+        incoming: Incoming,
+        chunked: bool,
+        method: &Method,
+    ) -> Result<ResponseHead, ExchangeError> {
+        let (mut reader, mut writer) = self.stream.split();
+        let send = send_body(&mut writer, incoming, chunked, &mut self.wbuf);
+        let recv = read_head(&mut reader, &mut self.rbuf, method);
+        tokio::pin!(send, recv);
+        let mut sending = true;
+        let mut complete = false;
+        loop {
+            tokio::select! {
+                biased;
+                head = &mut recv => {
+                    let mut head = head?;
+                    if !complete {
+                        // The upstream answered before taking the whole body: nothing else
+                        // can follow on this connection.
+                        head.keep_alive = false;
+                    }
+                    return Ok(head);
+                }
+                sent = &mut send, if sending => {
+                    sending = false;
+                    match sent {
+                        Ok(()) => complete = true,
+                        Err(SendError::Client(e)) => return Err(ExchangeError::ClientBody(e)),
+                        // The upstream stopped reading; its answer may still be on the way.
+                        Err(SendError::Io(e)) => tracing::debug!(error = %e, "upstream stopped reading the request body"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The socket and whatever of the upstream's stream was read past the head, for a
+    /// protocol upgrade (101).
+    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
+    }
+
+    /// Reads more of the response into the buffer; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_ROOM {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+    }
+}
+
+/// Writes the first bytes of a request: an error before any byte left proves it unsent.
+async fn write_first(stream: &mut TcpStream, buf: &[u8]) -> Result<(), ExchangeError> {
+    let mut written = 0;
+    while written < buf.len() {
+        match stream.write(&buf[written..]).await {
+            Ok(0) => return Err(ExchangeError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if written == 0 => return Err(ExchangeError::Unsent(e)),
+            Err(e) => return Err(ExchangeError::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    method: &Method,
+) -> Result<ResponseHead, ExchangeError> {
+    loop {
+        if !rbuf.is_empty()
+            && let Some(head) = parse_response(rbuf, method)?
+        {
+            if head.status.is_informational() && head.status != http::StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            return Ok(head);
+        }
+        if rbuf.capacity() - rbuf.len() < MIN_ROOM {
+            rbuf.reserve(READ_CHUNK);
+        }
+        if reader.read_buf(rbuf).await.map_err(ExchangeError::Io)? == 0 {
+            return Err(if rbuf.is_empty() {
+                ExchangeError::Closed
+            } else {
+                HeadError::Malformed("connection closed inside the response head").into()
+            });
+        }
+    }
+}
+
+enum SendError {
+    Client(hyper::Error),
+    Io(io::Error),
+}
+
+/// Sends the client's body as it arrives, chunk-encoded when its length is unknown. Small
+/// chunks are framed in one buffer so each goes out in one write.
+async fn send_body<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut incoming: Incoming,
+    chunked: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<(), SendError> {
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(SendError::Client)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // Trailers of the client's body are not forwarded.
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if !chunked {
+            writer.write_all(&data).await.map_err(SendError::Io)?;
+        } else if data.len() <= INLINE_BODY {
+            scratch.clear();
+            put_chunk_size(data.len(), scratch);
+            scratch.extend_from_slice(&data);
+            scratch.extend_from_slice(b"\r\n");
+            writer.write_all(scratch).await.map_err(SendError::Io)?;
+        } else {
+            scratch.clear();
+            put_chunk_size(data.len(), scratch);
+            writer.write_all(scratch).await.map_err(SendError::Io)?;
+            writer.write_all(&data).await.map_err(SendError::Io)?;
+            writer.write_all(b"\r\n").await.map_err(SendError::Io)?;
+        }
+    }
+    if chunked {
+        writer.write_all(b"0\r\n\r\n").await.map_err(SendError::Io)?;
+    }
+    Ok(())
+}
+
+/// Why a response body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream closed the connection inside the response body")]
+    Truncated,
+    #[error("malformed chunked response body: {0}")]
+    Chunked(&'static str),
+    #[error("upstream connection failed inside the response body: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug)]
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+    Done,
+    Failed,
+}
+
+/// The body of an upstream response, read from the connection as the client takes it. When it
+/// ends cleanly on a keep-alive connection, the connection is handed back with
+/// [`ResponseBody::take_reusable`].
+#[derive(Debug)]
+pub struct ResponseBody {
+    conn: Option<UpConn>,
+    state: BodyState,
+    keep_alive: bool,
+}
+
+impl ResponseBody {
+    pub fn new(conn: UpConn, head: &ResponseHead) -> Self {
+        let state = match head.framing {
+            Framing::None | Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            Framing::Close => BodyState::Close,
+        };
+        ResponseBody {
+            conn: Some(conn),
+            state,
+            keep_alive: head.keep_alive,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, BodyState::Done | BodyState::Failed)
+    }
+
+    /// The connection, if the body ended cleanly and the connection can carry another request
+    /// (keep-alive, nothing unread left over).
+    pub fn take_reusable(&mut self) -> Option<UpConn> {
+        let reusable = matches!(self.state, BodyState::Done)
+            && self.keep_alive
+            && self.conn.as_ref().is_some_and(|c| c.rbuf.is_empty());
+        if reusable { self.conn.take() } else { None }
+    }
+
+    /// Exact bytes still to come, when the framing says.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            BodyState::Length(n) => Some(n),
+            BodyState::Done | BodyState::Failed => Some(0),
+            BodyState::Chunked(_) | BodyState::Close => None,
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Bytes, BodyError>>> {
+        self.state = BodyState::Failed;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// The next piece of the body, `None` at its end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.state {
+                BodyState::Done | BodyState::Failed => return Poll::Ready(None),
+                BodyState::Length(n) => {
+                    if !conn.rbuf.is_empty() {
+                        let take = (*n).min(conn.rbuf.len() as u64);
+                        let data = conn.rbuf.split_to(take as usize).freeze();
+                        *n -= take;
+                        if *n == 0 {
+                            self.state = BodyState::Done;
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+                BodyState::Chunked(decoder) => match decoder.decode(&mut conn.rbuf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                    Ok(Decoded::Done) => {
+                        self.state = BodyState::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return self.fail(BodyError::Chunked(e)),
+                },
+                BodyState::Close => {
+                    if !conn.rbuf.is_empty() {
+                        let len = conn.rbuf.len();
+                        return Poll::Ready(Some(Ok(conn.rbuf.split_to(len).freeze())));
+                    }
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(self.state, BodyState::Close) => {
+                    self.state = BodyState::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return self.fail(BodyError::Truncated),
+                Ok(_) => {}
+                Err(e) => return self.fail(BodyError::Io(e)),
+            }
+        }
+    }
+}

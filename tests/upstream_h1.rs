@@ -1,0 +1,393 @@
+//! weir's own upstream HTTP/1.1 client against scripted raw upstreams: every framing an
+//! upstream may use, the ones it must not, and when a connection may be reused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weir_test_support::*;
+
+/// What the scripted upstream does with one request.
+enum Act {
+    /// Write these pieces (with a short pause between them, so they arrive in separate reads)
+    /// and keep the connection for the next request.
+    Reply(Vec<&'static [u8]>),
+    /// Write these pieces, then close.
+    ReplyClose(Vec<&'static [u8]>),
+    /// Answer without reading the request body, then close.
+    EarlyClose(&'static [u8]),
+}
+
+type Script = dyn Fn(usize, &str) -> Act + Send + Sync;
+
+struct Raw {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Every request as the upstream received it (head and body).
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Raw {
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn request(&self, i: usize) -> String {
+        self.requests.lock().unwrap()[i].clone()
+    }
+}
+
+async fn raw_upstream(script: impl Fn(usize, &str) -> Act + Send + Sync + 'static) -> Raw {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let script: Arc<Script> = Arc::new(script);
+    let (c, r) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_raw(stream, script.clone(), r.clone()));
+        }
+    });
+    Raw {
+        addr,
+        connections,
+        requests,
+    }
+}
+
+async fn serve_raw(mut stream: TcpStream, script: Arc<Script>, requests: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(head_end) = read_until(&mut stream, &mut buf, b"\r\n\r\n").await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let lower = head.to_ascii_lowercase();
+        let index = {
+            let mut r = requests.lock().unwrap();
+            r.push(head.clone());
+            r.len() - 1
+        };
+        let act = script(index, &head);
+        if let Act::EarlyClose(reply) = act {
+            let _ = stream.write_all(reply).await;
+            // Read a little of what follows, so the close is a FIN rather than a reset.
+            let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut [0u8; 1024])).await;
+            return;
+        }
+        // Read the body the head announces.
+        let mut rest = buf.split_off(head_end);
+        let body_len = if lower.contains("transfer-encoding: chunked") {
+            match read_until(&mut stream, &mut rest, b"0\r\n\r\n").await {
+                Some(n) => n,
+                None => return,
+            }
+        } else {
+            let n = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            while rest.len() < n {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => rest.extend_from_slice(&chunk[..k]),
+                }
+            }
+            n
+        };
+        requests.lock().unwrap()[index].push_str(&String::from_utf8_lossy(&rest[..body_len]));
+        buf = rest.split_off(body_len);
+        let (pieces, close) = match act {
+            Act::Reply(p) => (p, false),
+            Act::ReplyClose(p) => (p, true),
+            Act::EarlyClose(_) => return,
+        };
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if stream.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+        if close {
+            return;
+        }
+    }
+}
+
+/// Reads until `buf` holds `pat`; returns the index just past it.
+async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, pat: &[u8]) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(pat.len()).position(|w| w == pat) {
+            return Some(i + pat.len());
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn config(up: &Raw, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n{extra}\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    )
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+#[tokio::test]
+async fn chunked_response_in_pieces_with_trailers_is_decoded_and_the_connection_reused() {
+    let up = raw_upstream(|_, _| {
+        Act::Reply(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n5\r\nhel",
+            b"lo\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n",
+            b"\r\n",
+        ])
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for _ in 0..3 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "hello world");
+        assert_eq!(r.headers["x-a"], "1");
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "a completed chunked body leaves the connection reusable"
+    );
+}
+
+#[tokio::test]
+async fn close_delimited_response_is_read_to_the_end_and_not_reused() {
+    let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.0 200 OK\r\n\r\nuntil ", b"close"])).await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for _ in 0..2 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "until close");
+    }
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn both_framings_decode_as_chunked_without_the_length_and_close() {
+    let up = raw_upstream(|_, _| {
+        Act::Reply(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ])
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for _ in 0..2 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "ok");
+        assert!(r.headers.get("content-length").is_none_or(|v| v == "2"));
+    }
+    assert_eq!(
+        up.connections(),
+        2,
+        "a message framed two ways must not leave its connection reusable"
+    );
+}
+
+#[tokio::test]
+async fn malformed_response_heads_give_502() {
+    let bad: [&'static [u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ];
+    for reply in bad {
+        let up = raw_upstream(move |_, _| Act::ReplyClose(vec![reply])).await;
+        let gw = TestGateway::start(&config(&up, "[pool.retry]\nmax_attempts = 1\n")).await;
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 502, "for {:?}", String::from_utf8_lossy(reply));
+        assert!(
+            !r.text().contains("HTTP/1.1"),
+            "upstream internals leaked: {}",
+            r.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn oversized_response_head_gives_502() {
+    let up = raw_upstream(|_, _| {
+        let big: &'static str = Box::leak(format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(70_000)).into());
+        Act::ReplyClose(vec![big.as_bytes()])
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "[pool.retry]\nmax_attempts = 1\n")).await;
+    assert_eq!(get(&gw.url("client", "/")).await.status, 502);
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let up = raw_upstream(|_, _| {
+        Act::Reply(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n",
+            OK,
+        ])
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+}
+
+#[tokio::test]
+async fn bodiless_responses_do_not_wait_for_a_body_and_keep_the_connection() {
+    let up = raw_upstream(|i, _| match i % 3 {
+        // A HEAD response announces the length of the GET it stands for.
+        0 => Act::Reply(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"]),
+        1 => Act::Reply(vec![b"HTTP/1.1 204 No Content\r\n\r\n"]),
+        _ => Act::Reply(vec![b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n"]),
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "[pool.timeouts]\nrequest = \"2s\"\n")).await;
+    for round in 0..2 {
+        let head = request(
+            http::Request::head(gw.url("client", "/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(head.status, 200, "round {round}");
+        assert_eq!(head.headers["content-length"], "1000");
+        assert!(head.body.is_empty());
+        assert_eq!(get(&gw.url("client", "/")).await.status, 204);
+        assert_eq!(get(&gw.url("client", "/")).await.status, 304);
+    }
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn bytes_behind_a_response_are_never_served_to_the_next_request() {
+    // A response followed by a second, unasked-for one (response splitting): the connection
+    // must be dropped, not pooled with the extra response waiting in it.
+    let up = raw_upstream(|i, _| {
+        if i == 0 {
+            Act::Reply(vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
+            ])
+        } else {
+            Act::Reply(vec![OK])
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    assert_eq!(get(&gw.url("client", "/")).await.text(), "ok");
+    let second = get(&gw.url("client", "/")).await;
+    assert_eq!(second.text(), "ok");
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_closing_keep_alive_connections_silently_costs_no_request() {
+    // Keep-alive by the headers, but the upstream closes after every response: the pooled
+    // connection is found closed at checkout (or the idempotent request is retried).
+    let up = raw_upstream(|_, _| Act::ReplyClose(vec![OK])).await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    for i in 0..20 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(up.connections(), 20);
+}
+
+#[tokio::test]
+async fn truncated_body_breaks_the_client_response_instead_of_completing_it() {
+    let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"])).await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let out = raw_exchange(gw.addr("client"), b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    // The client sees the connection end (hyper may not flush what it had buffered): never
+    // a complete-looking response.
+    assert!(
+        out.is_empty() || (out.starts_with("HTTP/1.1 200") && out.ends_with("\r\n\r\nhalf")),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_for_the_upstream() {
+    let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    // A length from the client goes up as a length.
+    let r = request(
+        http::Request::post(gw.url("client", "/len"))
+            .body(Full::new(Bytes::from_static(b"abc")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.request(0).to_ascii_lowercase();
+    assert!(
+        seen.contains("content-length: 3\r\n") && seen.ends_with("\r\n\r\nabc"),
+        "{seen}"
+    );
+    assert!(!seen.contains("transfer-encoding"), "{seen}");
+    // A chunked client body goes up chunked, re-framed by weir.
+    let out = raw_exchange(
+        gw.addr("client"),
+        b"POST /chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.request(1).to_ascii_lowercase();
+    assert!(seen.contains("transfer-encoding: chunked\r\n"), "{seen}");
+    assert!(!seen.contains("content-length"), "{seen}");
+    assert!(seen.ends_with("\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "{seen}");
+    // An empty POST says so.
+    let r = request(
+        http::Request::post(gw.url("client", "/empty"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(up.request(2).to_ascii_lowercase().contains("content-length: 0\r\n"));
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
+    // The upstream refuses the body without reading it (as servers do with 413) and closes.
+    let up = raw_upstream(|_, _| {
+        Act::EarlyClose(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "[pool.retry]\nmax_attempts = 1\n")).await;
+    let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // Part of the body; the rest never comes, yet the client gets the upstream's answer.
+    s.write_all(&[b'x'; 1000]).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.ends_with("too big\n"), "{out}");
+}
