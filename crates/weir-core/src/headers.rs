@@ -89,6 +89,54 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     add_via(headers, f.http2);
 }
 
+/// Whether weir writes `name` itself when forwarding (its previous values folded in).
+pub fn is_forwarding_field(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST || name == header::FORWARDED
+}
+
+/// Writes the forwarding fields as HTTP/1.1 header lines straight into a request head: the
+/// same values as [`add_forwarding`], without touching the map (no allocation, no rehash).
+/// Every previous `X-Forwarded-For` and `Forwarded` line of `headers` is folded into one; the
+/// caller leaves the fields of [`is_forwarding_field`] out of the lines it copies.
+pub fn write_forwarding(headers: &HeaderMap, f: &Forwarding<'_>, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let ip = f.client_ip.to_canonical();
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{ip}\r\nx-forwarded-proto: ");
+    out.extend_from_slice(f.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(host) = f.host {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"forwarded: ");
+    for prev in headers.get_all(header::FORWARDED) {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(out, "for={v4};proto="),
+        IpAddr::V6(v6) => write!(out, "for=\"[{v6}]\";proto="),
+    };
+    out.extend_from_slice(f.proto.to_str().map_or(b"http".as_slice(), str::as_bytes));
+    if let Some(host) = f.host.and_then(|h| h.to_str().ok()) {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(host.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(if f.http2 {
+        b"\r\nvia: 2 weir\r\n"
+    } else {
+        b"\r\nvia: 1.1 weir\r\n"
+    });
+}
+
 pub fn add_via(headers: &mut HeaderMap, http2: bool) {
     headers.append(header::VIA, if http2 { VIA_H2 } else { VIA_H1 });
 }
@@ -152,6 +200,42 @@ mod tests {
             "for=10.0.0.1, for=127.0.0.1;proto=https;host=\"lb.example.com:9080\""
         );
         assert_eq!(h["via"], "1.1 weir");
+    }
+
+    /// The head writer and the map writer agree, and every previous line is kept.
+    #[test]
+    fn written_forwarding_matches_the_map_version() {
+        let before = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("forwarded", "for=10.0.0.1"),
+            ("via", "1.0 edge"),
+        ]);
+        for ip in ["127.0.0.1", "::1", "::ffff:10.1.2.3"] {
+            let proto = HeaderValue::from_static("https");
+            let host = HeaderValue::from_static("lb.example.com");
+            let f = Forwarding {
+                client_ip: ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                proto: &proto,
+                host: Some(&host),
+                http2: false,
+            };
+            let mut out = Vec::new();
+            write_forwarding(&before, &f, &mut out);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let mut h = before.clone();
+            add_forwarding(&mut h, &f);
+            let xff = format!(
+                "x-forwarded-for: 10.0.0.1, 10.0.0.2, {}\r\n",
+                ip.trim_start_matches("::ffff:")
+            );
+            assert!(text.starts_with(&xff), "{text}");
+            for name in ["x-forwarded-proto", "x-forwarded-host", "forwarded"] {
+                let line = format!("{name}: {}\r\n", h[name].to_str().unwrap_or(""));
+                assert!(text.contains(&line), "{line} not in {text}");
+            }
+            assert!(text.ends_with("via: 1.1 weir\r\n"), "{text}");
+        }
     }
 
     #[test]

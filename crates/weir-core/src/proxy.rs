@@ -19,9 +19,9 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::front::{ActivityToken, ConnActivity};
 use crate::generation::{Generation, ListenerRt, PoolRt};
-use crate::h1client::{ExchangeError, ResponseBody, ResponseHead, UpBody, UpConn};
+use crate::h1client::{ExchangeError, RequestHead, ResponseBody, ResponseHead, UpBody, UpConn};
 use crate::hash::{fnv1a, mix};
-use crate::headers::{Forwarding, add_forwarding, add_via, strip_hop_by_hop};
+use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
 use crate::policy::{
     AffinityKey, AttemptInfo, FailureDecision, FailureKind, RouteDecision, RouteRequest, RouteTarget, Select, SelectCtx,
@@ -284,15 +284,21 @@ async fn forward(
         parts.headers.insert(header::HOST, h.clone());
     }
     let host = listener.forwarded_host.as_ref().or(request_host.as_ref());
-    add_forwarding(
-        &mut parts.headers,
-        &Forwarding {
-            client_ip: conn.peer.ip(),
-            proto: &listener.forwarded_proto,
-            host,
-            http2,
-        },
-    );
+    let forwarding = Forwarding {
+        client_ip: conn.peer.ip(),
+        proto: &listener.forwarded_proto,
+        host,
+        http2,
+    };
+    // The forwarding fields are written straight into the upstream head, unless a router set
+    // one of them itself: then the map gets them first and the router's value wins.
+    let routed_forwarding = target
+        .set_headers
+        .iter()
+        .any(|(k, _)| is_forwarding_field(k) || k == header::VIA);
+    if routed_forwarding {
+        add_forwarding(&mut parts.headers, &forwarding);
+    }
     if let Some(u) = upgrade_value {
         parts
             .headers
@@ -388,7 +394,13 @@ async fn forward(
                 (FailureKind::ConnectRefused, true, None)
             }
             Ok((mut conn, reused)) => {
-                let exchange = conn.exchange(&parts.method, &parts.uri, &parts.headers, &mut up_body);
+                let head = RequestHead {
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    headers: &parts.headers,
+                    forwarding: (!routed_forwarding).then_some(&forwarding),
+                };
+                let exchange = conn.exchange(&head, &mut up_body);
                 match tokio::time::timeout(per_try, exchange).await {
                     Ok(Ok(head)) => {
                         let status = head.status.as_u16();

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Uri};
+use http::Method;
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -16,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::{ChunkedDecoder, Decoded};
-use super::head::{Framing, HeadError, RequestFraming, ResponseHead, encode_request, parse_response, put_chunk_size};
+use super::head::{
+    Framing, HeadError, RequestFraming, RequestHead, ResponseHead, encode_request, parse_response, put_chunk_size,
+};
 
 /// Read buffer of a connection; a whole small response arrives in one read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -97,13 +99,8 @@ impl UpConn {
     /// Sends one request and reads its response head (skipping interim 1xx other than 101).
     /// A streamed body is sent while the head is awaited, so an upstream that answers early
     /// (a 413, a redirect) is heard; the connection is then not reused.
-    pub async fn exchange(
-        &mut self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: &mut UpBody,
-    ) -> Result<ResponseHead, ExchangeError> {
+    pub async fn exchange(&mut self, head: &RequestHead<'_>, body: &mut UpBody) -> Result<ResponseHead, ExchangeError> {
+        let method = head.method;
         self.wbuf.clear();
         let framing = match body {
             UpBody::Empty | UpBody::Spent => RequestFraming::Empty,
@@ -113,7 +110,7 @@ impl UpConn {
                 None => RequestFraming::Chunked,
             },
         };
-        encode_request(method, uri, headers, framing, &mut self.wbuf);
+        encode_request(head, framing, &mut self.wbuf);
         match body {
             UpBody::Full(b) if b.len() <= INLINE_BODY => {
                 self.wbuf.extend_from_slice(b);

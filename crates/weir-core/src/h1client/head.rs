@@ -6,6 +6,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::headers::{Forwarding, is_forwarding_field, write_forwarding};
+
 /// Largest response head accepted from an upstream.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields accepted in one response head.
@@ -54,17 +56,34 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes the request head (origin-form target, HTTP/1.1) into `out`. Framing fields of
-/// `headers` are replaced by the one `framing` asks for; `headers` must already be free of
-/// hop-by-hop fields other than an upgrade's `Connection`/`Upgrade`.
-pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap, framing: RequestFraming, out: &mut Vec<u8>) {
+/// The request head to write upstream.
+#[derive(Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    /// Free of hop-by-hop fields other than an upgrade's `Connection`/`Upgrade`.
+    pub headers: &'a HeaderMap,
+    /// The forwarding fields weir writes in place of the map's own; `None` when the map
+    /// already holds the final ones.
+    pub forwarding: Option<&'a Forwarding<'a>>,
+}
+
+/// Writes the request head (origin-form target, HTTP/1.1) into `out`. Framing fields of the
+/// map are replaced by the one `framing` asks for.
+pub fn encode_request(head: &RequestHead<'_>, framing: RequestFraming, out: &mut Vec<u8>) {
+    let RequestHead {
+        method, uri, headers, ..
+    } = *head;
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let had_length = headers.contains_key(header::CONTENT_LENGTH);
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || (head.forwarding.is_some() && is_forwarding_field(name))
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -85,6 +104,9 @@ pub fn encode_request(method: &Method, uri: &Uri, headers: &HeaderMap, framing: 
             out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if let Some(f) = head.forwarding {
+        write_forwarding(headers, f, out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -242,7 +264,8 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
     }
 
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds (Via, a sticky cookie) without a rehash.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for f in fields {
         let raw_name = bytes_of(f.name);
         if !switching && (is_hop_by_hop(raw_name) || (connection_named && named_in_connection(fields, &head, raw_name)))
@@ -484,6 +507,45 @@ mod tests {
         ));
     }
 
+    fn encode(method: &Method, uri: &Uri, headers: &HeaderMap, framing: RequestFraming, out: &mut Vec<u8>) {
+        let head = RequestHead {
+            method,
+            uri,
+            headers,
+            forwarding: None,
+        };
+        encode_request(&head, framing, out);
+    }
+
+    #[test]
+    fn forwarding_fields_replace_the_maps_own() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        let proto = HeaderValue::from_static("http");
+        let f = Forwarding {
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            proto: &proto,
+            host: None,
+            http2: false,
+        };
+        let uri = Uri::from_static("/");
+        let head = RequestHead {
+            method: &Method::GET,
+            uri: &uri,
+            headers: &headers,
+            forwarding: Some(&f),
+        };
+        let mut out = Vec::new();
+        encode_request(&head, RequestFraming::Empty, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 10.0.0.9, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             forwarded: for=127.0.0.1;proto=http\r\nvia: 1.1 weir\r\n\r\n"
+        );
+    }
+
     #[test]
     fn request_head_framing() {
         let mut headers = HeaderMap::new();
@@ -492,20 +554,20 @@ mod tests {
         headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         let uri = Uri::from_static("/p?q=1");
         let mut out = Vec::new();
-        encode_request(&Method::POST, &uri, &headers, RequestFraming::Length(12), &mut out);
+        encode(&Method::POST, &uri, &headers, RequestFraming::Length(12), &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "POST /p?q=1 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 12\r\n\r\n"
         );
         out.clear();
-        encode_request(&Method::PUT, &uri, &headers, RequestFraming::Chunked, &mut out);
+        encode(&Method::PUT, &uri, &headers, RequestFraming::Chunked, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "PUT /p?q=1 HTTP/1.1\r\nhost: a.example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         out.clear();
         headers.remove(header::CONTENT_LENGTH);
-        encode_request(
+        encode(
             &Method::GET,
             &Uri::from_static("/"),
             &headers,
@@ -517,7 +579,7 @@ mod tests {
             "GET / HTTP/1.1\r\nhost: a.example\r\n\r\n"
         );
         out.clear();
-        encode_request(
+        encode(
             &Method::POST,
             &Uri::from_static("/"),
             &headers,

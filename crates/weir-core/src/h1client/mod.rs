@@ -13,4 +13,4 @@ pub mod conn;
 pub mod head;
 
 pub use conn::{BodyError, ExchangeError, ResponseBody, UpBody, UpConn};
-pub use head::{Framing, HeadError, ResponseHead};
+pub use head::{Framing, HeadError, RequestHead, ResponseHead};
