@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -38,6 +39,8 @@ pub struct ListenerHandle {
     pub socket: Arc<TcpListener>,
     pub tls: Option<Arc<ArcSwap<ServerConfig>>>,
     stop: CancellationToken,
+    /// Set with `stop`: read on every response, where a token's lock would cost.
+    stopping: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -45,6 +48,7 @@ impl ListenerHandle {
     /// Stops accepting; open connections are asked to finish (h1: close after the response in
     /// flight; h2: GOAWAY).
     pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.stop.cancel();
     }
 
@@ -84,6 +88,7 @@ pub fn spawn(
     let name: Arc<str> = Arc::from(name);
     let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
     let stop = CancellationToken::new();
+    let stopping = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(accept_loop(AcceptCtx {
         name: name.clone(),
         listener: listener.clone(),
@@ -92,6 +97,7 @@ pub fn spawn(
         shared,
         tracker,
         stop: stop.clone(),
+        stopping: stopping.clone(),
     }));
     Ok(ListenerHandle {
         name,
@@ -99,6 +105,7 @@ pub fn spawn(
         socket: listener,
         tls,
         stop,
+        stopping,
         task,
     })
 }
@@ -111,6 +118,7 @@ struct AcceptCtx {
     shared: Arc<Shared>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    stopping: Arc<AtomicBool>,
 }
 
 async fn accept_loop(ctx: AcceptCtx) {
@@ -138,6 +146,7 @@ async fn accept_loop(ctx: AcceptCtx) {
             https: tls.is_some(),
             shared: ctx.shared.clone(),
             stop: ctx.stop.clone(),
+            stopping: ctx.stopping.clone(),
         };
         let active = crate::metrics::global().connections(&ctx.name);
         active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -156,6 +165,7 @@ struct Conn {
     https: bool,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Conn {
@@ -262,7 +272,7 @@ impl Conn {
             listener: self.listener.clone(),
             peer: self.peer,
             https: self.https,
-            closing: activity.is_some().then(|| self.stop.clone()),
+            closing: activity.is_some().then(|| self.stopping.clone()),
             activity,
         });
         let shared = self.shared.clone();

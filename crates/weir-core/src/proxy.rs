@@ -39,7 +39,7 @@ pub struct ConnInfo {
     /// Cancelled when the listener stops (shutdown, removal, binary upgrade): HTTP/1 responses
     /// then carry `Connection: close`, so a busy keep-alive client moves to a new connection
     /// after its next response instead of racing a close of its idle connection.
-    pub closing: Option<tokio_util::sync::CancellationToken>,
+    pub closing: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub async fn serve(
@@ -57,9 +57,9 @@ pub async fn serve(
     let logged =
         (!matches!(log, weir_config::AccessLog::Off)).then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut trace = Trace::default();
-    let mut resp = forward(&shared, &generation, &conn, req, activity, &mut trace).await;
+    let mut resp = forward(&shared, &generation, &conn, req, activity, started, &mut trace).await;
     if let Some(closing) = &conn.closing
-        && closing.is_cancelled()
+        && closing.load(std::sync::atomic::Ordering::Acquire)
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
     {
         resp.headers_mut()
@@ -238,6 +238,7 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     activity: ActivityToken,
+    started: Instant,
     trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let Some(listener) = generation.listener(&conn.listener) else {
@@ -352,7 +353,6 @@ async fn forward(
     let replayable = replayable_method && !upgrade && !matches!(up_body, UpBody::Streamed(_));
     let can_replay = replayable && max_attempts > 1;
 
-    let started = Instant::now();
     first_pool.budget.record_request();
     let mut tried: Vec<u32> = Vec::new();
     let mut attempt = 1u32;
