@@ -1,14 +1,21 @@
 //! Micro-benchmarks of the per-request functions of the core: head validation and chunk scanning
-//! in the strict front, and the native balancer's `select`. Run: `cargo bench --bench hot_path`.
+//! in the strict front, the upstream HTTP/1.1 client's head writer (with the forwarding fields),
+//! response head parser and chunked decoder, and the native balancer's `select`.
+//! Run: `cargo bench --bench hot_path`.
 //! CI runs each once (`cargo bench -- --test`) so they cannot rot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 use weir_core::front::chunked::Chunked;
 use weir_core::front::head::{HeadLimits, check_head};
+use weir_core::h1client::chunked::{ChunkedDecoder, Decoded};
+use weir_core::h1client::head::{RequestFraming, RequestHead, encode_request, parse_response};
+use weir_core::headers::Forwarding;
 use weir_core::policy::{BalancePolicy, RoundRobin, SelectCtx};
 use weir_core::upstream::Endpoint;
 
@@ -36,6 +43,72 @@ fn chunked(c: &mut Criterion) {
     body.extend_from_slice(b"0\r\n\r\n");
     c.bench_function("front/chunked feed (64 KiB in 16 chunks)", |b| {
         b.iter(|| Chunked::default().feed(black_box(&body), 0))
+    });
+}
+
+/// What a small upstream answers (the load benchmark's demo upstream sends this shape).
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-upstream: a\r\ncontent-length: 100\r\ndate: Sat, 21 Nov 2026 17:00:00 GMT\r\n\r\n";
+
+fn upstream_client(c: &mut Criterion) {
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "wrk/4.2"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip"),
+        ("x-request-id", "5b1f0c2a-8c2e-4b8e-9a37-1f2d3c4b5a69"),
+    ] {
+        headers.insert(k, HeaderValue::from_static(v));
+    }
+    let uri = Uri::from_static("/api/v1/items?limit=10");
+    let proto = HeaderValue::from_static("http");
+    let forwarding = Forwarding {
+        client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        proto: &proto,
+        host: headers.get("host"),
+        http2: false,
+    };
+    let head = RequestHead {
+        method: &Method::GET,
+        uri: &uri,
+        headers: &headers,
+        forwarding: Some(&forwarding),
+    };
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("upstream/encode_request (5 headers + forwarding)", |b| {
+        b.iter(|| {
+            out.clear();
+            encode_request(black_box(&head), RequestFraming::Empty, &mut out);
+            out.len()
+        })
+    });
+    let mut buf = BytesMut::with_capacity(8192);
+    c.bench_function("upstream/parse_response (4 headers)", |b| {
+        b.iter(|| {
+            buf.clear();
+            buf.extend_from_slice(black_box(RESPONSE));
+            parse_response(&mut buf, &Method::GET).map(|h| h.map(|h| h.headers.len()))
+        })
+    });
+    let mut body = Vec::new();
+    for _ in 0..16 {
+        body.extend_from_slice(b"1000\r\n");
+        body.extend_from_slice(&[b'x'; 4096]);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let mut buf = BytesMut::with_capacity(body.len());
+    c.bench_function("upstream/chunked decode (64 KiB in 16 chunks)", |b| {
+        b.iter(|| {
+            buf.clear();
+            buf.extend_from_slice(black_box(&body));
+            let mut decoder = ChunkedDecoder::default();
+            let mut data = 0;
+            while let Ok(Decoded::Data(d)) = decoder.decode(&mut buf) {
+                data += d.len();
+            }
+            data
+        })
     });
 }
 
@@ -68,5 +141,5 @@ fn select(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, head, chunked, select);
+criterion_group!(benches, head, chunked, upstream_client, select);
 criterion_main!(benches);

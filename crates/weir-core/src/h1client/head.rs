@@ -8,7 +8,7 @@ use http::{Method, StatusCode, Uri, Version};
 
 use crate::headers::{Forwarding, is_forwarding_field, write_forwarding};
 
-/// Largest response head accepted from an upstream.
+/// Response heads must be smaller than this (64 KiB), so offsets into one fit in a `u16`.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields accepted in one response head.
 const MAX_HEADERS: usize = 128;
@@ -42,7 +42,7 @@ pub struct ResponseHead {
 pub enum HeadError {
     #[error("malformed response head: {0}")]
     Malformed(&'static str),
-    #[error("response head larger than {MAX_HEAD} bytes")]
+    #[error("response head of {MAX_HEAD} bytes or more")]
     TooLarge,
 }
 
@@ -147,11 +147,11 @@ pub fn put_chunk_size(len: usize, out: &mut impl BufMut) {
     out.put_slice(b"\r\n");
 }
 
-/// Where one header field lies in the head's bytes.
+/// Where one header field lies in the head's bytes (offsets fit: heads are under 64 KiB).
 #[derive(Clone, Copy, Default)]
 struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
+    name: (u16, u16),
+    value: (u16, u16),
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete, read more. On success
@@ -160,18 +160,20 @@ struct Field {
 pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Option<ResponseHead>, HeadError> {
     let mut fields = [Field::default(); MAX_HEADERS];
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| -> (u32, u32) { ((s.as_ptr() as usize - base) as u32, s.len() as u32) };
+    let offset = |s: &[u8]| -> (u16, u16) { ((s.as_ptr() as usize - base) as u16, s.len() as u16) };
     let (len, status, version, count) = {
-        let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut raw);
-        let len = match resp.parse(buf) {
+        // Uninitialised slots: no 4 KiB of zeroing per response.
+        let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Malformed("too many header fields")),
             Err(_) => return Err(HeadError::Malformed("invalid status line or header field")),
         };
-        if len > MAX_HEAD {
+        if len >= MAX_HEAD {
             return Err(HeadError::TooLarge);
         }
         let status = resp
@@ -192,7 +194,7 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
     };
     let head = buf.split_to(len).freeze();
     let fields = &fields[..count];
-    let bytes_of = |(at, n): (u32, u32)| &head[at as usize..(at + n) as usize];
+    let bytes_of = |(at, n): (u16, u16)| &head[usize::from(at)..usize::from(at) + usize::from(n)];
 
     // Framing and connection facts first, from the raw fields.
     let mut content_length: Option<u64> = None;
@@ -277,8 +279,8 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
             continue;
         }
         let name = HeaderName::from_bytes(raw_name).map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let (at, n) = f.value;
-        let value = HeaderValue::from_maybe_shared(head.slice(at as usize..(at + n) as usize))
+        let (at, n) = (usize::from(f.value.0), usize::from(f.value.1));
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| HeadError::Malformed("invalid header value"))?;
         headers.append(name, value);
     }
@@ -320,7 +322,7 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 
 /// Whether a `Connection` field of the head names `name` (so it is hop-by-hop too).
 fn named_in_connection(fields: &[Field], head: &Bytes, name: &[u8]) -> bool {
-    let bytes_of = |(at, n): (u32, u32)| &head[at as usize..(at + n) as usize];
+    let bytes_of = |(at, n): (u16, u16)| &head[usize::from(at)..usize::from(at) + usize::from(n)];
     fields
         .iter()
         .filter(|f| bytes_of(f.name).eq_ignore_ascii_case(b"connection"))
