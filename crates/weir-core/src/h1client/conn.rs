@@ -20,8 +20,10 @@ use super::head::{
     Framing, HeadError, RequestFraming, RequestHead, ResponseHead, encode_request, parse_response, put_chunk_size,
 };
 
-/// Read buffer of a connection; a whole small response arrives in one read.
+/// First read size of a connection; a whole small response arrives in one read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Reads grow (doubling while they fill the room given) up to this for large bodies.
+const MAX_READ: usize = 256 * 1024;
 /// Below this much free room the read buffer is grown (or reclaimed) before reading.
 const MIN_ROOM: usize = 1024;
 /// Request bodies up to this size go out in the same write as the head.
@@ -67,6 +69,8 @@ pub struct UpConn {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
+    /// How much room the next read asks for: grows while reads fill it (large bodies).
+    read_size: usize,
 }
 
 impl UpConn {
@@ -75,6 +79,7 @@ impl UpConn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
+            read_size: READ_CHUNK,
         }
     }
 
@@ -180,9 +185,29 @@ impl UpConn {
     /// Reads more of the response into the buffer; `Ok(0)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_ROOM {
-            self.rbuf.reserve(READ_CHUNK);
+            self.rbuf.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Back to a small read buffer before the connection idles in its pool, so a large
+    /// download does not leave a large buffer behind.
+    fn shrink_for_idle(&mut self) {
+        if self.read_size > READ_CHUNK {
+            self.read_size = READ_CHUNK;
+            if self.rbuf.capacity() > 2 * READ_CHUNK {
+                self.rbuf = BytesMut::with_capacity(READ_CHUNK);
+            }
+        }
     }
 }
 
@@ -326,7 +351,12 @@ impl ResponseBody {
         let reusable = matches!(self.state, BodyState::Done)
             && self.keep_alive
             && self.conn.as_ref().is_some_and(|c| c.rbuf.is_empty());
-        if reusable { self.conn.take() } else { None }
+        if !reusable {
+            return None;
+        }
+        let mut conn = self.conn.take()?;
+        conn.shrink_for_idle();
+        Some(conn)
     }
 
     /// Exact bytes still to come, when the framing says.
