@@ -391,3 +391,62 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     assert!(out.ends_with("too big\n"), "{out}");
 }
+
+#[tokio::test]
+async fn expect_continue_body_flows_once_the_client_is_told_to_send_it() {
+    // The upstream reads the body without an interim answer of its own; the client must still be
+    // told to send it, and the body must arrive whole.
+    let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
+    s.write_all(
+        b"PUT /x HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // weir asks the client for the body (hyper sends 100 when the proxy starts reading it).
+    let mut first = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut first))
+        .await
+        .expect("no 100 Continue from weir")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 100"),
+        "{:?}",
+        &first[..n]
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let seen = up.request(0).to_ascii_lowercase();
+    assert!(seen.ends_with("\r\n\r\nhello"), "{seen}");
+}
+
+#[tokio::test]
+async fn bytes_right_behind_a_101_reach_the_client() {
+    // The upstream switches protocols and speaks first in the same write.
+    let up = raw_upstream(|_, _| {
+        Act::Reply(vec![
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nhello from upstream",
+        ])
+    })
+    .await;
+    let gw = TestGateway::start(&config(&up, "")).await;
+    let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains("hello from upstream") {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("stream ended early ({other:?}): {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+}
