@@ -112,7 +112,9 @@ impl Stats {
     }
 
     pub fn in_backoff(&self) -> bool {
-        self.backoff_until_ms.load(Ordering::Relaxed) > now_ms()
+        // No clock read on the common path: a plugin that never failed has no backoff.
+        let until = self.backoff_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 
     fn success(&self) {
