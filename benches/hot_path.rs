@@ -33,7 +33,8 @@ fn head(c: &mut Criterion) {
     });
 }
 
-fn chunked(c: &mut Criterion) {
+/// 64 KiB of chunked body in 16 chunks of 4 KiB, with the last chunk.
+fn chunked_body() -> Vec<u8> {
     let mut body = Vec::new();
     for _ in 0..16 {
         body.extend_from_slice(b"1000\r\n");
@@ -41,6 +42,11 @@ fn chunked(c: &mut Criterion) {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(b"0\r\n\r\n");
+    body
+}
+
+fn chunked(c: &mut Criterion) {
+    let body = chunked_body();
     c.bench_function("front/chunked feed (64 KiB in 16 chunks)", |b| {
         b.iter(|| Chunked::default().feed(black_box(&body), 0))
     });
@@ -90,13 +96,7 @@ fn upstream_client(c: &mut Criterion) {
             parse_response(&mut buf, &Method::GET).map(|h| h.map(|h| h.headers.len()))
         })
     });
-    let mut body = Vec::new();
-    for _ in 0..16 {
-        body.extend_from_slice(b"1000\r\n");
-        body.extend_from_slice(&[b'x'; 4096]);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(b"0\r\n\r\n");
+    let body = chunked_body();
     let mut buf = BytesMut::with_capacity(body.len());
     c.bench_function("upstream/chunked decode (64 KiB in 16 chunks)", |b| {
         b.iter(|| {

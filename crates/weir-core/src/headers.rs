@@ -11,8 +11,19 @@ const VIA_H2: HeaderValue = HeaderValue::from_static("2 weir");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The fixed hop-by-hop fields (RFC 9110 §7.6.1 and the common non-standard ones), removed in
+/// both directions: from requests here, from upstream responses while they are parsed.
+pub static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// Removes hop-by-hop fields: the fixed set and every field the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -27,20 +38,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for name in named {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in [
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::TRAILER,
-        &header::PROXY_AUTHENTICATE,
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+    for name in &HOP_BY_HOP {
         if headers.contains_key(name) {
             headers.remove(name);
         }

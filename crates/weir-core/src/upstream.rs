@@ -46,6 +46,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Younger than `idle_timeout` and not closed by the upstream.
+    fn usable(&self, idle_timeout: Duration) -> bool {
+        self.since.elapsed() < idle_timeout && self.conn.is_idle_usable()
+    }
+}
+
 /// Why an upstream connection could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -255,7 +262,7 @@ impl Endpoint {
         idle_timeout: Duration,
     ) -> Result<(UpConn, bool), ConnectError> {
         while let Some(idle) = self.idle.pop() {
-            if idle.since.elapsed() < idle_timeout && idle.conn.is_idle_usable() {
+            if idle.usable(idle_timeout) {
                 return Ok((idle.conn, true));
             }
         }
@@ -275,7 +282,7 @@ impl Endpoint {
     pub fn sweep_idle(&self, idle_timeout: Duration) {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
-                Some(idle) if idle.since.elapsed() < idle_timeout && idle.conn.is_idle_usable() => {
+                Some(idle) if idle.usable(idle_timeout) => {
                     let _ = self.idle.push(idle);
                 }
                 Some(_) => {}

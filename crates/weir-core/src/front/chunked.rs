@@ -140,7 +140,8 @@ fn unreachable_data() -> St {
     St::DataCr
 }
 
-fn hex(b: u8) -> Option<u64> {
+/// The value of one hex digit of a chunk size.
+pub(crate) fn hex(b: u8) -> Option<u64> {
     match b {
         b'0'..=b'9' => Some(u64::from(b - b'0')),
         b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),

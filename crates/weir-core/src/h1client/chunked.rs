@@ -4,6 +4,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::front::chunked::hex;
+
 /// Longest chunk-size line extension or trailer line accepted.
 const MAX_LINE: usize = 4096;
 /// Most trailer bytes accepted in all.
@@ -55,15 +57,6 @@ impl Default for ChunkedDecoder {
             st: St::Size { digits: 0, value: 0 },
             trailer_bytes: 0,
         }
-    }
-}
-
-fn hex(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some(u64::from(b - b'0')),
-        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
-        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
-        _ => None,
     }
 }
 

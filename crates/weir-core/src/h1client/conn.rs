@@ -184,9 +184,7 @@ impl UpConn {
 
     /// Reads more of the response into the buffer; `Ok(0)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < MIN_ROOM {
-            self.rbuf.reserve(self.read_size);
-        }
+        make_room(&mut self.rbuf, self.read_size);
         let room = self.rbuf.capacity() - self.rbuf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.stream),
@@ -208,6 +206,13 @@ impl UpConn {
                 self.rbuf = BytesMut::with_capacity(READ_CHUNK);
             }
         }
+    }
+}
+
+/// Grows (or reclaims) the read buffer to `size` when less than [`MIN_ROOM`] is free.
+fn make_room(buf: &mut BytesMut, size: usize) {
+    if buf.capacity() - buf.len() < MIN_ROOM {
+        buf.reserve(size);
     }
 }
 
@@ -240,9 +245,7 @@ async fn read_head<R: AsyncRead + Unpin>(
             }
             return Ok(head);
         }
-        if rbuf.capacity() - rbuf.len() < MIN_ROOM {
-            rbuf.reserve(READ_CHUNK);
-        }
+        make_room(rbuf, READ_CHUNK);
         if reader.read_buf(rbuf).await.map_err(ExchangeError::Io)? == 0 {
             return Err(if rbuf.is_empty() {
                 ExchangeError::Closed

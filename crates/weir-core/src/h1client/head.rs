@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::headers::{Forwarding, is_forwarding_field, write_forwarding};
+use crate::headers::{Forwarding, HOP_BY_HOP, is_forwarding_field, write_forwarding};
 
 /// Response heads must be smaller than this (64 KiB), so offsets into one fit in a `u16`.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -99,8 +99,7 @@ pub fn encode_request(head: &RequestHead<'_>, framing: RequestFraming, out: &mut
         }
         RequestFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            let mut digits = itoa_buf();
-            out.extend_from_slice(itoa(n, &mut digits));
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -109,10 +108,6 @@ pub fn encode_request(head: &RequestHead<'_>, framing: RequestFraming, out: &mut
         write_forwarding(headers, f, out);
     }
     out.extend_from_slice(b"\r\n");
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
 }
 
 /// Formats `n` in decimal without allocating.
@@ -208,14 +203,18 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
         let value = bytes_of(f.value);
         if name.eq_ignore_ascii_case(b"content-length") {
             for part in value.split(|b| *b == b',') {
-                let n = parse_length(trim(part)).ok_or(HeadError::Malformed("invalid content-length"))?;
+                let n = parse_length(part.trim_ascii()).ok_or(HeadError::Malformed("invalid content-length"))?;
                 if content_length.is_some_and(|prev| prev != n) {
                     return Err(HeadError::Malformed("conflicting content-length values"));
                 }
                 content_length = Some(n);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            for coding in value.split(|b| *b == b',').map(trim).filter(|c| !c.is_empty()) {
+            for coding in value
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|c| !c.is_empty())
+            {
                 if transfer_encoding && chunked_last {
                     return Err(HeadError::Malformed("chunked is not the final transfer coding"));
                 }
@@ -223,7 +222,7 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
                 chunked_last = coding.eq_ignore_ascii_case(b"chunked");
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|b| *b == b',').map(trim) {
+            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -293,10 +292,6 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
     }))
 }
 
-fn trim(s: &[u8]) -> &[u8] {
-    s.trim_ascii()
-}
-
 /// Digits only (no sign, no spaces inside), at most 18 of them so it cannot overflow.
 fn parse_length(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 18 || !s.iter().all(u8::is_ascii_digit) {
@@ -305,19 +300,10 @@ fn parse_length(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// The fixed hop-by-hop fields (RFC 9110 §7.6.1 and the common non-standard ones).
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 8] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
 /// Whether a `Connection` field of the head names `name` (so it is hop-by-hop too).
@@ -327,7 +313,7 @@ fn named_in_connection(fields: &[Field], head: &Bytes, name: &[u8]) -> bool {
         .iter()
         .filter(|f| bytes_of(f.name).eq_ignore_ascii_case(b"connection"))
         .flat_map(|f| bytes_of(f.value).split(|b| *b == b','))
-        .any(|token| trim(token).eq_ignore_ascii_case(name))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -596,10 +582,8 @@ mod tests {
 
     #[test]
     fn numbers_are_formatted_exactly() {
-        let mut b = itoa_buf();
-        assert_eq!(itoa(0, &mut b), b"0");
-        let mut b = itoa_buf();
-        assert_eq!(itoa(u64::MAX, &mut b), b"18446744073709551615");
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), b"18446744073709551615");
         let mut out = Vec::new();
         put_chunk_size(0x1a2f, &mut out);
         put_chunk_size(0, &mut out);
