@@ -90,36 +90,17 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj 
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 mkdir -p "$work/no-plugins"
 
+source benches/load/weir-config.sh
 weir_config() { # name http-port tls-port admin-port plugins-dir
-  cat > "$work/$1.toml" <<TOML
-[runtime]
-worker_threads = 1
-[admin]
-bind = "127.0.0.1:$4"
-[plugins]
-dir = "$5"
-[reload]
-watch = false
-[[listener]]
-name = "client"
-bind = "127.0.0.1:$2"
-pool = "app"
-[listener.limits]
+  weir_toml "$work/$1.toml" "$2" "$4" "$5" 19081 19082 "[listener.limits]
 max_connections = 50000
 [[listener]]
-name = "tls"
-bind = "127.0.0.1:$3"
-pool = "app"
+name = \"tls\"
+bind = \"127.0.0.1:$3\"
+pool = \"app\"
 [listener.tls]
-cert = "$work/cert.pem"
-key = "$work/key.pem"
-[[pool]]
-name = "app"
-[[pool.endpoint]]
-address = "127.0.0.1:19081"
-[[pool.endpoint]]
-address = "127.0.0.1:19082"
-TOML
+cert = \"$work/cert.pem\"
+key = \"$work/key.pem\""
 }
 weir_config weir 18081 18441 19901 "$PWD/plugins/dist"
 weir_config weir-native 18082 18442 19902 "$work/no-plugins"

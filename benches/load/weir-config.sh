@@ -1,6 +1,7 @@
 # Sourced by the load scripts: the minimal weir config they benchmark (one worker thread, no
 # file watching, one listener in front of two upstreams on loopback).
-#   weir_toml FILE PORT ADMIN_PORT PLUGINS_DIR UPSTREAM_PORT_A UPSTREAM_PORT_B
+#   weir_toml FILE PORT ADMIN_PORT PLUGINS_DIR UPSTREAM_PORT_A UPSTREAM_PORT_B [EXTRA]
+# EXTRA: TOML lines placed right after the client listener (its limits, more listeners).
 weir_toml() {
   cat > "$1" <<TOML
 [runtime]
@@ -15,6 +16,7 @@ watch = false
 name = "client"
 bind = "127.0.0.1:$2"
 pool = "app"
+${7:-}
 [[pool]]
 name = "app"
 [[pool.endpoint]]
