@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the per-request functions of the core: head validation and chunk scanning
-//! in the strict front, the upstream HTTP/1.1 client's head writer (with the forwarding fields),
+//! Micro-benchmarks of the per-request functions of the core: head validation, request building,
+//! response head writing and chunk scanning in the HTTP/1 front, the upstream HTTP/1.1 client's head writer (with the forwarding fields),
 //! response head parser and chunked decoder, and the native balancer's `select`.
 //! Run: `cargo bench --bench hot_path`.
 //! CI runs each once (`cargo bench -- --test`) so they cannot rot.
@@ -9,10 +9,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use weir_core::front::chunked::Chunked;
 use weir_core::front::head::{HeadLimits, check_head};
+use weir_core::front::response::{Connection, Framing, encode_head};
+use weir_core::front::server::take_head;
 use weir_core::h1client::chunked::{ChunkedDecoder, Decoded};
 use weir_core::h1client::head::{RequestFraming, RequestHead, encode_request, parse_response};
 use weir_core::headers::Forwarding;
@@ -30,6 +32,30 @@ fn head(c: &mut Criterion) {
     };
     c.bench_function("front/check_head (7 headers)", |b| {
         b.iter(|| check_head(black_box(HEAD), &limits))
+    });
+    c.bench_function("front/take_head: validated head to request (7 headers)", |b| {
+        b.iter_batched(
+            || BytesMut::from(HEAD),
+            |mut buf| take_head(&mut buf, &limits, &mut 0),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut response = HeaderMap::new();
+    for (k, v) in [("content-type", "text/plain"), ("x-upstream", "a"), ("via", "1.1 weir")] {
+        response.insert(k, HeaderValue::from_static(v));
+    }
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("front/encode_head (3 fields, length, date)", |b| {
+        b.iter(|| {
+            out.clear();
+            encode_head(
+                http::StatusCode::OK,
+                black_box(&response),
+                Framing::Length(100),
+                Connection::Default,
+                &mut out,
+            );
+        })
     });
 }
 

@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::front::ActivityToken;
 use crate::h1client::ResponseBody;
 use crate::upstream::InFlight;
 
@@ -21,7 +20,6 @@ pub struct ProxyBody {
     inner: Inner,
     /// Counts the request against its endpoint until the body ends.
     in_flight: Option<InFlight>,
-    _activity: ActivityToken,
 }
 
 #[derive(Debug)]
@@ -31,11 +29,10 @@ enum Inner {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: ResponseBody, in_flight: InFlight, activity: ActivityToken) -> Self {
+    pub fn upstream(body: ResponseBody, in_flight: InFlight) -> Self {
         let mut b = ProxyBody {
             inner: Inner::Upstream(body),
             in_flight: Some(in_flight),
-            _activity: activity,
         };
         if b.is_end_stream() {
             b.release();
@@ -43,19 +40,9 @@ impl ProxyBody {
         b
     }
 
-    pub fn full(bytes: Bytes, activity: ActivityToken) -> Self {
+    pub fn full(bytes: Bytes) -> Self {
         let inner = Inner::Full(if bytes.is_empty() { None } else { Some(bytes) });
-        ProxyBody {
-            inner,
-            in_flight: None,
-            _activity: activity,
-        }
-    }
-
-    /// Moves a local body under a connection's activity token.
-    pub fn with_activity(mut self, activity: ActivityToken) -> Self {
-        self._activity = activity;
-        self
+        ProxyBody { inner, in_flight: None }
     }
 
     /// The response is complete: a reusable connection goes back to its endpoint's pool.
@@ -95,7 +82,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(e.into())))
                 }
                 Poll::Ready(Some(Ok(data))) => {
-                    // hyper stops polling once a sized body is written: release right away.
+                    // The server stops polling once a sized body is written: release right away.
                     if body.is_done() {
                         this.release();
                     }

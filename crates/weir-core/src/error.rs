@@ -5,7 +5,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::ProxyBody;
-use crate::front::ActivityToken;
 
 /// Which side a failure came from: decides status, retryability and how it is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,24 +56,19 @@ impl ProxyError {
         }
     }
 
-    pub fn response(self, activity: ActivityToken) -> Response<ProxyBody> {
-        local_response(self.status(), self.message(), self == ProxyError::NoEndpoint, activity)
+    pub fn response(self) -> Response<ProxyBody> {
+        local_response(self.status(), self.message(), self == ProxyError::NoEndpoint)
     }
 }
 
 /// A short plain-text answer from the gateway itself.
-pub fn local_response(
-    status: StatusCode,
-    message: &str,
-    retry_after: bool,
-    activity: ActivityToken,
-) -> Response<ProxyBody> {
+pub fn local_response(status: StatusCode, message: &str, retry_after: bool) -> Response<ProxyBody> {
     let body = if message.is_empty() {
         Bytes::new()
     } else {
         Bytes::from(format!("{message}\n"))
     };
-    let mut resp = Response::new(ProxyBody::full(body, activity));
+    let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

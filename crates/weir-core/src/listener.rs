@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
@@ -20,14 +20,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::front::{ConnActivity, GuardConfig, H1Guard, HeadLimits};
+use crate::client_body::ClientBody;
+use crate::front::{ClientIo, HeadLimits, Settings};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long a stopping listener lets an HTTP/1 keep-alive connection send one more request
-/// (answered with `Connection: close`) before closing it if idle. See [`Conn::drive`].
+/// (answered with `Connection: close`) before closing it if idle: closing an idle keep-alive
+/// connection at once would race the client's next request (which then fails).
 const H1_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A bound listener. Its socket outlives generations; its settings are read from the current
@@ -181,65 +183,57 @@ impl Conn {
             return;
         };
         match tls {
-            Some(config) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                if h2 {
-                    Box::pin(self.serve_h2(stream, &limits)).await
-                } else {
-                    Box::pin(self.serve_h1(stream, &limits)).await
-                }
-            }
+            Some(config) => Box::pin(self.serve_tls(stream, config, limits)).await,
             // Each protocol's state is boxed on its own: inline, every connection's task would
             // hold the largest of them (TLS + HTTP/2), ~9 KB, idle keep-alive ones included.
             None => match tokio::time::timeout(limits.header_timeout, sniff_h2(&stream)).await {
                 Ok(Ok(true)) => Box::pin(self.serve_h2(stream, &limits)).await,
-                Ok(Ok(false)) => Box::pin(self.serve_h1(stream, &limits)).await,
+                Ok(Ok(false)) => Box::pin(self.serve_h1(Box::new(stream), &limits)).await,
                 Ok(Err(_)) | Err(_) => {}
             },
         }
     }
 
-    async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
-        let activity = Arc::new(ConnActivity::default());
-        let guard = H1Guard::new(
-            io,
-            GuardConfig {
-                head: HeadLimits {
-                    max_header_bytes: limits.max_header_bytes,
-                    max_headers: limits.max_headers,
-                    max_uri_bytes: limits.max_uri_bytes,
-                    max_body_bytes: limits.max_body_bytes,
-                },
-                header_timeout: limits.header_timeout,
-                body_timeout: limits.body_timeout,
-                idle_timeout: limits.idle_timeout,
+    /// TLS handshake, then the protocol ALPN chose. A function of its own (boxed by the
+    /// caller): its state, the TLS stream included, would otherwise sit in every plain
+    /// connection's task too.
+    async fn serve_tls(self, stream: TcpStream, config: Arc<ServerConfig>, limits: weir_config::Limits) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            Box::pin(self.serve_h2(stream, &limits)).await
+        } else {
+            Box::pin(self.serve_h1(Box::new(stream), &limits)).await
+        }
+    }
+
+    async fn serve_h1(self, io: Box<dyn ClientIo>, limits: &weir_config::Limits) {
+        let settings = Settings {
+            head: HeadLimits {
+                max_header_bytes: limits.max_header_bytes,
+                max_headers: limits.max_headers,
+                max_uri_bytes: limits.max_uri_bytes,
+                max_body_bytes: limits.max_body_bytes,
             },
-            activity.clone(),
-        );
-        let service = self.service(Some(activity));
-        let grace = limits.idle_timeout.min(H1_CLOSE_GRACE);
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_headers(limits.max_headers)
-            .max_buf_size((limits.max_header_bytes + 16 * 1024).max(400 * 1024))
-            .writev(false);
-        let conn = builder.serve_connection(TokioIo::new(guard), service).with_upgrades();
-        self.drive(conn, grace, |c| c.graceful_shutdown(), "HTTP/1").await;
+            header_timeout: limits.header_timeout,
+            body_timeout: limits.body_timeout,
+            idle_timeout: limits.idle_timeout,
+            grace: limits.idle_timeout.min(H1_CLOSE_GRACE),
+        };
+        let info = self.info(true);
+        crate::front::server::serve(io, settings, &self.shared, &info, &self.stop).await;
     }
 
     async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
-        let service = self.service(None);
+        let service = self.service();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -254,10 +248,18 @@ impl Conn {
             .await;
     }
 
-    /// The request handler of this connection.
+    fn info(&self, h1: bool) -> ConnInfo {
+        ConnInfo {
+            listener: self.listener.clone(),
+            peer: self.peer,
+            https: self.https,
+            closing: h1.then(|| self.stopping.clone()),
+        }
+    }
+
+    /// The request handler of an HTTP/2 connection.
     fn service(
         &self,
-        activity: Option<Arc<ConnActivity>>,
     ) -> impl hyper::service::Service<
         http::Request<hyper::body::Incoming>,
         Response = http::Response<crate::body::ProxyBody>,
@@ -268,22 +270,16 @@ impl Conn {
     > + Clone
     + Send
     + 'static {
-        let info = Arc::new(ConnInfo {
-            listener: self.listener.clone(),
-            peer: self.peer,
-            https: self.https,
-            closing: activity.is_some().then(|| self.stopping.clone()),
-            activity,
-        });
+        let info = Arc::new(self.info(false));
         let shared = self.shared.clone();
-        service_fn(move |req| proxy::serve(shared.clone(), info.clone(), req))
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (shared, info) = (shared.clone(), info.clone());
+            async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) }
+        })
     }
 
-    /// Serves `conn` to its end; when the listener stops, asks it to finish gracefully and
-    /// waits for that. HTTP/1 first gets `grace`: every response then says `Connection: close`,
-    /// so a client that keeps sending leaves after its next response; closing an idle
-    /// keep-alive connection at once would race the client's next request (which then fails).
-    /// After the grace, idle connections close and a request in flight finishes first.
+    /// Serves an HTTP/2 `conn` to its end; when the listener stops, asks it to finish gracefully
+    /// (GOAWAY) after `grace` and waits for that.
     async fn drive<C>(&self, conn: C, grace: Duration, graceful: impl FnOnce(std::pin::Pin<&mut C>), protocol: &str)
     where
         C: std::future::Future<Output = hyper::Result<()>>,

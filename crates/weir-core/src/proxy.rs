@@ -10,14 +10,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::client_body::ClientBody;
 use crate::error::ProxyError;
-use crate::front::{ActivityToken, ConnActivity};
+use crate::front::{Tunnel, TunnelSlot};
 use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::h1client::{ExchangeError, RequestHead, ResponseBody, ResponseHead, UpBody, UpConn};
 use crate::hash::{fnv1a, mix};
@@ -34,30 +32,20 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
     pub https: bool,
-    /// HTTP/1 connections share activity with their guard (idle timer, ordered refusals).
-    pub activity: Option<Arc<ConnActivity>>,
     /// Cancelled when the listener stops (shutdown, removal, binary upgrade): HTTP/1 responses
     /// then carry `Connection: close`, so a busy keep-alive client moves to a new connection
     /// after its next response instead of racing a close of its idle connection.
     pub closing: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-pub async fn serve(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let activity = match &conn.activity {
-        Some(a) => ActivityToken::adopt(a.clone()),
-        None => ActivityToken::none(),
-    };
+pub async fn serve(shared: &Shared, conn: &ConnInfo, req: Request<ClientBody>) -> Response<ProxyBody> {
     let generation = shared.generation.load_full();
     let started = Instant::now();
     let log = &generation.config.runtime.access_log;
     let logged =
         (!matches!(log, weir_config::AccessLog::Off)).then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut trace = Trace::default();
-    let mut resp = forward(&shared, &generation, &conn, req, activity, started, &mut trace).await;
+    let mut resp = forward(shared, &generation, conn, req, started, &mut trace).await;
     if let Some(closing) = &conn.closing
         && closing.load(std::sync::atomic::Ordering::Acquire)
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -92,7 +80,7 @@ pub async fn serve(
             },
         );
     }
-    Ok(resp)
+    resp
 }
 
 /// What the request path learned about a request, for metrics and the access log.
@@ -104,7 +92,7 @@ struct Trace {
     attempts: u32,
 }
 
-fn host_of(req: &Request<Incoming>) -> &str {
+fn host_of(req: &Request<ClientBody>) -> &str {
     req.uri()
         .authority()
         .map(|a| a.host())
@@ -124,7 +112,7 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade(req: &Request<ClientBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req
@@ -136,7 +124,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// Idempotent per RFC 9110 §9.2.2, or made so by the client with `Idempotency-Key`.
-fn idempotent(req: &Request<Incoming>) -> bool {
+fn idempotent(req: &Request<ClientBody>) -> bool {
     matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -156,7 +144,7 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 
 /// The affinity hash the pool's balancer asked for, and a `Set-Cookie` when a sticky cookie
 /// had to be issued.
-fn affinity(pool: &PoolRt, req: &Request<Incoming>, peer: IpAddr, request_id: u64) -> (u64, Option<HeaderValue>) {
+fn affinity(pool: &PoolRt, req: &Request<ClientBody>, peer: IpAddr, request_id: u64) -> (u64, Option<HeaderValue>) {
     if let Some(name) = pool.balancer.sticky_cookie() {
         if let Some(v) = cookie_value(req.headers(), name) {
             return (fnv1a(v.as_bytes()), None);
@@ -196,7 +184,7 @@ fn route(
     listener: &ListenerRt,
     generation: &Generation,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     request_id: u64,
 ) -> Result<RouteTarget, Box<Response<ProxyBody>>> {
     let default = RouteTarget {
@@ -221,7 +209,7 @@ fn route(
         RouteDecision::Upstream(_) => Ok(default),
         RouteDecision::Respond { status, headers, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            let mut resp = Response::new(ProxyBody::full(body, ActivityToken::none()));
+            let mut resp = Response::new(ProxyBody::full(body));
             *resp.status_mut() = status;
             for (k, v) in headers {
                 resp.headers_mut().append(k, v);
@@ -236,31 +224,25 @@ async fn forward(
     shared: &Shared,
     generation: &Generation,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
-    activity: ActivityToken,
+    req: Request<ClientBody>,
     started: Instant,
     trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let Some(listener) = generation.listener(&conn.listener) else {
-        return ProxyError::ListenerGone.response(activity);
+        return ProxyError::ListenerGone.response();
     };
     let request_id = shared.next_request_id();
     let target = match route(listener, generation, conn, &req, request_id) {
         Ok(t) => t,
-        Err(local) => {
-            let (parts, body) = (*local).into_parts();
-            let body = ProxyBody::with_activity(body, activity);
-            return Response::from_parts(parts, body);
-        }
+        Err(local) => return *local,
     };
     let Some(first_pool) = generation.pools.get(target.pool) else {
-        return ProxyError::NoEndpoint.response(activity);
+        return ProxyError::NoEndpoint.response();
     };
     trace.route = listener.routes.get(target.pool).cloned();
     let (affinity_hash, set_cookie) = affinity(first_pool, &req, conn.peer.ip(), request_id);
 
     let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let replayable_method = idempotent(&req);
     let http2 = req.version() == Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
@@ -332,17 +314,15 @@ async fn forward(
     let mut up_body = if !has_body {
         UpBody::Empty
     } else if buffer {
-        match http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
+        // Boxed: only requests with a body to buffer need this state.
+        match Box::pin(http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect()).await
         {
             Ok(collected) => UpBody::Full(collected.to_bytes()),
             Err(e) => {
                 let status = e
-                    .downcast_ref::<hyper::Error>()
-                    .and_then(body_error_status)
-                    .unwrap_or(400);
-                return ProxyError::ClientBody { status }.response(activity);
+                    .downcast_ref::<crate::client_body::ClientBodyError>()
+                    .map_or(400, |e| e.status);
+                return ProxyError::ClientBody { status }.response();
             }
         }
     } else {
@@ -361,7 +341,7 @@ async fn forward(
     let mut last: Option<(FailureKind, Held)> = None;
     loop {
         let Some(pool) = generation.pools.get(pool_index) else {
-            return ProxyError::NoEndpoint.response(activity);
+            return ProxyError::NoEndpoint.response();
         };
         let ctx = SelectCtx {
             request_id,
@@ -373,12 +353,12 @@ async fn forward(
         // Like nginx's proxy_next_upstream: each endpoint at most once per request.
         let Some(index) = select(pool, &ctx).filter(|i| !tried.contains(&(*i as u32))) else {
             return match last {
-                Some((failure, held)) => give_up(failure, held, client_upgrade, activity, http2, set_cookie),
-                None => ProxyError::NoEndpoint.response(activity),
+                Some((failure, held)) => give_up(failure, held, upgrade, http2, set_cookie),
+                None => ProxyError::NoEndpoint.response(),
             };
         };
         if !up_body.resendable() {
-            return ProxyError::UpstreamReset.response(activity);
+            return ProxyError::UpstreamReset.response();
         }
         let endpoint = pool.endpoints[index].clone();
         trace.pool = Some(pool_index);
@@ -416,14 +396,13 @@ async fn forward(
                         }
                         let can_retry = attempt < max_attempts && can_replay;
                         if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
-                            return respond(head, conn, in_flight, client_upgrade, activity, http2, set_cookie);
+                            return respond(head, conn, in_flight, upgrade, http2, set_cookie);
                         }
                         (FailureKind::HttpStatus(status), false, Some((head, conn, in_flight)))
                     }
                     Ok(Err(ExchangeError::ClientBody(e))) => {
                         tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
-                        let status = body_error_status(&e).unwrap_or(400);
-                        return ProxyError::ClientBody { status }.response(activity);
+                        return ProxyError::ClientBody { status: e.status }.response();
                     }
                     Ok(Err(e)) => {
                         let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
@@ -480,7 +459,7 @@ async fn forward(
             FailureDecision::Retry { backoff } => {
                 tried.push(index as u32);
                 if backoff > Duration::ZERO {
-                    tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
+                    Box::pin(tokio::time::sleep(backoff.min(Duration::from_secs(5)))).await;
                 }
             }
             FailureDecision::Failover { pool } if pool < generation.pools.len() => {
@@ -488,7 +467,7 @@ async fn forward(
                 tried.clear();
             }
             FailureDecision::Failover { .. } | FailureDecision::Fail => {
-                return give_up(failure, held, client_upgrade, activity, http2, set_cookie);
+                return give_up(failure, held, upgrade, http2, set_cookie);
             }
         }
         last = Some((failure, held));
@@ -504,13 +483,12 @@ type Held = Option<(ResponseHead, UpConn, InFlight)>;
 fn give_up(
     failure: FailureKind,
     held: Held,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    activity: ActivityToken,
+    upgrade: bool,
     http2: bool,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     if let Some((head, conn, in_flight)) = held {
-        return respond(head, conn, in_flight, client_upgrade, activity, http2, set_cookie);
+        return respond(head, conn, in_flight, upgrade, http2, set_cookie);
     }
     let err = match failure {
         FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
@@ -518,7 +496,7 @@ fn give_up(
         FailureKind::ConnectRefused => ProxyError::ConnectFailed,
         FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => ProxyError::UpstreamReset,
     };
-    err.response(activity)
+    err.response()
 }
 
 /// The pool's balancer, checked; the native round-robin when it answers nothing usable.
@@ -530,61 +508,29 @@ fn select(pool: &PoolRt, ctx: &SelectCtx<'_>) -> Option<usize> {
     }
 }
 
-/// A request failed because the client's body did (malformed, too large, too slow).
-fn body_error_status(err: &hyper::Error) -> Option<u16> {
-    use std::error::Error as _;
-    let mut source = err.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::TimedOut => Some(408),
-                std::io::ErrorKind::InvalidData if io.to_string().contains("too large") => Some(413),
-                std::io::ErrorKind::InvalidData => Some(400),
-                _ => None,
-            };
-        }
-        if let Some(h) = s.downcast_ref::<hyper::Error>()
-            && (h.is_parse() || h.is_incomplete_message())
-        {
-            return Some(400);
-        }
-        source = s.source();
-    }
-    None
-}
-
 fn respond(
     head: ResponseHead,
     conn: UpConn,
     in_flight: InFlight,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    activity: ActivityToken,
+    upgrade: bool,
     http2: bool,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) = client_upgrade else {
-            return ProxyError::UpstreamReset.response(activity);
-        };
-        let (mut upstream, early) = conn.into_upgraded();
-        tokio::spawn(async move {
-            let _in_flight = in_flight;
-            match client.await {
-                Ok(client) => {
-                    let mut client = TokioIo::new(client);
-                    // Bytes the upstream sent right behind its 101 belong to the new protocol.
-                    if !early.is_empty() && client.write_all(&early).await.is_err() {
-                        return;
-                    }
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
-            }
-        });
-        let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new(), activity));
+        if !upgrade {
+            return ProxyError::UpstreamReset.response();
+        }
+        // The server joins the client to the upstream once this 101 is written.
+        let (upstream, early) = conn.into_upgraded();
+        let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
         add_via(resp.headers_mut(), false);
+        resp.extensions_mut().insert(TunnelSlot::new(Tunnel {
+            upstream,
+            early,
+            in_flight,
+        }));
         return resp;
     }
     let body = ResponseBody::new(conn, &head);
@@ -595,7 +541,7 @@ fn respond(
     if let Some(cookie) = set_cookie {
         headers.append(header::SET_COOKIE, cookie);
     }
-    let mut resp = Response::new(ProxyBody::upstream(body, in_flight, activity));
+    let mut resp = Response::new(ProxyBody::upstream(body, in_flight));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp

@@ -266,7 +266,8 @@ impl Endpoint {
                 return Ok((idle.conn, true));
             }
         }
-        Ok((self.connect(connect_timeout).await?, false))
+        // Boxed: a new connection is the rare case; its state would sit in every request's.
+        Ok((Box::pin(self.connect(connect_timeout)).await?, false))
     }
 
     /// Returns a connection whose response has been read to the end.

@@ -13,11 +13,13 @@
 pub mod certs;
 pub mod client;
 pub mod launch;
+pub mod raw;
 pub mod upstream;
 
 pub use certs::TestCerts;
 pub use client::{Reply, get, h2c_get, raw_exchange, request, tls_get};
 pub use launch::{TestGateway, WeirProcess, free_port, one_pool, plugin_file, plugins_dist, wasm_policies};
+pub use raw::{Act, Raw, raw_upstream};
 pub use upstream::Upstream;
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.

@@ -2,6 +2,8 @@
 //! request smuggling and for what a gateway may forward. A pure function over bytes, so every rule
 //! is unit-tested without a socket.
 
+use std::mem::MaybeUninit;
+
 /// Why a head was refused: the status the gateway answers and a short reason for the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reject {
@@ -30,6 +32,68 @@ pub struct HeadInfo {
     pub framing: BodyFraming,
     /// `Connection: upgrade` + `Upgrade` (e.g. WebSocket): the connection may switch protocols.
     pub upgrade: bool,
+    /// An HTTP/1.0 request (else HTTP/1.1).
+    pub http10: bool,
+    /// The client lets the connection carry another request (HTTP/1.1 unless `Connection:
+    /// close`; HTTP/1.0 only with `Connection: keep-alive`).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on HTTP/1.1: the client waits for a `100` before its body.
+    pub expect_continue: bool,
+}
+
+/// Where the parts of a valid head lie in its bytes, so that the request can be built from
+/// slices of one shared buffer (no copy per header value) without parsing it twice.
+#[derive(Debug)]
+pub struct Spans {
+    pub method: (u32, u32),
+    pub target: (u32, u32),
+    stack: [FieldSpan; STACK_SPANS],
+    count: usize,
+    heap: Vec<FieldSpan>,
+}
+
+/// One header field: offset and length of its name and of its value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FieldSpan {
+    pub name: (u32, u32),
+    pub value: (u32, u32),
+}
+
+const STACK_SPANS: usize = 32;
+
+impl Default for Spans {
+    fn default() -> Self {
+        Spans {
+            method: (0, 0),
+            target: (0, 0),
+            stack: [FieldSpan::default(); STACK_SPANS],
+            count: 0,
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl Spans {
+    fn push(&mut self, f: FieldSpan) {
+        if self.count < STACK_SPANS {
+            self.stack[self.count] = f;
+        } else {
+            self.heap.push(f);
+        }
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = &FieldSpan> {
+        self.stack[..self.count.min(STACK_SPANS)].iter().chain(self.heap.iter())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -52,22 +116,30 @@ const STACK_HEADERS: usize = 128;
 
 /// Parses and validates the head at the start of `buf`.
 pub fn check_head(buf: &[u8], limits: &HeadLimits) -> Result<HeadStatus, Reject> {
+    parse_head(buf, limits, None)
+}
+
+/// [`check_head`], also recording where the method, target and fields of a complete head lie.
+pub fn parse_head(buf: &[u8], limits: &HeadLimits, spans: Option<&mut Spans>) -> Result<HeadStatus, Reject> {
+    // Uninitialised slots: no 4 KiB of zeroing per request.
     if limits.max_headers < STACK_HEADERS {
-        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
-        check_with(buf, limits, &mut headers[..limits.max_headers + 1])
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        check_with(buf, limits, &mut headers[..limits.max_headers + 1], spans)
     } else {
-        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers + 1];
-        check_with(buf, limits, &mut headers)
+        let mut headers = Vec::new();
+        headers.resize_with(limits.max_headers + 1, MaybeUninit::uninit);
+        check_with(buf, limits, &mut headers, spans)
     }
 }
 
 fn check_with<'b>(
     buf: &'b [u8],
     limits: &HeadLimits,
-    headers: &mut [httparse::Header<'b>],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    spans: Option<&mut Spans>,
 ) -> Result<HeadStatus, Reject> {
-    let mut req = httparse::Request::new(headers);
-    let status = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let status = match req.parse_with_uninit_headers(buf, headers) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Reject {
@@ -122,6 +194,9 @@ fn check_with<'b>(
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut connection_upgrade = false;
+    let mut connection_close = false;
+    let mut connection_keep_alive = false;
+    let mut expect_continue = false;
     let mut has_upgrade = false;
     for h in req.headers.iter() {
         let name = h.name;
@@ -147,10 +222,13 @@ fn check_with<'b>(
             }
             transfer_encoding = true;
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade |= h
-                .value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+                connection_close |= token.eq_ignore_ascii_case(b"close");
+                connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue |= http11 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
         }
@@ -179,10 +257,31 @@ fn check_with<'b>(
             reason: "request body too large",
         });
     }
+    if let Some(spans) = spans {
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+        spans.method = at(method.as_bytes());
+        spans.target = at(path.as_bytes());
+        spans.count = 0;
+        spans.heap.clear();
+        for h in req.headers.iter() {
+            spans.push(FieldSpan {
+                name: at(h.name.as_bytes()),
+                value: at(h.value),
+            });
+        }
+    }
     Ok(HeadStatus::Complete(HeadInfo {
         len,
         framing,
         upgrade: connection_upgrade && has_upgrade && http11,
+        http10: !http11,
+        keep_alive: if http11 {
+            !connection_close
+        } else {
+            connection_keep_alive && !connection_close
+        },
+        expect_continue,
     }))
 }
 
@@ -251,7 +350,10 @@ mod tests {
             Ok(HeadStatus::Complete(HeadInfo {
                 len: raw.len(),
                 framing: BodyFraming::None,
-                upgrade: false
+                upgrade: false,
+                http10: false,
+                keep_alive: true,
+                expect_continue: false,
             }))
         );
         let raw = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
@@ -412,5 +514,52 @@ mod tests {
         };
         let r = check_head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", &limits);
         assert_eq!(r.err().map(|r| r.status), Some(413));
+    }
+
+    fn info(raw: &str) -> HeadInfo {
+        match check(raw) {
+            Ok(HeadStatus::Complete(i)) => i,
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_tokens() {
+        assert!(info("GET / HTTP/1.1\r\nHost: x\r\n\r\n").keep_alive);
+        assert!(!info("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n\r\n").keep_alive);
+        assert!(!info("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        let ka10 = info("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(ka10.keep_alive && ka10.http10);
+        assert!(!info("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn expect_continue_only_on_http11() {
+        let raw = "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(info(raw).expect_continue);
+        let raw = "POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
+        assert!(!info(raw).expect_continue);
+    }
+
+    #[test]
+    fn spans_locate_method_target_and_every_field() {
+        let many: String = (0..40).map(|i| format!("X-{i}: v{i}\r\n")).collect();
+        let raw = format!("PUT /a?b HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        let limits = HeadLimits {
+            max_headers: 64,
+            ..LIMITS
+        };
+        let mut spans = Spans::default();
+        assert!(matches!(
+            parse_head(raw.as_bytes(), &limits, Some(&mut spans)),
+            Ok(HeadStatus::Complete(_))
+        ));
+        let at = |(o, l): (u32, u32)| &raw[o as usize..(o + l) as usize];
+        assert_eq!(at(spans.method), "PUT");
+        assert_eq!(at(spans.target), "/a?b");
+        assert_eq!(spans.len(), 41);
+        let fields: Vec<(&str, &str)> = spans.fields().map(|f| (at(f.name), at(f.value))).collect();
+        assert_eq!(fields[0], ("Host", "x"));
+        assert_eq!(fields[40], ("X-39", "v39"));
     }
 }

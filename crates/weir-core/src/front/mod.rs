@@ -1,9 +1,15 @@
-//! The client-facing HTTP/1 front: strict head validation, body framing and connection timers,
-//! all below hyper so that a refused request never reaches the proxy.
+//! The client-facing HTTP/1 front: weir's own server ([`server`]) with strict head validation
+//! ([`head`]), request bodies read off the connection ([`body`]) and response heads
+//! ([`response`]); a refused request never reaches the proxy.
 
+pub mod body;
 pub mod chunked;
-pub mod guard;
 pub mod head;
+pub mod io;
+pub mod response;
+pub mod server;
 
-pub use guard::{ActivityToken, ConnActivity, GuardConfig, H1Guard};
+pub use body::RequestBody;
 pub use head::HeadLimits;
+pub use io::ClientIo;
+pub use server::{Settings, Tunnel, TunnelSlot};

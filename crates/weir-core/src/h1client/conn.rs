@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,6 +18,7 @@ use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::{
     Framing, HeadError, RequestFraming, RequestHead, ResponseHead, encode_request, parse_response, put_chunk_size,
 };
+use crate::client_body::{ClientBody, ClientBodyError};
 
 /// First read size of a connection; a whole small response arrives in one read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -36,7 +36,7 @@ pub enum UpBody {
     /// Buffered bytes: can be sent again on another attempt.
     Full(Bytes),
     /// The client's body, streamed as it arrives; can be sent once.
-    Streamed(Incoming),
+    Streamed(ClientBody),
     /// A streamed body that an attempt has started to send.
     Spent,
 }
@@ -54,7 +54,7 @@ pub enum ExchangeError {
     #[error("writing the request failed before any byte of it left: {0}")]
     Unsent(io::Error),
     #[error("the client's request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(ClientBodyError),
     #[error("upstream connection failed: {0}")]
     Io(io::Error),
     #[error("upstream closed the connection before a response head")]
@@ -131,8 +131,8 @@ impl UpConn {
                 let UpBody::Streamed(incoming) = std::mem::replace(body, UpBody::Spent) else {
                     return Err(ExchangeError::Closed);
                 };
-                return self
-                    .stream_body_and_read_head(incoming, framing == RequestFraming::Chunked, method)
+                // Boxed: only requests with a streamed body need this state.
+                return Box::pin(self.stream_body_and_read_head(incoming, framing == RequestFraming::Chunked, method))
                     .await;
             }
         }
@@ -141,7 +141,7 @@ impl UpConn {
 
     async fn stream_body_and_read_head(
         &mut self,
-        incoming: Incoming,
+        incoming: ClientBody,
         chunked: bool,
         method: &Method,
     ) -> Result<ResponseHead, ExchangeError> {
@@ -257,7 +257,7 @@ async fn read_head<R: AsyncRead + Unpin>(
 }
 
 enum SendError {
-    Client(hyper::Error),
+    Client(ClientBodyError),
     Io(io::Error),
 }
 
@@ -265,7 +265,7 @@ enum SendError {
 /// chunks are framed in one buffer so each goes out in one write.
 async fn send_body<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    mut incoming: Incoming,
+    mut incoming: ClientBody,
     chunked: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<(), SendError> {

@@ -111,7 +111,7 @@ pub fn encode_request(head: &RequestHead<'_>, framing: RequestFraming, out: &mut
 }
 
 /// Formats `n` in decimal without allocating.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;

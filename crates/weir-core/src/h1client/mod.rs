@@ -12,5 +12,6 @@ pub mod chunked;
 pub mod conn;
 pub mod head;
 
+pub use chunked::{ChunkedDecoder, Decoded};
 pub use conn::{BodyError, ExchangeError, ResponseBody, UpBody, UpConn};
 pub use head::{Framing, HeadError, RequestHead, ResponseHead};

@@ -1,0 +1,94 @@
+//! The request body of the proxy path, whichever front it came through: weir's own HTTP/1
+//! server ([`crate::front::RequestBody`]) or hyper's HTTP/2 server. An enum, so the request
+//! path is one (non-generic) function and a body costs no allocation.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::body::BoxError;
+use crate::front::RequestBody;
+
+#[derive(Debug)]
+pub enum ClientBody {
+    Empty,
+    H1(RequestBody),
+    H2(Incoming),
+}
+
+/// Why a client's body broke off, with the status the client is answered with.
+#[derive(Debug, thiserror::Error)]
+#[error("request body failed ({status}): {source}")]
+pub struct ClientBodyError {
+    pub status: u16,
+    source: BoxError,
+}
+
+impl ClientBodyError {
+    pub fn new(status: u16, source: impl Into<BoxError>) -> Self {
+        ClientBodyError {
+            status,
+            source: source.into(),
+        }
+    }
+
+    fn from_h2(err: hyper::Error) -> Self {
+        let status = h2_body_status(&err).unwrap_or(400);
+        ClientBodyError::new(status, err)
+    }
+}
+
+/// A request failed because the client's HTTP/2 body did (malformed, too large, too slow).
+fn h2_body_status(err: &hyper::Error) -> Option<u16> {
+    use std::error::Error as _;
+    if err.is_parse() || err.is_incomplete_message() {
+        return Some(400);
+    }
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::TimedOut => Some(408),
+                std::io::ErrorKind::InvalidData if io.to_string().contains("too large") => Some(413),
+                std::io::ErrorKind::InvalidData => Some(400),
+                _ => None,
+            };
+        }
+        source = s.source();
+    }
+    None
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(b) => b.poll_data(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            ClientBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(ClientBodyError::from_h2))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(b) => b.is_done(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(b) => b.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The body of a client's HTTP/1 request, read straight off the connection as the request path
+//! takes it. The connection (socket and read buffer) moves into the body while the request is
+//! handled and comes back through a oneshot when the body is dropped, so a request without a
+//! body (nearly all of them) never shares its connection and pays for no channel or lock.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use crate::client_body::ClientBodyError;
+use crate::h1client::{ChunkedDecoder, Decoded};
+
+use super::io::{ConnIo, make_room};
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[derive(Debug)]
+enum State {
+    Fixed(u64),
+    Chunked { decoder: ChunkedDecoder, total: u64 },
+    Done,
+    Failed,
+}
+
+#[derive(Debug)]
+pub struct RequestBody {
+    conn: Option<ConnIo>,
+    state: State,
+    /// 0 = unlimited (checked here for chunked bodies; the head check covers fixed ones).
+    max_body: u64,
+    body_timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer runs for the current wait.
+    waiting: bool,
+    /// Bytes of `100 Continue` still to write before the first read (`Expect: 100-continue`).
+    continue_at: Option<usize>,
+    back: Option<oneshot::Sender<ConnIo>>,
+}
+
+/// How the body after a head is framed, for [`RequestBody::new`].
+#[derive(Debug, Clone, Copy)]
+pub enum Framing {
+    Fixed(u64),
+    Chunked,
+}
+
+impl RequestBody {
+    /// Takes the connection for the body's lifetime; the receiver gets it back when the body
+    /// is dropped (with [`ConnIo::body_done`] telling whether it was read to its end).
+    pub fn new(
+        conn: ConnIo,
+        framing: Framing,
+        expect_continue: bool,
+        max_body: u64,
+        body_timeout: Duration,
+    ) -> (Self, oneshot::Receiver<ConnIo>) {
+        let (tx, rx) = oneshot::channel();
+        let state = match framing {
+            Framing::Fixed(0) => State::Done,
+            Framing::Fixed(n) => State::Fixed(n),
+            Framing::Chunked => State::Chunked {
+                decoder: ChunkedDecoder::default(),
+                total: 0,
+            },
+        };
+        // A client that already sent body bytes is not waiting for the 100.
+        let continue_at = (expect_continue && conn.rbuf.is_empty()).then_some(0);
+        let body = RequestBody {
+            conn: Some(conn),
+            state,
+            max_body,
+            body_timeout,
+            timer: None,
+            waiting: false,
+            continue_at,
+            back: Some(tx),
+        };
+        (body, rx)
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done | State::Failed)
+    }
+
+    /// Exact bytes still to come, when the framing says.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Fixed(n) => Some(n),
+            State::Done | State::Failed => Some(0),
+            State::Chunked { .. } => None,
+        }
+    }
+
+    fn fail(
+        &mut self,
+        status: u16,
+        why: impl Into<crate::body::BoxError>,
+    ) -> Poll<Option<Result<Bytes, ClientBodyError>>> {
+        self.state = State::Failed;
+        Poll::Ready(Some(Err(ClientBodyError::new(status, why))))
+    }
+
+    /// The next piece of the body, `None` at its end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ClientBodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.state {
+                State::Done | State::Failed => return Poll::Ready(None),
+                State::Fixed(n) => {
+                    if !conn.rbuf.is_empty() {
+                        let take = (*n).min(conn.rbuf.len() as u64);
+                        let data = conn.rbuf.split_to(take as usize).freeze();
+                        *n -= take;
+                        if *n == 0 {
+                            self.state = State::Done;
+                            conn.body_done = true;
+                        }
+                        self.waiting = false;
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+                State::Chunked { decoder, total } => match decoder.decode(&mut conn.rbuf) {
+                    Ok(Decoded::Data(data)) => {
+                        *total += data.len() as u64;
+                        if self.max_body > 0 && *total > self.max_body {
+                            return self.fail(413, "request body too large");
+                        }
+                        self.waiting = false;
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    Ok(Decoded::Done) => {
+                        self.state = State::Done;
+                        conn.body_done = true;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                    Err(e) => return self.fail(400, format!("malformed chunked body: {e}")),
+                },
+            }
+            if let Some(at) = &mut self.continue_at {
+                match ready!(write_continue(conn, cx, at)) {
+                    Ok(()) => self.continue_at = None,
+                    Err(e) => return self.fail(400, e),
+                }
+            }
+            make_room(&mut conn.rbuf);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.rbuf) {
+                Poll::Ready(Ok(0)) => return self.fail(400, "client closed the connection inside the body"),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return self.fail(400, e),
+                Poll::Pending => {
+                    if !self.waiting {
+                        self.waiting = true;
+                        let deadline = Instant::now() + self.body_timeout;
+                        match &mut self.timer {
+                            Some(t) => t.as_mut().reset(deadline),
+                            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                    }
+                    if let Some(t) = &mut self.timer
+                        && t.as_mut().poll(cx).is_ready()
+                    {
+                        return self.fail(
+                            408,
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "request body timeout"),
+                        );
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Writes what is left of `100 Continue` from `at`.
+fn write_continue(conn: &mut ConnIo, cx: &mut Context<'_>, at: &mut usize) -> Poll<std::io::Result<()>> {
+    while *at < CONTINUE.len() {
+        match ready!(Pin::new(&mut conn.io).poll_write(cx, &CONTINUE[*at..])) {
+            Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => *at += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Pin::new(&mut conn.io).poll_flush(cx)
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let (Some(tx), Some(conn)) = (self.back.take(), self.conn.take()) {
+            let _ = tx.send(conn);
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! weir's own HTTP/1 server: one task per client connection reads a head, validates it with
+//! the strict rules of [`super::head`] (parsed once; the request is built from slices of the
+//! same buffer), runs the request path inline, and writes the response head and body itself.
+//!
+//! Why not hyper's server (which this replaced): hyper parsed every head a second time behind
+//! the strict front, ran its dispatcher per request and held 8 KiB read + write buffers on every
+//! idle keep-alive connection. Here a waiting keep-alive connection holds no buffer (plain TCP
+//! waits in the reactor; buffers come from a per-thread pool, [`super::io`]), a refused head
+//! never reaches the request path, and requests are served one at a time in order (pipelined
+//! heads wait in the buffer).
+//!
+//! Timers: `header_timeout` from accept or from a head's first byte (408), `idle_timeout`
+//! between requests (close), `body_timeout` in [`RequestBody`]. One `Sleep` per connection,
+//! moved forward per request (cheap in tokio's wheel).
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use super::body::{Framing as BodyFramingOut, RequestBody};
+use super::chunked::Chunked;
+use super::head::{BodyFraming, HeadInfo, HeadLimits, HeadStatus, Reject, Spans, parse_head};
+use super::io::{ClientIo, ConnIo, make_room, release_read_buf, release_write_buf, take_write_buf};
+use super::response::{Connection, Framing, encode_head};
+use crate::body::ProxyBody;
+use crate::client_body::ClientBody;
+use crate::h1client::head::put_chunk_size;
+use crate::proxy::{self, ConnInfo};
+use crate::state::Shared;
+use crate::upstream::InFlight;
+
+/// Body pieces larger than this are written on their own instead of copied behind the head.
+const COPY_LIMIT: usize = 16 * 1024;
+/// Response bytes gathered before a write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a closing connection keeps reading (and discarding) what the client still sends,
+/// so the kernel does not answer it with a reset that could destroy the response in flight.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub head: HeadLimits,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// After the listener stops: how long an idle keep-alive connection may still send one more
+    /// request (answered with `Connection: close`) before it is closed.
+    pub grace: Duration,
+}
+
+/// The upstream side of a `101 Switching Protocols`, handed from the request path to the
+/// server (in the response's extensions) once the client's side is free to join it.
+pub struct Tunnel {
+    pub upstream: TcpStream,
+    /// Bytes the upstream sent right behind its 101: the new protocol's first.
+    pub early: BytesMut,
+    pub in_flight: InFlight,
+}
+
+/// [`Tunnel`] as a response extension (extensions must be `Clone`).
+#[derive(Clone)]
+pub struct TunnelSlot(Arc<Mutex<Option<Tunnel>>>);
+
+impl TunnelSlot {
+    pub fn new(t: Tunnel) -> Self {
+        TunnelSlot(Arc::new(Mutex::new(Some(t))))
+    }
+
+    fn take(&self) -> Option<Tunnel> {
+        self.0.lock().ok().and_then(|mut t| t.take())
+    }
+}
+
+/// What the request line and fields said that the server itself acts on.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    head: bool,
+    http10: bool,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    Tunnel(Tunnel),
+}
+
+enum Wake {
+    Read(usize),
+    Failed,
+    Stop,
+    Timeout,
+}
+
+/// Serves one client connection to its end.
+pub async fn serve(
+    io: Box<dyn ClientIo>,
+    settings: Settings,
+    shared: &Shared,
+    info: &ConnInfo,
+    stop: &CancellationToken,
+) {
+    let mut conn = ConnIo {
+        io,
+        rbuf: BytesMut::new(),
+        body_done: true,
+    };
+    let accepted = Instant::now();
+    let timer = tokio::time::sleep_until(accepted + settings.header_timeout);
+    tokio::pin!(timer);
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    let mut stop_by: Option<Instant> = None;
+    let mut served = false;
+    let mut idle_since = accepted;
+    loop {
+        // A complete, valid head.
+        let mut head_started: Option<Instant> = None;
+        let mut searched = 0usize;
+        let (hinfo, request) = loop {
+            if !conn.rbuf.is_empty() {
+                match take_head(&mut conn.rbuf, &settings.head, &mut searched) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {
+                        head_started.get_or_insert_with(Instant::now);
+                    }
+                    Err(reject) => return Box::pin(refuse(conn, reject)).await,
+                }
+            }
+            let deadline = match head_started {
+                Some(t) => t + settings.header_timeout,
+                None if !served => accepted + settings.header_timeout,
+                None => idle_since + settings.idle_timeout,
+            };
+            let deadline = stop_by.map_or(deadline, |s| s.min(deadline));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            release_read_buf(&mut conn.rbuf);
+            let watch_stop = stop_by.is_none();
+            match poll_fn(|cx| wait_and_read(&mut conn, cx, timer.as_mut(), cancelled.as_mut(), watch_stop)).await {
+                Wake::Read(0) | Wake::Failed => return,
+                Wake::Read(_) => {}
+                Wake::Stop => stop_by = Some(Instant::now() + settings.grace),
+                Wake::Timeout => {
+                    if head_started.is_some() {
+                        let reject = Reject {
+                            status: 408,
+                            reason: "request header timeout",
+                        };
+                        return Box::pin(refuse(conn, reject)).await;
+                    }
+                    return;
+                }
+            }
+        };
+        // One request, boxed: a connection waiting for its next request then carries none of
+        // the request path's state (~4.5 KB), only the few hundred bytes of this loop. It costs one
+        // allocation per request (about 1% CPU at saturation, benches/README.md).
+        conn = match Box::pin(exchange(conn, hinfo, request, &settings, shared, info)).await {
+            Some(c) => c,
+            None => return,
+        };
+        served = true;
+        idle_since = Instant::now();
+    }
+}
+
+/// Serves one request whose head has been read: lends the connection to its body, runs the
+/// request path, writes the response. The connection comes back when it can carry another.
+async fn exchange(
+    conn: ConnIo,
+    hinfo: HeadInfo,
+    request: Request<()>,
+    settings: &Settings,
+    shared: &Shared,
+    info: &ConnInfo,
+) -> Option<ConnIo> {
+    let mut conn = conn;
+    let meta = Meta {
+        head: request.method() == Method::HEAD,
+        http10: hinfo.http10,
+        keep_alive: hinfo.keep_alive,
+        upgrade: hinfo.upgrade,
+    };
+    // The body, if any, takes the connection while the request is handled.
+    let framing = match hinfo.framing {
+        BodyFraming::None => None,
+        BodyFraming::Fixed(n) => Some(BodyFramingOut::Fixed(n)),
+        BodyFraming::Chunked => {
+            // A malformed chunked body already in the buffer is refused before any of the
+            // request leaves weir.
+            if let Err(reject) = Chunked::default().feed(&conn.rbuf, settings.head.max_body_bytes) {
+                Box::pin(refuse(conn, reject)).await;
+                return None;
+            }
+            Some(BodyFramingOut::Chunked)
+        }
+    };
+    let (held, request) = match framing {
+        None => {
+            conn.body_done = true;
+            (Held::Here(conn), request.map(|()| ClientBody::Empty))
+        }
+        Some(f) => {
+            conn.body_done = false;
+            let (body, rx) = RequestBody::new(
+                conn,
+                f,
+                hinfo.expect_continue,
+                settings.head.max_body_bytes,
+                settings.body_timeout,
+            );
+            (Held::Lent(rx), request.map(|()| ClientBody::H1(body)))
+        }
+    };
+    let response = proxy::serve(shared, info, request).await;
+    conn = match held {
+        Held::Here(c) => c,
+        // The request path has dropped the body by now; its drop hands the connection back.
+        Held::Lent(rx) => match rx.await {
+            Ok(c) => c,
+            Err(_) => return None,
+        },
+    };
+    let stopping = info
+        .closing
+        .as_ref()
+        .is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire));
+    let keep = meta.keep_alive && conn.body_done && !stopping;
+    match write_response(&mut conn, response, meta, keep).await {
+        Ok(Next::KeepAlive) => Some(conn),
+        Ok(Next::Close) => {
+            let linger = !conn.body_done;
+            // Closing and tunnelling happen once per connection: boxed, their state stays out
+            // of every request's.
+            Box::pin(close(conn, linger)).await;
+            None
+        }
+        Ok(Next::Tunnel(t)) => {
+            Box::pin(tunnel(conn, t)).await;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(peer = %info.peer, error = %e, "response not completed");
+            None
+        }
+    }
+}
+
+/// Where the connection is while a request is handled.
+enum Held {
+    Here(ConnIo),
+    Lent(tokio::sync::oneshot::Receiver<ConnIo>),
+}
+
+/// Waits for bytes (or the timer, or the listener's stop) and reads them. A connection with no
+/// buffer waits for readiness first and takes a buffer only then.
+fn wait_and_read(
+    conn: &mut ConnIo,
+    cx: &mut Context<'_>,
+    timer: Pin<&mut Sleep>,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    watch_stop: bool,
+) -> Poll<Wake> {
+    let readable = if conn.rbuf.capacity() == 0 {
+        match conn.io.poll_readable(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(_)) => return Poll::Ready(Wake::Failed),
+            Poll::Pending => false,
+        }
+    } else {
+        true
+    };
+    if readable {
+        make_room(&mut conn.rbuf);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.rbuf) {
+            Poll::Ready(Ok(n)) => return Poll::Ready(Wake::Read(n)),
+            Poll::Ready(Err(_)) => return Poll::Ready(Wake::Failed),
+            Poll::Pending => {}
+        }
+    }
+    if watch_stop && cancelled.poll(cx).is_ready() {
+        return Poll::Ready(Wake::Stop);
+    }
+    if timer.poll(cx).is_ready() {
+        return Poll::Ready(Wake::Timeout);
+    }
+    Poll::Pending
+}
+
+/// Takes a complete head off the front of `buf` as a request, `None` while it is incomplete.
+/// `searched` is how much of `buf` an earlier call saw: a head that arrives in pieces is parsed
+/// again only once a blank line may have arrived (or the size limit is passed), so a client
+/// trickling its head byte by byte costs a scan, not a parse, per read.
+pub fn take_head(
+    buf: &mut BytesMut,
+    limits: &HeadLimits,
+    searched: &mut usize,
+) -> Result<Option<(HeadInfo, Request<()>)>, Reject> {
+    if *searched > 0 && !blank_line(&buf[searched.saturating_sub(2)..]) && buf.len() <= limits.max_header_bytes {
+        *searched = buf.len();
+        return Ok(None);
+    }
+    let mut spans = Spans::default();
+    let info = match parse_head(buf, limits, Some(&mut spans))? {
+        HeadStatus::Partial => {
+            *searched = buf.len();
+            return Ok(None);
+        }
+        HeadStatus::Complete(info) => info,
+    };
+    let head = buf.split_to(info.len).freeze();
+    let request = build_request(&head, &spans, &info)?;
+    Ok(Some((info, request)))
+}
+
+/// Whether `bytes` holds the end of a head: a line feed followed by an empty line.
+fn blank_line(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
+}
+
+/// The request as the request path sees it, its target and field values sharing `head`.
+fn build_request(head: &Bytes, spans: &Spans, info: &HeadInfo) -> Result<Request<()>, Reject> {
+    let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
+    let method = Method::from_bytes(&slice(spans.method)).map_err(|_| Reject::bad("invalid method"))?;
+    let uri = Uri::from_maybe_shared(slice(spans.target)).map_err(|_| Reject::bad("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for f in spans.fields() {
+        let name = HeaderName::from_bytes(&slice(f.name)).map_err(|_| Reject::bad("invalid header field name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(slice(f.value)).map_err(|_| Reject::bad("invalid header field value"))?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if info.http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+fn says_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: Meta, keep: bool) -> io::Result<Next> {
+    let (mut parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let mut keep = keep && !says_close(&parts.headers);
+    let mut wbuf = take_write_buf();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let tunnel = parts.extensions.remove::<TunnelSlot>().and_then(|t| t.take());
+        let Some(tunnel) = tunnel.filter(|_| meta.upgrade) else {
+            return Err(io::Error::other("101 without an upgrade to carry"));
+        };
+        encode_head(
+            status,
+            &parts.headers,
+            Framing::Bodiless,
+            Connection::Upgrade,
+            &mut wbuf,
+        );
+        let r = flush_buf(conn, &mut wbuf).await;
+        release_write_buf(wbuf);
+        r?;
+        return Ok(Next::Tunnel(tunnel));
+    }
+    let framing = if meta.head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Bodiless
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None if meta.http10 => {
+                keep = false;
+                Framing::Close
+            }
+            None => Framing::Chunked,
+        }
+    };
+    let connection = match (keep, meta.http10) {
+        (false, _) => Connection::Close,
+        (true, true) => Connection::KeepAlive,
+        (true, false) => Connection::Default,
+    };
+    encode_head(status, &parts.headers, framing, connection, &mut wbuf);
+    drop(parts);
+    let r = write_body(conn, &mut wbuf, &mut body, framing).await;
+    release_write_buf(wbuf);
+    r?;
+    Ok(if keep { Next::KeepAlive } else { Next::Close })
+}
+
+/// Writes the body behind the head already in `wbuf`: a small body that is ready goes out in
+/// the same write as the head.
+async fn write_body(conn: &mut ConnIo, wbuf: &mut Vec<u8>, body: &mut ProxyBody, framing: Framing) -> io::Result<()> {
+    if framing == Framing::Bodiless {
+        return flush_buf(conn, wbuf).await;
+    }
+    let chunked = framing == Framing::Chunked;
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    loop {
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
+        let item = match polled {
+            Poll::Ready(item) => item,
+            Poll::Pending => {
+                flush_buf(conn, wbuf).await?;
+                body.frame().await
+            }
+        };
+        let data = match item {
+            None => break,
+            Some(Err(e)) => {
+                // What arrived is passed on; the connection then closes without completing
+                // the message, so the client cannot take it for a whole response.
+                let _ = flush_buf(conn, wbuf).await;
+                return Err(io::Error::other(e));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => d,
+                Err(_) => continue, // trailers are not forwarded
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if let Some(l) = &mut left {
+            if data.len() as u64 > *l {
+                return Err(io::Error::other("response body longer than its length"));
+            }
+            *l -= data.len() as u64;
+        }
+        if chunked {
+            put_chunk_size(data.len(), wbuf);
+        }
+        if data.len() > COPY_LIMIT {
+            flush_buf(conn, wbuf).await?;
+            conn.io.write_all(&data).await?;
+        } else {
+            wbuf.extend_from_slice(&data);
+        }
+        if chunked {
+            wbuf.extend_from_slice(b"\r\n");
+        }
+        if wbuf.len() >= WRITE_BATCH {
+            flush_buf(conn, wbuf).await?;
+        }
+    }
+    if left.is_some_and(|l| l > 0) {
+        let _ = flush_buf(conn, wbuf).await;
+        return Err(io::Error::other("response body shorter than its length"));
+    }
+    if chunked {
+        wbuf.extend_from_slice(b"0\r\n\r\n");
+    }
+    flush_buf(conn, wbuf).await
+}
+
+async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>) -> io::Result<()> {
+    if !wbuf.is_empty() {
+        conn.io.write_all(wbuf).await?;
+        wbuf.clear();
+    }
+    conn.io.flush().await
+}
+
+/// Joins the client to the upstream after a `101`: bytes either side already read go first.
+async fn tunnel(mut conn: ConnIo, t: Tunnel) {
+    let Tunnel {
+        mut upstream,
+        early,
+        in_flight,
+    } = t;
+    let _in_flight = in_flight;
+    if !conn.rbuf.is_empty() && upstream.write_all(&conn.rbuf).await.is_err() {
+        return;
+    }
+    conn.rbuf = BytesMut::new();
+    if !early.is_empty() && conn.io.write_all(&early).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut conn.io, &mut upstream).await;
+}
+
+/// Answers a refused head with its 4xx and closes.
+async fn refuse(mut conn: ConnIo, reject: Reject) {
+    let response = refusal_response(reject);
+    if conn.io.write_all(&response).await.is_ok() {
+        let _ = conn.io.flush().await;
+        close(conn, true).await;
+    }
+}
+
+/// Closes after the last response: FIN first; then, when the client may still be sending
+/// (an unread body, a refused request), reads and drops its bytes for a while.
+async fn close(mut conn: ConnIo, linger: bool) {
+    if conn.io.shutdown().await.is_err() || !linger {
+        return;
+    }
+    // On the heap: this future is part of every connection's.
+    let mut scratch = vec![0u8; 4096];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while drained < LINGER_BYTES {
+            match conn.io.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
+
+fn refusal_response(reject: Reject) -> Vec<u8> {
+    let reason = StatusCode::from_u16(reject.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Bad Request");
+    let body = format!("{}: {}\n", reason.to_ascii_lowercase(), reject.reason);
+    format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nvia: 1.1 weir\r\n\r\n{body}",
+        reject.status,
+        body.len()
+    )
+    .into_bytes()
+}
