@@ -206,3 +206,37 @@ async fn a_malformed_chunk_after_the_request_left_gets_400_and_close() {
     assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
     assert!(response.contains("connection: close\r\n"), "{response}");
 }
+
+#[tokio::test]
+async fn an_early_answer_to_a_large_body_reaches_the_client_intact() {
+    // Nothing listens on the endpoint: weir answers 502 without reading the body, while the
+    // client is still sending 1 MiB of it, and closes. (weir also reads and drops what the
+    // client sends while closing, so that on a real network the kernel does not reset the
+    // connection before the client reads the answer; on loopback the answer arrives first
+    // either way, so this test cannot tell that part.)
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let gw = TestGateway::start(&toml).await;
+    let s = TcpStream::connect(gw.addr("client")).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let body = vec![b'x'; 1 << 20];
+    let writer = tokio::spawn(async move {
+        wr.write_all(format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
+            .await
+            .unwrap();
+        // The gateway may stop reading once the linger is over; what matters is the answer.
+        let _ = wr.write_all(&body).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out))
+        .await
+        .expect("no answer");
+    let response = String::from_utf8_lossy(&out);
+    assert!(read.is_ok(), "connection reset: {read:?}, got {response:?}");
+    assert!(response.starts_with("HTTP/1.1 502 "), "{response}");
+    assert!(response.contains("connection: close\r\n"), "{response}");
+    drop(writer.await);
+}
