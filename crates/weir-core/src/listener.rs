@@ -228,8 +228,8 @@ impl Conn {
             idle_timeout: limits.idle_timeout,
             grace: limits.idle_timeout.min(H1_CLOSE_GRACE),
         };
-        let info = self.info(true);
-        crate::front::server::serve(io, settings, &self.shared, &info, &self.stop).await;
+        let info = self.info();
+        crate::front::server::serve(io, settings, &self.shared, &info, &self.stop, &self.stopping).await;
     }
 
     async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
@@ -243,17 +243,26 @@ impl Conn {
             .keep_alive_interval(Some(limits.idle_timeout))
             .keep_alive_timeout(limits.header_timeout);
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        // GOAWAY tells the client which streams were taken: no race, no grace needed.
-        self.drive(conn, Duration::ZERO, |c| c.graceful_shutdown(), "HTTP/2")
-            .await;
+        tokio::pin!(conn);
+        // When the listener stops: GOAWAY, which tells the client which streams were taken
+        // (no race, no grace needed), then wait for those to finish.
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = self.stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %self.peer, error = %e, "HTTP/2 connection ended with an error");
+        }
     }
 
-    fn info(&self, h1: bool) -> ConnInfo {
+    fn info(&self) -> ConnInfo {
         ConnInfo {
             listener: self.listener.clone(),
             peer: self.peer,
             https: self.https,
-            closing: h1.then(|| self.stopping.clone()),
         }
     }
 
@@ -270,36 +279,12 @@ impl Conn {
     > + Clone
     + Send
     + 'static {
-        let info = Arc::new(self.info(false));
+        let info = Arc::new(self.info());
         let shared = self.shared.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
             async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) }
         })
-    }
-
-    /// Serves an HTTP/2 `conn` to its end; when the listener stops, asks it to finish gracefully
-    /// (GOAWAY) after `grace` and waits for that.
-    async fn drive<C>(&self, conn: C, grace: Duration, graceful: impl FnOnce(std::pin::Pin<&mut C>), protocol: &str)
-    where
-        C: std::future::Future<Output = hyper::Result<()>>,
-    {
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.stop.cancelled() => {
-                match tokio::time::timeout(grace, conn.as_mut()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        graceful(conn.as_mut());
-                        conn.await
-                    }
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(peer = %self.peer, error = %e, protocol, "connection ended with an error");
-        }
     }
 }
 

@@ -32,10 +32,6 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
     pub https: bool,
-    /// Cancelled when the listener stops (shutdown, removal, binary upgrade): HTTP/1 responses
-    /// then carry `Connection: close`, so a busy keep-alive client moves to a new connection
-    /// after its next response instead of racing a close of its idle connection.
-    pub closing: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 pub async fn serve(shared: &Shared, conn: &ConnInfo, req: Request<ClientBody>) -> Response<ProxyBody> {
@@ -45,14 +41,7 @@ pub async fn serve(shared: &Shared, conn: &ConnInfo, req: Request<ClientBody>) -
     let logged =
         (!matches!(log, weir_config::AccessLog::Off)).then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut trace = Trace::default();
-    let mut resp = forward(shared, &generation, conn, req, started, &mut trace).await;
-    if let Some(closing) = &conn.closing
-        && closing.load(std::sync::atomic::Ordering::Acquire)
-        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-    {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
+    let resp = forward(shared, &generation, conn, req, started, &mut trace).await;
     let took = started.elapsed();
     if let Some(m) = &trace.route {
         m.record(resp.status().as_u16(), took);

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::client_body::ClientBodyError;
+use crate::h1client::conn::take_fixed;
 use crate::h1client::{ChunkedDecoder, Decoded};
 
 use super::io::{ConnIo, make_room};
@@ -115,9 +116,7 @@ impl RequestBody {
                 State::Done | State::Failed => return Poll::Ready(None),
                 State::Fixed(n) => {
                     if !conn.rbuf.is_empty() {
-                        let take = (*n).min(conn.rbuf.len() as u64);
-                        let data = conn.rbuf.split_to(take as usize).freeze();
-                        *n -= take;
+                        let data = take_fixed(&mut conn.rbuf, n);
                         if *n == 0 {
                             self.state = State::Done;
                             conn.body_done = true;

@@ -13,8 +13,6 @@ use tokio::net::TcpStream;
 
 /// Size of a fresh read buffer; a request head and a small body arrive in one read.
 pub const READ_BUF: usize = 4 * 1024;
-/// Below this much free room the read buffer grows before reading.
-const MIN_ROOM: usize = 1024;
 /// Reads of a large body ask for this much room.
 const BODY_READ: usize = 64 * 1024;
 /// Buffers kept per thread; beyond this they are freed.
@@ -48,17 +46,18 @@ pub struct ConnIo {
     pub body_done: bool,
 }
 
-/// Grows the read buffer before a read when little room is left, taking a pooled buffer when
-/// it has none.
+/// Grows the read buffer before a read when little room is left (the upstream client's rule),
+/// taking a pooled buffer when it has none.
 pub fn make_room(buf: &mut BytesMut) {
     if buf.capacity() == 0 {
         *buf = take_read_buf();
-    } else if buf.capacity() - buf.len() < MIN_ROOM {
-        buf.reserve(if buf.capacity() >= READ_BUF {
+    } else {
+        let size = if buf.capacity() >= READ_BUF {
             BODY_READ
         } else {
             READ_BUF
-        });
+        };
+        crate::h1client::conn::make_room(buf, size);
     }
 }
 

@@ -16,6 +16,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -108,12 +109,16 @@ enum Wake {
 }
 
 /// Serves one client connection to its end.
+/// `stopping` is set with `stop`: from then on every response says `Connection: close`, so a
+/// busy keep-alive client moves to a new connection after its next response instead of racing
+/// a close of its idle one.
 pub async fn serve(
     io: Box<dyn ClientIo>,
     settings: Settings,
     shared: &Shared,
     info: &ConnInfo,
     stop: &CancellationToken,
+    stopping: &AtomicBool,
 ) {
     let mut conn = ConnIo {
         io,
@@ -172,7 +177,7 @@ pub async fn serve(
         // One request, boxed: a connection waiting for its next request then carries none of
         // the request path's state (~4.5 KB), only the few hundred bytes of this loop. It costs one
         // allocation per request (about 1% CPU at saturation, benches/README.md).
-        conn = match Box::pin(exchange(conn, hinfo, request, &settings, shared, info)).await {
+        conn = match Box::pin(exchange(conn, hinfo, request, &settings, shared, info, stopping)).await {
             Some(c) => c,
             None => return,
         };
@@ -190,6 +195,7 @@ async fn exchange(
     settings: &Settings,
     shared: &Shared,
     info: &ConnInfo,
+    stopping: &AtomicBool,
 ) -> Option<ConnIo> {
     let mut conn = conn;
     let meta = Meta {
@@ -238,11 +244,7 @@ async fn exchange(
             Err(_) => return None,
         },
     };
-    let stopping = info
-        .closing
-        .as_ref()
-        .is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire));
-    let keep = meta.keep_alive && conn.body_done && !stopping;
+    let keep = meta.keep_alive && conn.body_done && !stopping.load(Ordering::Acquire);
     match write_response(&mut conn, response, meta, keep).await {
         Ok(Next::KeepAlive) => Some(conn),
         Ok(Next::Close) => {

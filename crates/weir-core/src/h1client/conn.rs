@@ -209,11 +209,20 @@ impl UpConn {
     }
 }
 
-/// Grows (or reclaims) the read buffer to `size` when less than [`MIN_ROOM`] is free.
-fn make_room(buf: &mut BytesMut, size: usize) {
+/// Grows (or reclaims) the read buffer to `size` when less than [`MIN_ROOM`] is free. The
+/// client side's reads follow the same rule ([`crate::front::io::make_room`]).
+pub(crate) fn make_room(buf: &mut BytesMut, size: usize) {
     if buf.capacity() - buf.len() < MIN_ROOM {
         buf.reserve(size);
     }
+}
+
+/// Takes what is buffered of a body of `left` more bytes off the front of `buf` (no copy),
+/// counting `left` down. Both directions' length-delimited bodies read this way.
+pub(crate) fn take_fixed(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+    let take = (*left).min(buf.len() as u64);
+    *left -= take;
+    buf.split_to(take as usize).freeze()
 }
 
 /// Writes the first bytes of a request: an error before any byte left proves it unsent.
@@ -387,9 +396,7 @@ impl ResponseBody {
                 BodyState::Done | BodyState::Failed => return Poll::Ready(None),
                 BodyState::Length(n) => {
                     if !conn.rbuf.is_empty() {
-                        let take = (*n).min(conn.rbuf.len() as u64);
-                        let data = conn.rbuf.split_to(take as usize).freeze();
-                        *n -= take;
+                        let data = take_fixed(&mut conn.rbuf, n);
                         if *n == 0 {
                             self.state = BodyState::Done;
                         }
