@@ -8,13 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_test_support::*;
 
-fn config(up: &Raw) -> String {
-    format!(
-        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
-        up.addr
-    )
-}
-
 /// Reads one response with a `content-length` (or none, for HEAD) off `s`: head and body.
 async fn read_response(s: &mut TcpStream, head_request: bool) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
@@ -62,7 +55,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 #[tokio::test]
 async fn http10_closes_unless_it_asked_for_keep_alive() {
     let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
-    let gw = TestGateway::start(&config(&up)).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
 
     let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
     s.write_all(b"GET /a HTTP/1.0\r\n\r\n").await.unwrap();
@@ -88,7 +81,7 @@ async fn http10_closes_unless_it_asked_for_keep_alive() {
 #[tokio::test]
 async fn connection_close_from_the_client_is_answered_and_honoured() {
     let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
-    let gw = TestGateway::start(&config(&up)).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let started = Instant::now();
     let response = raw_exchange(
         gw.addr("client"),
@@ -104,7 +97,7 @@ async fn connection_close_from_the_client_is_answered_and_honoured() {
 async fn unknown_length_goes_chunked_to_http11_and_close_delimited_to_http10() {
     let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     let up = raw_upstream(move |_, _| Act::Reply(vec![chunked])).await;
-    let gw = TestGateway::start(&config(&up)).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
 
     let r11 = raw_exchange(
         gw.addr("client"),
@@ -131,7 +124,7 @@ async fn head_keeps_the_length_without_a_body_and_the_connection_serves_on() {
         }
     })
     .await;
-    let gw = TestGateway::start(&config(&up)).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
     s.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let (head, body) = read_response(&mut s, true).await;
@@ -155,7 +148,7 @@ async fn date_is_added_only_when_the_upstream_sent_none() {
         }
     })
     .await;
-    let gw = TestGateway::start(&config(&up)).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let dated = raw_exchange(
         gw.addr("client"),
         b"GET /dated HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -176,7 +169,7 @@ async fn date_is_added_only_when_the_upstream_sent_none() {
 #[tokio::test]
 async fn target_and_repeated_fields_reach_the_upstream_intact() {
     let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
-    let gw = TestGateway::start(&config(&up)).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let raw = "GET /p/%7Eq?a=1&b=%20 HTTP/1.1\r\nHost: example.test\r\nX-Multi: one\r\nX-Multi: two\r\nX-Odd: \u{e9}t\u{e9}\r\nConnection: close\r\n\r\n";
     let response = raw_exchange(gw.addr("client"), raw.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -214,11 +207,7 @@ async fn an_early_answer_to_a_large_body_reaches_the_client_intact() {
     // client sends while closing, so that on a real network the kernel does not reset the
     // connection before the client reads the answer; on loopback the answer arrives first
     // either way, so this test cannot tell that part.)
-    let toml = format!(
-        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:{}\"\n",
-        free_port()
-    );
-    let gw = TestGateway::start(&toml).await;
+    let gw = TestGateway::start(&pool_config(format!("127.0.0.1:{}", free_port()), "")).await;
     let s = TcpStream::connect(gw.addr("client")).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let body = vec![b'x'; 1 << 20];

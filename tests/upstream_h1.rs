@@ -10,13 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_test_support::*;
 
-fn config(up: &Raw, extra: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n{extra}\n[[pool.endpoint]]\naddress = \"{}\"\n",
-        up.addr
-    )
-}
-
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 #[tokio::test]
@@ -29,7 +22,7 @@ async fn chunked_response_in_pieces_with_trailers_is_decoded_and_the_connection_
         ])
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     for _ in 0..3 {
         let r = get(&gw.url("client", "/")).await;
         assert_eq!(r.status, 200);
@@ -46,7 +39,7 @@ async fn chunked_response_in_pieces_with_trailers_is_decoded_and_the_connection_
 #[tokio::test]
 async fn close_delimited_response_is_read_to_the_end_and_not_reused() {
     let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.0 200 OK\r\n\r\nuntil ", b"close"])).await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     for _ in 0..2 {
         let r = get(&gw.url("client", "/")).await;
         assert_eq!(r.status, 200);
@@ -63,7 +56,7 @@ async fn both_framings_decode_as_chunked_without_the_length_and_close() {
         ])
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     for _ in 0..2 {
         let r = get(&gw.url("client", "/")).await;
         assert_eq!(r.status, 200);
@@ -88,7 +81,7 @@ async fn malformed_response_heads_give_502() {
     ];
     for reply in bad {
         let up = raw_upstream(move |_, _| Act::ReplyClose(vec![reply])).await;
-        let gw = TestGateway::start(&config(&up, "[pool.retry]\nmax_attempts = 1\n")).await;
+        let gw = TestGateway::start(&pool_config(up.addr, "[pool.retry]\nmax_attempts = 1\n")).await;
         let r = get(&gw.url("client", "/")).await;
         assert_eq!(r.status, 502, "for {:?}", String::from_utf8_lossy(reply));
         assert!(
@@ -106,7 +99,7 @@ async fn oversized_response_head_gives_502() {
         Act::ReplyClose(vec![big.as_bytes()])
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "[pool.retry]\nmax_attempts = 1\n")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "[pool.retry]\nmax_attempts = 1\n")).await;
     assert_eq!(get(&gw.url("client", "/")).await.status, 502);
 }
 
@@ -120,7 +113,7 @@ async fn interim_responses_are_skipped() {
         ])
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let r = get(&gw.url("client", "/")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "ok");
@@ -135,7 +128,7 @@ async fn bodiless_responses_do_not_wait_for_a_body_and_keep_the_connection() {
         _ => Act::Reply(vec![b"HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n"]),
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "[pool.timeouts]\nrequest = \"2s\"\n")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "[pool.timeouts]\nrequest = \"2s\"\n")).await;
     for round in 0..2 {
         let head = request(
             http::Request::head(gw.url("client", "/"))
@@ -166,7 +159,7 @@ async fn bytes_behind_a_response_are_never_served_to_the_next_request() {
         }
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     assert_eq!(get(&gw.url("client", "/")).await.text(), "ok");
     let second = get(&gw.url("client", "/")).await;
     assert_eq!(second.text(), "ok");
@@ -178,7 +171,7 @@ async fn an_upstream_closing_keep_alive_connections_silently_costs_no_request() 
     // Keep-alive by the headers, but the upstream closes after every response: the pooled
     // connection is found closed at checkout (or the idempotent request is retried).
     let up = raw_upstream(|_, _| Act::ReplyClose(vec![OK])).await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     for i in 0..20 {
         let r = get(&gw.url("client", "/")).await;
         assert_eq!(r.status, 200, "request {i}");
@@ -190,7 +183,7 @@ async fn an_upstream_closing_keep_alive_connections_silently_costs_no_request() 
 #[tokio::test]
 async fn truncated_body_breaks_the_client_response_instead_of_completing_it() {
     let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"])).await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let out = raw_exchange(gw.addr("client"), b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
     // The client sees the connection end (hyper may not flush what it had buffered): never
     // a complete-looking response.
@@ -203,7 +196,7 @@ async fn truncated_body_breaks_the_client_response_instead_of_completing_it() {
 #[tokio::test]
 async fn request_bodies_are_framed_for_the_upstream() {
     let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     // A length from the client goes up as a length.
     let r = request(
         http::Request::post(gw.url("client", "/len"))
@@ -248,7 +241,7 @@ async fn an_early_answer_to_a_streamed_body_reaches_the_client() {
         Act::EarlyClose(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "[pool.retry]\nmax_attempts = 1\n")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "[pool.retry]\nmax_attempts = 1\n")).await;
     let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
     s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\nconnection: close\r\n\r\n")
         .await
@@ -267,7 +260,7 @@ async fn expect_continue_body_flows_once_the_client_is_told_to_send_it() {
     // The upstream reads the body without an interim answer of its own; the client must still be
     // told to send it, and the body must arrive whole.
     let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
     s.write_all(
         b"PUT /x HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
@@ -303,7 +296,7 @@ async fn bytes_right_behind_a_101_reach_the_client() {
         ])
     })
     .await;
-    let gw = TestGateway::start(&config(&up, "")).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
         .await

@@ -24,6 +24,14 @@ pub fn one_pool(upstreams: &[&Upstream]) -> String {
     )
 }
 
+/// One listener `client` in front of one pool `app` with the single endpoint `address`, and
+/// `extra` lines in the pool's table (timeouts, retry, ...).
+pub fn pool_config(address: impl std::fmt::Display, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n{extra}\n[[pool.endpoint]]\naddress = \"{address}\"\n"
+    )
+}
+
 /// The gateway running inside the test process.
 pub struct TestGateway {
     gateway: Option<Gateway>,

@@ -18,7 +18,9 @@ pub mod upstream;
 
 pub use certs::TestCerts;
 pub use client::{Reply, get, h2c_get, raw_exchange, request, tls_get};
-pub use launch::{TestGateway, WeirProcess, free_port, one_pool, plugin_file, plugins_dist, wasm_policies};
+pub use launch::{
+    TestGateway, WeirProcess, free_port, one_pool, plugin_file, plugins_dist, pool_config, wasm_policies,
+};
 pub use raw::{Act, Raw, raw_upstream};
 pub use upstream::Upstream;
 
