@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod budget;
+pub mod bufpool;
 pub mod client_body;
 pub mod error;
 pub mod front;

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -143,96 +143,109 @@ async fn accept_loop(ctx: AcceptCtx) {
         };
         let tls = ctx.tls.as_ref().map(|t| t.load_full());
         let conn = Conn {
-            listener: ctx.name.clone(),
-            peer,
-            https: tls.is_some(),
+            info: ConnInfo {
+                listener: ctx.name.clone(),
+                peer,
+                https: tls.is_some(),
+            },
             shared: ctx.shared.clone(),
             stop: ctx.stop.clone(),
             stopping: ctx.stopping.clone(),
         };
-        let active = crate::metrics::global().connections(&ctx.name);
-        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ctx.tracker.spawn(async move {
-            let _permit = permit;
-            conn.serve(stream, tls).await;
-            active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        });
+        let active = Active::new(crate::metrics::global().connections(&ctx.name), permit);
+        ctx.tracker.spawn(serve_conn(conn, stream, tls, active));
     }
     tracing::debug!(listener = %ctx.name, "listener stopped accepting");
 }
 
+/// Counts the connection in `weir_connections_active` and holds its `max_connections` permit
+/// for as long as it lives.
+struct Active {
+    count: Arc<AtomicI64>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Active {
+    fn new(count: Arc<AtomicI64>, permit: OwnedSemaphorePermit) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Active { count, _permit: permit }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection's task. Its state is what every idle keep-alive connection costs, so it
+/// holds only the connection, its HTTP/1 settings and the HTTP/1 server's loop: the steps
+/// taken once (sniffing for the h2 preface, the TLS handshake) and HTTP/2 connections run in a
+/// box of their own, freed before an HTTP/1 connection settles into its keep-alive life.
+///
+/// An async block rather than an `async fn`: a function's arguments would be stored twice in
+/// its state (once as arguments, once moved into its body).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn serve_conn(
+    conn: Conn,
+    stream: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    active: Active,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _active = &active;
+        let Some((io, settings)) = Box::pin(conn.open(stream, tls)).await else {
+            return;
+        };
+        crate::front::server::serve(io, &settings, &conn.shared, &conn.info, &conn.stop, &conn.stopping).await;
+    }
+}
+
 struct Conn {
-    listener: Arc<str>,
-    peer: SocketAddr,
-    https: bool,
+    info: ConnInfo,
     shared: Arc<Shared>,
     stop: CancellationToken,
     stopping: Arc<AtomicBool>,
 }
 
 impl Conn {
-    async fn serve(self, stream: TcpStream, tls: Option<Arc<ServerConfig>>) {
+    /// TLS handshake or h2 preface sniffing, then the protocol: HTTP/2 is served here to its
+    /// end; an HTTP/1 connection is returned with its settings, for [`serve_conn`] to serve.
+    async fn open(&self, stream: TcpStream, tls: Option<Arc<ServerConfig>>) -> Option<(Box<dyn ClientIo>, Settings)> {
         let _ = stream.set_nodelay(true);
-        let Some(limits) = self
+        let limits = self
             .shared
             .generation
             .load()
-            .listener(&self.listener)
-            .map(|l| l.config.limits.clone())
-        else {
-            return;
+            .listener(&self.info.listener)
+            .map(|l| l.config.limits.clone())?;
+        let Some(config) = tls else {
+            return match tokio::time::timeout(limits.header_timeout, sniff_h2(&stream)).await {
+                Ok(Ok(true)) => {
+                    self.serve_h2(stream, &limits).await;
+                    None
+                }
+                Ok(Ok(false)) => Some((Box::new(stream), h1_settings(&limits))),
+                Ok(Err(_)) | Err(_) => None,
+            };
         };
-        match tls {
-            Some(config) => Box::pin(self.serve_tls(stream, config, limits)).await,
-            // Each protocol's state is boxed on its own: inline, every connection's task would
-            // hold the largest of them (TLS + HTTP/2), ~9 KB, idle keep-alive ones included.
-            None => match tokio::time::timeout(limits.header_timeout, sniff_h2(&stream)).await {
-                Ok(Ok(true)) => Box::pin(self.serve_h2(stream, &limits)).await,
-                Ok(Ok(false)) => Box::pin(self.serve_h1(Box::new(stream), &limits)).await,
-                Ok(Err(_)) | Err(_) => {}
-            },
-        }
-    }
-
-    /// TLS handshake, then the protocol ALPN chose. A function of its own (boxed by the
-    /// caller): its state, the TLS stream included, would otherwise sit in every plain
-    /// connection's task too.
-    async fn serve_tls(self, stream: TcpStream, config: Arc<ServerConfig>, limits: weir_config::Limits) {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
-                return;
+                tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed");
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         };
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        if h2 {
-            Box::pin(self.serve_h2(stream, &limits)).await
-        } else {
-            Box::pin(self.serve_h1(Box::new(stream), &limits)).await
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_h2(stream, &limits).await;
+            return None;
         }
+        Some((Box::new(stream), h1_settings(&limits)))
     }
 
-    async fn serve_h1(self, io: Box<dyn ClientIo>, limits: &weir_config::Limits) {
-        let settings = Settings {
-            head: HeadLimits {
-                max_header_bytes: limits.max_header_bytes,
-                max_headers: limits.max_headers,
-                max_uri_bytes: limits.max_uri_bytes,
-                max_body_bytes: limits.max_body_bytes,
-            },
-            header_timeout: limits.header_timeout,
-            body_timeout: limits.body_timeout,
-            idle_timeout: limits.idle_timeout,
-            grace: limits.idle_timeout.min(H1_CLOSE_GRACE),
-        };
-        let info = self.info();
-        crate::front::server::serve(io, settings, &self.shared, &info, &self.stop, &self.stopping).await;
-    }
-
-    async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: S, limits: &weir_config::Limits) {
+    async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, io: S, limits: &weir_config::Limits) {
         let service = self.service();
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -254,15 +267,7 @@ impl Conn {
             }
         };
         if let Err(e) = result {
-            tracing::debug!(peer = %self.peer, error = %e, "HTTP/2 connection ended with an error");
-        }
-    }
-
-    fn info(&self) -> ConnInfo {
-        ConnInfo {
-            listener: self.listener.clone(),
-            peer: self.peer,
-            https: self.https,
+            tracing::debug!(peer = %self.info.peer, error = %e, "HTTP/2 connection ended with an error");
         }
     }
 
@@ -279,12 +284,27 @@ impl Conn {
     > + Clone
     + Send
     + 'static {
-        let info = Arc::new(self.info());
+        let info = Arc::new(self.info.clone());
         let shared = self.shared.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
             async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) }
         })
+    }
+}
+
+fn h1_settings(limits: &weir_config::Limits) -> Settings {
+    Settings {
+        head: HeadLimits {
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+            max_uri_bytes: limits.max_uri_bytes,
+            max_body_bytes: limits.max_body_bytes,
+        },
+        header_timeout: limits.header_timeout,
+        body_timeout: limits.body_timeout,
+        idle_timeout: limits.idle_timeout,
+        grace: limits.idle_timeout.min(H1_CLOSE_GRACE),
     }
 }
 

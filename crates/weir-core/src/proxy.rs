@@ -28,6 +28,7 @@ use crate::state::Shared;
 use crate::upstream::{ConnectError, InFlight};
 
 /// What the request path knows of the client connection.
+#[derive(Clone)]
 pub struct ConnInfo {
     pub listener: Arc<str>,
     pub peer: SocketAddr,

@@ -34,9 +34,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use super::body::{Framing as BodyFramingOut, RequestBody};
 use super::chunked::Chunked;
 use super::head::{BodyFraming, HeadInfo, HeadLimits, HeadStatus, Reject, Spans, parse_head};
-use super::io::{ClientIo, ConnIo, make_room, release_read_buf, release_write_buf, take_write_buf};
+use super::io::{ClientIo, ConnIo, make_room};
 use super::response::{Connection, Framing, encode_head};
 use crate::body::ProxyBody;
+use crate::bufpool::{self, FRONT_READ};
 use crate::client_body::ClientBody;
 use crate::h1client::head::put_chunk_size;
 use crate::proxy::{self, ConnInfo};
@@ -112,77 +113,89 @@ enum Wake {
 /// `stopping` is set with `stop`: from then on every response says `Connection: close`, so a
 /// busy keep-alive client moves to a new connection after its next response instead of racing
 /// a close of its idle one.
-pub async fn serve(
+///
+/// This loop's state is what an idle keep-alive connection costs (the request path is boxed
+/// per request): an async block rather than an `async fn`, whose arguments would be stored
+/// twice, and short-lived locals scoped so that they are not kept across its awaits.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn serve<'a>(
     io: Box<dyn ClientIo>,
-    settings: Settings,
-    shared: &Shared,
-    info: &ConnInfo,
-    stop: &CancellationToken,
-    stopping: &AtomicBool,
-) {
-    let mut conn = ConnIo {
-        io,
-        rbuf: BytesMut::new(),
-        body_done: true,
-    };
-    let accepted = Instant::now();
-    let timer = tokio::time::sleep_until(accepted + settings.header_timeout);
-    tokio::pin!(timer);
-    let cancelled = stop.cancelled();
-    tokio::pin!(cancelled);
-    let mut stop_by: Option<Instant> = None;
-    let mut served = false;
-    let mut idle_since = accepted;
-    loop {
-        // A complete, valid head.
-        let mut head_started: Option<Instant> = None;
-        let mut searched = 0usize;
-        let (hinfo, request) = loop {
-            if !conn.rbuf.is_empty() {
-                match take_head(&mut conn.rbuf, &settings.head, &mut searched) {
-                    Ok(Some(h)) => break h,
-                    Ok(None) => {
-                        head_started.get_or_insert_with(Instant::now);
-                    }
-                    Err(reject) => return Box::pin(refuse(conn, reject)).await,
-                }
-            }
-            let deadline = match head_started {
-                Some(t) => t + settings.header_timeout,
-                None if !served => accepted + settings.header_timeout,
-                None => idle_since + settings.idle_timeout,
-            };
-            let deadline = stop_by.map_or(deadline, |s| s.min(deadline));
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            release_read_buf(&mut conn.rbuf);
-            let watch_stop = stop_by.is_none();
-            match poll_fn(|cx| wait_and_read(&mut conn, cx, timer.as_mut(), cancelled.as_mut(), watch_stop)).await {
-                Wake::Read(0) | Wake::Failed => return,
-                Wake::Read(_) => {}
-                Wake::Stop => stop_by = Some(Instant::now() + settings.grace),
-                Wake::Timeout => {
-                    if head_started.is_some() {
-                        let reject = Reject {
-                            status: 408,
-                            reason: "request header timeout",
-                        };
+    settings: &'a Settings,
+    shared: &'a Shared,
+    info: &'a ConnInfo,
+    stop: &'a CancellationToken,
+    stopping: &'a AtomicBool,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let mut conn = ConnIo {
+            io,
+            rbuf: BytesMut::new(),
+            body_done: true,
+        };
+        // Until the first byte of a head: the header timeout for a new connection, the idle
+        // timeout for one that has served a request.
+        let mut wait_until = Instant::now() + settings.header_timeout;
+        let timer = tokio::time::sleep_until(wait_until);
+        tokio::pin!(timer);
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
+        let mut stop_by: Option<Instant> = None;
+        loop {
+            // A complete, valid head.
+            let mut head_started: Option<Instant> = None;
+            let mut searched = 0usize;
+            let (hinfo, request) = loop {
+                if !conn.rbuf.is_empty() {
+                    // The refusal is awaited outside the match, so that the parse result is
+                    // not kept in this loop's state across that await.
+                    let reject = match take_head(&mut conn.rbuf, &settings.head, &mut searched) {
+                        Ok(Some(h)) => break h,
+                        Ok(None) => {
+                            head_started.get_or_insert_with(Instant::now);
+                            None
+                        }
+                        Err(reject) => Some(reject),
+                    };
+                    if let Some(reject) = reject {
                         return Box::pin(refuse(conn, reject)).await;
                     }
-                    return;
                 }
-            }
-        };
-        // One request, boxed: a connection waiting for its next request then carries none of
-        // the request path's state (~4.5 KB), only the few hundred bytes of this loop. It costs one
-        // allocation per request (about 1% CPU at saturation, benches/README.md).
-        conn = match Box::pin(exchange(conn, hinfo, request, &settings, shared, info, stopping)).await {
-            Some(c) => c,
-            None => return,
-        };
-        served = true;
-        idle_since = Instant::now();
+                {
+                    let deadline = head_started.map_or(wait_until, |t| t + settings.header_timeout);
+                    let deadline = stop_by.map_or(deadline, |s| s.min(deadline));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+                bufpool::give_read(&mut conn.rbuf, FRONT_READ);
+                let wake =
+                    poll_fn(|cx| wait_and_read(&mut conn, cx, timer.as_mut(), cancelled.as_mut(), stop_by.is_none()))
+                        .await;
+                match wake {
+                    Wake::Read(0) | Wake::Failed => return,
+                    Wake::Read(_) => {}
+                    Wake::Stop => stop_by = Some(Instant::now() + settings.grace),
+                    Wake::Timeout => {
+                        if head_started.is_some() {
+                            let reject = Reject {
+                                status: 408,
+                                reason: "request header timeout",
+                            };
+                            return Box::pin(refuse(conn, reject)).await;
+                        }
+                        return;
+                    }
+                }
+            };
+            // One request, boxed: a connection waiting for its next request then carries none
+            // of the request path's state (~4.5 KB), only this loop's. It costs one allocation
+            // per request (about 1% CPU at saturation, benches/README.md).
+            conn = match Box::pin(exchange(conn, hinfo, request, settings, shared, info, stopping)).await {
+                Some(c) => c,
+                None => return,
+            };
+            wait_until = Instant::now() + settings.idle_timeout;
+        }
     }
 }
 
@@ -377,7 +390,7 @@ async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: 
     let (mut parts, mut body) = response.into_parts();
     let status = parts.status;
     let mut keep = keep && !says_close(&parts.headers);
-    let mut wbuf = take_write_buf();
+    let mut wbuf = bufpool::take_write();
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let tunnel = parts.extensions.remove::<TunnelSlot>().and_then(|t| t.take());
         let Some(tunnel) = tunnel.filter(|_| meta.upgrade) else {
@@ -391,7 +404,7 @@ async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: 
             &mut wbuf,
         );
         let r = flush_buf(conn, &mut wbuf).await;
-        release_write_buf(wbuf);
+        bufpool::give_write(wbuf);
         r?;
         return Ok(Next::Tunnel(tunnel));
     }
@@ -419,7 +432,7 @@ async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: 
     encode_head(status, &parts.headers, framing, connection, &mut wbuf);
     drop(parts);
     let r = write_body(conn, &mut wbuf, &mut body, framing).await;
-    release_write_buf(wbuf);
+    bufpool::give_write(wbuf);
     r?;
     Ok(if keep { Next::KeepAlive } else { Next::Close })
 }

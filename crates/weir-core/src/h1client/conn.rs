@@ -18,10 +18,9 @@ use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::{
     Framing, HeadError, RequestFraming, RequestHead, ResponseHead, encode_request, parse_response, put_chunk_size,
 };
+use crate::bufpool::{self, UPSTREAM_READ as READ_CHUNK};
 use crate::client_body::{ClientBody, ClientBodyError};
 
-/// First read size of a connection; a whole small response arrives in one read.
-const READ_CHUNK: usize = 8 * 1024;
 /// Reads grow (doubling while they fill the room given) up to this for large bodies.
 const MAX_READ: usize = 256 * 1024;
 /// Below this much free room the read buffer is grown (or reclaimed) before reading.
@@ -63,7 +62,8 @@ pub enum ExchangeError {
     Head(#[from] HeadError),
 }
 
-/// A pooled upstream connection.
+/// A pooled upstream connection. Its buffers come from the thread's pool ([`bufpool`]) while
+/// it moves bytes: one idle in its pool, or waiting for its upstream's answer, holds none.
 #[derive(Debug)]
 pub struct UpConn {
     stream: TcpStream,
@@ -77,8 +77,8 @@ impl UpConn {
     pub fn new(stream: TcpStream) -> Self {
         UpConn {
             stream,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: Vec::with_capacity(1024),
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
             read_size: READ_CHUNK,
         }
     }
@@ -106,6 +106,9 @@ impl UpConn {
     /// (a 413, a redirect) is heard; the connection is then not reused.
     pub async fn exchange(&mut self, head: &RequestHead<'_>, body: &mut UpBody) -> Result<ResponseHead, ExchangeError> {
         let method = head.method;
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = bufpool::take_write();
+        }
         self.wbuf.clear();
         let framing = match body {
             UpBody::Empty | UpBody::Spent => RequestFraming::Empty,
@@ -132,9 +135,17 @@ impl UpConn {
                     return Err(ExchangeError::Closed);
                 };
                 // Boxed: only requests with a streamed body need this state.
-                return Box::pin(self.stream_body_and_read_head(incoming, framing == RequestFraming::Chunked, method))
-                    .await;
+                let head =
+                    Box::pin(self.stream_body_and_read_head(incoming, framing == RequestFraming::Chunked, method))
+                        .await;
+                bufpool::give_write(std::mem::take(&mut self.wbuf));
+                return head;
             }
+        }
+        bufpool::give_write(std::mem::take(&mut self.wbuf));
+        // Wait for the answer without a read buffer: hundreds of requests may be waiting.
+        if self.rbuf.capacity() == 0 {
+            self.stream.readable().await.map_err(ExchangeError::Io)?;
         }
         read_head(&mut self.stream, &mut self.rbuf, method).await
     }
@@ -197,21 +208,26 @@ impl UpConn {
         Poll::Ready(Ok(n))
     }
 
-    /// Back to a small read buffer before the connection idles in its pool, so a large
-    /// download does not leave a large buffer behind.
-    fn shrink_for_idle(&mut self) {
+    /// Gives the (emptied) read buffer back to the thread's pool before the connection idles
+    /// in its endpoint's pool; a large download's grown buffer is freed instead.
+    fn release_buffers(&mut self) {
         if self.read_size > READ_CHUNK {
             self.read_size = READ_CHUNK;
             if self.rbuf.capacity() > 2 * READ_CHUNK {
-                self.rbuf = BytesMut::with_capacity(READ_CHUNK);
+                self.rbuf = BytesMut::new();
             }
         }
+        bufpool::give_read(&mut self.rbuf, READ_CHUNK);
     }
 }
 
-/// Grows (or reclaims) the read buffer to `size` when less than [`MIN_ROOM`] is free. The
-/// client side's reads follow the same rule ([`crate::front::io::make_room`]).
+/// Grows (or reclaims) the read buffer to `size` when less than [`MIN_ROOM`] is free, taking
+/// a pooled one when it has none. The client side's reads follow the same rule
+/// ([`crate::front::io::make_room`]).
 pub(crate) fn make_room(buf: &mut BytesMut, size: usize) {
+    if buf.capacity() == 0 {
+        *buf = bufpool::take_read(size.min(READ_CHUNK));
+    }
     if buf.capacity() - buf.len() < MIN_ROOM {
         buf.reserve(size);
     }
@@ -367,7 +383,7 @@ impl ResponseBody {
             return None;
         }
         let mut conn = self.conn.take()?;
-        conn.shrink_for_idle();
+        conn.release_buffers();
         Some(conn)
     }
 

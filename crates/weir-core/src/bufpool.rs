@@ -1,0 +1,129 @@
+//! Per-thread pools of I/O buffers, so that a connection holds a buffer only while it moves
+//! bytes: a keep-alive client connection waiting for its next request, an upstream connection
+//! idle in its pool and a request waiting for its upstream's answer hold none. That is most of
+//! what an idle connection would otherwise cost, and what hundreds of requests in flight
+//! (HTTP/2 clients multiplex them) would otherwise pin.
+//!
+//! A read buffer may be given back while bytes split off it are still on their way (a
+//! response body handed to the client shares the upstream connection's buffer): the pool
+//! keeps it anyway and reclaims it when it is taken again, by which time the bytes are
+//! usually gone, so the steady state allocates nothing.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// Size of a client connection's read buffer: a request head and a small body.
+pub const FRONT_READ: usize = 4 * 1024;
+/// Size of an upstream connection's read buffer: a whole small response in one read.
+pub const UPSTREAM_READ: usize = 8 * 1024;
+/// Size of a fresh write buffer.
+const WRITE: usize = 4 * 1024;
+/// Buffers kept per thread and kind; beyond this they are freed.
+const POOLED: usize = 64;
+/// Write buffers larger than this are not kept.
+const MAX_POOLED_WRITE: usize = 64 * 1024;
+
+thread_local! {
+    static FRONT_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static UPSTREAM_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static WRITE_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn read_pool(size: usize) -> &'static std::thread::LocalKey<RefCell<Vec<BytesMut>>> {
+    if size <= FRONT_READ {
+        &FRONT_BUFS
+    } else {
+        &UPSTREAM_BUFS
+    }
+}
+
+/// An empty read buffer with room for `size` bytes ([`FRONT_READ`] or [`UPSTREAM_READ`]).
+pub fn take_read(size: usize) -> BytesMut {
+    read_pool(size).with_borrow_mut(|pool| {
+        while let Some(mut buf) = pool.pop() {
+            // Still shared with bytes in flight, or grown large: let it go.
+            if buf.try_reclaim(size) && buf.capacity() <= 2 * size {
+                return buf;
+            }
+        }
+        BytesMut::with_capacity(size)
+    })
+}
+
+/// Gives an emptied read buffer of the `size` kind back to this thread's pool (a buffer with
+/// unread bytes stays where it is). Leaves `buf` without capacity.
+pub fn give_read(buf: &mut BytesMut, size: usize) {
+    if buf.capacity() == 0 || !buf.is_empty() {
+        return;
+    }
+    let buf = std::mem::take(buf);
+    read_pool(size).with_borrow_mut(|pool| {
+        if pool.len() < POOLED {
+            pool.push(buf);
+        }
+    });
+}
+
+/// An empty write buffer.
+pub fn take_write() -> Vec<u8> {
+    WRITE_BUFS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(WRITE))
+}
+
+/// Gives a write buffer back to this thread's pool.
+pub fn give_write(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > MAX_POOLED_WRITE {
+        return;
+    }
+    buf.clear();
+    WRITE_BUFS.with_borrow_mut(|pool| {
+        if pool.len() < POOLED {
+            pool.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_shared_buffer_comes_back_once_its_bytes_are_gone() {
+        let mut buf = take_read(UPSTREAM_READ);
+        let ptr = buf.as_ptr();
+        buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\nhello");
+        let body = buf.split().freeze();
+        give_read(&mut buf, UPSTREAM_READ);
+        assert_eq!(buf.capacity(), 0, "the connection keeps no buffer");
+        drop(body);
+        let again = take_read(UPSTREAM_READ);
+        assert_eq!(again.as_ptr(), ptr, "the same allocation is reused");
+        assert!(again.capacity() >= UPSTREAM_READ);
+    }
+
+    #[test]
+    fn a_buffer_still_shared_when_taken_is_not_reused() {
+        let mut buf = take_read(FRONT_READ);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let head = buf.split().freeze();
+        give_read(&mut buf, FRONT_READ);
+        let fresh = take_read(FRONT_READ);
+        assert!(fresh.is_empty() && fresh.capacity() >= FRONT_READ);
+        assert_eq!(
+            &head[..],
+            b"GET / HTTP/1.1\r\n\r\n",
+            "the bytes in flight are untouched"
+        );
+    }
+
+    #[test]
+    fn unread_bytes_keep_their_buffer() {
+        let mut buf = take_read(FRONT_READ);
+        buf.extend_from_slice(b"GET");
+        give_read(&mut buf, FRONT_READ);
+        assert_eq!(&buf[..], b"GET");
+    }
+}
