@@ -35,42 +35,51 @@ pub struct ConnInfo {
     pub https: bool,
 }
 
-pub async fn serve(shared: &Shared, conn: &ConnInfo, req: Request<ClientBody>) -> Response<ProxyBody> {
-    let generation = shared.generation.load_full();
-    let started = Instant::now();
-    let log = &generation.config.runtime.access_log;
-    let logged =
-        (!matches!(log, weir_config::AccessLog::Off)).then(|| (req.method().clone(), req.uri().path().to_string()));
-    let mut trace = Trace::default();
-    let resp = forward(shared, &generation, conn, req, started, &mut trace).await;
-    let took = started.elapsed();
-    if let Some(m) = &trace.route {
-        m.record(resp.status().as_u16(), took);
+/// One request through the gateway: route, balance, forward, retry, log. An async block
+/// rather than an `async fn`, whose arguments (the request) would be stored twice.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<'a>(
+    shared: &'a Shared,
+    conn: &'a ConnInfo,
+    req: Request<ClientBody>,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let generation = shared.generation.load_full();
+        let started = Instant::now();
+        let log = &generation.config.runtime.access_log;
+        let logged =
+            (!matches!(log, weir_config::AccessLog::Off)).then(|| (req.method().clone(), req.uri().path().to_string()));
+        let mut trace = Trace::default();
+        let resp = forward(shared, &generation, conn, req, started, &mut trace).await;
+        let took = started.elapsed();
+        if let Some(m) = &trace.route {
+            m.record(resp.status().as_u16(), took);
+        }
+        if let Some((method, path)) = logged {
+            crate::access_log::write(
+                log,
+                &crate::access_log::Entry {
+                    ts_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis()),
+                    listener: &conn.listener,
+                    pool: trace
+                        .pool
+                        .and_then(|i| generation.pools.get(i))
+                        .map_or("-", |p| p.name.as_str()),
+                    endpoint: trace.endpoint.as_ref().map_or("-", |e| e.label.as_str()),
+                    method: method.as_str(),
+                    path: &path,
+                    status: resp.status().as_u16(),
+                    duration_ms: took.as_secs_f64() * 1e3,
+                    attempts: trace.attempts,
+                    generation: generation.id,
+                    bytes_out: resp.body().size_hint().exact(),
+                },
+            );
+        }
+        resp
     }
-    if let Some((method, path)) = logged {
-        crate::access_log::write(
-            log,
-            &crate::access_log::Entry {
-                ts_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis()),
-                listener: &conn.listener,
-                pool: trace
-                    .pool
-                    .and_then(|i| generation.pools.get(i))
-                    .map_or("-", |p| p.name.as_str()),
-                endpoint: trace.endpoint.as_ref().map_or("-", |e| e.label.as_str()),
-                method: method.as_str(),
-                path: &path,
-                status: resp.status().as_u16(),
-                duration_ms: took.as_secs_f64() * 1e3,
-                attempts: trace.attempts,
-                generation: generation.id,
-                bytes_out: resp.body().size_hint().exact(),
-            },
-        );
-    }
-    resp
 }
 
 /// What the request path learned about a request, for metrics and the access log.
@@ -210,258 +219,266 @@ fn route(
     }
 }
 
-async fn forward(
-    shared: &Shared,
-    generation: &Generation,
-    conn: &ConnInfo,
-    req: Request<ClientBody>,
+/// An async block rather than an `async fn`: the request (~400 bytes) would otherwise be
+/// stored twice in the state of every request in flight (as argument and as local).
+#[allow(clippy::manual_async_fn)]
+fn forward<'a>(
+    shared: &'a Shared,
+    generation: &'a Generation,
+    conn: &'a ConnInfo,
+    mut req: Request<ClientBody>,
     started: Instant,
-    trace: &mut Trace,
-) -> Response<ProxyBody> {
-    let Some(listener) = generation.listener(&conn.listener) else {
-        return ProxyError::ListenerGone.response();
-    };
-    let request_id = shared.next_request_id();
-    let target = match route(listener, generation, conn, &req, request_id) {
-        Ok(t) => t,
-        Err(local) => return *local,
-    };
-    let Some(first_pool) = generation.pools.get(target.pool) else {
-        return ProxyError::NoEndpoint.response();
-    };
-    trace.route = listener.routes.get(target.pool).cloned();
-    let (affinity_hash, set_cookie) = affinity(first_pool, &req, conn.peer.ip(), request_id);
-
-    let upgrade = is_upgrade(&req);
-    let replayable_method = idempotent(&req);
-    let http2 = req.version() == Version::HTTP_2;
-    let (mut parts, body) = req.into_parts();
-
-    // Upstream request head: origin-form target, HTTP/1.1, hop-by-hop removed, forwarding added.
-    let upgrade_value = if upgrade {
-        parts.headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    let request_host = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(h) = &request_host
-    {
-        parts.headers.insert(header::HOST, h.clone());
-    }
-    let host = listener.forwarded_host.as_ref().or(request_host.as_ref());
-    let forwarding = Forwarding {
-        client_ip: conn.peer.ip(),
-        proto: &listener.forwarded_proto,
-        host,
-        http2,
-    };
-    // The forwarding fields are written straight into the upstream head, unless a router set
-    // one of them itself: then the map gets them first and the router's value wins.
-    let routed_forwarding = target
-        .set_headers
-        .iter()
-        .any(|(k, _)| is_forwarding_field(k) || k == header::VIA);
-    if routed_forwarding {
-        add_forwarding(&mut parts.headers, &forwarding);
-    }
-    if let Some(u) = upgrade_value {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, u);
-    }
-    for (k, v) in &target.set_headers {
-        parts.headers.insert(k.clone(), v.clone());
-    }
-    if let Some(path) = &target.rewrite_path
-        && let Ok(uri) = Uri::try_from(path.as_str())
-    {
-        parts.uri = uri;
-    } else if let Some(pq) = parts.uri.path_and_query()
-        && (parts.uri.scheme().is_some() || parts.uri.authority().is_some())
-    {
-        parts.uri = Uri::from(pq.clone());
-    }
-    parts.version = Version::HTTP_11;
-    let has_body = !body.is_end_stream();
-    let max_attempts = first_pool.config.retry.max_attempts.max(1);
-    // An idempotent request with a small declared body is buffered, so that it can be replayed;
-    // anything else streams and is replayable only while it has not left weir.
-    let limit = first_pool.config.retry.buffer_bytes;
-    let buffer = has_body
-        && replayable_method
-        && !upgrade
-        && max_attempts > 1
-        && body.size_hint().exact().is_some_and(|n| n <= limit);
-    let mut up_body = if !has_body {
-        UpBody::Empty
-    } else if buffer {
-        // Boxed: only requests with a body to buffer need this state.
-        match Box::pin(http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect()).await
-        {
-            Ok(collected) => UpBody::Full(collected.to_bytes()),
-            Err(e) => {
-                let status = e
-                    .downcast_ref::<crate::client_body::ClientBodyError>()
-                    .map_or(400, |e| e.status);
-                return ProxyError::ClientBody { status }.response();
-            }
-        }
-    } else {
-        UpBody::Streamed(body)
-    };
-    // Replayable: the same head (kept in `parts`) and body can go out again after an attempt
-    // that reached an upstream.
-    let replayable = replayable_method && !upgrade && !matches!(up_body, UpBody::Streamed(_));
-    let can_replay = replayable && max_attempts > 1;
-
-    first_pool.budget.record_request();
-    let mut tried: Vec<u32> = Vec::new();
-    let mut attempt = 1u32;
-    let mut pool_index = target.pool;
-    // The previous failure, answered with when no untried endpoint is left.
-    let mut last: Option<(FailureKind, Held)> = None;
-    loop {
-        let Some(pool) = generation.pools.get(pool_index) else {
+    trace: &'a mut Trace,
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let Some(listener) = generation.listener(&conn.listener) else {
+            return ProxyError::ListenerGone.response();
+        };
+        let request_id = shared.next_request_id();
+        let target = match route(listener, generation, conn, &req, request_id) {
+            Ok(t) => t,
+            Err(local) => return *local,
+        };
+        let Some(first_pool) = generation.pools.get(target.pool) else {
             return ProxyError::NoEndpoint.response();
         };
-        let ctx = SelectCtx {
-            request_id,
-            affinity_hash,
-            attempt,
-            tried: &tried,
-            cookie: target.cookie,
-        };
-        // Like nginx's proxy_next_upstream: each endpoint at most once per request.
-        let Some(index) = select(pool, &ctx).filter(|i| !tried.contains(&(*i as u32))) else {
-            return match last {
-                Some((failure, held)) => give_up(failure, held, upgrade, http2, set_cookie),
-                None => ProxyError::NoEndpoint.response(),
-            };
-        };
-        if !up_body.resendable() {
-            return ProxyError::UpstreamReset.response();
-        }
-        let endpoint = pool.endpoints[index].clone();
-        trace.pool = Some(pool_index);
-        trace.attempts = attempt;
-        trace.endpoint = Some(endpoint.clone());
-        let in_flight = InFlight::new(endpoint.clone());
-        let t = &pool.config.timeouts;
-        let per_try = target.timeout.unwrap_or(t.request);
-        let (failure, unsent, held) = match endpoint.checkout(t.connect, t.idle).await {
-            Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
-            Err(e) => {
-                tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
-                (FailureKind::ConnectRefused, true, None)
-            }
-            Ok((mut conn, reused)) => {
-                let head = RequestHead {
-                    method: &parts.method,
-                    uri: &parts.uri,
-                    headers: &parts.headers,
-                    forwarding: (!routed_forwarding).then_some(&forwarding),
-                };
-                let exchange = conn.exchange(&head, &mut up_body);
-                match tokio::time::timeout(per_try, exchange).await {
-                    Ok(Ok(head)) => {
-                        let status = head.status.as_u16();
-                        endpoint.count_attempt(if status >= 500 {
-                            AttemptOutcome::Status5xx
-                        } else {
-                            AttemptOutcome::Ok
-                        });
-                        if pool.config.passive.fail_on_status.contains(&status) {
-                            endpoint.record_failure(&pool.config.passive);
-                        } else {
-                            endpoint.record_success();
-                        }
-                        let can_retry = attempt < max_attempts && can_replay;
-                        if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
-                            return respond(head, conn, in_flight, upgrade, http2, set_cookie);
-                        }
-                        (FailureKind::HttpStatus(status), false, Some((head, conn, in_flight)))
-                    }
-                    Ok(Err(ExchangeError::ClientBody(e))) => {
-                        tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
-                        return ProxyError::ClientBody { status: e.status }.response();
-                    }
-                    Ok(Err(e)) => {
-                        let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
-                        tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
-                        (FailureKind::ResetBeforeResponse, unsent, None)
-                    }
-                    Err(_) => (FailureKind::ResponseTimeout, false, None),
-                }
-            }
-        };
-        if !matches!(failure, FailureKind::HttpStatus(_)) {
-            endpoint.record_failure(&pool.config.passive);
-            endpoint.count_attempt(match failure {
-                FailureKind::ConnectRefused => AttemptOutcome::ConnectError,
-                FailureKind::ConnectTimeout => AttemptOutcome::ConnectTimeout,
-                FailureKind::ResponseTimeout => AttemptOutcome::Timeout,
-                _ => AttemptOutcome::Reset,
-            });
-        }
-        let info = AttemptInfo {
-            request_id,
-            cookie: target.cookie,
-            pool_index: pool_index as u32,
-            attempt,
-            endpoint_index: index as u32,
-            failure,
-            elapsed: started.elapsed(),
-            replayable,
-            unsent,
-        };
-        let can_resend = unsent && up_body.resendable() || can_replay;
-        let decision = if attempt < max_attempts && can_resend {
-            pool.failover.on_failure(&info)
+        trace.route = listener.routes.get(target.pool).cloned();
+        let (affinity_hash, set_cookie) = affinity(first_pool, &req, conn.peer.ip(), request_id);
+
+        let upgrade = is_upgrade(&req);
+        let replayable_method = idempotent(&req);
+        let http2 = req.version() == Version::HTTP_2;
+        // The request is used in place (moving it into parts would keep a second copy in this
+        // future's state): its body is taken out, its head becomes the upstream's.
+        let body = std::mem::replace(req.body_mut(), ClientBody::Empty);
+
+        // Upstream request head: origin-form target, HTTP/1.1, hop-by-hop removed, forwarding added.
+        let upgrade_value = if upgrade {
+            req.headers().get(header::UPGRADE).cloned()
         } else {
-            FailureDecision::Fail
+            None
         };
-        // Retries (and failovers) spend the pool's retry budget; an exhausted budget fails fast.
-        let decision = match decision {
-            FailureDecision::Retry { .. } | FailureDecision::Failover { .. } if !pool.budget.try_retry() => {
-                tracing::debug!(pool = %pool.name, "retry budget exhausted");
-                FailureDecision::Fail
-            }
-            d => d,
+        let request_host = match req.headers().get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
-        if matches!(
-            decision,
-            FailureDecision::Retry { .. } | FailureDecision::Failover { .. }
-        ) {
-            crate::metrics::global()
-                .retries(&pool.name)
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        strip_hop_by_hop(req.headers_mut());
+        if !req.headers().contains_key(header::HOST)
+            && let Some(h) = &request_host
+        {
+            req.headers_mut().insert(header::HOST, h.clone());
         }
-        match decision {
-            FailureDecision::Retry { backoff } => {
-                tried.push(index as u32);
-                if backoff > Duration::ZERO {
-                    Box::pin(tokio::time::sleep(backoff.min(Duration::from_secs(5)))).await;
+        let host = listener.forwarded_host.as_ref().or(request_host.as_ref());
+        let forwarding = Forwarding {
+            client_ip: conn.peer.ip(),
+            proto: &listener.forwarded_proto,
+            host,
+            http2,
+        };
+        // The forwarding fields are written straight into the upstream head, unless a router set
+        // one of them itself: then the map gets them first and the router's value wins.
+        let routed_forwarding = target
+            .set_headers
+            .iter()
+            .any(|(k, _)| is_forwarding_field(k) || k == header::VIA);
+        if routed_forwarding {
+            add_forwarding(req.headers_mut(), &forwarding);
+        }
+        if let Some(u) = upgrade_value {
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            req.headers_mut().insert(header::UPGRADE, u);
+        }
+        for (k, v) in &target.set_headers {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        if let Some(path) = &target.rewrite_path
+            && let Ok(uri) = Uri::try_from(path.as_str())
+        {
+            *req.uri_mut() = uri;
+        } else if let Some(pq) = req.uri().path_and_query()
+            && (req.uri().scheme().is_some() || req.uri().authority().is_some())
+        {
+            *req.uri_mut() = Uri::from(pq.clone());
+        }
+        *req.version_mut() = Version::HTTP_11;
+        let has_body = !body.is_end_stream();
+        let max_attempts = first_pool.config.retry.max_attempts.max(1);
+        // An idempotent request with a small declared body is buffered, so that it can be replayed;
+        // anything else streams and is replayable only while it has not left weir.
+        let limit = first_pool.config.retry.buffer_bytes;
+        let buffer = has_body
+            && replayable_method
+            && !upgrade
+            && max_attempts > 1
+            && body.size_hint().exact().is_some_and(|n| n <= limit);
+        let mut up_body = if !has_body {
+            drop(body);
+            UpBody::Empty
+        } else if buffer {
+            // Boxed: only requests with a body to buffer need this state.
+            match Box::pin(http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect())
+                .await
+            {
+                Ok(collected) => UpBody::Full(collected.to_bytes()),
+                Err(e) => {
+                    let status = e
+                        .downcast_ref::<crate::client_body::ClientBodyError>()
+                        .map_or(400, |e| e.status);
+                    return ProxyError::ClientBody { status }.response();
                 }
             }
-            FailureDecision::Failover { pool } if pool < generation.pools.len() => {
-                pool_index = pool;
-                tried.clear();
+        } else {
+            UpBody::Streamed(body)
+        };
+        // Replayable: the same head (kept in `req`) and body can go out again after an attempt
+        // that reached an upstream.
+        let replayable = replayable_method && !upgrade && !matches!(up_body, UpBody::Streamed(_));
+        let can_replay = replayable && max_attempts > 1;
+
+        first_pool.budget.record_request();
+        let mut tried: Vec<u32> = Vec::new();
+        let mut attempt = 1u32;
+        let mut pool_index = target.pool;
+        // The previous failure, answered with when no untried endpoint is left.
+        let mut last: Option<(FailureKind, Held)> = None;
+        loop {
+            let Some(pool) = generation.pools.get(pool_index) else {
+                return ProxyError::NoEndpoint.response();
+            };
+            let ctx = SelectCtx {
+                request_id,
+                affinity_hash,
+                attempt,
+                tried: &tried,
+                cookie: target.cookie,
+            };
+            // Like nginx's proxy_next_upstream: each endpoint at most once per request.
+            let Some(index) = select(pool, &ctx).filter(|i| !tried.contains(&(*i as u32))) else {
+                return match last {
+                    Some((failure, held)) => give_up(failure, held, upgrade, http2, set_cookie),
+                    None => ProxyError::NoEndpoint.response(),
+                };
+            };
+            if !up_body.resendable() {
+                return ProxyError::UpstreamReset.response();
             }
-            FailureDecision::Failover { .. } | FailureDecision::Fail => {
-                return give_up(failure, held, upgrade, http2, set_cookie);
+            let endpoint = pool.endpoints[index].clone();
+            trace.pool = Some(pool_index);
+            trace.attempts = attempt;
+            trace.endpoint = Some(endpoint.clone());
+            let in_flight = InFlight::new(endpoint.clone());
+            let t = &pool.config.timeouts;
+            let per_try = target.timeout.unwrap_or(t.request);
+            let (failure, unsent, held) = match endpoint.checkout(t.connect, t.idle).await {
+                Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
+                    (FailureKind::ConnectRefused, true, None)
+                }
+                Ok((mut conn, reused)) => {
+                    let head = RequestHead {
+                        method: req.method(),
+                        uri: req.uri(),
+                        headers: req.headers(),
+                        forwarding: (!routed_forwarding).then_some(&forwarding),
+                    };
+                    let exchange = conn.exchange(&head, &mut up_body);
+                    match tokio::time::timeout(per_try, exchange).await {
+                        Ok(Ok(head)) => {
+                            let status = head.status.as_u16();
+                            endpoint.count_attempt(if status >= 500 {
+                                AttemptOutcome::Status5xx
+                            } else {
+                                AttemptOutcome::Ok
+                            });
+                            if pool.config.passive.fail_on_status.contains(&status) {
+                                endpoint.record_failure(&pool.config.passive);
+                            } else {
+                                endpoint.record_success();
+                            }
+                            let can_retry = attempt < max_attempts && can_replay;
+                            if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
+                                return respond(head, conn, in_flight, upgrade, http2, set_cookie);
+                            }
+                            (FailureKind::HttpStatus(status), false, Some((head, conn, in_flight)))
+                        }
+                        Ok(Err(ExchangeError::ClientBody(e))) => {
+                            tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
+                            return ProxyError::ClientBody { status: e.status }.response();
+                        }
+                        Ok(Err(e)) => {
+                            let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
+                            tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
+                            (FailureKind::ResetBeforeResponse, unsent, None)
+                        }
+                        Err(_) => (FailureKind::ResponseTimeout, false, None),
+                    }
+                }
+            };
+            if !matches!(failure, FailureKind::HttpStatus(_)) {
+                endpoint.record_failure(&pool.config.passive);
+                endpoint.count_attempt(match failure {
+                    FailureKind::ConnectRefused => AttemptOutcome::ConnectError,
+                    FailureKind::ConnectTimeout => AttemptOutcome::ConnectTimeout,
+                    FailureKind::ResponseTimeout => AttemptOutcome::Timeout,
+                    _ => AttemptOutcome::Reset,
+                });
             }
+            let info = AttemptInfo {
+                request_id,
+                cookie: target.cookie,
+                pool_index: pool_index as u32,
+                attempt,
+                endpoint_index: index as u32,
+                failure,
+                elapsed: started.elapsed(),
+                replayable,
+                unsent,
+            };
+            let can_resend = unsent && up_body.resendable() || can_replay;
+            let decision = if attempt < max_attempts && can_resend {
+                pool.failover.on_failure(&info)
+            } else {
+                FailureDecision::Fail
+            };
+            // Retries (and failovers) spend the pool's retry budget; an exhausted budget fails fast.
+            let decision = match decision {
+                FailureDecision::Retry { .. } | FailureDecision::Failover { .. } if !pool.budget.try_retry() => {
+                    tracing::debug!(pool = %pool.name, "retry budget exhausted");
+                    FailureDecision::Fail
+                }
+                d => d,
+            };
+            if matches!(
+                decision,
+                FailureDecision::Retry { .. } | FailureDecision::Failover { .. }
+            ) {
+                crate::metrics::global()
+                    .retries(&pool.name)
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match decision {
+                FailureDecision::Retry { backoff } => {
+                    tried.push(index as u32);
+                    if backoff > Duration::ZERO {
+                        Box::pin(tokio::time::sleep(backoff.min(Duration::from_secs(5)))).await;
+                    }
+                }
+                FailureDecision::Failover { pool } if pool < generation.pools.len() => {
+                    pool_index = pool;
+                    tried.clear();
+                }
+                FailureDecision::Failover { .. } | FailureDecision::Fail => {
+                    return give_up(failure, held, upgrade, http2, set_cookie);
+                }
+            }
+            last = Some((failure, held));
+            attempt += 1;
         }
-        last = Some((failure, held));
-        attempt += 1;
     }
 }
 

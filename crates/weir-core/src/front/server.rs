@@ -201,79 +201,81 @@ pub fn serve<'a>(
 
 /// Serves one request whose head has been read: lends the connection to its body, runs the
 /// request path, writes the response. The connection comes back when it can carry another.
-async fn exchange(
-    conn: ConnIo,
+#[allow(clippy::manual_async_fn)] // an async fn would store its arguments twice
+fn exchange<'a>(
+    mut conn: ConnIo,
     hinfo: HeadInfo,
     request: Request<()>,
-    settings: &Settings,
-    shared: &Shared,
-    info: &ConnInfo,
-    stopping: &AtomicBool,
-) -> Option<ConnIo> {
-    let mut conn = conn;
-    let meta = Meta {
-        head: request.method() == Method::HEAD,
-        http10: hinfo.http10,
-        keep_alive: hinfo.keep_alive,
-        upgrade: hinfo.upgrade,
-    };
-    // The body, if any, takes the connection while the request is handled.
-    let framing = match hinfo.framing {
-        BodyFraming::None => None,
-        BodyFraming::Fixed(n) => Some(BodyFramingOut::Fixed(n)),
-        BodyFraming::Chunked => {
-            // A malformed chunked body already in the buffer is refused before any of the
-            // request leaves weir.
-            if let Err(reject) = Chunked::default().feed(&conn.rbuf, settings.head.max_body_bytes) {
-                Box::pin(refuse(conn, reject)).await;
-                return None;
+    settings: &'a Settings,
+    shared: &'a Shared,
+    info: &'a ConnInfo,
+    stopping: &'a AtomicBool,
+) -> impl Future<Output = Option<ConnIo>> + Send + 'a {
+    async move {
+        let meta = Meta {
+            head: request.method() == Method::HEAD,
+            http10: hinfo.http10,
+            keep_alive: hinfo.keep_alive,
+            upgrade: hinfo.upgrade,
+        };
+        // The body, if any, takes the connection while the request is handled.
+        let framing = match hinfo.framing {
+            BodyFraming::None => None,
+            BodyFraming::Fixed(n) => Some(BodyFramingOut::Fixed(n)),
+            BodyFraming::Chunked => {
+                // A malformed chunked body already in the buffer is refused before any of the
+                // request leaves weir.
+                if let Err(reject) = Chunked::default().feed(&conn.rbuf, settings.head.max_body_bytes) {
+                    Box::pin(refuse(conn, reject)).await;
+                    return None;
+                }
+                Some(BodyFramingOut::Chunked)
             }
-            Some(BodyFramingOut::Chunked)
-        }
-    };
-    let (held, request) = match framing {
-        None => {
-            conn.body_done = true;
-            (Held::Here(conn), request.map(|()| ClientBody::Empty))
-        }
-        Some(f) => {
-            conn.body_done = false;
-            let (body, rx) = RequestBody::new(
-                conn,
-                f,
-                hinfo.expect_continue,
-                settings.head.max_body_bytes,
-                settings.body_timeout,
-            );
-            (Held::Lent(rx), request.map(|()| ClientBody::H1(body)))
-        }
-    };
-    let response = proxy::serve(shared, info, request).await;
-    conn = match held {
-        Held::Here(c) => c,
-        // The request path has dropped the body by now; its drop hands the connection back.
-        Held::Lent(rx) => match rx.await {
-            Ok(c) => c,
-            Err(_) => return None,
-        },
-    };
-    let keep = meta.keep_alive && conn.body_done && !stopping.load(Ordering::Acquire);
-    match write_response(&mut conn, response, meta, keep).await {
-        Ok(Next::KeepAlive) => Some(conn),
-        Ok(Next::Close) => {
-            let linger = !conn.body_done;
-            // Closing and tunnelling happen once per connection: boxed, their state stays out
-            // of every request's.
-            Box::pin(close(conn, linger)).await;
-            None
-        }
-        Ok(Next::Tunnel(t)) => {
-            Box::pin(tunnel(conn, t)).await;
-            None
-        }
-        Err(e) => {
-            tracing::debug!(peer = %info.peer, error = %e, "response not completed");
-            None
+        };
+        let (held, request) = match framing {
+            None => {
+                conn.body_done = true;
+                (Held::Here(conn), request.map(|()| ClientBody::Empty))
+            }
+            Some(f) => {
+                conn.body_done = false;
+                let (body, rx) = RequestBody::new(
+                    conn,
+                    f,
+                    hinfo.expect_continue,
+                    settings.head.max_body_bytes,
+                    settings.body_timeout,
+                );
+                (Held::Lent(rx), request.map(|()| ClientBody::H1(body)))
+            }
+        };
+        let response = proxy::serve(shared, info, request).await;
+        conn = match held {
+            Held::Here(c) => c,
+            // The request path has dropped the body by now; its drop hands the connection back.
+            Held::Lent(rx) => match rx.await {
+                Ok(c) => c,
+                Err(_) => return None,
+            },
+        };
+        let keep = meta.keep_alive && conn.body_done && !stopping.load(Ordering::Acquire);
+        match write_response(&mut conn, response, meta, keep).await {
+            Ok(Next::KeepAlive) => Some(conn),
+            Ok(Next::Close) => {
+                let linger = !conn.body_done;
+                // Closing and tunnelling happen once per connection: boxed, their state stays out
+                // of every request's.
+                Box::pin(close(conn, linger)).await;
+                None
+            }
+            Ok(Next::Tunnel(t)) => {
+                Box::pin(tunnel(conn, t)).await;
+                None
+            }
+            Err(e) => {
+                tracing::debug!(peer = %info.peer, error = %e, "response not completed");
+                None
+            }
         }
     }
 }
