@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request functions of the core: head validation, request building,
 //! response head writing and chunk scanning in the HTTP/1 front, the upstream HTTP/1.1 client's head writer (with the forwarding fields),
-//! response head parser and chunked decoder, and the native balancer's `select`.
+//! response head parser and chunked decoder, the native balancer's `select`, and the per-thread
+//! buffer pool's round trip.
 //! Run: `cargo bench --bench hot_path`.
 //! CI runs each once (`cargo bench -- --test`) so they cannot rot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -167,5 +168,20 @@ fn select(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, head, chunked, upstream_client, select);
+/// The upstream read buffer's round trip per request: taken when the answer arrives, its body
+/// split off and handed on, given back when the connection idles, reclaimed on the next take.
+fn buffers(c: &mut Criterion) {
+    use weir_core::bufpool::{UPSTREAM_READ, give_read, take_read};
+    c.bench_function("bufpool/upstream read buffer: take, split body, give, drop body", |b| {
+        b.iter(|| {
+            let mut buf = take_read(UPSTREAM_READ);
+            buf.extend_from_slice(black_box(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"));
+            let body = buf.split().freeze();
+            give_read(&mut buf, UPSTREAM_READ);
+            black_box(body);
+        })
+    });
+}
+
+criterion_group!(benches, head, chunked, upstream_client, select, buffers);
 criterion_main!(benches);
