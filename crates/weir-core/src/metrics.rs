@@ -279,7 +279,7 @@ pub fn render(shared: &Shared) -> String {
     );
     reg.register(
         "weir_plugin_call_duration_seconds",
-        "Time spent in plugin calls",
+        "Time spent in plugin calls (estimated: one call in 16 per hook is timed)",
         plugin_time,
     );
 
