@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::bufpool::{self, FRONT_READ};
+use crate::bufpool::FRONT_READ;
 
 /// Reads of a large body ask for this much room.
 const BODY_READ: usize = 64 * 1024;
@@ -40,17 +40,13 @@ pub struct ConnIo {
     pub body_done: bool,
 }
 
-/// Grows the read buffer before a read when little room is left (the upstream client's rule),
-/// taking a pooled buffer when it has none.
+/// Grows the read buffer before a read when little room is left, taking a pooled buffer when
+/// it has none: the upstream client's rule, with the client side's sizes.
 pub fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() == 0 {
-        *buf = bufpool::take_read(FRONT_READ);
+    let size = if buf.capacity() >= FRONT_READ {
+        BODY_READ
     } else {
-        let size = if buf.capacity() >= FRONT_READ {
-            BODY_READ
-        } else {
-            FRONT_READ
-        };
-        crate::h1client::conn::make_room(buf, size);
-    }
+        FRONT_READ
+    };
+    crate::h1client::conn::make_room(buf, size);
 }

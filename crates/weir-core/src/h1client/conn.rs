@@ -226,6 +226,8 @@ impl UpConn {
 /// ([`crate::front::io::make_room`]).
 pub(crate) fn make_room(buf: &mut BytesMut, size: usize) {
     if buf.capacity() == 0 {
+        // A first read takes a buffer of the caller's kind: the client side's smaller ones
+        // (`FRONT_READ`), or the upstream's (`READ_CHUNK`) for any larger size.
         *buf = bufpool::take_read(size.min(READ_CHUNK));
     }
     if buf.capacity() - buf.len() < MIN_ROOM {
