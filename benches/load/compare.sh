@@ -278,7 +278,10 @@ if [ "$MEMORY" = 1 ]; then
     exec 9> "$fifo"
     for _ in $(seq 600); do grep -q ready "$work/idle.out" 2>/dev/null && break; sleep 0.1; done
     held=$(awk '/ready/ {print $2}' "$work/idle.out"); held=${held:-0}
-    sleep 1
+    # Idle means idle for a while: weir parks a connection after 1 s without a request and hands
+    # the freed memory back within another second (crates/weir-core/src/parking.rs). The
+    # peers' figures do not move with the wait.
+    sleep 3
     loaded=$(rss_kib "${PID[$sys]}")
     exec 9>&-
     wait "$holder" 2>/dev/null || true

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod parking;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

@@ -52,6 +52,7 @@ impl ListenerHandle {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.stop.cancel();
+        crate::parking::listener_stopped();
     }
 
     pub async fn join(self) {
@@ -151,6 +152,7 @@ async fn accept_loop(ctx: AcceptCtx) {
             shared: ctx.shared.clone(),
             stop: ctx.stop.clone(),
             stopping: ctx.stopping.clone(),
+            tracker: ctx.tracker.clone(),
         };
         let active = Active::new(crate::metrics::global().connections(&ctx.name), permit);
         ctx.tracker.spawn(serve_conn(conn, stream, tls, active));
@@ -160,7 +162,7 @@ async fn accept_loop(ctx: AcceptCtx) {
 
 /// Counts the connection in `weir_connections_active` and holds its `max_connections` permit
 /// for as long as it lives.
-struct Active {
+pub(crate) struct Active {
     count: Arc<AtomicI64>,
     _permit: OwnedSemaphorePermit,
 }
@@ -197,28 +199,85 @@ fn serve_conn(
         let Some((io, settings)) = Box::pin(conn.open(stream, tls)).await else {
             return;
         };
-        crate::front::server::serve(io, &settings, &conn.shared, &conn.info, &conn.stop, &conn.stopping).await;
+        let idle =
+            crate::front::server::serve(io, &settings, &conn.shared, &conn.info, &conn.stop, &conn.stopping).await;
+        if let Some((io, idle_until)) = idle {
+            park(conn, io, active, idle_until);
+        }
     }
 }
 
-struct Conn {
-    info: ConnInfo,
+/// A parked connection's task, once its client sends again: the HTTP/1 server with the
+/// current generation's settings for its listener (closed if the listener is gone).
+#[allow(clippy::manual_async_fn)] // on purpose: see serve_conn
+fn serve_resumed(conn: Conn, stream: TcpStream, active: Active) -> impl Future<Output = ()> + Send {
+    async move {
+        let _active = &active;
+        let Some(settings) = conn.limits().map(|l| h1_settings(&l)) else {
+            return;
+        };
+        let idle = crate::front::server::serve(
+            Box::new(stream),
+            &settings,
+            &conn.shared,
+            &conn.info,
+            &conn.stop,
+            &conn.stopping,
+        )
+        .await;
+        if let Some((io, idle_until)) = idle {
+            park(conn, io, active, idle_until);
+        }
+    }
+}
+
+/// Hands an idle connection to the parker. One that cannot be parked is closed, as its idle
+/// timeout would have.
+fn park(conn: Conn, io: Box<dyn ClientIo>, active: Active, idle_until: tokio::time::Instant) {
+    let Some(stream) = io.into_tcp().and_then(|s| s.into_std().ok()) else {
+        return;
+    };
+    let token = conn.tracker.token();
+    crate::parking::park(crate::parking::Parked {
+        stream,
+        conn,
+        active,
+        token,
+        idle_until,
+    });
+}
+
+/// Serves a parked connection again, in a task of the current runtime.
+pub(crate) fn resume(p: crate::parking::Parked) {
+    let Ok(stream) = TcpStream::from_std(p.stream) else {
+        return;
+    };
+    p.token.task_tracker().spawn(serve_resumed(p.conn, stream, p.active));
+}
+
+/// What a connection's task holds besides its socket.
+pub(crate) struct Conn {
+    pub(crate) info: ConnInfo,
     shared: Arc<Shared>,
-    stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
     stopping: Arc<AtomicBool>,
+    tracker: TaskTracker,
 }
 
 impl Conn {
+    fn limits(&self) -> Option<weir_config::Limits> {
+        self.shared
+            .generation
+            .load()
+            .listener(&self.info.listener)
+            .map(|l| l.config.limits.clone())
+    }
+
     /// TLS handshake or h2 preface sniffing, then the protocol: HTTP/2 is served here to its
     /// end; an HTTP/1 connection is returned with its settings, for [`serve_conn`] to serve.
     async fn open(&self, stream: TcpStream, tls: Option<Arc<ServerConfig>>) -> Option<(Box<dyn ClientIo>, Settings)> {
         let _ = stream.set_nodelay(true);
-        let limits = self
-            .shared
-            .generation
-            .load()
-            .listener(&self.info.listener)
-            .map(|l| l.config.limits.clone())?;
+        let limits = self.limits()?;
         let Some(config) = tls else {
             return match tokio::time::timeout(limits.header_timeout, sniff_h2(&stream)).await {
                 Ok(Ok(true)) => {

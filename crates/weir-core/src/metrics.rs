@@ -305,6 +305,18 @@ pub fn render(shared: &Shared) -> String {
             .set(e.value().load(Ordering::Relaxed));
     }
     reg.register("weir_connections_active", "Open client connections, by listener", conns);
+    let parked = Family::<Labels, Gauge>::default();
+    for e in m.connections.iter() {
+        parked.get_or_create(&vec![("listener", e.key().clone())]).set(0);
+    }
+    for (listener, n) in crate::parking::parked_by_listener() {
+        parked.get_or_create(&vec![("listener", listener.to_string())]).set(n);
+    }
+    reg.register(
+        "weir_connections_parked",
+        "Idle keep-alive connections parked without a task, by listener (also counted in weir_connections_active)",
+        parked,
+    );
 
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {

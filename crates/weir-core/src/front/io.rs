@@ -21,11 +21,30 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 's
     fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// Whether an idle connection may be parked ([`crate::parking`]): plain TCP only (a TLS
+    /// session's state would have to be kept, and is most of its cost).
+    fn parkable(&self) -> bool {
+        false
+    }
+
+    /// The TCP stream, for parking.
+    fn into_tcp(self: Box<Self>) -> Option<TcpStream> {
+        None
+    }
 }
 
 impl ClientIo for TcpStream {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+
+    fn parkable(&self) -> bool {
+        true
+    }
+
+    fn into_tcp(self: Box<Self>) -> Option<TcpStream> {
+        Some(*self)
     }
 }
 

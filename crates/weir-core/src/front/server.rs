@@ -40,6 +40,7 @@ use crate::body::ProxyBody;
 use crate::bufpool::{self, FRONT_READ};
 use crate::client_body::ClientBody;
 use crate::h1client::head::put_chunk_size;
+use crate::parking::PARK_AFTER;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 use crate::upstream::InFlight;
@@ -117,6 +118,10 @@ enum Wake {
 /// This loop's state is what an idle keep-alive connection costs (the request path is boxed
 /// per request): an async block rather than an `async fn`, whose arguments would be stored
 /// twice, and short-lived locals scoped so that they are not kept across its awaits.
+///
+/// Returns the connection, with the end of its idle timeout, when it has waited
+/// [`PARK_AFTER`] for its next request and can be parked ([`crate::parking`]): from then on it
+/// costs no task.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve<'a>(
     io: Box<dyn ClientIo>,
@@ -125,8 +130,9 @@ pub fn serve<'a>(
     info: &'a ConnInfo,
     stop: &'a CancellationToken,
     stopping: &'a AtomicBool,
-) -> impl Future<Output = ()> + Send + 'a {
+) -> impl Future<Output = Option<(Box<dyn ClientIo>, Instant)>> + Send + 'a {
     async move {
+        let parkable = io.parkable() && settings.idle_timeout > PARK_AFTER;
         let mut conn = ConnIo {
             io,
             rbuf: BytesMut::new(),
@@ -140,6 +146,8 @@ pub fn serve<'a>(
         let cancelled = stop.cancelled();
         tokio::pin!(cancelled);
         let mut stop_by: Option<Instant> = None;
+        // When a connection waiting for its next request is parked instead.
+        let mut park_at: Option<Instant> = None;
         loop {
             // A complete, valid head.
             let mut head_started: Option<Instant> = None;
@@ -157,12 +165,17 @@ pub fn serve<'a>(
                         Err(reject) => Some(reject),
                     };
                     if let Some(reject) = reject {
-                        return Box::pin(refuse(conn, reject)).await;
+                        Box::pin(refuse(conn, reject)).await;
+                        return None;
                     }
+                }
+                if head_started.is_some() || stop_by.is_some() {
+                    park_at = None;
                 }
                 {
                     let deadline = head_started.map_or(wait_until, |t| t + settings.header_timeout);
                     let deadline = stop_by.map_or(deadline, |s| s.min(deadline));
+                    let deadline = park_at.map_or(deadline, |p| p.min(deadline));
                     if timer.deadline() != deadline {
                         timer.as_mut().reset(deadline);
                     }
@@ -172,7 +185,7 @@ pub fn serve<'a>(
                     poll_fn(|cx| wait_and_read(&mut conn, cx, timer.as_mut(), cancelled.as_mut(), stop_by.is_none()))
                         .await;
                 match wake {
-                    Wake::Read(0) | Wake::Failed => return,
+                    Wake::Read(0) | Wake::Failed => return None,
                     Wake::Read(_) => {}
                     Wake::Stop => stop_by = Some(Instant::now() + settings.grace),
                     Wake::Timeout => {
@@ -181,20 +194,23 @@ pub fn serve<'a>(
                                 status: 408,
                                 reason: "request header timeout",
                             };
-                            return Box::pin(refuse(conn, reject)).await;
+                            Box::pin(refuse(conn, reject)).await;
+                            return None;
                         }
-                        return;
+                        if park_at.is_some_and(|p| p <= Instant::now()) && conn.rbuf.is_empty() {
+                            return Some((conn.io, wait_until));
+                        }
+                        return None;
                     }
                 }
             };
             // One request, boxed: a connection waiting for its next request then carries none
             // of the request path's state (~4.5 KB), only this loop's. It costs one allocation
             // per request (about 1% CPU at saturation, benches/README.md).
-            conn = match Box::pin(exchange(conn, hinfo, request, settings, shared, info, stopping)).await {
-                Some(c) => c,
-                None => return,
-            };
-            wait_until = Instant::now() + settings.idle_timeout;
+            conn = Box::pin(exchange(conn, hinfo, request, settings, shared, info, stopping)).await?;
+            let now = Instant::now();
+            wait_until = now + settings.idle_timeout;
+            park_at = parkable.then(|| now + PARK_AFTER);
         }
     }
 }
