@@ -207,8 +207,10 @@ fn serve_conn(
     }
 }
 
-/// A parked connection's task, once its client sends again: the HTTP/1 server with the
-/// current generation's settings for its listener (closed if the listener is gone).
+/// A parked connection's task, once its client sends again (or its listener stops): the
+/// HTTP/1 server with the current generation's settings for its listener. A listener a reload
+/// removed has none; its connection is closed, as any request on it would be refused
+/// (`ProxyError::ListenerGone`).
 #[allow(clippy::manual_async_fn)] // on purpose: see serve_conn
 fn serve_resumed(conn: Conn, stream: TcpStream, active: Active) -> impl Future<Output = ()> + Send {
     async move {
