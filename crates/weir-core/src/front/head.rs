@@ -132,6 +132,61 @@ pub fn parse_head(buf: &[u8], limits: &HeadLimits, spans: Option<&mut Spans>) ->
     }
 }
 
+/// RFC 9110 §7.2's `Host = uri-host [ ":" port ]` (RFC 3986 §3.2.2: an IP literal in brackets,
+/// or a reg-name of unreserved, sub-delim and percent-encoded bytes; the port all digits).
+/// Checked in place: building an `http::uri::Authority` copied the value into a new
+/// allocation on every request.
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &v[1..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b":.-_~!$&'()*+,;=".contains(&b));
+        if !ok {
+            return false;
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        match memchr::memchr(b':', v) {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    if host.is_empty() {
+        return false;
+    }
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    if !port_ok {
+        return false;
+    }
+    if host.first() == Some(&b'[') {
+        return true;
+    }
+    let mut i = 0;
+    while let Some(&b) = host.get(i) {
+        if b == b'%' {
+            let hex = |j: usize| host.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return false;
+            }
+            i += 3;
+        } else if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 fn check_with<'b>(
     buf: &'b [u8],
     limits: &HeadLimits,
@@ -202,7 +257,7 @@ fn check_with<'b>(
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             hosts += 1;
-            if h.value.is_empty() || http::uri::Authority::try_from(h.value).is_err() {
+            if !valid_host(h.value) {
                 return Err(Reject::bad("invalid Host header"));
             }
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -322,6 +377,48 @@ fn parse_content_length(value: &[u8]) -> Result<u64, Reject> {
 
 #[cfg(test)]
 mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "a",
+            "example.com",
+            "example.com:8080",
+            "example.com:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[v1.fe80::a+en1]",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "a_b~c!$&'()*+,;=",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "a/b",
+            "a?b",
+            "a#b",
+            "user@host",
+            "a:b",
+            "a:80:80",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:8x",
+            "a%2",
+            "a%zz",
+            "a\"b",
+            "a<b>",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
     use super::*;
 
     const LIMITS: HeadLimits = HeadLimits {
