@@ -155,3 +155,53 @@ async fn busy_connection_is_not_parked() {
         "parked before a second of idleness"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parking_works_on_a_multi_thread_runtime() {
+    let (up, gw) = gateway("park-mt", "idle_timeout = \"30s\"").await;
+    let mut s = TcpStream::connect(gw.addr("park-mt")).await.unwrap();
+    for round in 0..3 {
+        let r = exchange(&mut s, "/").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "round {round}: {r}");
+        assert!(
+            eventually(Duration::from_secs(10), async || parked(&gw, "park-mt").await == 1).await,
+            "round {round}: never parked"
+        );
+    }
+    assert_eq!(up.requests(), 3);
+}
+
+#[tokio::test]
+async fn parked_connection_of_a_removed_listener_is_closed() {
+    let up = Upstream::start("a").await;
+    let listener = |name: &str, addr: &str| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nbind = \"{addr}\"\npool = \"app\"\n[listener.limits]\nidle_timeout = \"30s\"\n"
+        )
+    };
+    let pool = format!(
+        "[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let gw =
+        TestGateway::start(&(listener("park-stays", "127.0.0.1:0") + &listener("park-removed", "127.0.0.1:0") + &pool))
+            .await;
+    let stays = gw.addr("park-stays").to_string();
+    let mut s = TcpStream::connect(gw.addr("park-removed")).await.unwrap();
+    exchange(&mut s, "/").await;
+    assert!(eventually(Duration::from_secs(10), async || parked(&gw, "park-removed").await == 1).await);
+    gw.write_config(&format!(
+        "[admin]\nbind = \"{}\"\n[reload]\nwatch = false\n{}{pool}",
+        gw.admin,
+        listener("park-stays", &stays)
+    ));
+    gw.reload().await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the parked connection outlived its listener")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(parked(&gw, "park-removed").await, 0);
+    assert_eq!(get(&gw.url("park-stays", "/")).await.status, 200);
+}
