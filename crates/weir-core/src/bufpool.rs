@@ -8,10 +8,15 @@
 //! response body handed to the client shares the upstream connection's buffer): the pool
 //! keeps it anyway and reclaims it when it is taken again, by which time the bytes are
 //! usually gone, so the steady state allocates nothing.
+//!
+//! Header maps are pooled the same way: a cleared `HeaderMap` keeps its two allocations
+//! (indices and entries), and every HTTP/1 exchange builds two (the request's and the
+//! response's).
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
+use http::HeaderMap;
 
 /// Size of a client connection's read buffer: a request head and a small body.
 pub const FRONT_READ: usize = 4 * 1024;
@@ -23,11 +28,39 @@ const WRITE: usize = 4 * 1024;
 const POOLED: usize = 64;
 /// Write buffers larger than this are not kept.
 const MAX_POOLED_WRITE: usize = 64 * 1024;
+/// Header maps with room for more fields than this are not kept (a rare huge head would pin
+/// its memory).
+const MAX_POOLED_FIELDS: usize = 64;
 
 thread_local! {
     static FRONT_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static UPSTREAM_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static WRITE_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static HEADER_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `fields` fields.
+pub fn take_headers(fields: usize) -> HeaderMap {
+    match HEADER_MAPS.with_borrow_mut(Vec::pop) {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Gives a header map that is no longer needed back to this thread's pool, cleared.
+pub fn give_headers(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > MAX_POOLED_FIELDS {
+        return;
+    }
+    map.clear();
+    HEADER_MAPS.with_borrow_mut(|pool| {
+        if pool.len() < POOLED {
+            pool.push(map);
+        }
+    });
 }
 
 fn read_pool(size: usize) -> &'static std::thread::LocalKey<RefCell<Vec<BytesMut>>> {
@@ -89,6 +122,26 @@ pub fn give_write(mut buf: Vec<u8>) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_header_map_comes_back_cleared_with_its_room() {
+        // Test threads are fresh: the pool starts empty.
+        let mut map = take_headers(8);
+        map.insert(http::header::HOST, http::HeaderValue::from_static("a"));
+        map.append(http::header::ACCEPT, http::HeaderValue::from_static("b"));
+        let room = map.capacity();
+        give_headers(map);
+        let again = take_headers(4);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), room);
+        // One grown past the limit is let go.
+        let big: HeaderMap = HeaderMap::with_capacity(4 * MAX_POOLED_FIELDS);
+        give_headers(big);
+        assert_eq!(
+            take_headers(1).capacity(),
+            HeaderMap::<http::HeaderValue>::with_capacity(1).capacity()
+        );
+    }
 
     #[test]
     fn a_shared_buffer_comes_back_once_its_bytes_are_gone() {

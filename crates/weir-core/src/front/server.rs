@@ -377,7 +377,7 @@ fn build_request(head: &Bytes, spans: &Spans, info: &HeadInfo) -> Result<Request
     let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
     let method = Method::from_bytes(&slice(spans.method)).map_err(|_| Reject::bad("invalid method"))?;
     let uri = Uri::from_maybe_shared(slice(spans.target)).map_err(|_| Reject::bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = bufpool::take_headers(spans.len());
     for f in spans.fields() {
         let name = HeaderName::from_bytes(&slice(f.name)).map_err(|_| Reject::bad("invalid header field name"))?;
         let value =
@@ -448,6 +448,7 @@ async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: 
         (true, false) => Connection::Default,
     };
     encode_head(status, &parts.headers, framing, connection, &mut wbuf);
+    bufpool::give_headers(std::mem::take(&mut parts.headers));
     drop(parts);
     let r = write_body(conn, &mut wbuf, &mut body, framing).await;
     bufpool::give_write(wbuf);

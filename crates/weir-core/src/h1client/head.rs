@@ -266,7 +266,7 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
 
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     // Room for what the proxy adds (Via, a sticky cookie) without a rehash.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut headers = crate::bufpool::take_headers(count + 2);
     for f in fields {
         let raw_name = bytes_of(f.name);
         if !switching && (is_hop_by_hop(raw_name) || (connection_named && named_in_connection(fields, &head, raw_name)))
