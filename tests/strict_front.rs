@@ -95,6 +95,8 @@ const CASES: &[(&str, &str, u16)] = &[
     ("invalid method", "G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("invalid version", "GET / HTTP/1.7\r\nHost: a\r\n\r\n", 400),
     ("fragment", "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("invalid target byte", "GET /a<b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("invalid query byte", "GET /a?b=<c> HTTP/1.1\r\nHost: a\r\n\r\n", 400),
 ];
 
 #[tokio::test]

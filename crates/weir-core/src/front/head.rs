@@ -242,7 +242,9 @@ fn check_with<'b>(
         });
     }
     let method = req.method.unwrap_or("");
-    check_target(method, path)?;
+    // With spans the request is built from the head, and `Uri::from_maybe_shared` checks an
+    // origin-form target there without copying it; checking it here too would copy it.
+    check_target(method, path, spans.is_none())?;
     let http11 = req.version == Some(1);
 
     let mut hosts = 0usize;
@@ -341,8 +343,9 @@ fn check_with<'b>(
 }
 
 /// The request target must be origin-form, `*` for OPTIONS, absolute-form, or authority-form for
-/// CONNECT; never with a fragment.
-fn check_target(method: &str, path: &str) -> Result<(), Reject> {
+/// CONNECT; never with a fragment. An origin-form target's characters are checked only with
+/// `check_origin` (`http::uri::PathAndQuery::try_from` copies the target).
+fn check_target(method: &str, path: &str, check_origin: bool) -> Result<(), Reject> {
     if path.contains('#') {
         return Err(Reject::bad("fragment in the request target"));
     }
@@ -351,7 +354,7 @@ fn check_target(method: &str, path: &str) -> Result<(), Reject> {
     } else if path == "*" {
         method == "OPTIONS"
     } else if path.starts_with('/') {
-        http::uri::PathAndQuery::try_from(path).is_ok()
+        !check_origin || http::uri::PathAndQuery::try_from(path).is_ok()
     } else {
         let lower = path.get(..8).unwrap_or(path).to_ascii_lowercase();
         (lower.starts_with("http://") || lower.starts_with("https://")) && http::Uri::try_from(path).is_ok()
