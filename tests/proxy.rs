@@ -200,3 +200,38 @@ async fn the_access_log_has_one_json_line_per_request() {
         assert!(e["duration_ms"].as_f64().unwrap() >= 0.0);
     }
 }
+
+/// More requests in flight than `max_idle_per_endpoint` must not close and reopen upstream
+/// connections on every burst: the pool keeps a burst's connections until the next sweep
+/// (about a second) and then trims back to the cap.
+#[tokio::test]
+async fn a_burst_over_the_idle_cap_reuses_its_connections_then_the_pool_trims_to_the_cap() {
+    let up = Upstream::start("a").await;
+    let toml = pool_config(up.addr, "[pool.timeouts]\nmax_idle_per_endpoint = 2\n");
+    let gw = TestGateway::start(&toml).await;
+    let url = gw.url("client", "/delay/200");
+    let wave = async || {
+        let gets = (0..8).map(|_| get(&url));
+        for r in futures_util::future::join_all(gets).await {
+            assert_eq!(r.status, 200);
+        }
+    };
+    let idle = async || -> u64 {
+        let s = get(&gw.admin_url("/api/v1/status")).await.json();
+        s["pools"][0]["endpoints"][0]["idle_connections"]
+            .as_u64()
+            .unwrap_or(u64::MAX)
+    };
+    wave().await;
+    assert_eq!(up.connections(), 8);
+    wave().await;
+    assert_eq!(
+        up.connections(),
+        8,
+        "the second burst did not reuse the first one's connections"
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(5), async || idle().await == 2).await,
+        "the pool was not trimmed back to max_idle_per_endpoint"
+    );
+}

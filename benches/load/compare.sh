@@ -57,7 +57,8 @@ stop_all() {
   done
   pids=()
 }
-cleanup() { stop_all; rm -rf "$work"; }
+# KEEP_WORK=1 keeps the work directory (configs, logs of every process) for a look afterwards.
+cleanup() { stop_all; if [ "${KEEP_WORK:-0}" = 1 ]; then echo "work directory kept: $work" >&2; else rm -rf "$work"; fi; }
 trap cleanup EXIT INT TERM
 
 # --- process accounting ------------------------------------------------------------------------

@@ -96,7 +96,16 @@ pub struct Endpoint {
     /// The last good lookup of a `host:port` endpoint, refreshed every `resolve_interval`.
     resolved: arc_swap::ArcSwapOption<SocketAddr>,
     idle: ArrayQueue<Idle>,
+    /// `max_idle_per_endpoint`: what the sweep trims the pool back to.
+    max_idle: usize,
 }
+
+/// How far past `max_idle_per_endpoint` the pool may grow between two sweeps (one second).
+/// Bursty traffic with more requests in flight than the cap (an HTTP/2 client multiplexing
+/// hundreds) returns many connections at once: a pool that closed every one beyond the cap
+/// opened them again a moment later, thousands a second (16,000 sockets in TIME_WAIT after
+/// five seconds of `h2load -c64 -m10`), until the ephemeral ports ran out.
+const IDLE_BURST: usize = 4;
 
 fn clock_start() -> Instant {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -132,7 +141,8 @@ impl Endpoint {
             checks_failed: AtomicU64::new(0),
             attempts: Default::default(),
             resolved: arc_swap::ArcSwapOption::empty(),
-            idle: ArrayQueue::new(max_idle.max(1)),
+            idle: ArrayQueue::new(max_idle.max(1).saturating_mul(IDLE_BURST)),
+            max_idle: max_idle.max(1),
         }
     }
 
@@ -272,14 +282,16 @@ impl Endpoint {
 
     /// Returns a connection whose response has been read to the end.
     pub fn checkin(&self, conn: UpConn) {
-        // A full queue drops the connection: the pool is bounded.
+        // A full queue drops the connection: the pool is bounded (by IDLE_BURST x the cap; the
+        // sweep brings it back to the cap).
         let _ = self.idle.push(Idle {
             conn,
             since: Instant::now(),
         });
     }
 
-    /// Drops pooled connections idle for longer than `idle_timeout`, or closed by the upstream.
+    /// Drops pooled connections idle for longer than `idle_timeout`, or closed by the upstream,
+    /// then the oldest beyond `max_idle_per_endpoint`.
     pub fn sweep_idle(&self, idle_timeout: Duration) {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
@@ -289,6 +301,9 @@ impl Endpoint {
                 Some(_) => {}
                 None => break,
             }
+        }
+        while self.idle.len() > self.max_idle {
+            drop(self.idle.pop());
         }
     }
 
