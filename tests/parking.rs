@@ -32,6 +32,16 @@ async fn parked(gw: &TestGateway, listener: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (10 s at most, else fails with `what`) for weir to close `s` without sending a byte.
+async fn closed_by_weir(s: &mut TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect(what)
+        .unwrap_or(0);
+    assert_eq!(n, 0, "unexpected bytes: {:?}", String::from_utf8_lossy(&rest));
+}
+
 /// Sends one keep-alive GET and reads its whole response (the test upstream answers with a
 /// Content-Length).
 async fn exchange(s: &mut TcpStream, path: &str) -> String {
@@ -110,12 +120,7 @@ async fn parked_connection_is_closed_at_its_idle_timeout() {
     exchange(&mut s, "/").await;
     let answered = Instant::now();
     assert!(eventually(Duration::from_secs(10), async || parked(&gw, "park-timeout").await == 1).await);
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
-        .await
-        .expect("the parked connection was never closed")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "unexpected bytes: {:?}", String::from_utf8_lossy(&rest));
+    closed_by_weir(&mut s, "the parked connection was never closed").await;
     let idle = answered.elapsed();
     assert!(
         idle >= Duration::from_millis(2400),
@@ -134,12 +139,7 @@ async fn shutdown_with_a_parked_connection_finishes_cleanly() {
         .await
         .expect("shutdown hung on a parked connection");
     assert!(clean, "shutdown reported connections left open");
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
-        .await
-        .expect("the connection outlived the shutdown")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    closed_by_weir(&mut s, "the connection outlived the shutdown").await;
 }
 
 #[tokio::test]
@@ -196,12 +196,7 @@ async fn parked_connection_of_a_removed_listener_is_closed() {
         listener("park-stays", &stays)
     ));
     gw.reload().await.unwrap();
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
-        .await
-        .expect("the parked connection outlived its listener")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+    closed_by_weir(&mut s, "the parked connection outlived its listener").await;
     assert_eq!(parked(&gw, "park-removed").await, 0);
     assert_eq!(get(&gw.url("park-stays", "/")).await.status, 200);
 }

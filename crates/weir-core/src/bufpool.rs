@@ -56,9 +56,14 @@ pub fn give_headers(mut map: HeaderMap) {
         return;
     }
     map.clear();
-    HEADER_MAPS.with_borrow_mut(|pool| {
+    keep(&HEADER_MAPS, map);
+}
+
+/// Puts `item` in this thread's `pool` unless the pool already holds [`POOLED`].
+fn keep<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>, item: T) {
+    pool.with_borrow_mut(|pool| {
         if pool.len() < POOLED {
-            pool.push(map);
+            pool.push(item);
         }
     });
 }
@@ -90,12 +95,7 @@ pub fn give_read(buf: &mut BytesMut, size: usize) {
     if buf.capacity() == 0 || !buf.is_empty() {
         return;
     }
-    let buf = std::mem::take(buf);
-    read_pool(size).with_borrow_mut(|pool| {
-        if pool.len() < POOLED {
-            pool.push(buf);
-        }
-    });
+    keep(read_pool(size), std::mem::take(buf));
 }
 
 /// An empty write buffer.
@@ -111,11 +111,7 @@ pub fn give_write(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    WRITE_BUFS.with_borrow_mut(|pool| {
-        if pool.len() < POOLED {
-            pool.push(buf);
-        }
-    });
+    keep(&WRITE_BUFS, buf);
 }
 
 #[cfg(test)]

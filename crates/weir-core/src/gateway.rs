@@ -83,7 +83,7 @@ impl Gateway {
             Generation::build(1, config.clone(), None, factory).map_err(|e| StartError::Policies(e.join("; ")))?;
         let token = crate::admin::load_token(&config.admin).map_err(StartError::Admin)?;
         let shared = Arc::new(Shared::new(generation));
-        let connections = TaskTracker::new();
+        let connections = shared.connections.clone();
 
         // Bind everything before serving anything: a failure leaves nothing half-started.
         let mut bound = Vec::new();

@@ -152,7 +152,6 @@ async fn accept_loop(ctx: AcceptCtx) {
             shared: ctx.shared.clone(),
             stop: ctx.stop.clone(),
             stopping: ctx.stopping.clone(),
-            tracker: ctx.tracker.clone(),
         };
         let active = Active::new(crate::metrics::global().connections(&ctx.name), permit);
         ctx.tracker.spawn(serve_conn(conn, stream, tls, active));
@@ -199,9 +198,7 @@ fn serve_conn(
         let Some((io, settings)) = Box::pin(conn.open(stream, tls)).await else {
             return;
         };
-        let idle =
-            crate::front::server::serve(io, &settings, &conn.shared, &conn.info, &conn.stop, &conn.stopping).await;
-        if let Some((io, idle_until)) = idle {
+        if let Some((io, idle_until)) = conn.serve_h1(io, &settings).await {
             park(conn, io, active, idle_until);
         }
     }
@@ -218,16 +215,7 @@ fn serve_resumed(conn: Conn, stream: TcpStream, active: Active) -> impl Future<O
         let Some(settings) = conn.limits().map(|l| h1_settings(&l)) else {
             return;
         };
-        let idle = crate::front::server::serve(
-            Box::new(stream),
-            &settings,
-            &conn.shared,
-            &conn.info,
-            &conn.stop,
-            &conn.stopping,
-        )
-        .await;
-        if let Some((io, idle_until)) = idle {
+        if let Some((io, idle_until)) = conn.serve_h1(Box::new(stream), &settings).await {
             park(conn, io, active, idle_until);
         }
     }
@@ -239,7 +227,7 @@ fn park(conn: Conn, io: Box<dyn ClientIo>, active: Active, idle_until: tokio::ti
     let Some(stream) = io.into_tcp().and_then(|s| s.into_std().ok()) else {
         return;
     };
-    let token = conn.tracker.token();
+    let token = conn.shared.connections.token();
     crate::parking::park(crate::parking::Parked {
         stream,
         conn,
@@ -263,10 +251,18 @@ pub(crate) struct Conn {
     shared: Arc<Shared>,
     pub(crate) stop: CancellationToken,
     stopping: Arc<AtomicBool>,
-    tracker: TaskTracker,
 }
 
 impl Conn {
+    /// The HTTP/1 server on this connection; `Some` when the connection is to be parked.
+    fn serve_h1<'a>(
+        &'a self,
+        io: Box<dyn ClientIo>,
+        settings: &'a Settings,
+    ) -> impl Future<Output = Option<(Box<dyn ClientIo>, tokio::time::Instant)>> + Send + 'a {
+        crate::front::server::serve(io, settings, &self.shared, &self.info, &self.stop, &self.stopping)
+    }
+
     fn limits(&self) -> Option<weir_config::Limits> {
         self.shared
             .generation

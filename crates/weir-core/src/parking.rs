@@ -120,16 +120,9 @@ impl Slots {
     /// Takes the connections whose idle timeout has passed.
     fn expired(&mut self, now: Instant) -> Vec<Parked> {
         let mut out = Vec::new();
-        while let Some(Reverse((at, index, generation))) = self.deadlines.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop();
-            if self
-                .slots
-                .get(index as usize)
-                .is_some_and(|s| s.generation == generation)
-            {
+        // `next_deadline` leaves a live entry on top: the one popped here.
+        while self.next_deadline().is_some_and(|at| at <= now) {
+            if let Some(Reverse((_, index, _))) = self.deadlines.pop() {
                 out.extend(self.take(index));
             }
         }

@@ -6,6 +6,7 @@ use std::sync::{Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::generation::Generation;
 use crate::reload::{ReloadReport, ReloadRequest};
@@ -25,6 +26,10 @@ pub struct Shared {
     unready: AtomicBool,
     /// Listeners of the first generation are bound.
     started: AtomicBool,
+    /// The client connections' tasks (and parked connections), which a graceful shutdown waits
+    /// for. Here rather than in every connection's state: a parked connection takes its token
+    /// from it.
+    pub connections: TaskTracker,
 }
 
 impl Shared {
@@ -39,6 +44,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             unready: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            connections: TaskTracker::new(),
         }
     }
 

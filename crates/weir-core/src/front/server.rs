@@ -146,8 +146,9 @@ pub fn serve<'a>(
         let cancelled = stop.cancelled();
         tokio::pin!(cancelled);
         let mut stop_by: Option<Instant> = None;
-        // When a connection waiting for its next request is parked instead.
-        let mut park_at: Option<Instant> = None;
+        // Set after each request on a parkable connection: it is parked after PARK_AFTER of its
+        // idle timeout (at `wait_until - idle_timeout + PARK_AFTER`) unless a head starts first.
+        let mut park_armed = false;
         loop {
             // A complete, valid head.
             let mut head_started: Option<Instant> = None;
@@ -170,12 +171,12 @@ pub fn serve<'a>(
                     }
                 }
                 if head_started.is_some() || stop_by.is_some() {
-                    park_at = None;
+                    park_armed = false;
                 }
                 {
                     let deadline = head_started.map_or(wait_until, |t| t + settings.header_timeout);
                     let deadline = stop_by.map_or(deadline, |s| s.min(deadline));
-                    let deadline = park_at.map_or(deadline, |p| p.min(deadline));
+                    let deadline = park_at(park_armed, wait_until, settings).map_or(deadline, |p| p.min(deadline));
                     if timer.deadline() != deadline {
                         timer.as_mut().reset(deadline);
                     }
@@ -197,7 +198,9 @@ pub fn serve<'a>(
                             Box::pin(refuse(conn, reject)).await;
                             return None;
                         }
-                        if park_at.is_some_and(|p| p <= Instant::now()) && conn.rbuf.is_empty() {
+                        if park_at(park_armed, wait_until, settings).is_some_and(|p| p <= Instant::now())
+                            && conn.rbuf.is_empty()
+                        {
                             return Some((conn.io, wait_until));
                         }
                         return None;
@@ -208,11 +211,16 @@ pub fn serve<'a>(
             // of the request path's state (~4.5 KB), only this loop's. It costs one allocation
             // per request (about 1% CPU at saturation, benches/README.md).
             conn = Box::pin(exchange(conn, hinfo, request, settings, shared, info, stopping)).await?;
-            let now = Instant::now();
-            wait_until = now + settings.idle_timeout;
-            park_at = parkable.then(|| now + PARK_AFTER);
+            wait_until = Instant::now() + settings.idle_timeout;
+            park_armed = parkable;
         }
     }
+}
+
+/// When an armed connection waiting until `wait_until` (its idle timeout) is parked: derived,
+/// so the loop's state (what every idle connection costs) carries a flag, not an instant.
+fn park_at(armed: bool, wait_until: Instant, settings: &Settings) -> Option<Instant> {
+    armed.then(|| wait_until - settings.idle_timeout + PARK_AFTER)
 }
 
 /// Serves one request whose head has been read: lends the connection to its body, runs the
