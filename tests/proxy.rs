@@ -193,6 +193,7 @@ async fn the_access_log_has_one_json_line_per_request() {
     assert_eq!(entries[1]["status"], 404);
     for e in &entries {
         assert_eq!(e["listener"], "client");
+        assert!(e["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{e}");
         assert_eq!(e["pool"], "app");
         assert_eq!(e["endpoint"], up.addr.to_string());
         assert_eq!(e["attempts"], 1);

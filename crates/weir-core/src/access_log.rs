@@ -1,4 +1,4 @@
-//! The access log: one structured line per request (listener, pool, endpoint, status,
+//! The access log: one structured line per request (listener, client, pool, endpoint, status,
 //! duration, attempts, generation, bytes), off by default. To a file, lines go through a
 //! bounded channel to one writer task, so a slow disk never blocks a request (lines are dropped,
 //! and counted, when it falls behind).
@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 pub struct Entry<'a> {
     pub ts_ms: u128,
     pub listener: &'a str,
+    /// The client's address: the socket's peer, or the one a PROXY header named.
+    pub client: std::net::SocketAddr,
     pub pool: &'a str,
     pub endpoint: &'a str,
     pub method: &'a str,
@@ -77,6 +79,7 @@ pub fn write(config: &weir_config::AccessLog, entry: &Entry<'_>) {
         weir_config::AccessLog::Stderr => tracing::info!(
             target: "weir::access",
             listener = entry.listener,
+            client = %entry.client,
             pool = entry.pool,
             endpoint = entry.endpoint,
             method = entry.method,

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod parking;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod state;
 pub mod tls;

@@ -195,6 +195,7 @@ fn serve_conn(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _active = &active;
+        let mut conn = conn;
         let Some((io, settings)) = Box::pin(conn.open(stream, tls)).await else {
             return;
         };
@@ -271,11 +272,40 @@ impl Conn {
             .map(|l| l.config.limits.clone())
     }
 
-    /// TLS handshake or h2 preface sniffing, then the protocol: HTTP/2 is served here to its
-    /// end; an HTTP/1 connection is returned with its settings, for [`serve_conn`] to serve.
-    async fn open(&self, stream: TcpStream, tls: Option<Arc<ServerConfig>>) -> Option<(Box<dyn ClientIo>, Settings)> {
+    /// The PROXY header if the listener expects one, the TLS handshake or h2 preface sniffing,
+    /// then the protocol: HTTP/2 is served here to its end; an HTTP/1 connection is returned
+    /// with its settings, for [`serve_conn`] to serve.
+    async fn open(
+        &mut self,
+        mut stream: TcpStream,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> Option<(Box<dyn ClientIo>, Settings)> {
         let _ = stream.set_nodelay(true);
-        let limits = self.limits()?;
+        let (limits, proxy_protocol) = {
+            let generation = self.shared.generation.load();
+            let l = generation.listener(&self.info.listener)?;
+            (l.config.limits.clone(), l.config.proxy_protocol)
+        };
+        if proxy_protocol {
+            let read = crate::proxy_protocol::read(&mut stream);
+            let refused = match tokio::time::timeout(limits.header_timeout, read).await {
+                Ok(Ok(client)) => {
+                    if let Some(client) = client {
+                        self.info.peer = client;
+                    }
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no whole PROXY header within {:?}", limits.header_timeout)),
+            };
+            if let Some(why) = refused {
+                crate::metrics::global()
+                    .proxy_refused(&self.info.listener)
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = %self.info.listener, peer = %self.info.peer, reason = %why, "connection refused: PROXY protocol");
+                return None;
+            }
+        }
         let Some(config) = tls else {
             return match tokio::time::timeout(limits.header_timeout, sniff_h2(&stream)).await {
                 Ok(Ok(true)) => {

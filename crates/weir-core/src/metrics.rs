@@ -126,6 +126,7 @@ pub struct Metrics {
     routes: DashMap<(String, String), Arc<RouteMetrics>>,
     retries: DashMap<String, Arc<AtomicU64>>,
     connections: DashMap<String, Arc<AtomicI64>>,
+    proxy_refused: DashMap<String, Arc<AtomicU64>>,
 }
 
 /// The process's metrics.
@@ -149,6 +150,12 @@ impl Metrics {
 
     pub fn connections(&self, listener: &str) -> Arc<AtomicI64> {
         self.connections.entry(listener.to_string()).or_default().clone()
+    }
+
+    /// Connections of a `proxy_protocol` listener closed for a missing, malformed or late
+    /// PROXY header (a rare path: looked up when it happens).
+    pub fn proxy_refused(&self, listener: &str) -> Arc<AtomicU64> {
+        self.proxy_refused.entry(listener.to_string()).or_default().clone()
     }
 }
 
@@ -312,6 +319,17 @@ pub fn render(shared: &Shared) -> String {
     for (listener, n) in crate::parking::parked_by_listener() {
         parked.get_or_create(&vec![("listener", listener.to_string())]).set(n);
     }
+    let refused = Family::<Labels, Counter>::default();
+    for e in m.proxy_refused.iter() {
+        refused
+            .get_or_create(&vec![("listener", e.key().clone())])
+            .inc_by(e.value().load(Ordering::Relaxed));
+    }
+    reg.register(
+        "weir_proxy_protocol_refused",
+        "Connections closed for a missing, malformed or late PROXY header, by listener",
+        refused,
+    );
     reg.register(
         "weir_connections_parked",
         "Idle keep-alive connections parked without a task, by listener (also counted in weir_connections_active)",

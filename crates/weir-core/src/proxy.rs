@@ -65,6 +65,7 @@ pub fn serve<'a>(
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis()),
                     listener: &conn.listener,
+                    client: conn.peer,
                     pool: trace
                         .pool
                         .and_then(|i| generation.pools.get(i))

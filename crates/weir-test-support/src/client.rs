@@ -79,10 +79,38 @@ pub async fn h2c_get(url: &str) -> Reply {
     collect(resp).await
 }
 
+/// GET over HTTP/2 with prior knowledge on a connection the test opened (and may have written
+/// to, e.g. a PROXY header).
+pub async fn h2c_get_over(tcp: TcpStream, path: &str) -> Reply {
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake failed");
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://weir.test{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+        .await
+        .expect("h2c request timed out")
+        .expect("h2c request failed");
+    collect(resp).await
+}
+
 /// GET over TLS to `addr`, presenting `server_name` as SNI and offering `alpn`. Returns the
 /// reply, the negotiated ALPN protocol and the server's leaf certificate.
 pub async fn tls_get(
     addr: SocketAddr,
+    server_name: &str,
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+    path: &str,
+) -> (Reply, Option<Vec<u8>>, CertificateDer<'static>) {
+    tls_get_over(TcpStream::connect(addr).await.unwrap(), server_name, ca, alpn, path).await
+}
+
+/// [`tls_get`] on a connection the test opened (and may have written to, e.g. a PROXY header).
+pub async fn tls_get_over(
+    tcp: TcpStream,
     server_name: &str,
     ca: &CertificateDer<'static>,
     alpn: &[&[u8]],
@@ -98,7 +126,6 @@ pub async fn tls_get(
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = connector
         .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
         .await
