@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# What each proxy costs per request, in layout A (proxy and two demo upstreams on core 0, wrk on
+# core 1): syscalls by kind (perf tracepoints), TCP segments sent by the whole machine (nstat),
+# user and system CPU of the proxy (/proc, clock ticks), and its context switches. weir (Wasm
+# balancer), nginx and HAProxy, configured as compare.sh configures them.
+#   usage: [PERF=0] benches/load/per-request.sh [ROUNDS=2] [SECONDS=4]
+# Needs perf (Debian: linux-perf) for the syscall counts; without it, or with PERF=0, those lines
+# are skipped. The tracepoints cost every proxy alike, ~15% more CPU per request: read the CPU
+# figures of a PERF=0 run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+R=${1:-2}; S=${2:-4}
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nstat >/dev/null || need+=(iproute2)
+[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+cargo build -q --release --bin weir --example demo_upstream
+bash scripts/build-plugins.sh >/dev/null 2>&1
+W=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+trap cleanup EXIT INT TERM
+source benches/load/weir-config.sh
+weir_toml "$W/weir.toml" 18281 19921 "$PWD/plugins/dist" 19281 19282
+mkdir -p "$W/nginx"
+cat > "$W/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $W/nginx; proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx;
+  uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
+  keepalive_requests 100000000;
+  upstream app { server 127.0.0.1:19281; server 127.0.0.1:19282; keepalive 128; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:18283 reuseport backlog=4096;
+    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+cat > "$W/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 75s
+  timeout server 75s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend web
+  bind 127.0.0.1:18284
+  default_backend app
+backend app
+  balance roundrobin
+  server a 127.0.0.1:19281
+  server b 127.0.0.1:19282
+HAPROXY
+taskset -c 0 target/release/examples/demo_upstream 19281 a 100 2>/dev/null & pids+=($!)
+taskset -c 0 target/release/examples/demo_upstream 19282 b 100 2>/dev/null & pids+=($!)
+WEIR_LOG=warn taskset -c 0 target/release/weir run --config "$W/weir.toml" & PW=$!; pids+=($PW)
+taskset -c 0 nginx -c "$W/nginx.conf" -e "$W/nginx-error.log" & pids+=($!)
+taskset -c 0 haproxy -db -f "$W/haproxy.cfg" & PH=$!; pids+=($PH)
+for port in 18281 18283 18284; do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+done
+PN=$(pgrep -P "${pids[3]}" | head -1)  # nginx's worker
+HZ=$(getconf CLK_TCK)
+EV=(-e raw_syscalls:sys_enter)
+for s in epoll_wait epoll_ctl recvfrom sendto read write readv writev getsockopt setsockopt futex; do
+  EV+=(-e "syscalls:sys_enter_$s")
+done
+perf_ok=0
+[ "${PERF:-1}" != 0 ] && command -v perf >/dev/null && perf stat "${EV[@]}" -p "$PW" -o /dev/null -- sleep 0.1 2>/dev/null && perf_ok=1
+cpu() { awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$1/stat"; }
+switches() { awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' "/proc/$1/status"; }
+for round in $(seq "$R"); do
+  for pair in weir:18281:$PW nginx:18283:$PN haproxy:18284:$PH; do
+    IFS=: read -r name port pid <<<"$pair"
+    taskset -c 1 wrk -t1 -c64 -d1s "http://127.0.0.1:$port/" >/dev/null
+    [ $perf_ok = 1 ] && { perf stat "${EV[@]}" -p "$pid" -o "$W/perf.txt" & SP=$!; }
+    nstat -n >/dev/null
+    read -r u0 s0 < <(cpu "$pid"); read -r v0 n0 < <(switches "$pid")
+    taskset -c 1 wrk -t1 -c64 -d"${S}s" "http://127.0.0.1:$port/" > "$W/wrk.txt"
+    read -r u1 s1 < <(cpu "$pid"); read -r v1 n1 < <(switches "$pid")
+    nstat > "$W/nstat.txt"
+    [ $perf_ok = 1 ] && { kill -INT "$SP"; wait "$SP" || true; }
+    n=$(awk '/requests in/ {print $1}' "$W/wrk.txt")
+    echo "== round $round: $name, $(awk '/Requests\/sec/ {print $2}' "$W/wrk.txt") req/s"
+    awk -v n="$n" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$HZ" -v v=$((v1 - v0)) -v nv=$((n1 - n0)) 'BEGIN {
+      printf "   CPU per request: user %.2f us, system %.2f us, total %.2f us; context switches %.3f voluntary, %.3f preempted\n",
+        u * 1e6 / hz / n, s * 1e6 / hz / n, (u + s) * 1e6 / hz / n, v / n, nv / n }'
+    awk -v n="$n" '$1 == "TcpOutSegs" || $1 == "TcpExtTCPPureAcks" || $1 == "TcpExtDelayedACKs" {printf "   %s per request: %.3f\n", $1, $2 / n}' "$W/nstat.txt"
+    [ $perf_ok = 1 ] && awk -v n="$n" '/sys_enter/ {gsub(",", "", $1); if ($1 > 0) {sub(/^[a-z_]+:(sys_enter_)?/, "", $2); printf "   syscalls per request, %s: %.3f\n", $2, $1 / n}}' "$W/perf.txt"
+  done
+done
