@@ -227,3 +227,176 @@ async fn a_reload_turns_the_header_on_for_new_connections() {
     let tcp = connect_with(&gw, "pp-reload", b"PROXY TCP4 203.0.113.7 10.0.0.1 1 2\r\n", false).await;
     assert_eq!(forwarded_for_h1(tcp, &["/on"]).await, ["203.0.113.7"]);
 }
+
+/// An upstream behind a `send_proxy` pool: each connection must open with a PROXY header (v1
+/// line or v2), which it records; then it answers every GET on the connection with that header
+/// (v1 as text, v2 as hex) as the body and the connection's number in `x-conn`.
+struct ProxyReadingUpstream {
+    addr: std::net::SocketAddr,
+    headers: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl ProxyReadingUpstream {
+    async fn start() -> ProxyReadingUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let headers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = headers.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let _ = Self::serve(stream, seen).await;
+                });
+            }
+        });
+        ProxyReadingUpstream { addr, headers }
+    }
+
+    async fn serve(mut s: TcpStream, seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let header = loop {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let len = if buf.starts_with(b"PROXY ") {
+                buf.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
+            } else if buf.len() >= 16 && buf.starts_with(b"\r\n\r\n\0\r\nQUIT\n") {
+                Some(16 + usize::from(u16::from_be_bytes([buf[14], buf[15]])))
+            } else if buf.len() >= 16
+                || !b"\r\n\r\n\0\r\nQUIT\n".starts_with(&buf) && !b"PROXY ".starts_with(&buf[..buf.len().min(6)])
+            {
+                return Ok(()); // no header: refuse, as a PROXY-speaking server does
+            } else {
+                None
+            };
+            if let Some(len) = len.filter(|l| buf.len() >= *l) {
+                break buf.drain(..len).collect::<Vec<u8>>();
+            }
+        };
+        let number = {
+            let mut all = seen.lock().unwrap();
+            all.push(header.clone());
+            all.len()
+        };
+        let body = if header.starts_with(b"PROXY") {
+            String::from_utf8_lossy(&header).trim_end().to_string()
+        } else {
+            header.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-conn: {number}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).await?;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn headers(&self) -> Vec<Vec<u8>> {
+        self.headers.lock().unwrap().clone()
+    }
+}
+
+/// A listener `name` in front of one pool whose single endpoint is `up`, with `pool_lines`.
+fn send_proxy_config(name: &str, up: std::net::SocketAddr, listener_lines: &str, pool_lines: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener_lines}\n[[pool]]\nname = \"app\"\n{pool_lines}\n[[pool.endpoint]]\naddress = \"{up}\"\n"
+    )
+}
+
+/// GETs `count` times over one HTTP/1.1 connection; each answer's body and `x-conn`.
+async fn bodies_h1(tcp: TcpStream, count: usize) -> Vec<(String, String)> {
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let req = http::Request::get("/")
+            .header("host", "lb.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("request timed out")
+            .expect("request failed");
+        assert_eq!(resp.status(), 200);
+        let x_conn = resp.headers()["x-conn"].to_str().unwrap().to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        out.push((String::from_utf8_lossy(&body).into_owned(), x_conn));
+    }
+    out
+}
+
+#[tokio::test]
+async fn send_proxy_v1_names_each_client_on_a_connection_of_its_own() {
+    let up = ProxyReadingUpstream::start().await;
+    let gw = TestGateway::start(&send_proxy_config("sp-v1", up.addr, "", "send_proxy = \"v1\"")).await;
+    let listener = gw.addr("sp-v1");
+    let a = TcpStream::connect(listener).await.unwrap();
+    let a_port = a.local_addr().unwrap().port();
+    let want_a = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {a_port} {}", listener.port());
+    let first = bodies_h1(a, 2).await;
+    assert_eq!(
+        first,
+        [(want_a.clone(), "1".to_string()), (want_a.clone(), "1".to_string())]
+    );
+
+    // Another client gets a connection of its own, whose header names it.
+    let b = TcpStream::connect(listener).await.unwrap();
+    let b_port = b.local_addr().unwrap().port();
+    let want_b = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {b_port} {}", listener.port());
+    assert_eq!(bodies_h1(b, 1).await, [(want_b, "2".to_string())]);
+    assert_eq!(up.headers().len(), 2);
+}
+
+#[tokio::test]
+async fn send_proxy_v2_passes_on_the_client_a_proxy_header_named() {
+    let up = ProxyReadingUpstream::start().await;
+    let gw = TestGateway::start(&send_proxy_config(
+        "sp-v2",
+        up.addr,
+        "proxy_protocol = true",
+        "send_proxy = \"v2\"",
+    ))
+    .await;
+    let tcp = connect_with(
+        &gw,
+        "sp-v2",
+        b"PROXY TCP4 203.0.113.7 198.51.100.1 51234 443\r\n",
+        false,
+    )
+    .await;
+    let got = bodies_h1(tcp, 1).await;
+    // v2, PROXY over TCP/IPv4, 12 address bytes: 203.0.113.7 -> 198.51.100.1, 51234 -> 443.
+    assert_eq!(got[0].0, "0d0a0d0a000d0a515549540a2111000ccb007107c6336401c82201bb");
+}
+
+#[tokio::test]
+async fn health_checks_of_a_send_proxy_pool_say_they_are_weirs_own() {
+    let up = ProxyReadingUpstream::start().await;
+    let gw = TestGateway::start(&send_proxy_config(
+        "sp-health",
+        up.addr,
+        "",
+        "send_proxy = \"v1\"\n[pool.health]\npath = \"/upcheck\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nhealthy_threshold = 1",
+    ))
+    .await;
+    let checked = async || up.headers().iter().any(|h| h == b"PROXY UNKNOWN\r\n");
+    assert!(eventually(Duration::from_secs(10), checked).await, "{:?}", up.headers());
+    // The endpoint passed its check: traffic flows, under headers naming the client.
+    let ready = async || get(&gw.url("sp-health", "/")).await.status == 200;
+    assert!(eventually(Duration::from_secs(10), ready).await);
+    assert!(up.headers().iter().any(|h| h.starts_with(b"PROXY TCP4 127.0.0.1 ")));
+}

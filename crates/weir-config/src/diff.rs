@@ -123,7 +123,8 @@ fn pool_change(old: &Pool, new: &Pool) -> Option<PoolChange> {
         settings: old.timeouts != new.timeouts
             || old.retry != new.retry
             || old.passive != new.passive
-            || old.resolve_interval != new.resolve_interval,
+            || old.resolve_interval != new.resolve_interval
+            || old.send_proxy != new.send_proxy,
         ..PoolChange::default()
     };
     for e in &new.endpoints {

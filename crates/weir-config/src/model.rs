@@ -154,7 +154,16 @@ pub struct Pool {
     pub retry: Retry,
     pub passive: Passive,
     pub health: Option<Health>,
+    /// A PROXY protocol header at the start of every upstream connection (`send_proxy`).
+    pub send_proxy: Option<ProxyVersion>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// Which PROXY protocol header weir writes to the upstreams of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, PartialEq)]

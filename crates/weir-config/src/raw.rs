@@ -165,6 +165,7 @@ pub struct RawPool {
     #[serde(default)]
     pub passive: RawPassive,
     pub health: Option<RawHealth>,
+    pub send_proxy: Option<String>,
     #[serde(default)]
     pub endpoint: Vec<RawEndpoint>,
 }

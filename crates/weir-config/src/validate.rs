@@ -616,6 +616,18 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         fail_on_status,
     };
     let health = raw.health.as_ref().map(|h| health(v, h, &path.key("health")));
+    let send_proxy = match raw.send_proxy.as_deref() {
+        None | Some("off") => None,
+        Some("v1") => Some(ProxyVersion::V1),
+        Some("v2") => Some(ProxyVersion::V2),
+        Some(other) => {
+            v.issue(
+                Issue::new(path.key("send_proxy"), format!("unknown value `{other}`"))
+                    .help("use \"v1\" (text), \"v2\" (binary) or \"off\""),
+            );
+            None
+        }
+    };
     let endpoints: Vec<Endpoint> = raw
         .endpoint
         .iter()
@@ -658,6 +670,7 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         retry,
         passive,
         health,
+        send_proxy,
         endpoints,
     }
 }

@@ -330,3 +330,19 @@ fn unreadable_file_names_it() {
         "{err}"
     );
 }
+
+#[test]
+fn pool_send_proxy_values() {
+    let src = BASE.replace(
+        "name = \"app\"\n[[pool.endpoint]]",
+        "name = \"app\"\nsend_proxy = \"v3\"\n[[pool.endpoint]]",
+    );
+    assert_one(&src, "pool[0].send_proxy", 9, "unknown value");
+    for ok in ["v1", "v2", "off"] {
+        let src = BASE.replace(
+            "name = \"app\"\n[[pool.endpoint]]",
+            &format!("name = \"app\"\nsend_proxy = \"{ok}\"\n[[pool.endpoint]]"),
+        );
+        assert!(errors(&src).is_empty(), "{ok}");
+    }
+}

@@ -38,7 +38,12 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut generations: watch::Receiver<u64>, 
                 }
                 let Some(health) = &pool.config.health else { continue };
                 for endpoint in &pool.endpoints {
-                    checks.spawn(check_loop(endpoint.clone(), health.clone(), pool.name.clone()));
+                    checks.spawn(check_loop(
+                        endpoint.clone(),
+                        health.clone(),
+                        pool.name.clone(),
+                        pool.config.send_proxy,
+                    ));
                 }
             }
             drop(generation);
@@ -68,13 +73,18 @@ fn jitter(interval: Duration, seed: u64) -> Duration {
     Duration::from_millis(mixed % tenth.max(1))
 }
 
-async fn check_loop(endpoint: Arc<Endpoint>, health: Health, pool: String) {
+async fn check_loop(
+    endpoint: Arc<Endpoint>,
+    health: Health,
+    pool: String,
+    send_proxy: Option<weir_config::ProxyVersion>,
+) {
     let mut round = u64::from(endpoint.id) << 32;
     tokio::time::sleep(health.initial_delay + jitter(health.interval, round)).await;
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
         round += 1;
-        let verdict = match tokio::time::timeout(health.timeout, probe(&endpoint, &health)).await {
+        let verdict = match tokio::time::timeout(health.timeout, probe(&endpoint, &health, send_proxy)).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "no answer within {}",
@@ -107,14 +117,25 @@ async fn check_loop(endpoint: Arc<Endpoint>, health: Health, pool: String) {
     }
 }
 
-async fn probe(endpoint: &Endpoint, health: &Health) -> Result<(), String> {
+async fn probe(
+    endpoint: &Endpoint,
+    health: &Health,
+    send_proxy: Option<weir_config::ProxyVersion>,
+) -> Result<(), String> {
     let mut addr = endpoint.resolve().await.map_err(|e| e.to_string())?;
     if let Some(port) = health.port {
         addr.set_port(port);
     }
-    let stream = TcpStream::connect(addr)
+    let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    // A check on the traffic port of a `send_proxy` pool speaks as its traffic does, with a
+    // header saying the connection is weir's own; a separate check port gets none.
+    if let (Some(version), None) = (send_proxy, health.port) {
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &crate::proxy_protocol::local_header(version))
+            .await
+            .map_err(|e| format!("PROXY header to {addr}: {e}"))?;
+    }
     let Some(path) = &health.path else {
         return Ok(());
     };

@@ -94,6 +94,7 @@ pub fn spawn(
     let stopping = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(accept_loop(AcceptCtx {
         name: name.clone(),
+        bound: local_addr,
         listener: listener.clone(),
         tls: tls.clone(),
         limit: Arc::new(Semaphore::new(max_connections)),
@@ -115,6 +116,7 @@ pub fn spawn(
 
 struct AcceptCtx {
     name: Arc<str>,
+    bound: SocketAddr,
     listener: Arc<TcpListener>,
     tls: Option<Arc<ArcSwap<ServerConfig>>>,
     limit: Arc<Semaphore>,
@@ -143,10 +145,16 @@ async fn accept_loop(ctx: AcceptCtx) {
             _ = ctx.stop.cancelled() => break,
         };
         let tls = ctx.tls.as_ref().map(|t| t.load_full());
+        // A wildcard bind asks the socket where the client connected (one getsockname).
+        let local = match ctx.bound.ip().is_unspecified() {
+            true => stream.local_addr().unwrap_or(ctx.bound),
+            false => ctx.bound,
+        };
         let conn = Conn {
             info: ConnInfo {
                 listener: ctx.name.clone(),
                 peer,
+                local,
                 https: tls.is_some(),
             },
             shared: ctx.shared.clone(),
@@ -289,9 +297,10 @@ impl Conn {
         if proxy_protocol {
             let read = crate::proxy_protocol::read(&mut stream);
             let refused = match tokio::time::timeout(limits.header_timeout, read).await {
-                Ok(Ok(client)) => {
-                    if let Some(client) = client {
-                        self.info.peer = client;
+                Ok(Ok(named)) => {
+                    if let Some(named) = named {
+                        self.info.peer = named.client;
+                        self.info.local = named.local;
                     }
                     None
                 }

@@ -32,6 +32,9 @@ use crate::upstream::{ConnectError, InFlight};
 pub struct ConnInfo {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
+    /// Where the client connected: the listener's address (the socket's own when bound to a
+    /// wildcard), or the destination a PROXY header named. Written into `send_proxy` headers.
+    pub local: SocketAddr,
     pub https: bool,
 }
 
@@ -377,7 +380,12 @@ fn forward<'a>(
             let in_flight = InFlight::new(endpoint.clone());
             let t = &pool.config.timeouts;
             let per_try = target.timeout.unwrap_or(t.request);
-            let (failure, unsent, held) = match endpoint.checkout(t.connect, t.idle).await {
+            let proxy_out = pool.config.send_proxy.map(|version| crate::proxy_protocol::Out {
+                version,
+                client: conn.peer,
+                local: conn.local,
+            });
+            let (failure, unsent, held) = match endpoint.checkout(t.connect, t.idle, proxy_out).await {
                 Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
                 Err(e) => {
                     tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");

@@ -1,6 +1,8 @@
-//! The PROXY protocol (v1 text, v2 binary) on accepted connections: a load balancer in front of
-//! weir opens each connection with a header naming the real client, which then stands for the
-//! socket's peer everywhere (`X-Forwarded-For`, `Forwarded`, affinity, plugins, access log).
+//! The PROXY protocol (v1 text, v2 binary). In: a load balancer in front of weir opens each
+//! connection with a header naming the real client, which then stands for the socket's peer
+//! everywhere (`X-Forwarded-For`, `Forwarded`, affinity, plugins, access log). Out
+//! (`send_proxy` on a pool): weir opens each upstream connection with a header naming the
+//! client it was opened for, and reuses it only for that client.
 //!
 //! The header is consumed and nothing after it: v1 is found by peeking (its line ends within
 //! 107 bytes), v2 by its fixed 16-byte prefix, which carries the length of the rest. So the
@@ -47,11 +49,18 @@ impl std::fmt::Display for Refused {
     }
 }
 
-/// Reads the header that opens `stream`. `Some(client)` is the source it names; `None` when it
-/// names none (v1 `UNKNOWN`, v2 `LOCAL` such as a load balancer's own health check, or an
+/// The connection a PROXY header describes: the client, and where it connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Named {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// Reads the header that opens `stream`: the connection it names, or `None` when it names
+/// none (v1 `UNKNOWN`, v2 `LOCAL` such as a load balancer's own health check, or an
 /// address family other than TCP over IPv4/IPv6): the socket's peer stands then.
 /// The caller bounds the wait (the listener's `header_timeout`).
-pub async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, Refused> {
+pub async fn read(stream: &mut TcpStream) -> Result<Option<Named>, Refused> {
     let mut peeked = [0u8; V1_MAX];
     loop {
         let n = stream.peek(&mut peeked).await.map_err(Refused::Io)?;
@@ -85,19 +94,25 @@ fn starts_like(seen: &[u8], expected: &[u8]) -> bool {
     seen[..n] == expected[..n]
 }
 
-async fn read_v1(stream: &mut TcpStream, len: usize) -> Result<Option<SocketAddr>, Refused> {
+async fn read_v1(stream: &mut TcpStream, len: usize) -> Result<Option<Named>, Refused> {
     let mut line = [0u8; V1_MAX];
     let line = &mut line[..len];
     stream.read_exact(line).await.map_err(eof_is_closed)?;
     let h = v1::Header::try_from(&line[..]).map_err(|e| Refused::Malformed(e.to_string()))?;
     Ok(match h.addresses {
-        v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-        v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+        v1::Addresses::Tcp4(a) => Some(Named {
+            client: (a.source_address, a.source_port).into(),
+            local: (a.destination_address, a.destination_port).into(),
+        }),
+        v1::Addresses::Tcp6(a) => Some(Named {
+            client: (a.source_address, a.source_port).into(),
+            local: (a.destination_address, a.destination_port).into(),
+        }),
         v1::Addresses::Unknown => None,
     })
 }
 
-async fn read_v2(stream: &mut TcpStream, rest: usize) -> Result<Option<SocketAddr>, Refused> {
+async fn read_v2(stream: &mut TcpStream, rest: usize) -> Result<Option<Named>, Refused> {
     let len = V2_FIXED + rest;
     if len > V2_MAX {
         return Err(Refused::Malformed(format!(
@@ -111,8 +126,14 @@ async fn read_v2(stream: &mut TcpStream, rest: usize) -> Result<Option<SocketAdd
         return Ok(None);
     }
     Ok(match h.addresses {
-        v2::Addresses::IPv4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-        v2::Addresses::IPv6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+        v2::Addresses::IPv4(a) => Some(Named {
+            client: (a.source_address, a.source_port).into(),
+            local: (a.destination_address, a.destination_port).into(),
+        }),
+        v2::Addresses::IPv6(a) => Some(Named {
+            client: (a.source_address, a.source_port).into(),
+            local: (a.destination_address, a.destination_port).into(),
+        }),
         v2::Addresses::Unspecified | v2::Addresses::Unix(_) => None,
     })
 }
@@ -122,5 +143,118 @@ fn eof_is_closed(e: std::io::Error) -> Refused {
         Refused::Closed
     } else {
         Refused::Io(e)
+    }
+}
+
+/// What an upstream connection of a `send_proxy` pool opens with.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    pub version: weir_config::ProxyVersion,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl Out {
+    /// The header bytes. The two addresses of a header share a family: a mixed pair is written
+    /// as IPv6, the IPv4 one mapped (`::ffff:a.b.c.d`).
+    pub fn header(&self) -> Vec<u8> {
+        let (client, local) = same_family(self.client, self.local);
+        match self.version {
+            weir_config::ProxyVersion::V1 => {
+                let addresses = match (client, local) {
+                    (SocketAddr::V4(c), SocketAddr::V4(l)) => {
+                        v1::Addresses::new_tcp4(*c.ip(), *l.ip(), c.port(), l.port())
+                    }
+                    (c, l) => v1::Addresses::new_tcp6(v6(c.ip()), v6(l.ip()), c.port(), l.port()),
+                };
+                // ppp writes the whole line: "PROXY TCP4 <src> <dst> <sport> <dport>\r\n".
+                addresses.to_string().into_bytes()
+            }
+            weir_config::ProxyVersion::V2 => v2_header(v2::Command::Proxy, Some((client, local))),
+        }
+    }
+}
+
+/// The header a health check of a `send_proxy` pool opens with: v1 `UNKNOWN`, v2 `LOCAL` (the
+/// connection is weir's own, not a client's).
+pub fn local_header(version: weir_config::ProxyVersion) -> Vec<u8> {
+    match version {
+        weir_config::ProxyVersion::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        weir_config::ProxyVersion::V2 => v2_header(v2::Command::Local, None),
+    }
+}
+
+fn v2_header(command: v2::Command, addresses: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    let version_command = v2::Version::Two as u8 | command as u8;
+    let built = match addresses {
+        Some(pair) => v2::Builder::with_addresses(version_command, v2::Protocol::Stream, pair).build(),
+        None => {
+            v2::Builder::with_addresses(version_command, v2::Protocol::Unspecified, v2::Addresses::Unspecified).build()
+        }
+    };
+    // Building into a Vec cannot fail short of memory; an empty header would be refused by the
+    // upstream, which counts as that connect failing.
+    built.unwrap_or_default()
+}
+
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (
+            SocketAddr::new(v6(a.ip()).into(), a.port()),
+            SocketAddr::new(v6(b.ip()).into(), b.port()),
+        )
+    }
+}
+
+fn v6(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use weir_config::ProxyVersion;
+
+    fn out(version: ProxyVersion, client: &str, local: &str) -> Out {
+        Out {
+            version,
+            client: client.parse().unwrap(),
+            local: local.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn v1_lines() {
+        let h = out(ProxyVersion::V1, "203.0.113.7:51234", "10.0.0.1:9080").header();
+        assert_eq!(h, b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 9080\r\n");
+        let h = out(ProxyVersion::V1, "[2001:db8::7]:1", "[2001:db8::1]:443").header();
+        assert_eq!(h, b"PROXY TCP6 2001:db8::7 2001:db8::1 1 443\r\n");
+        // Mixed families are written as IPv6, the IPv4 address mapped.
+        let h = out(ProxyVersion::V1, "[2001:db8::7]:1", "10.0.0.1:443").header();
+        assert_eq!(h, b"PROXY TCP6 2001:db8::7 ::ffff:10.0.0.1 1 443\r\n");
+        assert_eq!(local_header(ProxyVersion::V1), b"PROXY UNKNOWN\r\n");
+    }
+
+    #[test]
+    fn v2_headers() {
+        let h = out(ProxyVersion::V2, "203.0.113.7:51234", "10.0.0.1:9080").header();
+        let mut want = V2_SIGNATURE.to_vec();
+        want.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 7, 10, 0, 0, 1, 0xc8, 0x22, 0x23, 0x78]);
+        assert_eq!(h, want);
+        let h = out(ProxyVersion::V2, "[2001:db8::7]:1", "10.0.0.1:443").header();
+        assert_eq!(&h[12..16], &[0x21, 0x21, 0, 36]);
+        assert_eq!(
+            &h[32..48],
+            &"::ffff:10.0.0.1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(local_header(ProxyVersion::V2), local);
     }
 }

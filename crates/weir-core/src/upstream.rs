@@ -266,18 +266,51 @@ impl Endpoint {
     /// A pooled connection younger than `idle_timeout` and still open, or a new one.
     /// Returns the connection and whether it was reused (an unsent request may be retried on a
     /// reused one).
+    ///
+    /// With `proxy` (a `send_proxy` pool) a connection opens with a PROXY header naming the
+    /// client, so only a connection opened for the same client (address and port: in practice
+    /// its own client connection) is reused.
     pub async fn checkout(
         &self,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        proxy: Option<crate::proxy_protocol::Out>,
     ) -> Result<(UpConn, bool), ConnectError> {
-        while let Some(idle) = self.idle.pop() {
-            if idle.usable(idle_timeout) {
-                return Ok((idle.conn, true));
+        match proxy {
+            None => {
+                while let Some(idle) = self.idle.pop() {
+                    // One a reload left from `send_proxy` days names a client: not for others.
+                    if idle.usable(idle_timeout) && idle.conn.proxied_for.is_none() {
+                        return Ok((idle.conn, true));
+                    }
+                }
+            }
+            Some(p) => {
+                if let Some(conn) = self.take_idle_for(p.client, idle_timeout) {
+                    return Ok((conn, true));
+                }
             }
         }
         // Boxed: a new connection is the rare case; its state would sit in every request's.
-        Ok((Box::pin(self.connect(connect_timeout)).await?, false))
+        Ok((Box::pin(self.connect(connect_timeout, proxy)).await?, false))
+    }
+
+    /// A usable pooled connection opened for `client`. Looks at each pooled connection once:
+    /// the others go back (stale ones are dropped).
+    fn take_idle_for(&self, client: SocketAddr, idle_timeout: Duration) -> Option<UpConn> {
+        let mut found = None;
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if !idle.usable(idle_timeout) {
+                continue;
+            }
+            if found.is_none() && idle.conn.proxied_for == Some(client) {
+                found = Some(idle.conn);
+            } else {
+                let _ = self.idle.push(idle);
+            }
+        }
+        found
     }
 
     /// Returns a connection whose response has been read to the end.
@@ -348,12 +381,22 @@ impl Endpoint {
         matches!(self.address, EndpointAddress::Host { .. })
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<UpConn, ConnectError> {
+    async fn connect(
+        &self,
+        connect_timeout: Duration,
+        proxy: Option<crate::proxy_protocol::Out>,
+    ) -> Result<UpConn, ConnectError> {
         let connect = async {
             let addr = self.resolve().await?;
-            let stream = TcpStream::connect(addr).await?;
+            let mut stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            Ok::<_, ConnectError>(UpConn::new(stream))
+            if let Some(p) = &proxy {
+                // Its own segment, once per connection; the connect timeout covers it.
+                tokio::io::AsyncWriteExt::write_all(&mut stream, &p.header()).await?;
+            }
+            let mut conn = UpConn::new(stream);
+            conn.proxied_for = proxy.map(|p| p.client);
+            Ok::<_, ConnectError>(conn)
         };
         tokio::time::timeout(connect_timeout, connect)
             .await

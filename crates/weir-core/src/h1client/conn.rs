@@ -71,6 +71,9 @@ pub struct UpConn {
     wbuf: Vec<u8>,
     /// How much room the next read asks for: grows while reads fill it (large bodies).
     read_size: usize,
+    /// The client this connection's PROXY header named (`send_proxy` pools): it carries that
+    /// client's requests only.
+    pub(crate) proxied_for: Option<std::net::SocketAddr>,
 }
 
 impl UpConn {
@@ -80,6 +83,7 @@ impl UpConn {
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             read_size: READ_CHUNK,
+            proxied_for: None,
         }
     }
 
