@@ -295,22 +295,20 @@ impl Endpoint {
         Ok((Box::pin(self.connect(connect_timeout, proxy)).await?, false))
     }
 
-    /// A usable pooled connection opened for `client`. Looks at each pooled connection once:
-    /// the others go back (stale ones are dropped).
+    /// A usable pooled connection opened for `client`. Looks at each pooled connection at most
+    /// once: the others go back to the end of the queue, stale ones are dropped.
     fn take_idle_for(&self, client: SocketAddr, idle_timeout: Duration) -> Option<UpConn> {
-        let mut found = None;
         for _ in 0..self.idle.len() {
             let Some(idle) = self.idle.pop() else { break };
             if !idle.usable(idle_timeout) {
                 continue;
             }
-            if found.is_none() && idle.conn.proxied_for == Some(client) {
-                found = Some(idle.conn);
-            } else {
-                let _ = self.idle.push(idle);
+            if idle.conn.proxied_for == Some(client) {
+                return Some(idle.conn);
             }
+            let _ = self.idle.push(idle);
         }
-        found
+        None
     }
 
     /// Returns a connection whose response has been read to the end.
