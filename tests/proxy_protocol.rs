@@ -6,9 +6,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_test_support::*;
@@ -24,9 +21,19 @@ fn config(name: &str, up: &Upstream, tls: Option<&TestCerts>) -> String {
             key.display()
         )
     });
+    one_listener(
+        name,
+        up.addr,
+        &format!("proxy_protocol = true\n{tls}[listener.limits]\nheader_timeout = \"300ms\""),
+        "",
+    )
+}
+
+/// A listener `name` with `listener_lines`, in front of one pool `app` with `pool_lines` whose
+/// single endpoint is `up`.
+fn one_listener(name: &str, up: std::net::SocketAddr, listener_lines: &str, pool_lines: &str) -> String {
     format!(
-        "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\nproxy_protocol = true\n{tls}[listener.limits]\nheader_timeout = \"300ms\"\n\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
-        up.addr
+        "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener_lines}\n\n[[pool]]\nname = \"app\"\n{pool_lines}\n[[pool.endpoint]]\naddress = \"{up}\"\n"
     )
 }
 
@@ -49,21 +56,10 @@ async fn connect_with(gw: &TestGateway, listener: &str, header: &[u8], split: bo
 /// GETs `paths` one after the other over HTTP/1.1 on `tcp`; the `X-Forwarded-For` each
 /// request reached the upstream with.
 async fn forwarded_for_h1(tcp: TcpStream, paths: &[&str]) -> Vec<String> {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
     let mut seen = Vec::new();
-    for path in paths {
-        let req = http::Request::get(*path)
-            .header("host", "lb.test")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-            .await
-            .expect("request timed out")
-            .expect("request failed");
-        assert_eq!(resp.status(), 200);
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for (r, path) in h1_get_over(tcp, "lb.test", paths).await.iter().zip(paths) {
+        assert_eq!(r.status, 200);
+        let j = r.json();
         assert_eq!(j["path"], *path);
         seen.push(j["headers"]["x-forwarded-for"][0].as_str().unwrap_or("").to_string());
     }
@@ -310,31 +306,13 @@ impl ProxyReadingUpstream {
     }
 }
 
-/// A listener `name` in front of one pool whose single endpoint is `up`, with `pool_lines`.
-fn send_proxy_config(name: &str, up: std::net::SocketAddr, listener_lines: &str, pool_lines: &str) -> String {
-    format!(
-        "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener_lines}\n[[pool]]\nname = \"app\"\n{pool_lines}\n[[pool.endpoint]]\naddress = \"{up}\"\n"
-    )
-}
-
 /// GETs `count` times over one HTTP/1.1 connection; each answer's body and `x-conn`.
 async fn bodies_h1(tcp: TcpStream, count: usize) -> Vec<(String, String)> {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
+    let paths = vec!["/"; count];
     let mut out = Vec::new();
-    for _ in 0..count {
-        let req = http::Request::get("/")
-            .header("host", "lb.test")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-            .await
-            .expect("request timed out")
-            .expect("request failed");
-        assert_eq!(resp.status(), 200);
-        let x_conn = resp.headers()["x-conn"].to_str().unwrap().to_string();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        out.push((String::from_utf8_lossy(&body).into_owned(), x_conn));
+    for r in h1_get_over(tcp, "lb.test", &paths).await {
+        assert_eq!(r.status, 200);
+        out.push((r.text(), r.headers["x-conn"].to_str().unwrap().to_string()));
     }
     out
 }
@@ -342,7 +320,7 @@ async fn bodies_h1(tcp: TcpStream, count: usize) -> Vec<(String, String)> {
 #[tokio::test]
 async fn send_proxy_v1_names_each_client_on_a_connection_of_its_own() {
     let up = ProxyReadingUpstream::start().await;
-    let gw = TestGateway::start(&send_proxy_config("sp-v1", up.addr, "", "send_proxy = \"v1\"")).await;
+    let gw = TestGateway::start(&one_listener("sp-v1", up.addr, "", "send_proxy = \"v1\"")).await;
     let listener = gw.addr("sp-v1");
     let a = TcpStream::connect(listener).await.unwrap();
     let a_port = a.local_addr().unwrap().port();
@@ -364,7 +342,7 @@ async fn send_proxy_v1_names_each_client_on_a_connection_of_its_own() {
 #[tokio::test]
 async fn send_proxy_v2_passes_on_the_client_a_proxy_header_named() {
     let up = ProxyReadingUpstream::start().await;
-    let gw = TestGateway::start(&send_proxy_config(
+    let gw = TestGateway::start(&one_listener(
         "sp-v2",
         up.addr,
         "proxy_protocol = true",
@@ -386,7 +364,7 @@ async fn send_proxy_v2_passes_on_the_client_a_proxy_header_named() {
 #[tokio::test]
 async fn health_checks_of_a_send_proxy_pool_say_they_are_weirs_own() {
     let up = ProxyReadingUpstream::start().await;
-    let gw = TestGateway::start(&send_proxy_config(
+    let gw = TestGateway::start(&one_listener(
         "sp-health",
         up.addr,
         "",

@@ -221,7 +221,7 @@ fn serve_conn(
 fn serve_resumed(conn: Conn, stream: TcpStream, active: Active) -> impl Future<Output = ()> + Send {
     async move {
         let _active = &active;
-        let Some(settings) = conn.limits().map(|l| h1_settings(&l)) else {
+        let Some(settings) = conn.listener_settings().map(|(l, _)| h1_settings(&l)) else {
             return;
         };
         if let Some((io, idle_until)) = conn.serve_h1(Box::new(stream), &settings).await {
@@ -272,12 +272,14 @@ impl Conn {
         crate::front::server::serve(io, settings, &self.shared, &self.info, &self.stop, &self.stopping)
     }
 
-    fn limits(&self) -> Option<weir_config::Limits> {
+    /// The current generation's limits for this connection's listener, and whether it reads
+    /// PROXY headers; `None` when a reload removed the listener.
+    fn listener_settings(&self) -> Option<(weir_config::Limits, bool)> {
         self.shared
             .generation
             .load()
             .listener(&self.info.listener)
-            .map(|l| l.config.limits.clone())
+            .map(|l| (l.config.limits.clone(), l.config.proxy_protocol))
     }
 
     /// The PROXY header if the listener expects one, the TLS handshake or h2 preface sniffing,
@@ -289,11 +291,7 @@ impl Conn {
         tls: Option<Arc<ServerConfig>>,
     ) -> Option<(Box<dyn ClientIo>, Settings)> {
         let _ = stream.set_nodelay(true);
-        let (limits, proxy_protocol) = {
-            let generation = self.shared.generation.load();
-            let l = generation.listener(&self.info.listener)?;
-            (l.config.limits.clone(), l.config.proxy_protocol)
-        };
+        let (limits, proxy_protocol) = self.listener_settings()?;
         if proxy_protocol {
             let read = crate::proxy_protocol::read(&mut stream);
             let refused = match tokio::time::timeout(limits.header_timeout, read).await {

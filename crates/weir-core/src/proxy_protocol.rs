@@ -56,6 +56,25 @@ pub struct Named {
     pub local: SocketAddr,
 }
 
+// v1 and v2 share ppp's address types.
+impl From<v1::IPv4> for Named {
+    fn from(a: v1::IPv4) -> Self {
+        Named {
+            client: (a.source_address, a.source_port).into(),
+            local: (a.destination_address, a.destination_port).into(),
+        }
+    }
+}
+
+impl From<v1::IPv6> for Named {
+    fn from(a: v1::IPv6) -> Self {
+        Named {
+            client: (a.source_address, a.source_port).into(),
+            local: (a.destination_address, a.destination_port).into(),
+        }
+    }
+}
+
 /// Reads the header that opens `stream`: the connection it names, or `None` when it names
 /// none (v1 `UNKNOWN`, v2 `LOCAL` such as a load balancer's own health check, or an
 /// address family other than TCP over IPv4/IPv6): the socket's peer stands then.
@@ -100,14 +119,8 @@ async fn read_v1(stream: &mut TcpStream, len: usize) -> Result<Option<Named>, Re
     stream.read_exact(line).await.map_err(eof_is_closed)?;
     let h = v1::Header::try_from(&line[..]).map_err(|e| Refused::Malformed(e.to_string()))?;
     Ok(match h.addresses {
-        v1::Addresses::Tcp4(a) => Some(Named {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
-        v1::Addresses::Tcp6(a) => Some(Named {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
+        v1::Addresses::Tcp4(a) => Some(a.into()),
+        v1::Addresses::Tcp6(a) => Some(a.into()),
         v1::Addresses::Unknown => None,
     })
 }
@@ -126,14 +139,8 @@ async fn read_v2(stream: &mut TcpStream, rest: usize) -> Result<Option<Named>, R
         return Ok(None);
     }
     Ok(match h.addresses {
-        v2::Addresses::IPv4(a) => Some(Named {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
-        v2::Addresses::IPv6(a) => Some(Named {
-            client: (a.source_address, a.source_port).into(),
-            local: (a.destination_address, a.destination_port).into(),
-        }),
+        v2::Addresses::IPv4(a) => Some(a.into()),
+        v2::Addresses::IPv6(a) => Some(a.into()),
         v2::Addresses::Unspecified | v2::Addresses::Unix(_) => None,
     })
 }

@@ -79,6 +79,36 @@ pub async fn h2c_get(url: &str) -> Reply {
     collect(resp).await
 }
 
+/// GETs `paths` one after the other over HTTP/1.1 (keep-alive, `Host: host`; at most 10 s
+/// each) on a connection the test opened (and may have written to, e.g. a PROXY header).
+pub async fn h1_get_over(tcp: TcpStream, host: &str, paths: &[&str]) -> Vec<Reply> {
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("HTTP/1.1 handshake failed");
+    tokio::spawn(conn);
+    let mut replies = Vec::new();
+    for path in paths {
+        let req = Request::get(*path)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        replies.push(send_over(send.send_request(req), Duration::from_secs(10)).await);
+    }
+    replies
+}
+
+/// Waits (at most `limit`) for a response sent on a connection of the test's, and collects it.
+async fn send_over(
+    sent: impl Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>,
+    limit: Duration,
+) -> Reply {
+    let resp = tokio::time::timeout(limit, sent)
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    collect(resp).await
+}
+
 /// GET over HTTP/2 with prior knowledge on a connection the test opened (and may have written
 /// to, e.g. a PROXY header).
 pub async fn h2c_get_over(tcp: TcpStream, path: &str) -> Reply {
@@ -89,11 +119,7 @@ pub async fn h2c_get_over(tcp: TcpStream, path: &str) -> Reply {
     let req = Request::get(format!("http://weir.test{path}"))
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
-        .await
-        .expect("h2c request timed out")
-        .expect("h2c request failed");
-    collect(resp).await
+    send_over(send.send_request(req), Duration::from_secs(30)).await
 }
 
 /// GET over TLS to `addr`, presenting `server_name` as SNI and offering `alpn`. Returns the
