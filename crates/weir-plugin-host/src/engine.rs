@@ -1,19 +1,13 @@
 //! The one place wasmtime is configured: component model without its async concurrency (it
-//! makes every call ~3x slower, DESIGN §6), epoch interruption driven by a ticker thread for
-//! call deadlines, and the pooling allocator sized from `[plugins]`.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+//! makes every call ~3x slower, DESIGN §6), epoch interruption driven by a [`Ticker`] for call
+//! deadlines, and the pooling allocator sized from `[plugins]`.
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::Policy;
 use crate::host_state::HostState;
-
-/// How often the epoch advances: the resolution of `call_timeout`.
-pub const TICK: Duration = Duration::from_millis(1);
+use crate::ticker::Ticker;
 
 /// Component instances the pool can hold at once (plugins x workers x spare).
 const MAX_INSTANCES: u32 = 256;
@@ -21,7 +15,8 @@ const MAX_INSTANCES: u32 = 256;
 pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
-    ticker_stop: Arc<AtomicBool>,
+    /// Guest code runs only inside [`Ticker::enter`]: see there.
+    pub ticker: Ticker,
 }
 
 impl PluginEngine {
@@ -43,23 +38,8 @@ impl PluginEngine {
         crate::quiet_io::add_to_linker(&mut linker).map_err(|e| format!("cannot link WASI: {e:#}"))?;
         Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut HostState| s)
             .map_err(|e| format!("cannot link the weir imports: {e:#}"))?;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let stop = ticker_stop.clone();
-        let ticking = engine.clone();
-        std::thread::Builder::new()
-            .name("weir-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    ticking.increment_epoch();
-                }
-            })
-            .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
-        Ok(PluginEngine {
-            engine,
-            linker,
-            ticker_stop,
-        })
+        let ticker = Ticker::start(engine.clone())?;
+        Ok(PluginEngine { engine, linker, ticker })
     }
 
     /// Identifies compiled artifacts this engine can load (wasmtime version, target, settings).
@@ -68,11 +48,5 @@ impl PluginEngine {
         let mut h = std::hash::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         format!("{:016x}", h.finish())
-    }
-}
-
-impl Drop for PluginEngine {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
     }
 }

@@ -9,6 +9,7 @@ pub mod loader;
 pub mod policies;
 pub mod quiet_io;
 pub mod shared_state;
+pub mod ticker;
 pub mod version;
 
 pub use policies::WasmPolicies;

@@ -13,9 +13,10 @@ use crossbeam_queue::ArrayQueue;
 use wasmtime::Store;
 
 use crate::bindings::{balancer, failover, lifecycle, router, types};
-use crate::engine::{PluginEngine, TICK};
+use crate::engine::PluginEngine;
 use crate::host_state::{HostState, PluginCtx};
 use crate::loader::Loaded;
+use crate::ticker::TICK;
 
 /// Spare instances kept per plugin version (about one per worker).
 const POOLED_INSTANCES: usize = 64;
@@ -254,12 +255,14 @@ impl PluginVersion {
         let Some(mut inst) = self.instances.pop() else { return };
         inst.store.set_epoch_deadline(self.deadline_ticks);
         let inst_ref = &mut *inst;
+        let running = self.engine.ticker.enter();
         let result = match &inst_ref.balancer {
             Some(b) => b
                 .call_select(&mut inst_ref.store, &inst_ref.view, &inst_ref.key)
                 .map(|_| ()),
             None => Ok(()),
         };
+        drop(running);
         match result {
             Ok(()) => {
                 let _ = self.instances.push(inst);
@@ -282,6 +285,8 @@ impl PluginVersion {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(INIT_DEADLINE.as_millis() as u64);
+        // Instantiation runs guest code too (start functions, then `init`).
+        let _running = self.engine.ticker.enter();
         let instance = self
             .loaded
             .pre
@@ -367,7 +372,9 @@ impl PluginVersion {
         };
         instance.store.set_epoch_deadline(self.deadline_ticks);
         let started = self.stats.timed(hook).then(Instant::now);
+        let running = self.engine.ticker.enter();
         let result = f(&mut instance);
+        drop(running);
         if let Some(started) = started {
             self.stats.add_time(hook, started);
         }
