@@ -106,62 +106,12 @@ key = \"$work/key.pem\""
 weir_config weir 18081 18441 19901 "$PWD/plugins/dist"
 weir_config weir-native 18082 18442 19902 "$work/no-plugins"
 
-mkdir -p "$work/nginx"
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 19000; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  keepalive_requests 100000000;
-  keepalive_timeout 75s;
-  upstream app { server 127.0.0.1:19081; server 127.0.0.1:19082; keepalive 128; keepalive_requests 100000000; }
-  server {
-    listen 127.0.0.1:18083 reuseport backlog=4096;
-    listen 127.0.0.1:18093 http2;
+source benches/load/peer-configs.sh
+nginx_conf "$work/nginx.conf" "$work" 18083 19081 19082 "    listen 127.0.0.1:18093 http2;
     listen 127.0.0.1:18443 ssl http2;
-    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_buffering on;
-    }
-  }
-}
-NGINX
-
-cat > "$work/haproxy.cfg" <<HAPROXY
-global
-  nbthread 1
-  maxconn 12000
-  no strict-limits
-  tune.ssl.default-dh-param 2048
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 75s
-  timeout server 75s
-  timeout http-keep-alive 75s
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-frontend web
-  bind 127.0.0.1:18084
-  bind 127.0.0.1:18094 proto h2
-  bind 127.0.0.1:18444 ssl crt $work/haproxy.pem alpn h2,http/1.1
-  default_backend app
-backend app
-  balance roundrobin
-  server a 127.0.0.1:19081
-  server b 127.0.0.1:19082
-HAPROXY
+    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;"
+haproxy_cfg "$work/haproxy.cfg" 18084 19081 19082 "  bind 127.0.0.1:18094 proto h2
+  bind 127.0.0.1:18444 ssl crt $work/haproxy.pem alpn h2,http/1.1"
 
 declare -A H1=([direct]=19081 [weir]=18081 [weir-native]=18082 [nginx]=18083 [haproxy]=18084)
 declare -A H2=([weir]=18081 [weir-native]=18082 [nginx]=18093 [haproxy]=18094)

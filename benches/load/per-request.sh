@@ -2,7 +2,7 @@
 # What each proxy costs per request, in layout A (proxy and two demo upstreams on core 0, wrk on
 # core 1): syscalls by kind (perf tracepoints), TCP segments sent by the whole machine (nstat),
 # user and system CPU of the proxy (/proc, clock ticks), and its context switches. weir (Wasm
-# balancer), nginx and HAProxy, configured as compare.sh configures them.
+# balancer), nginx and HAProxy, configured as compare.sh configures them (peer-configs.sh).
 #   usage: [PERF=0] benches/load/per-request.sh [ROUNDS=2] [SECONDS=4]
 # Needs perf (Debian: linux-perf) for the syscall counts; without it, or with PERF=0, those lines
 # are skipped. The tracepoints cost every proxy alike, ~15% more CPU per request: read the CPU
@@ -18,53 +18,16 @@ command -v nstat >/dev/null || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 cargo build -q --release --bin weir --example demo_upstream
 bash scripts/build-plugins.sh >/dev/null 2>&1
+ulimit -n "$(ulimit -Hn)"  # as compare.sh: HAProxy (maxconn 12000) asks for as many as it may
 W=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 trap cleanup EXIT INT TERM
 source benches/load/weir-config.sh
 weir_toml "$W/weir.toml" 18281 19921 "$PWD/plugins/dist" 19281 19282
-mkdir -p "$W/nginx"
-cat > "$W/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $W/nginx.pid;
-error_log $W/nginx-error.log warn;
-events { worker_connections 4096; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $W/nginx; proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx;
-  uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
-  keepalive_requests 100000000;
-  upstream app { server 127.0.0.1:19281; server 127.0.0.1:19282; keepalive 128; keepalive_requests 100000000; }
-  server {
-    listen 127.0.0.1:18283 reuseport backlog=4096;
-    location / {
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-cat > "$W/haproxy.cfg" <<HAPROXY
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 75s
-  timeout server 75s
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-frontend web
-  bind 127.0.0.1:18284
-  default_backend app
-backend app
-  balance roundrobin
-  server a 127.0.0.1:19281
-  server b 127.0.0.1:19282
-HAPROXY
+source benches/load/peer-configs.sh
+nginx_conf "$W/nginx.conf" "$W" 18283 19281 19282
+haproxy_cfg "$W/haproxy.cfg" 18284 19281 19282
 taskset -c 0 target/release/examples/demo_upstream 19281 a 100 2>/dev/null & pids+=($!)
 taskset -c 0 target/release/examples/demo_upstream 19282 b 100 2>/dev/null & pids+=($!)
 WEIR_LOG=warn taskset -c 0 target/release/weir run --config "$W/weir.toml" & PW=$!; pids+=($PW)
