@@ -12,7 +12,7 @@
 //! the two sees the other's write, so either the caller wakes the ticker or the ticker stays up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ struct Shared {
     /// The ticker is asleep or about to be: entering guest code must wake it.
     parked: AtomicBool,
     stop: AtomicBool,
+    /// Calls that had to wake the ticker.
+    wakes: AtomicU64,
 }
 
 /// Owns the ticker thread; dropping it stops the thread.
@@ -77,6 +79,7 @@ impl Ticker {
             s.called.store(true, Ordering::Relaxed);
         }
         if s.parked.load(Ordering::SeqCst) {
+            s.wakes.fetch_add(1, Ordering::Relaxed);
             self.thread.unpark();
         }
         Running(s)
@@ -86,12 +89,27 @@ impl Ticker {
     pub fn is_parked(&self) -> bool {
         self.shared.parked.load(Ordering::SeqCst)
     }
+
+    /// How many calls found the ticker asleep and woke it.
+    pub fn wakes(&self) -> u64 {
+        self.shared.wakes.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.thread.unpark();
+    }
+}
+
+impl Shared {
+    /// Whether the parked ticker may go on sleeping: no guest code running, none called since
+    /// the last tick, not stopping.
+    fn may_sleep(&self) -> bool {
+        self.running.load(Ordering::SeqCst) == 0
+            && !self.called.load(Ordering::Relaxed)
+            && !self.stop.load(Ordering::SeqCst)
     }
 }
 
@@ -110,9 +128,10 @@ fn run(s: &Shared, engine: &Engine) {
             continue;
         }
         s.parked.store(true, Ordering::SeqCst);
-        // `park` may return spuriously, or for a call that has already finished: sleep again
-        // unless guest code is running now.
-        while s.running.load(Ordering::SeqCst) == 0 && !s.stop.load(Ordering::SeqCst) {
+        // Woken by a call, tick again even if that call has already returned (`called`): had
+        // the ticker gone back to sleep, every short call after it would pay a wake-up. Only a
+        // spurious return from `park` sleeps again.
+        while s.may_sleep() {
             std::thread::park();
         }
         s.parked.store(false, Ordering::SeqCst);
@@ -222,5 +241,42 @@ mod tests {
         }
         drop(running);
         wait_until("the ticker parks after the call", || ticker.is_parked());
+    }
+
+    #[test]
+    fn a_call_that_has_returned_still_keeps_the_ticker_up() {
+        // No ticker thread: this checks the parked ticker's decision once woken, which the
+        // real thread would make at a moment no test can choose.
+        let ticker = Ticker {
+            shared: Arc::new(Shared::default()),
+            thread: std::thread::current(),
+        };
+        let s = &*ticker.shared;
+        s.parked.store(true, Ordering::SeqCst);
+        assert!(s.may_sleep());
+        drop(ticker.enter());
+        assert_eq!((s.running.load(Ordering::SeqCst), ticker.wakes()), (0, 1));
+        assert!(
+            !s.may_sleep(),
+            "woken by a call that is over, the ticker must not sleep again"
+        );
+    }
+
+    #[test]
+    fn a_wake_buys_ticks_for_the_calls_after_it() {
+        let ticker = Ticker::start(engine()).unwrap();
+        // The behaviour behind the decision checked above: once woken, the ticker stays up for
+        // the calls that follow, so they pay no wake-up of their own.
+        for _ in 0..20 {
+            wait_until("the idle ticker parks", || ticker.is_parked());
+            let before = ticker.wakes();
+            // Ten short calls a tick for a tick: the first wakes the ticker, the rest find it up.
+            for _ in 0..10 {
+                drop(ticker.enter());
+                std::thread::sleep(TICK / 10);
+            }
+            let wakes = ticker.wakes() - before;
+            assert!((1..=5).contains(&wakes), "{wakes} wake-ups for 10 calls");
+        }
     }
 }
