@@ -21,10 +21,12 @@ use wasmtime::Engine;
 /// How often the epoch advances: the resolution of `call_timeout`.
 pub const TICK: Duration = Duration::from_millis(1);
 
-/// Ticks without any plugin call before the ticker sleeps: 10 ms. Traffic of a hundred calls a
-/// second or more keeps it up; below that, each call that finds it asleep pays one wake-up (a
-/// futex call) and buys ten ticks, still fewer wake-ups than ticking on at 1,000 a second.
-pub const PARK_AFTER: u32 = 10;
+/// Ticks without any plugin call before the ticker sleeps: 2 ms. A tick costs about as much as
+/// a wake-up (each is a timer and a context switch; ~20 µs of CPU apiece on the benchmark VM),
+/// so the ticker should sleep through any gap it can: steady traffic keeps it up, bursts let it
+/// sleep between them. At compare.sh's fixed rate (bursts every 10 ms) this halved its cost
+/// per request against a 10 ms wait (benches/load/threads.sh: 4.00 → 1.75 µs).
+pub const PARK_AFTER: u32 = 2;
 
 #[derive(Default)]
 struct Shared {
