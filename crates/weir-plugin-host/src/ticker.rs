@@ -4,7 +4,8 @@
 //! A quiet gateway should not wake a thousand times a second for nothing, so after
 //! [`PARK_AFTER`] ticks in which no plugin code started or ran, the thread parks, and the next
 //! entry into guest code ([`Ticker::enter`]) wakes it first. Under load the ticker never parks,
-//! so a call pays two atomic additions and one load, and no system call.
+//! so a call pays two atomic additions and two loads (one store a tick at most), and no system
+//! call.
 //!
 //! Guest code must never run with the ticker asleep, or a looping plugin would never be
 //! stopped. The handshake is Dekker's, over sequentially consistent atomics: a caller adds to
