@@ -5,13 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1; B=$2; R=${3:-5}; S=${4:-4}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-cargo build -q --release --example demo_upstream
-bash scripts/build-plugins.sh >/dev/null 2>&1
-W=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
-trap cleanup EXIT INT TERM
+source benches/load/bench-setup.sh
+bench_setup wrk:wrk
 source benches/load/weir-config.sh
 weir_toml "$W/a.toml" 18181 19911 "$PWD/plugins/dist" 19181 19182
 weir_toml "$W/b.toml" 18182 19912 "$PWD/plugins/dist" 19181 19182

@@ -7,19 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=${1:-5}
 WEIR=${2:-target/release/weir}
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx)
-command -v haproxy >/dev/null || need+=(haproxy)
-[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+source benches/load/bench-setup.sh
+bench_setup wrk:wrk nginx:nginx haproxy:haproxy
 [ "$WEIR" != target/release/weir ] || cargo build -q --release --bin weir
-cargo build -q --release --example demo_upstream
-bash scripts/build-plugins.sh >/dev/null 2>&1
 ulimit -n "$(ulimit -Hn)"
-W=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
-trap cleanup EXIT INT TERM
 source benches/load/weir-config.sh
 source benches/load/peer-configs.sh
 weir_toml "$W/weir.toml" 18381 19931 "$PWD/plugins/dist" 19381 19382

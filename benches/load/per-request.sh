@@ -10,19 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=${1:-2}; S=${2:-4}
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || need+=(nginx)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nstat >/dev/null || need+=(iproute2)
-[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
-cargo build -q --release --bin weir --example demo_upstream
-bash scripts/build-plugins.sh >/dev/null 2>&1
+source benches/load/bench-setup.sh
+bench_setup wrk:wrk nginx:nginx haproxy:haproxy nstat:iproute2
+cargo build -q --release --bin weir
 ulimit -n "$(ulimit -Hn)"  # as compare.sh: HAProxy (maxconn 12000) asks for as many as it may
-W=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
-trap cleanup EXIT INT TERM
 source benches/load/weir-config.sh
 weir_toml "$W/weir.toml" 18281 19921 "$PWD/plugins/dist" 19281 19282
 source benches/load/peer-configs.sh

@@ -7,14 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=${1:-8}
 WEIR=${2:-target/release/weir}
-command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+source benches/load/bench-setup.sh
+bench_setup h2load:nghttp2-client
 [ "$WEIR" != target/release/weir ] || cargo build -q --release --bin weir
-cargo build -q --release --example demo_upstream
-bash scripts/build-plugins.sh >/dev/null 2>&1
-W=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
-trap cleanup EXIT INT TERM
 source benches/load/weir-config.sh
 mkdir -p "$W/no-plugins"
 taskset -c 0 target/release/examples/demo_upstream 19481 a 100 2>/dev/null & pids+=($!)
