@@ -1,16 +1,18 @@
 //! Upstream endpoints: their live state (atomics the request path reads) and their pool of
 //! keep-alive HTTP/1 connections.
 //!
-//! The pool is a bounded lock-free queue of idle [`UpConn`]s per endpoint (DESIGN §10: own
-//! per-endpoint pool, connections driven inline by the request). A connection goes back to the
-//! queue when the response *body* ends, so it is never handed to two requests at once.
+//! The pool is a lock-free queue of idle [`UpConn`]s per endpoint (DESIGN §10: own per-endpoint
+//! pool, connections driven inline by the request). A connection goes back to the queue when the
+//! response *body* ends, so it is never handed to two requests at once. Its size follows demand:
+//! the once-a-second sweep keeps as many connections as the last second's peak of requests in
+//! flight needed, and `max_idle_per_endpoint` once the traffic has gone (see [`Endpoint::sweep_idle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_config::EndpointAddress;
@@ -95,17 +97,15 @@ pub struct Endpoint {
     attempts: [AtomicU64; 6],
     /// The last good lookup of a `host:port` endpoint, refreshed every `resolve_interval`.
     resolved: arc_swap::ArcSwapOption<SocketAddr>,
-    idle: ArrayQueue<Idle>,
-    /// `max_idle_per_endpoint`: what the sweep trims the pool back to.
+    /// Unbounded, and allocated as it fills (blocks of 31 slots): the sweep bounds it.
+    idle: SegQueue<Idle>,
+    /// The most requests in flight at once since the last sweep.
+    peak_in_flight: AtomicU32,
+    /// The same for the sweep period before: the pool keeps what either period needed.
+    previous_peak: AtomicU32,
+    /// `max_idle_per_endpoint`: the idle connections kept once the traffic has gone.
     max_idle: usize,
 }
-
-/// How far past `max_idle_per_endpoint` the pool may grow between two sweeps (one second).
-/// Bursty traffic with more requests in flight than the cap (an HTTP/2 client multiplexing
-/// hundreds) returns many connections at once: a pool that closed every one beyond the cap
-/// opened them again a moment later, thousands a second (16,000 sockets in TIME_WAIT after
-/// five seconds of `h2load -c64 -m10`), until the ephemeral ports ran out.
-const IDLE_BURST: usize = 4;
 
 fn clock_start() -> Instant {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -141,7 +141,9 @@ impl Endpoint {
             checks_failed: AtomicU64::new(0),
             attempts: Default::default(),
             resolved: arc_swap::ArcSwapOption::empty(),
-            idle: ArrayQueue::new(max_idle.max(1).saturating_mul(IDLE_BURST)),
+            idle: SegQueue::new(),
+            peak_in_flight: AtomicU32::new(0),
+            previous_peak: AtomicU32::new(0),
             max_idle: max_idle.max(1),
         }
     }
@@ -306,34 +308,44 @@ impl Endpoint {
             if idle.conn.proxied_for == Some(client) {
                 return Some(idle.conn);
             }
-            let _ = self.idle.push(idle);
+            self.idle.push(idle);
         }
         None
     }
 
-    /// Returns a connection whose response has been read to the end.
+    /// Returns a connection whose response has been read to the end. There is one per request
+    /// in flight at most, so the queue holds no more than the peak of those; the sweep trims it.
     pub fn checkin(&self, conn: UpConn) {
-        // A full queue drops the connection: the pool is bounded (by IDLE_BURST x the cap; the
-        // sweep brings it back to the cap).
-        let _ = self.idle.push(Idle {
+        self.idle.push(Idle {
             conn,
             since: Instant::now(),
         });
     }
 
-    /// Drops pooled connections idle for longer than `idle_timeout`, or closed by the upstream,
-    /// then the oldest beyond `max_idle_per_endpoint`.
+    /// Called about once a second: drops pooled connections idle for longer than `idle_timeout`
+    /// or closed by the upstream, then the oldest beyond what demand needs.
+    ///
+    /// Demand is the peak of requests in flight over the last two sweep periods (HAProxy sizes
+    /// its idle pools by a recent peak the same way; one period alone let the pool shrink to one
+    /// second's peak and open connections again whenever the next one was a few higher). Traffic with more requests in flight than `max_idle_per_endpoint`
+    /// (an HTTP/2 client multiplexing hundreds of streams) keeps its connections as long as it
+    /// lasts; a pool trimmed to the cap instead closed them and opened them again a moment
+    /// later, hundreds a second under `h2load -c64 -m10`, each one a socket left in TIME_WAIT
+    /// for a minute. Once the traffic has gone, the third sweep is back at the cap.
     pub fn sweep_idle(&self, idle_timeout: Duration) {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
-                Some(idle) if idle.usable(idle_timeout) => {
-                    let _ = self.idle.push(idle);
-                }
+                Some(idle) if idle.usable(idle_timeout) => self.idle.push(idle),
                 Some(_) => {}
                 None => break,
             }
         }
-        while self.idle.len() > self.max_idle {
+        let in_use = self.in_flight.load(Ordering::Relaxed);
+        let last = self.peak_in_flight.swap(in_use, Ordering::Relaxed);
+        // Only the sweep writes `previous_peak`: the swap hands this period's peak to the next.
+        let peak = self.previous_peak.swap(last, Ordering::Relaxed).max(last).max(in_use);
+        let keep = self.max_idle.max((peak - in_use) as usize);
+        while self.idle.len() > keep {
             drop(self.idle.pop());
         }
     }
@@ -408,7 +420,12 @@ pub struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
     pub fn new(endpoint: Arc<Endpoint>) -> Self {
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        let now = endpoint.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        // A load first: in steady traffic the peak is rarely passed, and a plain load keeps the
+        // line shared between cores.
+        if now > endpoint.peak_in_flight.load(Ordering::Relaxed) {
+            endpoint.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        }
         endpoint.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(endpoint)
     }
