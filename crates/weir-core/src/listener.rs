@@ -382,7 +382,9 @@ impl Conn {
         let shared = self.shared.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
-            async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) }
+            // Boxed: hyper spawns a task per stream holding this future, and the task is moved
+            // (memmove) on spawn; a multi-kilobyte proxy future cost more to move than a box.
+            Box::pin(async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) })
         })
     }
 }
