@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the per-request functions of the core: head validation, request building,
 //! response head writing and chunk scanning in the HTTP/1 front, the upstream HTTP/1.1 client's head writer (with the forwarding fields),
-//! response head parser and chunked decoder, the native balancer's `select`, and the per-thread
-//! buffer pool's round trip.
+//! response head parser and chunked decoder, the native balancer's `select`, the per-thread
+//! buffer pool's round trip, and the upstream connection pool's checkout and checkin.
 //! Run: `cargo bench --bench hot_path`.
 //! CI runs each once (`cargo bench -- --test`) so they cannot rot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -183,5 +183,56 @@ fn buffers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, head, chunked, upstream_client, select, buffers);
+/// A request's trip through an endpoint's idle pool: its keep-alive connection taken (checked
+/// for staleness) and given back when the response ends. Real loopback connections, as many as
+/// requests in flight, so the queue's blocks are filled and freed as in traffic.
+fn pool(c: &mut Criterion) {
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("upstream/pool checkout + checkin");
+    for in_flight in [1usize, 64] {
+        let (endpoint, _listener) = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let cfg = weir_config::Endpoint {
+                address: weir_config::EndpointAddress::Socket(listener.local_addr().unwrap()),
+                weight: 1,
+                zone: String::new(),
+                backup: false,
+            };
+            (Endpoint::new(0, &cfg, 64, true), listener)
+        });
+        let (connect, idle) = (Duration::from_secs(1), Duration::from_secs(60));
+        // Open the connections once; the accepted ends stay in the listener's backlog.
+        rt.block_on(async {
+            let mut conns = Vec::new();
+            for _ in 0..in_flight {
+                conns.push(endpoint.checkout(connect, idle, None).await.unwrap().0);
+            }
+            conns.into_iter().for_each(|c| endpoint.checkin(c));
+        });
+        group.bench_with_input(BenchmarkId::from_parameter(in_flight), &in_flight, |b, &n| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut held = Vec::with_capacity(n);
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        for _ in 0..n {
+                            let (conn, reused) = endpoint.checkout(connect, idle, None).await.unwrap();
+                            assert!(reused);
+                            held.push(conn);
+                        }
+                        held.drain(..).for_each(|c| endpoint.checkin(c));
+                    }
+                    start.elapsed() / n as u32
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, head, chunked, upstream_client, select, buffers, pool);
 criterion_main!(benches);
