@@ -4,7 +4,7 @@
 //! The pool is a lock-free queue of idle [`UpConn`]s per endpoint (DESIGN §10: own per-endpoint
 //! pool, connections driven inline by the request). A connection goes back to the queue when the
 //! response *body* ends, so it is never handed to two requests at once. Its size follows demand:
-//! the once-a-second sweep keeps as many connections as the last second's peak of requests in
+//! the once-a-second sweep keeps as many connections as the last two seconds' peak of requests in
 //! flight needed, and `max_idle_per_endpoint` once the traffic has gone (see [`Endpoint::sweep_idle`]).
 
 use std::net::SocketAddr;
