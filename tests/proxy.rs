@@ -202,6 +202,22 @@ async fn the_access_log_has_one_json_line_per_request() {
     }
 }
 
+/// Eight GETs of `url` at once, each answered 200.
+async fn eight_at_once(url: &str) {
+    let gets = (0..8).map(|_| get(url));
+    for r in futures_util::future::join_all(gets).await {
+        assert_eq!(r.status, 200);
+    }
+}
+
+/// The idle upstream connections of the first pool's first endpoint, from the status API.
+async fn idle_connections(gw: &TestGateway) -> u64 {
+    let s = get(&gw.admin_url("/api/v1/status")).await.json();
+    s["pools"][0]["endpoints"][0]["idle_connections"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
 /// Traffic that keeps more requests in flight than `max_idle_per_endpoint` for longer than a
 /// sweep (an HTTP/2 client multiplexing streams, say) keeps its upstream connections while it
 /// lasts: none is closed and opened again. Once it stops, the pool goes back to the cap.
@@ -216,10 +232,7 @@ async fn sustained_traffic_over_the_idle_cap_keeps_its_connections_across_sweeps
     let started = std::time::Instant::now();
     let mut waves = 0;
     while started.elapsed() < std::time::Duration::from_millis(2500) {
-        let gets = (0..8).map(|_| get(&url));
-        for r in futures_util::future::join_all(gets).await {
-            assert_eq!(r.status, 200);
-        }
+        eight_at_once(&url).await;
         waves += 1;
     }
     assert_eq!(
@@ -227,49 +240,35 @@ async fn sustained_traffic_over_the_idle_cap_keeps_its_connections_across_sweeps
         8,
         "{waves} waves of 8 requests closed and reopened upstream connections"
     );
-    let idle = async || -> u64 {
-        let s = get(&gw.admin_url("/api/v1/status")).await.json();
-        s["pools"][0]["endpoints"][0]["idle_connections"]
-            .as_u64()
-            .unwrap_or(u64::MAX)
-    };
     assert!(
-        eventually(std::time::Duration::from_secs(10), async || idle().await == 1).await,
+        eventually(std::time::Duration::from_secs(10), async || idle_connections(&gw).await
+            == 1)
+        .await,
         "the pool was not trimmed back to max_idle_per_endpoint once the traffic stopped"
     );
 }
 
 /// More requests in flight than `max_idle_per_endpoint` must not close and reopen upstream
-/// connections on every burst: the pool keeps a burst's connections while the last sweep
-/// period's peak needed them, and then trims back to the cap.
+/// connections on every burst: the pool keeps a burst's connections while the recent peak of
+/// requests in flight needed them, and then trims back to the cap.
 #[tokio::test]
 async fn a_burst_over_the_idle_cap_reuses_its_connections_then_the_pool_trims_to_the_cap() {
     let up = Upstream::start("a").await;
     let toml = pool_config(up.addr, "[pool.timeouts]\nmax_idle_per_endpoint = 2\n");
     let gw = TestGateway::start(&toml).await;
     let url = gw.url("client", "/delay/200");
-    let wave = async || {
-        let gets = (0..8).map(|_| get(&url));
-        for r in futures_util::future::join_all(gets).await {
-            assert_eq!(r.status, 200);
-        }
-    };
-    let idle = async || -> u64 {
-        let s = get(&gw.admin_url("/api/v1/status")).await.json();
-        s["pools"][0]["endpoints"][0]["idle_connections"]
-            .as_u64()
-            .unwrap_or(u64::MAX)
-    };
-    wave().await;
+    eight_at_once(&url).await;
     assert_eq!(up.connections(), 8);
-    wave().await;
+    eight_at_once(&url).await;
     assert_eq!(
         up.connections(),
         8,
         "the second burst did not reuse the first one's connections"
     );
     assert!(
-        eventually(std::time::Duration::from_secs(5), async || idle().await == 2).await,
+        eventually(std::time::Duration::from_secs(5), async || idle_connections(&gw).await
+            == 2)
+        .await,
         "the pool was not trimmed back to max_idle_per_endpoint"
     );
 }
