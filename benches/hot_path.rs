@@ -1,7 +1,9 @@
 //! Micro-benchmarks of the per-request functions of the core: head validation, request building,
 //! response head writing and chunk scanning in the HTTP/1 front, the upstream HTTP/1.1 client's head writer (with the forwarding fields),
 //! response head parser and chunked decoder, the native balancer's `select`, the per-thread
-//! buffer pool's round trip, and the upstream connection pool's checkout and checkin.
+//! buffer pool's round trip, the upstream connection pool's checkout and checkin, and an
+//! exchange's response timeout (the connection's reused timer beside a `tokio::time::timeout`
+//! per request).
 //! Run: `cargo bench --bench hot_path`.
 //! CI runs each once (`cargo bench -- --test`) so they cannot rot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -234,5 +236,62 @@ fn pool(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, head, chunked, upstream_client, select, buffers, pool);
+/// The response timeout of one upstream exchange: work that is pending on its first poll and
+/// done on its second (as an exchange is: sent, then answered), raced with a 60 s timeout. The
+/// connection's reused timer (`ReusedTimer::within`, what weir does) beside a fresh
+/// `tokio::time::timeout` per request (what it did: a timer wheel insert and removal).
+fn response_timer(c: &mut Criterion) {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+    use weir_core::h1client::ReusedTimer;
+    /// Pending once, then ready.
+    struct Answer(bool);
+    impl Future for Answer {
+        type Output = ();
+        fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_runtime = rt.enter();
+    let mut cx = Context::from_waker(Waker::noop());
+    let limit = Duration::from_secs(60);
+    let mut group = c.benchmark_group("upstream/response timeout of one exchange");
+    let mut timer = ReusedTimer::default();
+    group.bench_function("reused timer (ReusedTimer::within)", |b| {
+        b.iter(|| {
+            let mut exchange = pin!(timer.within(limit, Answer(false)));
+            assert!(exchange.as_mut().poll(&mut cx).is_pending());
+            assert!(matches!(exchange.poll(&mut cx), Poll::Ready(Ok(()))));
+        })
+    });
+    group.bench_function("tokio::time::timeout per request", |b| {
+        b.iter(|| {
+            let mut exchange = pin!(tokio::time::timeout(limit, Answer(false)));
+            assert!(exchange.as_mut().poll(&mut cx).is_pending());
+            assert!(matches!(exchange.poll(&mut cx), Poll::Ready(Ok(()))));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    head,
+    chunked,
+    upstream_client,
+    select,
+    buffers,
+    pool,
+    response_timer
+);
 criterion_main!(benches);

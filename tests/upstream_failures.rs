@@ -38,6 +38,29 @@ async fn a_hanging_endpoint_gives_504_after_the_request_timeout() {
     );
 }
 
+/// The response timer is the upstream connection's, kept across its requests: a deadline
+/// moved later must not fire at its old time, and each request counts from its own start.
+#[tokio::test]
+async fn a_reused_upstream_connection_times_each_request_from_its_own_start() {
+    let up = Upstream::start("a").await;
+    let toml = one_pool(&[&up]) + "[pool.timeouts]\nrequest = \"300ms\"\n";
+    let gw = TestGateway::start(&toml).await;
+    // Two 200 ms answers in a row on one connection: the second outlives the first's deadline.
+    for _ in 0..2 {
+        let r = get(&gw.url("client", "/delay/200")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.connections(), 1, "the second request did not reuse the connection");
+    let start = Instant::now();
+    let r = get(&gw.url("client", "/hang")).await;
+    let elapsed = start.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
 #[tokio::test]
 async fn connect_failure_moves_on_to_a_live_endpoint() {
     let up = Upstream::start("live").await;

@@ -398,8 +398,7 @@ fn forward<'a>(
                         headers: req.headers(),
                         forwarding: (!routed_forwarding).then_some(&forwarding),
                     };
-                    let exchange = conn.exchange(&head, &mut up_body);
-                    match tokio::time::timeout(per_try, exchange).await {
+                    match conn.exchange_within(per_try, &head, &mut up_body).await {
                         Ok(Ok(head)) => {
                             let status = head.status.as_u16();
                             endpoint.count_attempt(if status >= 500 {

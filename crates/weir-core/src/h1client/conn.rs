@@ -6,6 +6,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::Method;
@@ -18,6 +19,7 @@ use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::{
     Framing, HeadError, RequestFraming, RequestHead, ResponseHead, encode_request, parse_response, put_chunk_size,
 };
+use super::timer::{ReusedTimer, TimedOut};
 use crate::bufpool::{self, UPSTREAM_READ as READ_CHUNK};
 use crate::client_body::{ClientBody, ClientBodyError};
 
@@ -69,6 +71,8 @@ pub struct UpConn {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
+    /// The response timer, kept across this connection's requests.
+    timer: ReusedTimer,
     /// How much room the next read asks for: grows while reads fill it (large bodies).
     read_size: usize,
     /// The client this connection's PROXY header named (`send_proxy` pools): it carries that
@@ -82,6 +86,7 @@ impl UpConn {
             stream,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
+            timer: ReusedTimer::default(),
             read_size: READ_CHUNK,
             proxied_for: None,
         }
@@ -103,6 +108,19 @@ impl UpConn {
                 matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// [`UpConn::exchange`] within `limit`, on this connection's [`ReusedTimer`].
+    pub async fn exchange_within(
+        &mut self,
+        limit: Duration,
+        head: &RequestHead<'_>,
+        body: &mut UpBody,
+    ) -> Result<Result<ResponseHead, ExchangeError>, TimedOut> {
+        let mut timer = std::mem::take(&mut self.timer);
+        let answer = timer.within(limit, self.exchange(head, body)).await;
+        self.timer = timer;
+        answer
     }
 
     /// Sends one request and reads its response head (skipping interim 1xx other than 101).

@@ -11,7 +11,9 @@
 pub mod chunked;
 pub mod conn;
 pub mod head;
+pub mod timer;
 
 pub use chunked::{ChunkedDecoder, Decoded};
 pub use conn::{BodyError, ExchangeError, ResponseBody, UpBody, UpConn};
 pub use head::{Framing, HeadError, RequestHead, ResponseHead};
+pub use timer::{ReusedTimer, TimedOut};

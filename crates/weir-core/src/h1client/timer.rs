@@ -1,0 +1,100 @@
+//! [`ReusedTimer`]: one connection's response timer, kept across its requests.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// The response head did not arrive within the attempt's timeout.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TimedOut;
+
+/// A timeout timer that lives as long as its connection. Each request moves its deadline later,
+/// which for a timer still in tokio's wheel is an atomic store (tokio files the entry again
+/// when its old slot comes due); a `tokio::time::timeout` per request instead put an entry into
+/// the wheel and took it out again under the driver's lock, about 2% of weir's CPU at
+/// saturation (benches/README.md). Between requests the timer keeps the waker of the last
+/// task that awaited it, until it is awaited again or comes due: a wake then is spurious and
+/// harmless.
+#[derive(Debug, Default)]
+pub struct ReusedTimer(Option<Pin<Box<Sleep>>>);
+
+impl ReusedTimer {
+    /// `work`'s output, or [`TimedOut`] when it has not finished `limit` from now.
+    pub async fn within<F: Future>(&mut self, limit: Duration, work: F) -> Result<F::Output, TimedOut> {
+        let deadline = Instant::now() + limit;
+        let timer = match &mut self.0 {
+            Some(timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            none => none.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(Ok(output));
+            }
+            timer.as_mut().poll(cx).map(|()| Err(TimedOut))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real time, in tenths of a second: the margins are wide enough for a loaded machine.
+    use super::*;
+
+    const TENTH: Duration = Duration::from_millis(100);
+
+    #[tokio::test]
+    async fn work_that_ends_in_time_gives_its_output_and_the_timer_serves_again() {
+        let mut timer = ReusedTimer::default();
+        for i in 0..3 {
+            let output = timer
+                .within(10 * TENTH, async move {
+                    tokio::time::sleep(TENTH / 10).await;
+                    i
+                })
+                .await;
+            assert_eq!(output, Ok(i));
+        }
+    }
+
+    #[tokio::test]
+    async fn work_past_the_limit_times_out_counted_from_its_own_start() {
+        let mut timer = ReusedTimer::default();
+        assert_eq!(timer.within(TENTH, tokio::time::sleep(TENTH / 10)).await, Ok(()));
+        // Past the first call's deadline (the timer fired, nobody listening): the next call
+        // counts from its own start.
+        tokio::time::sleep(2 * TENTH).await;
+        let started = Instant::now();
+        let output = timer.within(TENTH, std::future::pending::<()>()).await;
+        assert_eq!(output, Err(TimedOut));
+        assert!(started.elapsed() >= TENTH, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_later_deadline_on_a_timer_still_in_the_wheel_is_honoured() {
+        let mut timer = ReusedTimer::default();
+        // Registered in the wheel (awaited while pending) for 2 tenths from now...
+        let first = timer.within(2 * TENTH, tokio::time::sleep(TENTH / 10)).await;
+        assert_eq!(first, Ok(()));
+        // ...then moved to 30 tenths: work of 5 tenths outlives the old deadline and must finish.
+        let second = timer.within(30 * TENTH, tokio::time::sleep(5 * TENTH)).await;
+        assert_eq!(second, Ok(()), "the old deadline fired");
+    }
+
+    #[tokio::test]
+    async fn an_earlier_deadline_than_the_one_in_the_wheel_fires_on_time() {
+        let mut timer = ReusedTimer::default();
+        assert_eq!(timer.within(600 * TENTH, tokio::time::sleep(TENTH / 10)).await, Ok(()));
+        let started = Instant::now();
+        let output = timer.within(TENTH, std::future::pending::<()>()).await;
+        assert_eq!(output, Err(TimedOut));
+        assert!(started.elapsed() < 100 * TENTH, "{:?}", started.elapsed());
+    }
+}
