@@ -19,6 +19,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod parking;
+pub mod pin_box;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -384,7 +384,7 @@ impl Conn {
             let (shared, info) = (shared.clone(), info.clone());
             // Boxed: hyper spawns a task per stream holding this future, and the task is moved
             // (memmove) on spawn; a multi-kilobyte proxy future cost more to move than a box.
-            Box::pin(async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) })
+            crate::pin_box::pin_box(|| async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) })
         })
     }
 }

@@ -41,6 +41,7 @@ use crate::bufpool::{self, FRONT_READ};
 use crate::client_body::ClientBody;
 use crate::h1client::head::put_chunk_size;
 use crate::parking::PARK_AFTER;
+use crate::pin_box::pin_box;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 use crate::upstream::InFlight;
@@ -210,7 +211,7 @@ pub fn serve<'a>(
             // One request, boxed: a connection waiting for its next request then carries none
             // of the request path's state (~4.5 KB), only this loop's. It costs one allocation
             // per request (about 1% CPU at saturation, benches/README.md).
-            conn = Box::pin(exchange(conn, hinfo, request, settings, shared, info, stopping)).await?;
+            conn = pin_box(|| exchange(conn, hinfo, request, settings, shared, info, stopping)).await?;
             wait_until = Instant::now() + settings.idle_timeout;
             park_armed = parkable;
         }
