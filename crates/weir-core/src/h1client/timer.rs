@@ -2,7 +2,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -15,9 +15,8 @@ pub struct TimedOut;
 /// which for a timer still in tokio's wheel is an atomic store (tokio files the entry again
 /// when its old slot comes due); a `tokio::time::timeout` per request instead put an entry into
 /// the wheel and took it out again under the driver's lock, about 2% of weir's CPU at
-/// saturation (benches/README.md). Between requests the timer keeps the waker of the last
-/// task that awaited it, until it is awaited again or comes due: a wake then is spurious and
-/// harmless.
+/// saturation (benches/README.md). Between requests the timer keeps a no-op waker, so an idle
+/// connection neither wakes nor keeps alive the task that last used it.
 #[derive(Debug, Default)]
 pub struct ReusedTimer(Option<Pin<Box<Sleep>>>);
 
@@ -33,13 +32,23 @@ impl ReusedTimer {
             none => none.insert(Box::pin(tokio::time::sleep_until(deadline))),
         };
         let mut work = pin!(work);
-        poll_fn(|cx| {
+        let mut armed = false;
+        let answer = poll_fn(|cx| {
             if let Poll::Ready(output) = work.as_mut().poll(cx) {
                 return Poll::Ready(Ok(output));
             }
+            armed = true;
             timer.as_mut().poll(cx).map(|()| Err(TimedOut))
         })
-        .await
+        .await;
+        if armed {
+            // The timer stays in the wheel with this task's waker, and a waker keeps its
+            // task's memory (the whole connection future) allocated even after the task has
+            // ended: a pool of idle upstream connections would hold that many dead tasks until
+            // their deadlines came. A no-op waker takes its place.
+            let _ = timer.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        }
+        answer
     }
 }
 
@@ -96,5 +105,40 @@ mod tests {
         let output = timer.within(TENTH, std::future::pending::<()>()).await;
         assert_eq!(output, Err(TimedOut));
         assert!(started.elapsed() < 100 * TENTH, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_idle_timer_holds_no_waker_of_the_task_that_last_used_it() {
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let task = std::sync::Arc::new(Task);
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut timer = ReusedTimer::default();
+        {
+            let mut first = true;
+            let work = poll_fn(move |_| {
+                if std::mem::replace(&mut first, false) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            });
+            let mut call = pin!(timer.within(60 * TENTH, work));
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(
+                std::sync::Arc::strong_count(&task),
+                3,
+                "the armed timer holds the task's waker"
+            );
+            assert_eq!(call.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+        }
+        assert_eq!(
+            std::sync::Arc::strong_count(&task),
+            2,
+            "the idle timer still holds the task's waker"
+        );
     }
 }
