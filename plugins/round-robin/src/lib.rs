@@ -23,6 +23,12 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
             *x = (*x * MAX_SCHEDULE / total).max(1);
         }
     }
+    // Equal weights (after the gcd, all 1): the smooth order is the endpoints in order, and the
+    // general loop below would cost n² steps (a million at 1,024 endpoints: past the default
+    // `call_timeout` on a slow machine, so every generation's first call fell back to native).
+    if w.iter().all(|&x| x == 1) {
+        return (0..w.len() as u32).collect();
+    }
     let total: i64 = w.iter().map(|&x| x as i64).sum();
     let mut current = vec![0i64; w.len()];
     let mut out = Vec::with_capacity(total.max(0) as usize);
@@ -143,6 +149,15 @@ mod tests {
         let mut s = state(&[1, 1, 1], &[false, false, true]);
         assert_eq!(s.pick(3, |i| i == 2), Some(2));
         assert_eq!(s.pick(3, |_| false), None);
+    }
+
+    #[test]
+    fn equal_weights_take_the_endpoints_in_order_at_any_size() {
+        for n in [1usize, 2, 3, 7, 1024] {
+            assert_eq!(smooth_schedule(&vec![3; n]), (0..n as u32).collect::<Vec<_>>());
+        }
+        // The same order the general loop gives when one weight differs only by the gcd.
+        assert_eq!(smooth_schedule(&[2, 2, 2]), vec![0, 1, 2]);
     }
 
     #[test]
