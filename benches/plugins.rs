@@ -20,6 +20,10 @@ fn dist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/dist")
 }
 
+/// A pool of `n` endpoints behind the Wasm round-robin and host-router. `call_timeout` is raised
+/// from its 2 ms default for CI's unoptimised test build, where the first `select` of a
+/// 1,024-endpoint pool (its `pool-info` import lowers 1,024 records into the guest) takes
+/// longer than that; what is timed here is every later call.
 fn config(n: usize) -> (tempfile::TempDir, weir_config::Config) {
     let dir = tempfile::tempdir().unwrap();
     let endpoints: String = (0..n)
@@ -32,7 +36,7 @@ fn config(n: usize) -> (tempfile::TempDir, weir_config::Config) {
         })
         .collect();
     let toml = format!(
-        "[plugins]\ndir = \"{}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\nrouter = {{ plugin = \"host-router\", config = {{ routes = [ {{ host = \"*.example.com\", path_prefix = \"/api\", pool = \"app\" }} ] }} }}\n[[pool]]\nname = \"app\"\n{endpoints}",
+        "[plugins]\ndir = \"{}\"\ncall_timeout = \"100ms\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\nrouter = {{ plugin = \"host-router\", config = {{ routes = [ {{ host = \"*.example.com\", path_prefix = \"/api\", pool = \"app\" }} ] }} }}\n[[pool]]\nname = \"app\"\n{endpoints}",
         dist().display()
     );
     let path = dir.path().join("weir.toml");
