@@ -156,7 +156,7 @@ mod tests {
         for n in [1usize, 2, 3, 7, 1024] {
             assert_eq!(smooth_schedule(&vec![3; n]), (0..n as u32).collect::<Vec<_>>());
         }
-        // The same order the general loop gives when one weight differs only by the gcd.
+        // Weights equal only once divided by their gcd take the same shortcut.
         assert_eq!(smooth_schedule(&[2, 2, 2]), vec![0, 1, 2]);
     }
 
