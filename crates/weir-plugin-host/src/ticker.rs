@@ -40,6 +40,8 @@ struct Shared {
     stop: AtomicBool,
     /// Calls that had to wake the ticker.
     wakes: AtomicU64,
+    /// Epoch increments so far.
+    ticks: AtomicU64,
 }
 
 /// Owns the ticker thread; dropping it stops the thread.
@@ -97,6 +99,11 @@ impl Ticker {
     pub fn wakes(&self) -> u64 {
         self.shared.wakes.load(Ordering::Relaxed)
     }
+
+    /// How many times the epoch has advanced.
+    pub fn ticks(&self) -> u64 {
+        self.shared.ticks.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Ticker {
@@ -121,6 +128,7 @@ fn run(s: &Shared, engine: &Engine) {
     while !s.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         engine.increment_epoch();
+        s.ticks.fetch_add(1, Ordering::Relaxed);
         let called = s.called.swap(false, Ordering::Relaxed);
         if called || s.running.load(Ordering::SeqCst) > 0 {
             quiet = 0;
@@ -269,17 +277,38 @@ mod tests {
     fn a_wake_buys_ticks_for_the_calls_after_it() {
         let ticker = Ticker::start(engine()).unwrap();
         // The behaviour behind the decision checked above: once woken, the ticker stays up for
-        // the calls that follow, so they pay no wake-up of their own.
-        for _ in 0..20 {
+        // the calls that follow, so they pay no wake-up of their own. Whether a call finds it
+        // up also depends on the scheduler (a test thread preempted for two ticks lets it park,
+        // rightly), so this counts rounds: with the ticker going back to sleep after each
+        // wake-up, every call of every round would pay one.
+        let rounds = 20;
+        let mut cheap = 0;
+        for _ in 0..rounds {
             wait_until("the idle ticker parks", || ticker.is_parked());
             let before = ticker.wakes();
-            // Ten short calls a tick for a tick: the first wakes the ticker, the rest find it up.
-            for _ in 0..10 {
-                drop(ticker.enter());
+            let ticks = ticker.ticks();
+            drop(ticker.enter());
+            // The woken thread needs a core before it is up; a tick says it is. Polled without
+            // sleeping: it parks again two quiet ticks later.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ticker.ticks() == ticks {
+                assert!(Instant::now() < deadline, "a call did not wake the ticker");
+                std::thread::yield_now();
+            }
+            // Nine more short calls, a tenth of a tick apart: they find it up.
+            for _ in 0..9 {
                 std::thread::sleep(TICK / 10);
+                drop(ticker.enter());
             }
             let wakes = ticker.wakes() - before;
-            assert!((1..=5).contains(&wakes), "{wakes} wake-ups for 10 calls");
+            assert!(wakes >= 1, "a call found the parked ticker and did not wake it");
+            if wakes <= 2 {
+                cheap += 1;
+            }
         }
+        assert!(
+            cheap * 4 >= rounds,
+            "only {cheap} of {rounds} rounds of 10 calls paid at most 2 wake-ups"
+        );
     }
 }
