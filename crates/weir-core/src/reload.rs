@@ -210,7 +210,6 @@ impl Controller {
 
         let id = old.id + 1;
         let generation = Generation::build(id, Arc::new(config), Some(&old), old.policies.clone())?;
-        self.shared.generation.store(Arc::new(generation));
 
         let mut retiring = Vec::new();
         {
@@ -222,6 +221,8 @@ impl Controller {
                     retiring.push(handles.remove(pos));
                 }
             }
+            // Certificates first: whoever sees the new generation (the admin API, a client
+            // polling it) must also get the new certificates in new handshakes.
             for (name, config) in rotated {
                 if let Some(h) = handles.iter().find(|h| *h.name == *name)
                     && let Some(tls) = &h.tls
@@ -230,6 +231,7 @@ impl Controller {
                     tracing::info!(listener = %name, "certificates rotated for new handshakes");
                 }
             }
+            self.shared.generation.store(Arc::new(generation));
             for (l, socket, tls) in bound {
                 match listener::spawn(
                     &l.name,
