@@ -1,74 +1,139 @@
 //! `round-robin`: smooth weighted round-robin (nginx's order) over the eligible endpoints;
 //! backups only when no primary is eligible. The default balancer of every pool.
 //!
-//! The weighted order is computed once per pool generation; a pick is one step along it, and
-//! only when that endpoint is not eligible does the plugin scan for the next one. So a pick
-//! costs the same for 4 or 1,024 endpoints.
+//! A pick is one step of nginx's algorithm, taken when the pick is made, and remembered: after
+//! the first cycle (the weight sum's worth of picks) a pick is a lookup. Nothing is computed
+//! ahead, so a new pool generation costs no call more than another (computing the whole
+//! order at once took n² steps, past `call_timeout` for a pool of 1,024). Endpoints of equal
+//! weight follow one another in index order, so a step compares one candidate per distinct
+//! weight: one for equal weights whatever the pool size, a hundred at most (see
+//! [`MAX_TOTAL`]). Only when the endpoint picked is not eligible does the plugin scan for the
+//! next one.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use weir_plugin_sdk::*;
 
-/// Longest schedule kept; larger weight sums are scaled down proportionally.
-const MAX_SCHEDULE: u64 = 4096;
+/// Largest weight sum kept; larger sums are scaled down proportionally (each weight stays at
+/// least 1). Distinct weights summing to at most this plus the pool size number about a
+/// hundred at most, which bounds the cost of a step.
+const MAX_TOTAL: u64 = 4096;
 
-/// The smooth weighted round-robin order: each endpoint appears `weight` times, spread out.
-pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
-    let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
-    let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g.max(1))).collect();
-    let total: u64 = w.iter().sum();
-    if total > MAX_SCHEDULE {
-        for x in &mut w {
-            *x = (*x * MAX_SCHEDULE / total).max(1);
-        }
-    }
-    // Equal weights (after the gcd, all 1): the smooth order is the endpoints in order, and the
-    // general loop below would cost n² steps (a million at 1,024 endpoints: past the default
-    // `call_timeout` on a slow machine, so every generation's first call fell back to native).
-    if w.iter().all(|&x| x == 1) {
-        return (0..w.len() as u32).collect();
-    }
-    let total: i64 = w.iter().map(|&x| x as i64).sum();
-    let mut current = vec![0i64; w.len()];
-    let mut out = Vec::with_capacity(total.max(0) as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for i in 0..w.len() {
-            current[i] += w[i] as i64;
-            if current[i] > current[best] {
-                best = i;
+/// nginx's smooth weighted round-robin, one pick per `next`: over a cycle of the
+/// (reduced) weight sum, each endpoint is picked `weight` times, spread out.
+pub struct Smooth {
+    /// The weight sum, and the step within the current cycle.
+    total: i64,
+    step: i64,
+    /// The picks of the first cycle, as they are made; once whole, later cycles read it.
+    cycle: Vec<u32>,
+    /// The algorithm's state during the first cycle (dropped after it).
+    classes: Vec<Class>,
+}
+
+/// Endpoints sharing one weight, in index order. Members before `next` have been picked
+/// `rounds + 1` times this cycle, the others `rounds` times.
+struct Class {
+    weight: i64,
+    members: Vec<u32>,
+    rounds: i64,
+    next: usize,
+}
+
+impl Smooth {
+    pub fn new(weights: &[u32]) -> Smooth {
+        let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
+        let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g.max(1))).collect();
+        let sum: u64 = w.iter().sum();
+        if sum > MAX_TOTAL {
+            for x in &mut w {
+                *x = (*x * MAX_TOTAL / sum).max(1);
             }
         }
-        current[best] -= total;
-        out.push(best as u32);
+        let mut classes: Vec<Class> = Vec::new();
+        let mut class_of: HashMap<u64, usize> = HashMap::new();
+        for (i, &x) in w.iter().enumerate() {
+            let k = *class_of.entry(x).or_insert_with(|| {
+                classes.push(Class {
+                    weight: x as i64,
+                    members: Vec::new(),
+                    rounds: 0,
+                    next: 0,
+                });
+                classes.len() - 1
+            });
+            classes[k].members.push(i as u32);
+        }
+        let total = w.iter().map(|&x| x as i64).sum();
+        Smooth {
+            total,
+            step: 0,
+            cycle: Vec::with_capacity(total as usize),
+            classes,
+        }
     }
-    out
+}
+
+/// Endlessly, the next endpoint in the weighted order; nothing for an empty pool.
+impl Iterator for Smooth {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        if self.total > 0 && self.cycle.len() as i64 == self.total {
+            let index = self.cycle.get(self.step as usize).copied();
+            self.step = (self.step + 1) % self.total;
+            return index;
+        }
+        let t = self.step + 1;
+        // nginx adds each weight to the endpoint's `current` and picks the largest (the lowest
+        // index on a tie): at step t that value is t·weight − total·(times picked), largest in
+        // a class for its next member in index order.
+        let mut best: Option<(i64, u32, usize)> = None;
+        for (k, c) in self.classes.iter().enumerate() {
+            let value = t * c.weight - self.total * c.rounds;
+            let index = c.members[c.next];
+            if best.is_none_or(|(v, i, _)| value > v || (value == v && index < i)) {
+                best = Some((value, index, k));
+            }
+        }
+        let (_, index, k) = best?;
+        let c = &mut self.classes[k];
+        c.next += 1;
+        if c.next == c.members.len() {
+            c.next = 0;
+            c.rounds += 1;
+        }
+        // After a whole cycle every endpoint has had its weight in picks and all values are
+        // back to zero: the next cycle is the same.
+        self.cycle.push(index);
+        self.step = t % self.total;
+        if self.step == 0 {
+            self.classes = Vec::new();
+        }
+        Some(index)
+    }
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// Per pool: the schedule of its current generation, the backup flags, and the position.
-#[derive(Default)]
+/// Per pool: the weighted order of its current generation and the backup flags.
 struct PoolState {
     generation: u64,
-    schedule: Vec<u32>,
+    order: Smooth,
     backup: Vec<bool>,
-    next: usize,
 }
 
 impl PoolState {
-    /// The next endpoint: the schedule's when `ok` holds for it, else the first from there on
-    /// that passes, trying primaries before backups.
+    /// The next endpoint: the weighted order's when `ok` holds for it, else the first from
+    /// there on that passes, trying primaries before backups.
     fn pick(&mut self, n: usize, ok: impl Fn(usize) -> bool) -> Option<usize> {
-        if self.schedule.is_empty() || n == 0 {
+        if n == 0 {
             return None;
         }
-        let slot = self.next;
-        self.next = self.next.wrapping_add(1);
-        let i = self.schedule[slot % self.schedule.len()] as usize;
+        let i = self.order.next()? as usize;
         let backup = |i: usize| self.backup.get(i).copied().unwrap_or(false);
         if i < n && !backup(i) && ok(i) {
             return Some(i);
@@ -97,14 +162,21 @@ impl Plugin for RoundRobin {
     fn select(&self, pool: PoolView, key: SelectKey) -> SelectDecision {
         let n = pool.health.len();
         let mut states = self.state.borrow_mut();
-        let st = states.entry(pool.pool_id).or_default();
-        if st.generation != pool.generation || st.schedule.is_empty() {
+        let st = match states.entry(pool.pool_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(PoolState {
+                generation: !pool.generation,
+                order: Smooth::new(&[]),
+                backup: Vec::new(),
+            }),
+        };
+        if st.generation != pool.generation {
             self.pool.with(&pool, |info| {
                 let (weights, backup): (Vec<u32>, Vec<bool>) = match info {
                     Some(s) if s.endpoints.len() == n => s.endpoints.iter().map(|e| (e.weight, e.backup)).unzip(),
                     _ => (vec![1; n], vec![false; n]),
                 };
-                st.schedule = smooth_schedule(&weights);
+                st.order = Smooth::new(&weights);
                 st.backup = backup;
                 st.generation = pool.generation;
             });
@@ -125,6 +197,66 @@ plugin!(RoundRobin);
 mod tests {
     use super::*;
 
+    /// `cycles` whole cycles of picks.
+    fn picks(weights: &[u32], cycles: i64) -> Vec<u32> {
+        let s = Smooth::new(weights);
+        let n = (cycles * s.total) as usize;
+        s.take(n).collect()
+    }
+
+    fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+        picks(weights, 1)
+    }
+
+    /// nginx's loop, step by step over every endpoint: what `Smooth` must equal.
+    fn nginx_order(weights: &[u32], cycles: i64) -> Vec<u32> {
+        let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
+        let mut w: Vec<i64> = weights.iter().map(|&x| i64::from(x.max(1) / g.max(1))).collect();
+        let sum: i64 = w.iter().sum();
+        if sum as u64 > MAX_TOTAL {
+            for x in &mut w {
+                *x = (*x * MAX_TOTAL as i64 / sum).max(1);
+            }
+        }
+        let total: i64 = w.iter().sum();
+        let mut current = vec![0i64; w.len()];
+        let mut out = Vec::new();
+        for _ in 0..cycles * total {
+            let mut best = 0;
+            for i in 0..w.len() {
+                current[i] += w[i];
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            out.push(best as u32);
+        }
+        out
+    }
+
+    #[test]
+    fn the_same_order_as_nginx_for_any_weights() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for round in 0..300 {
+            let n = 1 + next(if round < 250 { 12 } else { 300 }) as usize;
+            let top = [2, 5, 100, 10_000][round % 4];
+            let weights: Vec<u32> = (0..n).map(|_| next(top) as u32 + 1).collect();
+            assert_eq!(picks(&weights, 2), nginx_order(&weights, 2), "{weights:?}");
+        }
+        // The most distinct weights that sum to MAX_TOTAL unscaled, and 1,024 distinct weights
+        // (scaled down to a handful of classes).
+        for weights in [(1..=90).collect::<Vec<u32>>(), (1..=1024).collect()] {
+            assert_eq!(picks(&weights, 2), nginx_order(&weights, 2));
+        }
+    }
+
     #[test]
     fn smooth_weighted_order() {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
@@ -135,10 +267,15 @@ mod tests {
     fn state(weights: &[u32], backup: &[bool]) -> PoolState {
         PoolState {
             generation: 1,
-            schedule: smooth_schedule(weights),
+            order: Smooth::new(weights),
             backup: backup.to_vec(),
-            next: 0,
         }
+    }
+
+    #[test]
+    fn an_empty_pool_has_no_pick() {
+        assert_eq!(Smooth::new(&[]).next(), None);
+        assert_eq!(state(&[], &[]).pick(0, |_| true), None);
     }
 
     #[test]
@@ -156,14 +293,15 @@ mod tests {
         for n in [1usize, 2, 3, 7, 1024] {
             assert_eq!(smooth_schedule(&vec![3; n]), (0..n as u32).collect::<Vec<_>>());
         }
-        // Weights equal only once divided by their gcd take the same shortcut.
+        // Weights equal once divided by their gcd too.
         assert_eq!(smooth_schedule(&[2, 2, 2]), vec![0, 1, 2]);
     }
 
     #[test]
     fn large_weights_are_scaled() {
         let s = smooth_schedule(&[10_000, 10_000, 1]);
-        assert!(s.len() as u64 <= MAX_SCHEDULE + 3);
+        assert_eq!(Smooth::new(&[10_000, 10_000, 1]).total, 2047 + 2047 + 1);
+        assert!(s.len() as u64 <= MAX_TOTAL + 3);
         assert!(s.contains(&2));
     }
 }
