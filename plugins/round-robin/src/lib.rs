@@ -145,7 +145,8 @@ impl PoolState {
 
 struct RoundRobin {
     pool: PoolCache,
-    state: RefCell<HashMap<u32, PoolState>>,
+    /// By pool id (the pool's index in the gateway config): no hashing on the request path.
+    state: RefCell<Vec<Option<PoolState>>>,
 }
 
 impl Plugin for RoundRobin {
@@ -155,21 +156,22 @@ impl Plugin for RoundRobin {
         config.only(&[])?;
         Ok(RoundRobin {
             pool: PoolCache::default(),
-            state: RefCell::new(HashMap::new()),
+            state: RefCell::new(Vec::new()),
         })
     }
 
     fn select(&self, pool: PoolView, key: SelectKey) -> SelectDecision {
         let n = pool.health.len();
         let mut states = self.state.borrow_mut();
-        let st = match states.entry(pool.pool_id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(PoolState {
-                generation: !pool.generation,
-                order: Smooth::new(&[]),
-                backup: Vec::new(),
-            }),
-        };
+        let id = pool.pool_id as usize;
+        if states.len() <= id {
+            states.resize_with(id + 1, || None);
+        }
+        let st = states[id].get_or_insert_with(|| PoolState {
+            generation: !pool.generation,
+            order: Smooth::new(&[]),
+            backup: Vec::new(),
+        });
         if st.generation != pool.generation {
             self.pool.with(&pool, |info| {
                 let (weights, backup): (Vec<u32>, Vec<bool>) = match info {
