@@ -41,16 +41,23 @@ struct Class {
     next: usize,
 }
 
+/// The weights the order is built from: each at least 1, divided by their gcd, and scaled down
+/// when they sum to more than [`MAX_TOTAL`].
+fn reduced(weights: &[u32]) -> Vec<u64> {
+    let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
+    let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g.max(1))).collect();
+    let sum: u64 = w.iter().sum();
+    if sum > MAX_TOTAL {
+        for x in &mut w {
+            *x = (*x * MAX_TOTAL / sum).max(1);
+        }
+    }
+    w
+}
+
 impl Smooth {
     pub fn new(weights: &[u32]) -> Smooth {
-        let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
-        let mut w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g.max(1))).collect();
-        let sum: u64 = w.iter().sum();
-        if sum > MAX_TOTAL {
-            for x in &mut w {
-                *x = (*x * MAX_TOTAL / sum).max(1);
-            }
-        }
+        let w = reduced(weights);
         let mut classes: Vec<Class> = Vec::new();
         let mut class_of: HashMap<u64, usize> = HashMap::new();
         for (i, &x) in w.iter().enumerate() {
@@ -210,16 +217,10 @@ mod tests {
         picks(weights, 1)
     }
 
-    /// nginx's loop, step by step over every endpoint: what `Smooth` must equal.
+    /// nginx's loop, step by step over every endpoint, on the same reduced weights: what
+    /// `Smooth` must equal.
     fn nginx_order(weights: &[u32], cycles: i64) -> Vec<u32> {
-        let g = weights.iter().fold(0u32, |g, &w| gcd(g, w.max(1)));
-        let mut w: Vec<i64> = weights.iter().map(|&x| i64::from(x.max(1) / g.max(1))).collect();
-        let sum: i64 = w.iter().sum();
-        if sum as u64 > MAX_TOTAL {
-            for x in &mut w {
-                *x = (*x * MAX_TOTAL as i64 / sum).max(1);
-            }
-        }
+        let w: Vec<i64> = reduced(weights).into_iter().map(|x| x as i64).collect();
         let total: i64 = w.iter().sum();
         let mut current = vec![0i64; w.len()];
         let mut out = Vec::new();
