@@ -345,7 +345,8 @@ impl Endpoint {
     /// Traffic with more requests in flight than `max_idle_per_endpoint` (an HTTP/2 client
     /// multiplexing hundreds of streams) keeps its connections as long as it lasts; a pool
     /// trimmed to the cap instead closed them and opened them again a moment later, hundreds a
-    /// second under `h2load -c64 -m10`, each one a socket left in TIME_WAIT for a minute. Once the traffic has gone, the third sweep is back at the cap.
+    /// second under `h2load -c64 -m10`, each one a socket left in TIME_WAIT for a minute. Once
+    /// the traffic has gone, the third sweep is back at the cap.
     pub fn sweep_idle(&self, idle_timeout: Duration) {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {

@@ -186,11 +186,20 @@ mod tests {
         Engine::new(&config).unwrap()
     }
 
-    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+        poll_until(what, Duration::from_millis(5), cond);
+    }
+
+    /// Polls `cond` every `pause` (a zero pause only yields the core) for at most 10 s.
+    fn poll_until(what: &str, pause: Duration, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !cond() {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            std::thread::sleep(Duration::from_millis(5));
+            if pause.is_zero() {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(pause);
+            }
         }
     }
 
@@ -290,11 +299,7 @@ mod tests {
             drop(ticker.enter());
             // The woken thread needs a core before it is up; a tick says it is. Polled without
             // sleeping: it parks again two quiet ticks later.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while ticker.ticks() == ticks {
-                assert!(Instant::now() < deadline, "a call did not wake the ticker");
-                std::thread::yield_now();
-            }
+            poll_until("a call wakes the ticker", Duration::ZERO, || ticker.ticks() != ticks);
             // Nine more short calls, a tenth of a tick apart: they find it up.
             for _ in 0..9 {
                 std::thread::sleep(TICK / 10);
