@@ -27,6 +27,9 @@ pub struct HostState {
     pub pool: Option<Arc<pools::PoolStatic>>,
     pub pool_names: Arc<[String]>,
     rng: u64,
+    /// The running call's deadline on the watchdog's clock (`ticker::now_ns`), read by the
+    /// store's epoch-deadline callback.
+    pub deadline: u64,
 }
 
 fn started() -> Instant {
@@ -48,6 +51,7 @@ impl HostState {
             pool: None,
             pool_names,
             rng: seed | 1,
+            deadline: 0,
         }
     }
 }

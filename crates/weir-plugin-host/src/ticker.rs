@@ -1,106 +1,161 @@
-//! The epoch ticker: advances the engine's epoch every [`TICK`] while plugin code may run, which
-//! is what turns `call_timeout` into an interrupt (a guest's deadline is a number of ticks).
+//! The call watchdog: stops plugin code that runs past its deadline (`call_timeout`) by
+//! advancing the engine's epoch, which is what wasmtime's compiled code checks.
 //!
-//! A quiet gateway should not wake a thousand times a second for nothing, so after
-//! [`PARK_AFTER`] ticks in which no plugin code started or ran, the thread parks, and the next
-//! entry into guest code ([`Ticker::enter`]) wakes it first. Under load the ticker never parks,
-//! so a call pays two atomic additions and two loads (one store a tick at most), and no system
-//! call.
+//! Every call runs on a [`Slot`] (one per plugin instance) and publishes there the instant by
+//! which it must have returned ([`Slot::enter`] reads the clock once). While calls happen, the
+//! watchdog thread wakes once a round (1.5 × `call_timeout`, at least 1 ms), looks at the
+//! slots, and sleeps until the next round or the earliest deadline of a call still running,
+//! whichever comes first. When a deadline has passed it advances the epoch. Every call running
+//! at that moment then reaches its epoch deadline, and the store's callback ([`on_deadline`])
+//! compares the clock with that call's own deadline: the overdue call is interrupted, the
+//! others go on. So a call seen running at a round is stopped at its deadline, and one that
+//! starts after a round and overruns before the next is stopped at that round: never early,
+//! at most half a `call_timeout` late.
 //!
-//! Guest code must never run with the ticker asleep, or a looping plugin would never be
-//! stopped. The handshake is Dekker's, over sequentially consistent atomics: a caller adds to
-//! `running` and then reads `parked`; the ticker sets `parked` and then reads `running`. One of
-//! the two sees the other's write, so either the caller wakes the ticker or the ticker stays up.
+//! It replaces a ticker that advanced the epoch every millisecond while calls happened, the
+//! deadline being a number of ticks: under load that was a thousand wake-ups a second, each a
+//! context switch on a core the worker needs (~3% of weir's throughput in `ab.sh`, layout A),
+//! where rounds of 1.5 × `call_timeout` (3 ms by default) cost a third of it.
+//!
+//! A quiet gateway should not wake for nothing: after a round in which no plugin code started
+//! or ran, the thread parks, and the next entry into guest code wakes it. The handshake is
+//! Dekker's, over sequentially consistent atomics: a caller writes its slot and then reads
+//! `parked`; the watchdog sets `parked` and then reads the slots. One of the two sees the
+//! other's write, so either the caller wakes the watchdog or the watchdog stays up.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::Engine;
+use wasmtime::{Engine, UpdateDeadline};
 
-/// How often the epoch advances: the resolution of `call_timeout`.
-pub const TICK: Duration = Duration::from_millis(1);
+/// The shortest round: a tiny `call_timeout` is not worth more wake-ups than this.
+pub const MIN_ROUND: Duration = Duration::from_millis(1);
+/// `call_timeout` until a plugin version says otherwise (the config's default).
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(2);
+/// Instances that can run guest code at once: the pooling allocator's component instances
+/// (`engine::MAX_INSTANCES`) with room to spare.
+const SLOTS: usize = 1024;
 
-/// Ticks without any plugin call before the ticker sleeps: 2 ms. A tick costs about as much as
-/// a wake-up (each is a timer and a context switch; ~20 µs of CPU apiece on the benchmark VM),
-/// so the ticker should sleep through any gap it can: steady traffic keeps it up, bursts let it
-/// sleep between them. At compare.sh's fixed rate (bursts every 10 ms) this halved its cost
-/// per request against a 10 ms wait (benches/load/threads.sh: 4.00 → 1.75 µs).
-pub const PARK_AFTER: u32 = 2;
-
+/// A slot's deadline, alone on its cache line: callers on different cores do not contend.
+#[repr(align(64))]
 #[derive(Default)]
+struct Deadline(AtomicU64);
+
 struct Shared {
-    /// Guest calls running now, across all threads.
-    running: AtomicUsize,
-    /// Some call started since the last tick (cleared by the ticker).
+    /// Per slot: the deadline of the call running on it (see [`now_ns`]), 0 when none is.
+    slots: Box<[Deadline]>,
+    /// Slots handed out so far (the scanned prefix) and the ones given back.
+    high: AtomicUsize,
+    free: Mutex<Vec<usize>>,
+    /// The time between rounds, in nanoseconds.
+    round_ns: AtomicU64,
+    /// Some call started since the last round (cleared by the watchdog).
     called: AtomicBool,
-    /// The ticker is asleep or about to be: entering guest code must wake it.
+    /// The watchdog is asleep or about to be: entering guest code must wake it.
     parked: AtomicBool,
     stop: AtomicBool,
-    /// Calls that had to wake the ticker.
+    thread: OnceLock<Thread>,
+    /// Calls that had to wake the watchdog.
     wakes: AtomicU64,
-    /// Epoch increments so far.
+    /// Rounds so far, and epoch increments (rounds that found a call overdue).
+    rounds: AtomicU64,
     ticks: AtomicU64,
 }
 
-/// Owns the ticker thread; dropping it stops the thread.
+/// Owns the watchdog thread; dropping it stops the thread.
 pub struct Ticker {
     shared: Arc<Shared>,
-    thread: Thread,
 }
 
-/// Held while guest code may run; see [`Ticker::enter`].
-pub struct Running<'a>(&'a Shared);
+/// Where one instance's calls publish their deadline; given back when dropped.
+pub struct Slot {
+    shared: Arc<Shared>,
+    index: usize,
+}
 
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
+/// Nanoseconds on the watchdog's clock (monotonic, never 0: 0 marks an idle slot).
+pub fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+/// The store's epoch-deadline callback: interrupt the call once its own deadline has passed,
+/// else let it run to the next epoch (the watchdog advanced it for another call).
+pub fn on_deadline(deadline: u64) -> UpdateDeadline {
+    if now_ns() >= deadline {
+        UpdateDeadline::Interrupt
+    } else {
+        UpdateDeadline::Continue(1)
     }
 }
 
 impl Ticker {
     pub fn start(engine: Engine) -> Result<Ticker, String> {
-        let shared = Arc::new(Shared::default());
-        let ticking = shared.clone();
+        let shared = Arc::new(Shared::new());
+        let watching = shared.clone();
         let handle = std::thread::Builder::new()
             .name("weir-epoch".into())
-            .spawn(move || run(&ticking, &engine))
-            .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
-        Ok(Ticker {
-            shared,
-            thread: handle.thread().clone(),
+            .spawn(move || run(&watching, &engine))
+            .map_err(|e| format!("cannot start the plugin call watchdog: {e}"))?;
+        let _ = shared.thread.set(handle.thread().clone());
+        Ok(Ticker { shared })
+    }
+
+    /// Sets the round from the configured `call_timeout` (the latest plugin version's).
+    pub fn set_call_timeout(&self, timeout: Duration) {
+        let round = round(timeout);
+        if self.shared.round_ns.swap(round, Ordering::Relaxed) > round
+            && let Some(thread) = self.shared.thread.get()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// A slot for one instance's calls, or an error when [`SLOTS`] instances already hold one.
+    pub fn slot(&self) -> Result<Slot, String> {
+        let s = &self.shared;
+        let mut free = s
+            .free
+            .lock()
+            .map_err(|_| "the watchdog's slot list is poisoned".to_string())?;
+        let index = match free.pop() {
+            Some(index) => index,
+            None => {
+                let index = s.high.load(Ordering::Relaxed);
+                if index >= SLOTS {
+                    return Err(format!("more than {SLOTS} plugin instances at once"));
+                }
+                s.high.store(index + 1, Ordering::Release);
+                index
+            }
+        };
+        Ok(Slot {
+            shared: s.clone(),
+            index,
         })
     }
 
-    /// Call before running guest code (instantiation included) and keep the guard until it has
-    /// returned: the epoch is then advancing for as long as the guard lives.
-    #[inline]
-    pub fn enter(&self) -> Running<'_> {
-        let s = &*self.shared;
-        s.running.fetch_add(1, Ordering::SeqCst);
-        // Written once per tick at most, so callers on other cores rarely contend for the line.
-        if !s.called.load(Ordering::Relaxed) {
-            s.called.store(true, Ordering::Relaxed);
-        }
-        if s.parked.load(Ordering::SeqCst) {
-            s.wakes.fetch_add(1, Ordering::Relaxed);
-            self.thread.unpark();
-        }
-        Running(s)
-    }
-
-    /// Whether the ticker is asleep (or committed to sleeping): for tests and diagnostics.
+    /// Whether the watchdog is asleep (or committed to sleeping): for tests and diagnostics.
     pub fn is_parked(&self) -> bool {
         self.shared.parked.load(Ordering::SeqCst)
     }
 
-    /// How many calls found the ticker asleep and woke it.
+    /// How many calls found the watchdog asleep and woke it.
     pub fn wakes(&self) -> u64 {
         self.shared.wakes.load(Ordering::Relaxed)
     }
 
-    /// How many times the epoch has advanced.
+    /// How many rounds the watchdog has made.
+    pub fn rounds(&self) -> u64 {
+        self.shared.rounds.load(Ordering::Relaxed)
+    }
+
+    /// How many times the epoch has advanced (rounds that found a call overdue).
     pub fn ticks(&self) -> u64 {
         self.shared.ticks.load(Ordering::Relaxed)
     }
@@ -109,44 +164,147 @@ impl Ticker {
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        self.thread.unpark();
+        if let Some(thread) = self.shared.thread.get() {
+            thread.unpark();
+        }
     }
 }
 
+impl Slot {
+    /// Call before running guest code (instantiation included), and [`Slot::leave`] once it
+    /// has returned: the call is stopped once `timeout` has passed, provided its store's epoch
+    /// deadline is one epoch away and its callback is [`on_deadline`] with the deadline
+    /// returned here. A slot left entered (a panic) is cleared when it is dropped.
+    #[inline]
+    pub fn enter(&self, timeout: Duration) -> u64 {
+        let s = &*self.shared;
+        let at = now_ns().saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX));
+        s.slots[self.index].0.store(at, Ordering::SeqCst);
+        // Written once per round at most, so callers on other cores rarely contend for the line.
+        if !s.called.load(Ordering::Relaxed) {
+            s.called.store(true, Ordering::Relaxed);
+        }
+        if s.parked.load(Ordering::SeqCst) {
+            s.wakes.fetch_add(1, Ordering::Relaxed);
+            if let Some(thread) = s.thread.get() {
+                thread.unpark();
+            }
+        }
+        at
+    }
+
+    /// The call has returned.
+    #[inline]
+    pub fn leave(&self) {
+        self.shared.slots[self.index].0.store(0, Ordering::Release);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.slots[self.index].0.store(0, Ordering::Release);
+        if let Ok(mut free) = self.shared.free.lock() {
+            free.push(self.index);
+        }
+    }
+}
+
+fn round(timeout: Duration) -> u64 {
+    let round = (timeout + timeout / 2).max(MIN_ROUND);
+    u64::try_from(round.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What a look at the slots found.
+struct Scan {
+    running: bool,
+    overdue: bool,
+    /// The earliest deadline still ahead, if any.
+    next: Option<u64>,
+}
+
 impl Shared {
-    /// Whether the parked ticker may go on sleeping: no guest code running, none called since
-    /// the last tick, not stopping.
+    fn new() -> Shared {
+        Shared {
+            slots: (0..SLOTS).map(|_| Deadline::default()).collect(),
+            high: AtomicUsize::new(0),
+            free: Mutex::new(Vec::new()),
+            round_ns: AtomicU64::new(round(DEFAULT_CALL_TIMEOUT)),
+            called: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            thread: OnceLock::new(),
+            wakes: AtomicU64::new(0),
+            rounds: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+        }
+    }
+
+    fn scan(&self, now: u64) -> Scan {
+        let mut scan = Scan {
+            running: false,
+            overdue: false,
+            next: None,
+        };
+        let high = self.high.load(Ordering::Acquire).min(self.slots.len());
+        for slot in &self.slots[..high] {
+            let at = slot.0.load(Ordering::SeqCst);
+            if at == 0 {
+                continue;
+            }
+            scan.running = true;
+            if at <= now {
+                scan.overdue = true;
+            } else if scan.next.is_none_or(|n| at < n) {
+                scan.next = Some(at);
+            }
+        }
+        scan
+    }
+
+    /// Whether the parked watchdog may go on sleeping: no guest code running, none called
+    /// since the last round, not stopping.
     fn may_sleep(&self) -> bool {
-        self.running.load(Ordering::SeqCst) == 0
-            && !self.called.load(Ordering::Relaxed)
-            && !self.stop.load(Ordering::SeqCst)
+        !self.scan(0).running && !self.called.load(Ordering::Relaxed) && !self.stop.load(Ordering::SeqCst)
     }
 }
 
 fn run(s: &Shared, engine: &Engine) {
-    let mut quiet = 0u32;
+    // The time of the last round, and the deadline of a call seen running then.
+    let mut last = now_ns();
+    let mut wake_for: Option<u64> = None;
     while !s.stop.load(Ordering::SeqCst) {
-        std::thread::sleep(TICK);
-        engine.increment_epoch();
-        s.ticks.fetch_add(1, Ordering::Relaxed);
-        let called = s.called.swap(false, Ordering::Relaxed);
-        if called || s.running.load(Ordering::SeqCst) > 0 {
-            quiet = 0;
+        let now = now_ns();
+        let mut next = last.saturating_add(s.round_ns.load(Ordering::Relaxed));
+        if let Some(at) = wake_for {
+            next = next.min(at);
+        }
+        if now < next {
+            // Not `sleep`: a shorter round set meanwhile unparks it to recompute `next`.
+            std::thread::park_timeout(Duration::from_nanos(next - now));
             continue;
         }
-        quiet += 1;
-        if quiet < PARK_AFTER {
+        last = now;
+        s.rounds.fetch_add(1, Ordering::Relaxed);
+        let scan = s.scan(now);
+        if scan.overdue {
+            engine.increment_epoch();
+            s.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        wake_for = scan.next;
+        let called = s.called.swap(false, Ordering::Relaxed);
+        if scan.running || called {
             continue;
         }
         s.parked.store(true, Ordering::SeqCst);
-        // Woken by a call, tick again even if that call has already returned (`called`): had
-        // the ticker gone back to sleep, every short call after it would pay a wake-up. Only a
-        // spurious return from `park` sleeps again.
+        // Woken by a call, make a round even if that call has already returned (`called`): had
+        // the watchdog gone back to sleep, every short call after it would pay a wake-up. Only
+        // a spurious return from `park` sleeps again.
         while s.may_sleep() {
             std::thread::park();
         }
         s.parked.store(false, Ordering::SeqCst);
-        quiet = 0;
+        // A round at once: it sees the deadline of the call that woke it.
+        wake_for = Some(0);
     }
 }
 
@@ -154,30 +312,49 @@ fn run(s: &Shared, engine: &Engine) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use std::time::Instant;
 
-    /// A core module exporting `spin`, a function that loops forever, and `nop`:
-    /// `(module (func (export "spin") (loop (br 0))) (func (export "nop")))`.
+    /// A core module exporting `spin`, a function that loops forever, `nop`, and `count(n)`,
+    /// which loops n times: `(module (func (export "spin") (loop (br 0))) (func (export "nop"))
+    /// (func (export "count") (param i32) (loop (br_if 0 (local.tee 0 (i32.sub (local.get 0)
+    /// (i32.const 1)))))))`.
     const GUEST: &[u8] = &[
         0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
-        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // types: () -> ()
-        0x03, 0x03, 0x02, 0x00, 0x00, // functions: two of type 0
-        0x07, 0x0e, 0x02, // exports:
+        0x01, 0x08, 0x02, 0x60, 0x00, 0x00, 0x60, 0x01, 0x7f, 0x00, // types: () -> (), (i32) -> ()
+        0x03, 0x04, 0x03, 0x00, 0x00, 0x01, // functions: types 0, 0, 1
+        0x07, 0x16, 0x03, // exports:
         0x04, b's', b'p', b'i', b'n', 0x00, 0x00, // "spin" = func 0
         0x03, b'n', b'o', b'p', 0x00, 0x01, // "nop" = func 1
-        0x0a, 0x0c, 0x02, // code:
+        0x05, b'c', b'o', b'u', b'n', b't', 0x00, 0x02, // "count" = func 2
+        0x0a, 0x1b, 0x03, // code:
         0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop { br 0 }
         0x02, 0x00, 0x0b, // nothing
+        0x0e, 0x00, 0x03, 0x40, 0x20, 0x00, 0x41, 0x01, 0x6b, 0x22, 0x00, 0x0d, 0x00, 0x0b,
+        0x0b, // loop { n -= 1; br_if n }
     ];
 
-    /// A store with the guest instantiated, trapping `ticks` ticks from now.
-    fn guest(engine: &Engine, ticks: u64) -> (wasmtime::Store<()>, wasmtime::Instance) {
+    /// A store as the plugin host sets one up: one epoch away from its deadline callback, which
+    /// reads the running call's deadline from the store's data.
+    fn guest(engine: &Engine) -> (wasmtime::Store<u64>, wasmtime::Instance) {
         let module = wasmtime::Module::new(engine, GUEST).unwrap();
-        let mut store = wasmtime::Store::new(engine, ());
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks);
+        let mut store = wasmtime::Store::new(engine, 0u64);
+        store.epoch_deadline_callback(|ctx| Ok(on_deadline(*ctx.data())));
+        store.set_epoch_deadline(1);
         let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
         (store, instance)
+    }
+
+    /// Runs `f` on `store` as a call on `slot` bounded by `timeout`.
+    fn call<R>(
+        store: &mut wasmtime::Store<u64>,
+        slot: &Slot,
+        timeout: Duration,
+        f: impl FnOnce(&mut wasmtime::Store<u64>) -> R,
+    ) -> R {
+        store.set_epoch_deadline(1);
+        *store.data_mut() = slot.enter(timeout);
+        let result = f(store);
+        slot.leave();
+        result
     }
 
     fn engine() -> Engine {
@@ -203,19 +380,17 @@ mod tests {
         }
     }
 
-    /// Runs `spin` under the ticker with a 3-tick deadline on another thread; returns how long
-    /// it took to be interrupted, or fails if it is not within 10 s.
-    fn spin_is_interrupted(engine: &Engine, ticker: &Arc<Ticker>) -> Duration {
-        let (engine, ticker) = (engine.clone(), ticker.clone());
+    /// Runs `spin` with `timeout` on another thread; returns how long it took to be
+    /// interrupted, or fails if it is not within 10 s.
+    fn spin_is_interrupted(engine: &Engine, ticker: &Ticker, timeout: Duration) -> Duration {
+        let engine = engine.clone();
+        let slot = ticker.slot().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let (mut store, instance) = guest(&engine, 3);
+            let (mut store, instance) = guest(&engine);
             let spin = instance.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
             let started = Instant::now();
-            let result = {
-                let _running = ticker.enter();
-                spin.call(&mut store, ())
-            };
+            let result = call(&mut store, &slot, timeout, |store| spin.call(store, ()));
             let trap = result.unwrap_err().downcast::<wasmtime::Trap>().unwrap();
             let _ = tx.send((trap, started.elapsed()));
         });
@@ -229,84 +404,142 @@ mod tests {
     #[test]
     fn parks_when_idle_and_a_call_wakes_it_in_time() {
         let engine = engine();
-        let ticker = Arc::new(Ticker::start(engine.clone()).unwrap());
-        wait_until("the idle ticker parks", || ticker.is_parked());
-        // Parked means parked: the epoch stands still, so a deadline one tick away has not
-        // passed twenty ticks later (a call past its deadline traps on entry).
-        let (mut store, instance) = guest(&engine, 1);
-        std::thread::sleep(TICK * 20);
+        let ticker = Ticker::start(engine.clone()).unwrap();
+        wait_until("the idle watchdog parks", || ticker.is_parked());
+        // Parked means parked: nothing advances the epoch, so a store one epoch from its
+        // deadline (a call past it would enter the callback, and the deadline 0 would stop it)
+        // has not reached it twenty rounds later.
+        let (mut store, instance) = guest(&engine);
+        std::thread::sleep(MIN_ROUND * 20);
         let nop = instance.get_typed_func::<(), ()>(&mut store, "nop").unwrap();
         nop.call(&mut store, ()).expect("the epoch advanced while parked");
         assert!(ticker.is_parked());
 
-        let took = spin_is_interrupted(&engine, &ticker);
-        assert!(took < Duration::from_secs(2), "{took:?}");
+        // Never before its deadline, and not much after it (the bound is generous for a
+        // loaded machine; the loop would otherwise run forever).
+        let timeout = Duration::from_millis(30);
+        let took = spin_is_interrupted(&engine, &ticker, timeout);
+        assert!(took >= timeout && took < Duration::from_secs(2), "{took:?}");
         // It parks again once calls stop, and the next loop is still stopped.
-        wait_until("the ticker parks again", || ticker.is_parked());
-        spin_is_interrupted(&engine, &ticker);
+        wait_until("the watchdog parks again", || ticker.is_parked());
+        let took = spin_is_interrupted(&engine, &ticker, timeout);
+        assert!(took >= timeout, "{took:?}");
     }
 
     #[test]
-    fn a_long_call_keeps_it_ticking() {
+    fn an_overdue_call_stops_only_itself() {
         let engine = engine();
-        let ticker = Ticker::start(engine).unwrap();
-        wait_until("the idle ticker parks", || ticker.is_parked());
-        let running = ticker.enter();
-        wait_until("a call wakes it", || !ticker.is_parked());
-        // No call starts for five times PARK_AFTER ticks, but one is running: it stays up.
-        let until = Instant::now() + TICK * (5 * PARK_AFTER);
-        while Instant::now() < until {
-            assert!(!ticker.is_parked(), "parked while a call was running");
-            std::thread::sleep(TICK);
+        let ticker = Arc::new(Ticker::start(engine.clone()).unwrap());
+        let (mut store, instance) = guest(&engine);
+        let count = instance.get_typed_func::<i32, ()>(&mut store, "count").unwrap();
+        let slot = ticker.slot().unwrap();
+        // Short calls back to back, each with a long deadline, while a looping call on another
+        // thread is stopped: the epoch advances under some of them, and they go on. Rounds
+        // repeat until that happened at least once (almost always in the first).
+        let mut spanned = 0;
+        for _ in 0..20 {
+            let (e, t) = (engine.clone(), ticker.clone());
+            let looping = std::thread::spawn(move || spin_is_interrupted(&e, &t, Duration::from_millis(20)));
+            while !looping.is_finished() {
+                let ticks = ticker.ticks();
+                call(&mut store, &slot, Duration::from_secs(10), |store| {
+                    count.call(store, 20_000)
+                })
+                .expect("a call within its deadline was stopped");
+                if ticker.ticks() != ticks {
+                    spanned += 1;
+                }
+            }
+            looping.join().unwrap();
+            if spanned > 0 {
+                break;
+            }
         }
-        drop(running);
-        wait_until("the ticker parks after the call", || ticker.is_parked());
+        assert!(spanned > 0, "the epoch never advanced during a short call");
     }
 
     #[test]
-    fn a_call_that_has_returned_still_keeps_the_ticker_up() {
-        // No ticker thread: this checks the parked ticker's decision once woken, which the
+    fn a_long_call_keeps_it_awake() {
+        let ticker = Ticker::start(engine()).unwrap();
+        wait_until("the idle watchdog parks", || ticker.is_parked());
+        let slot = ticker.slot().unwrap();
+        slot.enter(Duration::from_secs(60));
+        wait_until("a call wakes it", || !ticker.is_parked());
+        // No call starts for five rounds, but one is running: it stays up.
+        let rounds = ticker.rounds();
+        while ticker.rounds() < rounds + 5 {
+            assert!(!ticker.is_parked(), "parked while a call was running");
+            std::thread::sleep(MIN_ROUND);
+        }
+        slot.leave();
+        wait_until("the watchdog parks after the call", || ticker.is_parked());
+    }
+
+    #[test]
+    fn slots_are_reused_and_bounded() {
+        let ticker = Ticker::start(engine()).unwrap();
+        let a = ticker.slot().unwrap();
+        let b = ticker.slot().unwrap();
+        assert_ne!(a.index, b.index);
+        let index = a.index;
+        drop(a);
+        assert_eq!(ticker.slot().unwrap().index, index);
+        let held: Vec<Slot> = (1..SLOTS).map(|_| ticker.slot().unwrap()).collect();
+        assert!(ticker.slot().is_err());
+        drop(held);
+        assert!(ticker.slot().is_ok());
+    }
+
+    #[test]
+    fn a_call_that_has_returned_still_keeps_the_watchdog_up() {
+        // No watchdog thread: this checks the parked watchdog's decision once woken, which the
         // real thread would make at a moment no test can choose.
+        let shared = Shared::new();
+        let _ = shared.thread.set(std::thread::current());
         let ticker = Ticker {
-            shared: Arc::new(Shared::default()),
-            thread: std::thread::current(),
+            shared: Arc::new(shared),
         };
         let s = &*ticker.shared;
         s.parked.store(true, Ordering::SeqCst);
         assert!(s.may_sleep());
-        drop(ticker.enter());
-        assert_eq!((s.running.load(Ordering::SeqCst), ticker.wakes()), (0, 1));
+        let slot = ticker.slot().unwrap();
+        slot.enter(Duration::from_secs(1));
+        slot.leave();
+        assert_eq!((s.scan(now_ns()).running, ticker.wakes()), (false, 1));
         assert!(
             !s.may_sleep(),
-            "woken by a call that is over, the ticker must not sleep again"
+            "woken by a call that is over, the watchdog must not sleep again"
         );
     }
 
     #[test]
-    fn a_wake_buys_ticks_for_the_calls_after_it() {
+    fn a_wake_buys_a_round_for_the_calls_after_it() {
         let ticker = Ticker::start(engine()).unwrap();
-        // The behaviour behind the decision checked above: once woken, the ticker stays up for
-        // the calls that follow, so they pay no wake-up of their own. Whether a call finds it
-        // up also depends on the scheduler (a test thread preempted for two ticks lets it park,
-        // rightly), so this counts rounds: with the ticker going back to sleep after each
-        // wake-up, every call of every round would pay one.
+        let slot = ticker.slot().unwrap();
+        // Once woken, the watchdog stays up for the calls that follow within a round, so they
+        // pay no wake-up of their own. Whether a call finds it up also depends on the
+        // scheduler (a test thread preempted for a round lets it park, rightly), so this
+        // counts rounds: with the watchdog going back to sleep after each wake-up, every call
+        // of every round would pay one.
         let rounds = 20;
         let mut cheap = 0;
         for _ in 0..rounds {
-            wait_until("the idle ticker parks", || ticker.is_parked());
+            wait_until("the idle watchdog parks", || ticker.is_parked());
             let before = ticker.wakes();
-            let ticks = ticker.ticks();
-            drop(ticker.enter());
-            // The woken thread needs a core before it is up; a tick says it is. Polled without
-            // sleeping: it parks again two quiet ticks later.
-            poll_until("a call wakes the ticker", Duration::ZERO, || ticker.ticks() != ticks);
-            // Nine more short calls, a tenth of a tick apart: they find it up.
+            let seen = ticker.rounds();
+            slot.enter(Duration::from_secs(1));
+            slot.leave();
+            // The woken thread needs a core before it is up; its first round says it is.
+            // Polled without sleeping: it parks again a quiet round later.
+            poll_until("a call wakes the watchdog", Duration::ZERO, || ticker.rounds() != seen);
+            // Nine more short calls, a tenth of a round apart: they find it up.
             for _ in 0..9 {
-                std::thread::sleep(TICK / 10);
-                drop(ticker.enter());
+                std::thread::sleep(Duration::from_nanos(round(DEFAULT_CALL_TIMEOUT) / 10));
+                slot.enter(Duration::from_secs(1));
+                slot.leave();
             }
             let wakes = ticker.wakes() - before;
-            assert!(wakes >= 1, "a call found the parked ticker and did not wake it");
+            assert!(wakes >= 1, "a call found the parked watchdog and did not wake it");
             if wakes <= 2 {
                 cheap += 1;
             }

@@ -16,7 +16,7 @@ use crate::bindings::{balancer, failover, lifecycle, router, types};
 use crate::engine::PluginEngine;
 use crate::host_state::{HostState, PluginCtx};
 use crate::loader::Loaded;
-use crate::ticker::TICK;
+use crate::ticker::{self, Slot};
 
 /// Spare instances kept per plugin version (about one per worker).
 const POOLED_INSTANCES: usize = 64;
@@ -183,11 +183,23 @@ pub struct Instance {
     pub router: Option<router::Guest>,
     pub balancer: Option<balancer::Guest>,
     pub failover: Option<failover::Guest>,
+    /// Where this instance's calls publish their deadline to the watchdog.
+    pub slot: Slot,
     /// Reused request buffers: no allocation per call once warm.
     pub view: types::PoolView,
     pub key: types::SelectKey,
     /// Which pool and health epoch `view.health` was filled for.
     pub view_for: (usize, u64),
+}
+
+impl Instance {
+    /// Starts a call: its deadline published to the watchdog and given to the store's
+    /// callback, the store one epoch from it. End it with `slot.leave()`.
+    #[inline]
+    fn begin(&mut self, timeout: Duration) {
+        self.store.set_epoch_deadline(1);
+        self.store.data_mut().deadline = self.slot.enter(timeout);
+    }
 }
 
 pub struct PluginVersion {
@@ -198,7 +210,7 @@ pub struct PluginVersion {
     pub stats: Arc<Stats>,
     engine: Arc<PluginEngine>,
     memory_limit: u64,
-    deadline_ticks: u64,
+    call_timeout: Duration,
     pool_names: Arc<[String]>,
     instances: ArrayQueue<Box<Instance>>,
     seeds: AtomicU64,
@@ -217,7 +229,7 @@ impl PluginVersion {
         call_timeout: Duration,
         pool_names: Arc<[String]>,
     ) -> Result<PluginVersion, String> {
-        let ticks = call_timeout.as_nanos().div_ceil(TICK.as_nanos()).max(1) as u64;
+        engine.ticker.set_call_timeout(call_timeout);
         let mut version = PluginVersion {
             loaded,
             config_json,
@@ -233,8 +245,7 @@ impl PluginVersion {
             stats,
             engine,
             memory_limit,
-            // The deadline is counted in whole ticks from "now", which may be just before a tick.
-            deadline_ticks: ticks + 1,
+            call_timeout,
             pool_names,
             instances: ArrayQueue::new(POOLED_INSTANCES),
             seeds: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
@@ -253,16 +264,15 @@ impl PluginVersion {
             return;
         }
         let Some(mut inst) = self.instances.pop() else { return };
-        inst.store.set_epoch_deadline(self.deadline_ticks);
         let inst_ref = &mut *inst;
-        let running = self.engine.ticker.enter();
+        inst_ref.begin(self.call_timeout);
         let result = match &inst_ref.balancer {
             Some(b) => b
                 .call_select(&mut inst_ref.store, &inst_ref.view, &inst_ref.key)
                 .map(|_| ()),
             None => Ok(()),
         };
-        drop(running);
+        inst_ref.slot.leave();
         match result {
             Ok(()) => {
                 let _ = self.instances.push(inst);
@@ -281,49 +291,16 @@ impl PluginVersion {
         let name = &self.loaded.name;
         let seed = self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
         let state = HostState::new(self.ctx.clone(), self.memory_limit, self.pool_names.clone(), seed);
+        let slot = self.engine.ticker.slot().map_err(|e| format!("plugin `{name}`: {e}"))?;
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(INIT_DEADLINE.as_millis() as u64);
+        store.epoch_deadline_callback(|ctx| Ok(ticker::on_deadline(ctx.data().deadline)));
         // Instantiation runs guest code too (start functions, then `init`).
-        let _running = self.engine.ticker.enter();
-        let instance = self
-            .loaded
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| format!("plugin `{name}`: cannot instantiate: {e:#}"))?;
-        let lifecycle: lifecycle::Guest = self
-            .loaded
-            .lifecycle
-            .load(&mut store, &instance)
-            .map_err(|e| format!("plugin `{name}`: {e:#}"))?;
-        let info = lifecycle
-            .call_init(&mut store, &self.config_json)
-            .map_err(|e| format!("plugin `{name}`: init trapped: {e:#}"))?
-            .map_err(|e| format!("plugin `{name}`: init rejected its config: {e}"))?;
-        fn load<T>(name: &str, what: &str, r: wasmtime::Result<T>) -> Result<T, String> {
-            r.map_err(|e| format!("plugin `{name}`: {what}: {e:#}"))
-        }
-        let router = match &self.loaded.router {
-            Some(ix) => Some(load(name, "router", ix.load(&mut store, &instance))?),
-            None => None,
-        };
-        let balancer = match &self.loaded.balancer {
-            Some(ix) => Some(load(name, "balancer", ix.load(&mut store, &instance))?),
-            None => None,
-        };
-        let failover = match &self.loaded.failover {
-            Some(ix) => Some(load(name, "failover", ix.load(&mut store, &instance))?),
-            None => None,
-        };
-        let manifest = Manifest {
-            name: info.name,
-            version: info.version,
-            affinity_key: info.affinity_key,
-            want_headers: info.want_headers,
-            sticky_cookie: info.sticky_cookie,
-            wants_load: info.wants_load,
-        };
+        store.set_epoch_deadline(1);
+        store.data_mut().deadline = slot.enter(INIT_DEADLINE);
+        let result = self.instantiate_in(&mut store);
+        slot.leave();
+        let (router, balancer, failover, manifest) = result?;
         let view = types::PoolView {
             pool_id: 0,
             generation: 0,
@@ -344,12 +321,68 @@ impl PluginVersion {
                 router,
                 balancer,
                 failover,
+                slot,
                 view,
                 key,
                 view_for: (0, 0),
             }),
             manifest,
         ))
+    }
+
+    /// Instantiates the plugin in `store`, runs `init` and looks its hooks up.
+    #[allow(clippy::type_complexity)]
+    fn instantiate_in(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> Result<
+        (
+            Option<router::Guest>,
+            Option<balancer::Guest>,
+            Option<failover::Guest>,
+            Manifest,
+        ),
+        String,
+    > {
+        let name = &self.loaded.name;
+        let instance = self
+            .loaded
+            .pre
+            .instantiate(&mut *store)
+            .map_err(|e| format!("plugin `{name}`: cannot instantiate: {e:#}"))?;
+        let lifecycle: lifecycle::Guest = self
+            .loaded
+            .lifecycle
+            .load(&mut *store, &instance)
+            .map_err(|e| format!("plugin `{name}`: {e:#}"))?;
+        let info = lifecycle
+            .call_init(&mut *store, &self.config_json)
+            .map_err(|e| format!("plugin `{name}`: init trapped: {e:#}"))?
+            .map_err(|e| format!("plugin `{name}`: init rejected its config: {e}"))?;
+        fn load<T>(name: &str, what: &str, r: wasmtime::Result<T>) -> Result<T, String> {
+            r.map_err(|e| format!("plugin `{name}`: {what}: {e:#}"))
+        }
+        let router = match &self.loaded.router {
+            Some(ix) => Some(load(name, "router", ix.load(&mut *store, &instance))?),
+            None => None,
+        };
+        let balancer = match &self.loaded.balancer {
+            Some(ix) => Some(load(name, "balancer", ix.load(&mut *store, &instance))?),
+            None => None,
+        };
+        let failover = match &self.loaded.failover {
+            Some(ix) => Some(load(name, "failover", ix.load(&mut *store, &instance))?),
+            None => None,
+        };
+        let manifest = Manifest {
+            name: info.name,
+            version: info.version,
+            affinity_key: info.affinity_key,
+            want_headers: info.want_headers,
+            sticky_cookie: info.sticky_cookie,
+            wants_load: info.wants_load,
+        };
+        Ok((router, balancer, failover, manifest))
     }
 
     /// Runs `f` on a pooled instance with the call deadline set; contains every failure.
@@ -370,11 +403,10 @@ impl PluginVersion {
                 }
             },
         };
-        instance.store.set_epoch_deadline(self.deadline_ticks);
         let started = self.stats.timed(hook).then(Instant::now);
-        let running = self.engine.ticker.enter();
+        instance.begin(self.call_timeout);
         let result = f(&mut instance);
-        drop(running);
+        instance.slot.leave();
         if let Some(started) = started {
             self.stats.add_time(hook, started);
         }
