@@ -10,7 +10,7 @@ use crate::host_state::HostState;
 use crate::ticker::Ticker;
 
 /// Component instances the pool can hold at once (plugins x workers x spare).
-const MAX_INSTANCES: u32 = 256;
+pub(crate) const MAX_INSTANCES: u32 = 256;
 
 pub struct PluginEngine {
     pub engine: Engine,

@@ -34,9 +34,9 @@ use wasmtime::{Engine, UpdateDeadline};
 pub const MIN_ROUND: Duration = Duration::from_millis(1);
 /// `call_timeout` until a plugin version says otherwise (the config's default).
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(2);
-/// Instances that can run guest code at once: the pooling allocator's component instances
-/// (`engine::MAX_INSTANCES`) with room to spare.
-const SLOTS: usize = 1024;
+/// Instances that can hold a slot at once: twice the pooling allocator's component instances,
+/// so that the pool, not the watchdog, is what refuses an instance too many.
+const SLOTS: usize = 2 * crate::engine::MAX_INSTANCES as usize;
 
 /// A slot's deadline, alone on its cache line: callers on different cores do not contend.
 #[repr(align(64))]
