@@ -192,6 +192,13 @@ pub struct Instance {
     pub view_for: (usize, u64),
 }
 
+/// The hooks an instance exports, looked up once.
+struct Hooks {
+    router: Option<router::Guest>,
+    balancer: Option<balancer::Guest>,
+    failover: Option<failover::Guest>,
+}
+
 impl Instance {
     /// Starts a call: its deadline published to the watchdog and given to the store's
     /// callback, the store one epoch from it. End it with `slot.leave()`.
@@ -300,7 +307,7 @@ impl PluginVersion {
         store.data_mut().deadline = slot.enter(INIT_DEADLINE);
         let result = self.instantiate_in(&mut store);
         slot.leave();
-        let (router, balancer, failover, manifest) = result?;
+        let (hooks, manifest) = result?;
         let view = types::PoolView {
             pool_id: 0,
             generation: 0,
@@ -318,9 +325,9 @@ impl PluginVersion {
         Ok((
             Box::new(Instance {
                 store,
-                router,
-                balancer,
-                failover,
+                router: hooks.router,
+                balancer: hooks.balancer,
+                failover: hooks.failover,
                 slot,
                 view,
                 key,
@@ -331,19 +338,7 @@ impl PluginVersion {
     }
 
     /// Instantiates the plugin in `store`, runs `init` and looks its hooks up.
-    #[allow(clippy::type_complexity)]
-    fn instantiate_in(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> Result<
-        (
-            Option<router::Guest>,
-            Option<balancer::Guest>,
-            Option<failover::Guest>,
-            Manifest,
-        ),
-        String,
-    > {
+    fn instantiate_in(&self, store: &mut Store<HostState>) -> Result<(Hooks, Manifest), String> {
         let name = &self.loaded.name;
         let instance = self
             .loaded
@@ -382,7 +377,14 @@ impl PluginVersion {
             sticky_cookie: info.sticky_cookie,
             wants_load: info.wants_load,
         };
-        Ok((router, balancer, failover, manifest))
+        Ok((
+            Hooks {
+                router,
+                balancer,
+                failover,
+            },
+            manifest,
+        ))
     }
 
     /// Runs `f` on a pooled instance with the call deadline set; contains every failure.
