@@ -3,7 +3,6 @@
 //! preopened directories, no environment, no sockets, empty stdin, stdout/stderr discarded.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
@@ -30,11 +29,6 @@ pub struct HostState {
     /// The running call's deadline on the watchdog's clock (`ticker::now_ns`), read by the
     /// store's epoch-deadline callback.
     pub deadline: u64,
-}
-
-fn started() -> Instant {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *START.get_or_init(Instant::now)
 }
 
 impl HostState {
@@ -80,7 +74,7 @@ impl host::Host for HostState {
     }
 
     fn now_ns(&mut self) -> u64 {
-        u64::try_from(started().elapsed().as_nanos()).unwrap_or(u64::MAX)
+        crate::ticker::now_ns()
     }
 
     fn random_u64(&mut self) -> u64 {

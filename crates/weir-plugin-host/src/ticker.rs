@@ -75,7 +75,8 @@ pub struct Slot {
     index: usize,
 }
 
-/// Nanoseconds on the watchdog's clock (monotonic, never 0: 0 marks an idle slot).
+/// Nanoseconds on the process's one plugin clock: call deadlines, backoff, and the guest's
+/// `host.now-ns` (monotonic, never 0: 0 marks an idle slot).
 pub fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);

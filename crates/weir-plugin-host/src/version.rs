@@ -91,18 +91,13 @@ pub struct Stats {
     /// Calls started per hook, which picks the calls that are timed.
     started: [AtomicU32; 4],
     consecutive_failures: AtomicU32,
-    /// Milliseconds since `epoch()` until which calls are skipped.
+    /// Milliseconds on the watchdog's clock (`ticker::now_ns`) until which calls are skipped.
     backoff_until_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
-fn epoch() -> Instant {
-    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *E.get_or_init(Instant::now)
-}
-
 fn now_ms() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+    ticker::now_ns() / 1_000_000
 }
 
 impl Stats {
