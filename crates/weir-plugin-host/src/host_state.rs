@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::weir::policy::{host, metrics, pools, shared, types};
 use crate::shared_state::PluginShared;
+use crate::ticker::CallWatch;
 
 /// Per-plugin data every instance of the plugin points at.
 pub struct PluginCtx {
@@ -26,13 +27,18 @@ pub struct HostState {
     pub pool: Option<Arc<pools::PoolStatic>>,
     pub pool_names: Arc<[String]>,
     rng: u64,
-    /// The running call's deadline on the watchdog's clock (`ticker::now_ns`), read by the
-    /// store's epoch-deadline callback.
-    pub deadline: u64,
+    /// The running call as the watchdog sees it; the store's epoch-deadline callback judges it.
+    pub watch: CallWatch,
 }
 
 impl HostState {
-    pub fn new(plugin: Arc<PluginCtx>, memory_limit: u64, pool_names: Arc<[String]>, seed: u64) -> Self {
+    pub fn new(
+        plugin: Arc<PluginCtx>,
+        memory_limit: u64,
+        pool_names: Arc<[String]>,
+        seed: u64,
+        watch: CallWatch,
+    ) -> Self {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(usize::try_from(memory_limit).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)
@@ -45,7 +51,7 @@ impl HostState {
             pool: None,
             pool_names,
             rng: seed | 1,
-            deadline: 0,
+            watch,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::bindings::{balancer, failover, lifecycle, router, types};
 use crate::engine::PluginEngine;
 use crate::host_state::{HostState, PluginCtx};
 use crate::loader::Loaded;
-use crate::ticker::{self, Slot};
+use crate::ticker::{self, CallWatch};
 
 /// Spare instances kept per plugin version (about one per worker).
 const POOLED_INSTANCES: usize = 64;
@@ -178,8 +178,6 @@ pub struct Instance {
     pub router: Option<router::Guest>,
     pub balancer: Option<balancer::Guest>,
     pub failover: Option<failover::Guest>,
-    /// Where this instance's calls publish their deadline to the watchdog.
-    pub slot: Slot,
     /// Reused request buffers: no allocation per call once warm.
     pub view: types::PoolView,
     pub key: types::SelectKey,
@@ -196,11 +194,17 @@ struct Hooks {
 
 impl Instance {
     /// Starts a call: its deadline published to the watchdog and given to the store's
-    /// callback, the store one epoch from it. End it with `slot.leave()`.
+    /// callback, the store one epoch from it. End it with [`Instance::end`].
     #[inline]
     fn begin(&mut self, timeout: Duration) {
         self.store.set_epoch_deadline(1);
-        self.store.data_mut().deadline = self.slot.enter(timeout);
+        self.store.data_mut().watch.enter(timeout);
+    }
+
+    /// The call has returned.
+    #[inline]
+    fn end(&self) {
+        self.store.data().watch.leave();
     }
 }
 
@@ -274,7 +278,7 @@ impl PluginVersion {
                 .map(|_| ()),
             None => Ok(()),
         };
-        inst_ref.slot.leave();
+        inst_ref.end();
         match result {
             Ok(()) => {
                 let _ = self.instances.push(inst);
@@ -292,16 +296,22 @@ impl PluginVersion {
     fn instantiate(&self) -> Result<(Box<Instance>, Manifest), String> {
         let name = &self.loaded.name;
         let seed = self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        let state = HostState::new(self.ctx.clone(), self.memory_limit, self.pool_names.clone(), seed);
         let slot = self.engine.ticker.slot().map_err(|e| format!("plugin `{name}`: {e}"))?;
+        let state = HostState::new(
+            self.ctx.clone(),
+            self.memory_limit,
+            self.pool_names.clone(),
+            seed,
+            CallWatch::new(slot),
+        );
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|ctx| Ok(ticker::on_deadline(ctx.data().deadline)));
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().watch.on_deadline()));
         // Instantiation runs guest code too (start functions, then `init`).
         store.set_epoch_deadline(1);
-        store.data_mut().deadline = slot.enter(INIT_DEADLINE);
+        store.data_mut().watch.enter(INIT_DEADLINE);
         let result = self.instantiate_in(&mut store);
-        slot.leave();
+        store.data().watch.leave();
         let (hooks, manifest) = result?;
         let view = types::PoolView {
             pool_id: 0,
@@ -323,7 +333,6 @@ impl PluginVersion {
                 router: hooks.router,
                 balancer: hooks.balancer,
                 failover: hooks.failover,
-                slot,
                 view,
                 key,
                 view_for: (0, 0),
@@ -403,7 +412,7 @@ impl PluginVersion {
         let started = self.stats.timed(hook).then(Instant::now);
         instance.begin(self.call_timeout);
         let result = f(&mut instance);
-        instance.slot.leave();
+        instance.end();
         if let Some(started) = started {
             self.stats.add_time(hook, started);
         }
