@@ -1,7 +1,7 @@
 //! Plugin benchmarks (issue targets, checked against these numbers in the README):
 //! native vs Wasm `round-robin` select at 4, 64 and 1,024 endpoints (target: Wasm <= 1 us);
 //! `route` + `select` per request (target <= 1.5 us); plugin load, cold compile vs cached
-//! (target: cached <= 5 ms). Needs the built plugins (scripts/build-plugins.sh).
+//! (target: cached <= 5 ms); a new instance, as a trapped one is replaced on the request path. Needs the built plugins (scripts/build-plugins.sh).
 //! Run: `cargo bench --bench plugins`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -154,5 +154,43 @@ fn load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, select, route_and_select, load);
+/// What a lost instance costs the worker that replaces it on the request path (a call that
+/// trapped, ran out of memory or timed out drops its instance): instantiation from the cached
+/// component, `init`, and the version's smoke `select`.
+fn instance(c: &mut Criterion) {
+    let engine = Arc::new(PluginEngine::new(16 << 20).unwrap());
+    let cache = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("plugin instance: instantiate + init + select");
+    for name in ["round-robin", "host-router"] {
+        let path = dist().join(format!("{name}.wasm"));
+        let loaded = Arc::new(weir_plugin_host::loader::load(&engine, name, &path, Some(cache.path())).unwrap());
+        let ctx = Arc::new(weir_plugin_host::host_state::PluginCtx {
+            name: name.to_string(),
+            shared: Arc::default(),
+        });
+        let config = if name == "host-router" {
+            r#"{"routes":[{"host":"*.example.com","path_prefix":"/api","pool":"app"}]}"#
+        } else {
+            "{}"
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                weir_plugin_host::version::PluginVersion::new(
+                    engine.clone(),
+                    loaded.clone(),
+                    config.to_string(),
+                    ctx.clone(),
+                    Arc::default(),
+                    16 << 20,
+                    std::time::Duration::from_millis(100),
+                    Arc::from(vec!["app".to_string()]),
+                )
+                .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, select, route_and_select, load, instance);
 criterion_main!(benches);
