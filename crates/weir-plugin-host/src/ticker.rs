@@ -6,7 +6,8 @@
 //! watchdog thread wakes once a round (1.5 × `call_timeout`, at least 1 ms), looks at the
 //! slots, and sleeps until the next round or the earliest deadline of a call still running,
 //! whichever comes first. When a deadline has passed it advances the epoch. Every call running
-//! at that moment then reaches its epoch deadline, and the store's callback ([`on_deadline`])
+//! at that moment then reaches its epoch deadline, and the store's callback
+//! ([`CallWatch::on_deadline`])
 //! compares the clock with that call's own deadline: the overdue call is interrupted, the
 //! others go on. So a call seen running at a round is found overdue at its deadline, and one
 //! that starts after a round and overruns before the next is found at that round: never
@@ -20,8 +21,8 @@
 //! read only on this path) since it was found overdue ([`CallWatch::on_deadline`]): a looping
 //! call is stopped at most three quarters of a `call_timeout` after its deadline when it has
 //! the CPU, later only when the OS takes the CPU from it, and a descheduled one that resumes
-//! finishes. Found on this machine: with three busy loops beside weir on its core, 36 of
-//! 131,517 round-robin `select` calls (microseconds of work each) were stopped as timeouts.
+//! finishes. Found on this machine: with three busy loops beside weir on its core, 36 and 66 of
+//! ~131,000 round-robin `select` calls (microseconds of work each) were stopped as timeouts.
 //!
 //! It replaces a ticker that advanced the epoch every millisecond while calls happened, the
 //! deadline being a number of ticks: under load that was a thousand wake-ups a second, each a
@@ -720,7 +721,8 @@ mod tests {
 
     #[test]
     fn an_overdue_call_is_stopped_after_a_quarter_timeout_of_its_own_cpu_time() {
-        // No watchdog: the callback's judgement alone, called as wasmtime would.
+        // The callback's judgement alone, called directly as wasmtime would (the watchdog's
+        // thread runs, but no guest code does).
         let ticker = Ticker::start(engine()).unwrap();
         let mut watch = CallWatch::new(ticker.slot().unwrap());
         let timeout = Duration::from_millis(40);
