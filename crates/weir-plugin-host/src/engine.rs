@@ -15,7 +15,8 @@ pub(crate) const MAX_INSTANCES: u32 = 256;
 pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
-    /// Guest code runs only inside [`Ticker::enter`]: see there.
+    /// Stops guest code past its deadline: calls run between [`crate::ticker::CallWatch::enter`]
+    /// and `leave`.
     pub ticker: Ticker,
 }
 

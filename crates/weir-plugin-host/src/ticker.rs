@@ -200,7 +200,7 @@ impl Ticker {
         }
     }
 
-    /// A slot for one instance's calls, or an error when [`SLOTS`] instances already hold one.
+    /// A slot for one instance's calls, or an error when `SLOTS` (512) instances already hold one.
     pub fn slot(&self) -> Result<Slot, String> {
         let s = &self.shared;
         let mut free = s
@@ -255,10 +255,10 @@ impl Drop for Ticker {
 }
 
 impl Slot {
-    /// Call before running guest code (instantiation included), and [`Slot::leave`] once it
-    /// has returned: the call is stopped once `timeout` has passed, provided its store's epoch
-    /// deadline is one epoch away and its callback is [`on_deadline`] with the deadline
-    /// returned here. A slot left entered (a panic) is cleared when it is dropped.
+    /// Publishes the deadline of a call starting now and returns it; [`Slot::leave`] once the
+    /// call has returned. Used through [`CallWatch::enter`], whose `on_deadline` judges the call
+    /// when its store reaches its epoch deadline. A slot left entered (a panic) is cleared
+    /// when it is dropped.
     #[inline]
     pub fn enter(&self, timeout: Duration) -> u64 {
         let s = &*self.shared;
