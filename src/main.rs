@@ -54,9 +54,21 @@ enum Command {
     },
 }
 
+/// rustls warns on every handshake whose client sent an IP address as its SNI (RFC 6066
+/// forbids it; wrk and other OpenSSL-based clients do it when given `https://IP/`), then
+/// ignores it: nothing an operator can act on, and a log line per TLS connection. Quieted
+/// unless `WEIR_LOG` names rustls itself.
+const QUIET: &str = "rustls::msgs::handshake=error";
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".to_string());
+    let spec = if spec.contains("rustls") {
+        spec
+    } else {
+        format!("{spec},{QUIET}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

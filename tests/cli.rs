@@ -191,3 +191,68 @@ async fn probes_answer_on_the_admin_listener() {
     assert_eq!(status["listeners"][0]["name"], "client");
     assert_eq!(status["pools"][0]["endpoints"][0]["address"], up.addr.to_string());
 }
+
+/// A TLS ClientHello whose SNI is the IP address 127.0.0.1: RFC 6066 forbids it, and wrk (any
+/// OpenSSL client given `https://127.0.0.1/`) sends it. Record, handshake header, TLS 1.2
+/// version, a zero random, no session id, TLS_AES_128_GCM_SHA256, null compression, and the
+/// `server_name` extension alone.
+fn hello_with_ip_sni() -> Vec<u8> {
+    let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x41, 0x01, 0x00, 0x00, 0x3d, 0x03, 0x03];
+    hello.extend_from_slice(&[0; 32]);
+    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x13, 0x01, 0x01, 0x00]);
+    hello.extend_from_slice(&[0x00, 0x12, 0x00, 0x00, 0x00, 0x0e, 0x00, 0x0c, 0x00, 0x00, 0x09]);
+    hello.extend_from_slice(b"127.0.0.1");
+    hello
+}
+
+/// Sends the hello and reads until weir answers (an alert: the hello offers nothing it can use)
+/// and closes; by then rustls has parsed the extension.
+async fn send_hello(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(&hello_with_ip_sni()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "weir neither answered nor closed");
+    assert_eq!(answer.first(), Some(&0x15), "expected a TLS alert, got {answer:?}");
+}
+
+#[tokio::test]
+async fn a_client_sending_an_ip_address_as_sni_is_not_a_log_line_per_connection() {
+    let up = Upstream::start("a").await;
+    let certs = TestCerts::new();
+    let (cert, key) = certs.leaf("gw", &["localhost"]);
+    let spawn = |env: &[(&str, &str)]| {
+        let (port, admin) = (free_port(), free_port());
+        let toml = format!(
+            "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            up.addr
+        );
+        let weir = WeirProcess::spawn_with_env(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap(), &[], env);
+        (weir, port)
+    };
+    // Asked for, the warning is there: the hello does make rustls warn.
+    let (mut loud, port) = spawn(&[("WEIR_LOG", "info,rustls=warn")]);
+    loud.wait_ready().await;
+    send_hello(port).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || loud
+            .stderr_text()
+            .contains("Illegal SNI extension"))
+        .await,
+        "{}",
+        loud.stderr_text()
+    );
+    // By default (and with WEIR_LOG=warn) it is not: rustls logs before it answers.
+    for env in [&[][..], &[("WEIR_LOG", "warn")][..]] {
+        let (mut quiet, port) = spawn(env);
+        quiet.wait_ready().await;
+        for _ in 0..3 {
+            send_hello(port).await;
+        }
+        let log = quiet.stderr_text();
+        assert!(!log.contains("Illegal SNI"), "{log}");
+    }
+}

@@ -173,6 +173,17 @@ impl WeirProcess {
 
     /// `weir run --config <file> <args>`.
     pub fn spawn_with_args(bin: &Path, toml: &str, admin: SocketAddr, args: &[&std::ffi::OsStr]) -> WeirProcess {
+        Self::spawn_with_env(bin, toml, admin, args, &[])
+    }
+
+    /// `weir run --config <file> <args>` with these environment variables set.
+    pub fn spawn_with_env(
+        bin: &Path,
+        toml: &str,
+        admin: SocketAddr,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> WeirProcess {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("weir.toml");
         std::fs::write(&config, toml).unwrap();
@@ -181,6 +192,7 @@ impl WeirProcess {
             .args(["run", "--config"])
             .arg(&config)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
