@@ -510,17 +510,17 @@ mod tests {
         }
     }
 
-    /// Runs `spin` with `timeout` on another thread; returns how long it took to be
-    /// interrupted, or fails if it is not within 10 s.
-    fn spin_is_interrupted(engine: &Engine, ticker: &Ticker, timeout: Duration) -> Duration {
-        let engine = engine.clone();
-        let slot = ticker.slot().unwrap();
+    /// Runs `f` on `store` as a call bounded by `timeout`, on another thread; returns how long
+    /// it took to be interrupted, or fails if it is not within 10 s.
+    fn interrupted(
+        mut store: TestStore,
+        timeout: Duration,
+        f: impl FnOnce(&mut TestStore) -> wasmtime::Result<()> + Send + 'static,
+    ) -> Duration {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let (mut store, instance) = guest(&engine, slot);
-            let spin = instance.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
             let started = Instant::now();
-            let result = call(&mut store, timeout, |store| spin.call(store, ()));
+            let result = call(&mut store, timeout, f);
             let trap = result.unwrap_err().downcast::<wasmtime::Trap>().unwrap();
             let _ = tx.send((trap, started.elapsed()));
         });
@@ -529,6 +529,14 @@ mod tests {
             .expect("a looping guest was not interrupted within 10 s");
         assert_eq!(trap, wasmtime::Trap::Interrupt);
         took
+    }
+
+    /// Runs `spin` with `timeout` on another thread; returns how long it took to be
+    /// interrupted, or fails if it is not within 10 s.
+    fn spin_is_interrupted(engine: &Engine, ticker: &Ticker, timeout: Duration) -> Duration {
+        let (mut store, instance) = guest(engine, ticker.slot().unwrap());
+        let spin = instance.get_typed_func::<(), ()>(&mut store, "spin").unwrap();
+        interrupted(store, timeout, move |store| spin.call(store, ()))
     }
 
     #[test]
@@ -704,17 +712,7 @@ mod tests {
         let spin = instance
             .get_typed_func::<(), ()>(&mut store, "pause_then_spin")
             .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let result = call(&mut store, timeout, |store| spin.call(store, ()));
-            let trap = result.unwrap_err().downcast::<wasmtime::Trap>().unwrap();
-            let _ = tx.send((trap, started.elapsed()));
-        });
-        let (trap, took) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a looping guest was not interrupted within 10 s");
-        assert_eq!(trap, wasmtime::Trap::Interrupt);
+        let took = interrupted(store, timeout, move |store| spin.call(store, ()));
         // The pause, then at least a quarter timeout of looping.
         assert!(took >= timeout * 3 + timeout / 4, "{took:?}");
     }
