@@ -192,20 +192,18 @@ struct Hooks {
     failover: Option<failover::Guest>,
 }
 
-impl Instance {
-    /// Starts a call: its deadline published to the watchdog and given to the store's
-    /// callback, the store one epoch from it. End it with [`Instance::end`].
-    #[inline]
-    fn begin(&mut self, timeout: Duration) {
-        self.store.set_epoch_deadline(1);
-        self.store.data_mut().watch.enter(timeout);
-    }
+/// Starts a call (instantiation included) on `store`: its deadline published to the watchdog
+/// and given to the store's callback, the store one epoch from it. End it with [`end_call`].
+#[inline]
+fn begin_call(store: &mut Store<HostState>, timeout: Duration) {
+    store.set_epoch_deadline(1);
+    store.data_mut().watch.enter(timeout);
+}
 
-    /// The call has returned.
-    #[inline]
-    fn end(&self) {
-        self.store.data().watch.leave();
-    }
+/// The call has returned.
+#[inline]
+fn end_call(store: &Store<HostState>) {
+    store.data().watch.leave();
 }
 
 pub struct PluginVersion {
@@ -271,14 +269,14 @@ impl PluginVersion {
         }
         let Some(mut inst) = self.instances.pop() else { return };
         let inst_ref = &mut *inst;
-        inst_ref.begin(self.call_timeout);
+        begin_call(&mut inst_ref.store, self.call_timeout);
         let result = match &inst_ref.balancer {
             Some(b) => b
                 .call_select(&mut inst_ref.store, &inst_ref.view, &inst_ref.key)
                 .map(|_| ()),
             None => Ok(()),
         };
-        inst_ref.end();
+        end_call(&inst_ref.store);
         match result {
             Ok(()) => {
                 let _ = self.instances.push(inst);
@@ -308,10 +306,9 @@ impl PluginVersion {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().watch.on_deadline()));
         // Instantiation runs guest code too (start functions, then `init`).
-        store.set_epoch_deadline(1);
-        store.data_mut().watch.enter(INIT_DEADLINE);
+        begin_call(&mut store, INIT_DEADLINE);
         let result = self.instantiate_in(&mut store);
-        store.data().watch.leave();
+        end_call(&store);
         let (hooks, manifest) = result?;
         let view = types::PoolView {
             pool_id: 0,
@@ -410,9 +407,9 @@ impl PluginVersion {
             },
         };
         let started = self.stats.timed(hook).then(Instant::now);
-        instance.begin(self.call_timeout);
+        begin_call(&mut instance.store, self.call_timeout);
         let result = f(&mut instance);
-        instance.end();
+        end_call(&instance.store);
         if let Some(started) = started {
             self.stats.add_time(hook, started);
         }
