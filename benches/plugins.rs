@@ -1,7 +1,8 @@
 //! Plugin benchmarks (issue targets, checked against these numbers in the README):
 //! native vs Wasm `round-robin` select at 4, 64 and 1,024 endpoints (target: Wasm <= 1 us);
 //! `route` + `select` per request (target <= 1.5 us); plugin load, cold compile vs cached
-//! (target: cached <= 5 ms); a new instance, as a trapped one is replaced on the request path. Needs the built plugins (scripts/build-plugins.sh).
+//! (target: cached <= 5 ms); a new instance, as a trapped one is replaced on the request path.
+//! Needs the built plugins (scripts/build-plugins.sh).
 //! Run: `cargo bench --bench plugins`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -14,16 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${1:-10}
-need=()
-for tool in wrk:wrk h2load:nghttp2-client openssl:openssl curl:curl; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-[ ${#need[@]} -eq 0 ] || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+# Tools, the demo upstream, the plugins, a scratch directory $W and the PID list `pids`
+# (stopped on exit): as the load scripts have them.
+source benches/load/bench-setup.sh
+bench_setup wrk:wrk h2load:nghttp2-client openssl:openssl curl:curl
 rustup component list --installed | grep -q '^llvm-tools' || rustup component add llvm-tools
 profdata=$(find "$(rustc --print sysroot)/lib/rustlib" -name llvm-profdata -type f | head -1)
 [ -x "$profdata" ] || { echo "error: llvm-profdata not found (rustup component add llvm-tools)" >&2; exit 1; }
-bash scripts/build-plugins.sh >/dev/null 2>&1
-cargo build -q --release --example demo_upstream
 
 out=$PWD/target/pgo
 raw=$out/profraw
@@ -31,23 +28,19 @@ rm -rf "$raw" && mkdir -p "$raw"
 echo "pgo: instrumented build (target/pgo-gen)" >&2
 RUSTFLAGS="-Cprofile-generate=$raw" CARGO_TARGET_DIR=target/pgo-gen cargo build -q --release --bin weir
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-  -days 2 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  -days 2 -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
 source benches/load/weir-config.sh
-weir_toml "$work/weir.toml" 18981 19961 "$PWD/plugins/dist" 19981 19982 "[[listener]]
+weir_toml "$W/weir.toml" 18981 19961 "$PWD/plugins/dist" 19981 19982 "[[listener]]
 name = \"tls\"
 bind = \"127.0.0.1:18982\"
 pool = \"app\"
 [listener.tls]
-cert = \"$work/cert.pem\"
-key = \"$work/key.pem\""
+cert = \"$W/cert.pem\"
+key = \"$W/key.pem\""
 taskset -c 0 target/release/examples/demo_upstream 19981 a 100 2>/dev/null & pids+=($!)
 taskset -c 0 target/release/examples/demo_upstream 19982 b 100 2>/dev/null & pids+=($!)
-LLVM_PROFILE_FILE="$raw/weir-%p-%m.profraw" WEIR_LOG=warn taskset -c 0 target/pgo-gen/release/weir run --config "$work/weir.toml" & weir=$!
+LLVM_PROFILE_FILE="$raw/weir-%p-%m.profraw" WEIR_LOG=warn taskset -c 0 target/pgo-gen/release/weir run --config "$W/weir.toml" & weir=$!
 pids+=($weir)
 up=0
 for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18981/ && { up=1; break; }; sleep 0.1; done

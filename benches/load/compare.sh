@@ -44,11 +44,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 echo "building weir (release) and the plugins" >&2
 bash scripts/build-plugins.sh >/dev/null 2>&1
-cargo build -q --release --bin weir --example demo_upstream --example idle_conns
+cargo build -q --release --example demo_upstream --example idle_conns
 WEIR_BIN=target/release/weir
 if [ "${PGO:-0}" = 1 ]; then
   bash scripts/build-pgo.sh >/dev/null  # after a first run, rebuilds only what changed
   WEIR_BIN=target/pgo/release/weir
+else
+  cargo build -q --release --bin weir
 fi
 ulimit -n "$(ulimit -Hn)"
 
