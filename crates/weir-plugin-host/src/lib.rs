@@ -13,3 +13,6 @@ pub mod ticker;
 pub mod version;
 
 pub use policies::WasmPolicies;
+
+#[cfg(test)]
+mod vendored_wasmtime_tests;

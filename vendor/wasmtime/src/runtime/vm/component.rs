@@ -163,6 +163,11 @@ pub struct ComponentInstance {
     /// the core instance's `VMFuncRef`) was a fifth of a small component call.
     lifted_func_refs: alloc::vec::Vec<Option<SendSyncPtr<VMFuncRef>>>,
 
+    /// weir patch: by realloc index, whether that `realloc` has answered a zero-byte request
+    /// `(0, 0, align, 0)` with `align`, the dangling pointer wit-bindgen's guests return.
+    /// Once it has, such requests are answered with `align` without calling it.
+    realloc_zero_is_align: alloc::vec::Vec<bool>,
+
     /// Required by `InstanceLayout`, also required to be the last field (with
     /// repr(C))
     vmctx: OwnedVMContext<VMComponentContext>,
@@ -353,6 +358,7 @@ impl ComponentInstance {
             imports: imports.clone(),
             store: VMStoreRawPtr(store),
             lifted_func_refs: alloc::vec::Vec::new(),
+            realloc_zero_is_align: alloc::vec::Vec::new(),
             vmctx: OwnedVMContext::new(),
         })?;
         unsafe {
@@ -384,6 +390,30 @@ impl ComponentInstance {
             me.lifted_func_refs.resize(i + 1, None);
         }
         me.lifted_func_refs[i] = Some(SendSyncPtr::new(func));
+    }
+
+    /// weir patch: whether the `realloc` at `idx` is known to answer a zero-byte request with
+    /// its alignment.
+    #[inline]
+    pub(crate) fn realloc_zero_is_align(&self, idx: RuntimeReallocIndex) -> bool {
+        use wasmtime_environ::EntityRef;
+        self.realloc_zero_is_align
+            .get(idx.index())
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// weir patch: records that the `realloc` at `idx` answered a zero-byte request with its
+    /// alignment.
+    pub(crate) fn set_realloc_zero_is_align(self: Pin<&mut Self>, idx: RuntimeReallocIndex) {
+        use wasmtime_environ::EntityRef;
+        // SAFETY: this field is not structurally pinned.
+        let me = unsafe { self.get_unchecked_mut() };
+        let i = idx.index();
+        if me.realloc_zero_is_align.len() <= i {
+            me.realloc_zero_is_align.resize(i + 1, false);
+        }
+        me.realloc_zero_is_align[i] = true;
     }
 
     #[inline]

@@ -1738,7 +1738,10 @@ where
         .checked_mul(elem_size)
         .ok_or_else(|| format_err!("size overflow copying a list"))?;
     let ptr = cx.realloc(0, 0, T::ALIGN32, size)?;
-    T::linear_store_list_to_memory(cx, ty, ptr, list)?;
+    // weir patch: nothing to store in an empty list (`realloc` checked `ptr` is in bounds).
+    if size != 0 {
+        T::linear_store_list_to_memory(cx, ty, ptr, list)?;
+    }
     Ok((ptr, list.len()))
 }
 
