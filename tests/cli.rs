@@ -238,10 +238,7 @@ async fn a_client_sending_an_ip_address_as_sni_is_not_a_log_line_per_connection(
     loud.wait_ready().await;
     send_hello(port).await;
     assert!(
-        eventually(Duration::from_secs(5), async || loud
-            .stderr_text()
-            .contains("Illegal SNI extension"))
-        .await,
+        loud.stderr_eventually_contains("Illegal SNI extension").await,
         "{}",
         loud.stderr_text()
     );

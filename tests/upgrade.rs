@@ -207,10 +207,7 @@ async fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
     assert_eq!(bad.wait_exit(Duration::from_secs(20)).await, Some(1));
     assert!(bad.stderr_text().contains("cannot bind"), "{}", bad.stderr_text());
     assert!(
-        eventually(Duration::from_secs(5), async || old
-            .stderr_text()
-            .contains("binary upgrade aborted"))
-        .await,
+        old.stderr_eventually_contains("binary upgrade aborted").await,
         "{}",
         old.stderr_text()
     );

@@ -223,6 +223,12 @@ impl WeirProcess {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Whether stderr comes to contain `needle` within 5 s (polled): a log line written after
+    /// something the test did.
+    pub async fn stderr_eventually_contains(&self, needle: &str) -> bool {
+        crate::eventually(Duration::from_secs(5), async || self.stderr_text().contains(needle)).await
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
