@@ -1,6 +1,7 @@
 //! `weir`: the command line. Thin on purpose: parse arguments, set up logging and the runtime,
 //! hand over to weir-core. See DESIGN §4 for the contract.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -69,8 +70,12 @@ fn init_logging(format: LogFormat) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET}")));
+    // Colour codes only for a person at a terminal: a log file, a pipe or journald would
+    // carry them as bytes around every field. NO_COLOR (no-color.org) turns them off there too.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -49,6 +49,16 @@ fn every_example_config_passes_weir_check() {
 }
 
 #[test]
+fn logs_written_to_a_pipe_carry_no_terminal_colour_codes() {
+    let out = check(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/weir.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The plugins' load lines, with their fields as plain `key=value`.
+    assert!(err.contains("plugin loaded plugin=\"round-robin\""), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
+
+#[test]
 fn a_broken_config_names_file_line_and_key_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
