@@ -66,6 +66,24 @@ async fn metrics_parse_and_match_the_traffic() {
         ),
         8.0
     );
+    // The plugin's call durations: a histogram of all 8 calls (estimated from the timed ones),
+    // in buckets from half a microsecond to a second; none took a second.
+    let select = [("plugin", "round-robin"), ("hook", "select")];
+    let histogram = s
+        .iter()
+        .find(|x| {
+            x.metric == "weir_plugin_call_duration_seconds" && select.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
+        })
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Histogram(h) => h.clone(),
+            other => panic!("not a histogram: {other:?}"),
+        })
+        .unwrap_or_else(|| panic!("no plugin call histogram\n{text}"));
+    assert_eq!(histogram.len(), 17, "{histogram:?}");
+    assert_eq!(histogram.first().map(|b| b.less_than), Some(0.5e-6));
+    let under_a_second = histogram.iter().find(|b| b.less_than == 1.0).map(|b| b.count);
+    assert_eq!(under_a_second, Some(8.0), "{histogram:?}");
+    assert_eq!(histogram.last().map(|b| b.count), Some(8.0));
     assert_eq!(value(s, "weir_config_generation", &[]), 1.0);
     assert!(text.contains("weir_reloads_total{result=\"error\"} 0"), "{text}");
     assert!(

@@ -62,13 +62,16 @@ pub struct CallMetric {
     pub calls: u64,
 }
 
-/// Total time in one plugin hook.
+/// How long the calls of one plugin hook took: a histogram estimated from the timed calls.
 #[derive(Debug, Clone)]
 pub struct CallDuration {
     pub plugin: String,
     pub hook: &'static str,
     pub calls: u64,
     pub seconds: f64,
+    /// (upper bound in seconds, calls in that bucket): not cumulative, the last bound
+    /// `f64::INFINITY`; the counts sum to `calls`.
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// The policies weir has without any plugin: `round-robin` and `retry-idempotent`.

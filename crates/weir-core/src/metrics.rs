@@ -276,7 +276,7 @@ pub fn render(shared: &Shared) -> String {
         plugin_time.get_or_create(&l).set(HistogramSnapshot {
             sum: t.seconds,
             count: t.calls,
-            buckets: vec![(f64::INFINITY, t.calls)],
+            buckets: t.buckets,
         });
     }
     reg.register(
@@ -286,7 +286,7 @@ pub fn render(shared: &Shared) -> String {
     );
     reg.register(
         "weir_plugin_call_duration_seconds",
-        "Time spent in plugin calls (estimated: one call in 16 per hook is timed)",
+        "Time spent in plugin calls (estimated: one call in 16 per hook is timed, its bucket and time counted for 16)",
         plugin_time,
     );
 

@@ -302,11 +302,13 @@ impl PolicyFactory for WasmPolicies {
                     .map(|o| e.value().calls(hook, *o))
                     .sum();
                 if calls > 0 {
+                    let (seconds, buckets) = e.value().timings(hook).estimate(calls);
                     out.push(weir_core::generation::CallDuration {
                         plugin: e.key().clone(),
                         hook: hook.as_str(),
                         calls,
-                        seconds: e.value().seconds(hook),
+                        seconds,
+                        buckets,
                     });
                 }
             }

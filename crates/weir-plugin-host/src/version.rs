@@ -82,12 +82,82 @@ impl Outcome {
     }
 }
 
+/// Upper bounds, in seconds, of `weir_plugin_call_duration_seconds`'s buckets: a warm `select`
+/// takes under a microsecond, a call stopped at the default `call_timeout` 2 ms, `init` up to
+/// its one-second deadline.
+pub const CALL_BUCKETS: [f64; 16] = [
+    0.5e-6, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 0.1, 1.0,
+];
+/// The same bounds in nanoseconds, as calls are timed.
+const CALL_BUCKET_NANOS: [u64; 16] = [
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// What the timed calls of one hook took: their nanoseconds and how many fell in each of
+/// [`CALL_BUCKETS`] (the last entry: above the last bound).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub nanos: u64,
+    pub buckets: [u64; CALL_BUCKETS.len() + 1],
+}
+
+impl Timings {
+    /// The duration histogram of all `calls` of the hook, estimated from the timed ones (one
+    /// in [`TIME_EVERY`]): their total in seconds, and the count per bucket (not cumulative;
+    /// the last, `+Inf`, above the last bound). Cumulative counts are scaled and then
+    /// differenced, so that they sum to `calls` exactly and none is negative.
+    pub fn estimate(&self, calls: u64) -> (f64, Vec<(f64, u64)>) {
+        let timed: u64 = self.buckets.iter().sum();
+        let bounds = CALL_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+        if timed == 0 {
+            let buckets = bounds
+                .enumerate()
+                .map(|(i, b)| (b, if i == CALL_BUCKETS.len() { calls } else { 0 }));
+            return (0.0, buckets.collect());
+        }
+        let scale = calls as f64 / timed as f64;
+        let mut cumulative = 0u64;
+        let mut previous = 0u64;
+        let buckets = bounds
+            .zip(self.buckets)
+            .map(|(bound, n)| {
+                cumulative += n;
+                let scaled = if cumulative == timed {
+                    calls
+                } else {
+                    (cumulative as f64 * scale).round() as u64
+                };
+                let count = scaled.saturating_sub(previous);
+                previous = scaled.max(previous);
+                (bound, count)
+            })
+            .collect();
+        (self.nanos as f64 * scale / 1e9, buckets)
+    }
+}
+
 /// Call counters and health of one plugin name, kept across versions.
 #[derive(Default)]
 pub struct Stats {
     calls: [[AtomicU64; 6]; 4],
-    /// Estimated time in calls, per hook: the timed calls' nanoseconds times [`TIME_EVERY`].
-    nanos: [AtomicU64; 4],
+    /// Per hook: the timed calls' nanoseconds, and how many fell in each duration bucket.
+    timed_nanos: [AtomicU64; 4],
+    timed_buckets: [[AtomicU64; CALL_BUCKETS.len() + 1]; 4],
     /// Calls started per hook, which picks the calls that are timed.
     started: [AtomicU32; 4],
     consecutive_failures: AtomicU32,
@@ -119,12 +189,22 @@ impl Stats {
 
     fn add_time(&self, hook: Hook, started: Instant) {
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.nanos[hook as usize].fetch_add(nanos.saturating_mul(u64::from(TIME_EVERY)), Ordering::Relaxed);
+        let h = hook as usize;
+        self.timed_nanos[h].fetch_add(nanos, Ordering::Relaxed);
+        let bucket = CALL_BUCKET_NANOS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(CALL_BUCKET_NANOS.len());
+        self.timed_buckets[h][bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Time spent in calls of `hook`, estimated from one call in [`TIME_EVERY`].
-    pub fn seconds(&self, hook: Hook) -> f64 {
-        self.nanos[hook as usize].load(Ordering::Relaxed) as f64 / 1e9
+    /// What the timed calls of `hook` took so far.
+    pub fn timings(&self, hook: Hook) -> Timings {
+        let h = hook as usize;
+        Timings {
+            nanos: self.timed_nanos[h].load(Ordering::Relaxed),
+            buckets: std::array::from_fn(|i| self.timed_buckets[h][i].load(Ordering::Relaxed)),
+        }
     }
 
     pub fn in_backoff(&self) -> bool {
@@ -473,9 +553,42 @@ mod tests {
     fn a_timed_call_counts_for_time_every_calls() {
         let stats = Stats::default();
         stats.add_time(Hook::Select, Instant::now() - Duration::from_millis(2));
-        let s = stats.seconds(Hook::Select);
+        let (s, buckets) = stats.timings(Hook::Select).estimate(u64::from(TIME_EVERY));
         let expected = 0.002 * f64::from(TIME_EVERY);
         assert!(s >= expected && s < expected * 1.5, "{s}");
-        assert_eq!(stats.seconds(Hook::Route), 0.0);
+        // Just over 2 ms: all the calls in the (2.5 ms] bucket unless the clock was slow.
+        let at: Vec<f64> = buckets.iter().filter(|(_, n)| *n > 0).map(|(b, _)| *b).collect();
+        assert!(at == [2.5e-3] || at == [5e-3], "{buckets:?}");
+        assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), u64::from(TIME_EVERY));
+        assert_eq!(stats.timings(Hook::Route), Timings::default());
+    }
+
+    #[test]
+    fn the_estimated_histogram_keeps_the_timed_calls_shape_and_sums_to_all_calls() {
+        let mut t = Timings::default();
+        // Timed: two calls of ~0.8 us (bucket 1 us), one of 30 us (50 us), none above.
+        t.buckets[1] = 2;
+        t.buckets[6] = 1;
+        t.nanos = 800 + 800 + 30_000;
+        let (seconds, buckets) = t.estimate(10);
+        assert_eq!(buckets.len(), CALL_BUCKETS.len() + 1);
+        assert_eq!(buckets[1], (1e-6, 7)); // round(2 x 10 / 3)
+        assert_eq!(buckets[6], (50e-6, 3)); // the rest: cumulative 10
+        assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 10);
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 0)));
+        assert!((seconds - 31_600e-9 * 10.0 / 3.0).abs() < 1e-12, "{seconds}");
+        // Nothing timed yet (a call counted before its time): everything in +Inf.
+        let (seconds, buckets) = Timings::default().estimate(4);
+        assert_eq!((seconds, buckets.last().copied()), (0.0, Some((f64::INFINITY, 4))));
+    }
+
+    #[test]
+    fn a_call_longer_than_the_last_bound_lands_in_the_overflow_bucket() {
+        let stats = Stats::default();
+        stats.add_time(Hook::Init, Instant::now() - Duration::from_millis(1_500));
+        stats.add_time(Hook::Init, Instant::now());
+        let t = stats.timings(Hook::Init);
+        assert_eq!(t.buckets[CALL_BUCKETS.len()], 1);
+        assert_eq!(t.buckets[0], 1);
     }
 }
