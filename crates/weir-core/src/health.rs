@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -122,13 +121,10 @@ async fn probe(
     health: &Health,
     send_proxy: Option<weir_config::ProxyVersion>,
 ) -> Result<(), String> {
-    let mut addr = endpoint.resolve().await.map_err(|e| e.to_string())?;
-    if let Some(port) = health.port {
-        addr.set_port(port);
-    }
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut stream, addr) = endpoint.open(health.port).await.map_err(|e| match health.port {
+        Some(port) => format!("{} (check port {port}): {e}", endpoint.label),
+        None => format!("{}: {e}", endpoint.label),
+    })?;
     // A check on the traffic port of a `send_proxy` pool speaks as its traffic does, with a
     // header saying the connection is weir's own; a separate check port gets none.
     if let (Some(version), None) = (send_proxy, health.port) {

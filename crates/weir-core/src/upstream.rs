@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
@@ -97,8 +97,11 @@ pub struct Endpoint {
     pub checks_ok: AtomicU64,
     pub checks_failed: AtomicU64,
     attempts: [AtomicU64; 6],
-    /// The last good lookup of a `host:port` endpoint, refreshed every `resolve_interval`.
-    resolved: arc_swap::ArcSwapOption<SocketAddr>,
+    /// The last good lookup of a `host:port` endpoint (every address, in the resolver's order),
+    /// refreshed every `resolve_interval`.
+    resolved: arc_swap::ArcSwapOption<Vec<SocketAddr>>,
+    /// Which of `resolved` took the last new connection: the next one tries it first.
+    preferred: AtomicUsize,
     /// Unbounded, and allocated as it fills (blocks of 31 slots): the sweep bounds it.
     idle: SegQueue<Idle>,
     /// The most requests in flight at once since the last sweep.
@@ -155,6 +158,7 @@ impl Endpoint {
             checks_failed: AtomicU64::new(0),
             attempts: Default::default(),
             resolved: arc_swap::ArcSwapOption::empty(),
+            preferred: AtomicUsize::new(0),
             idle: SegQueue::new(),
             peak_in_flight: AtomicU32::new(0),
             previous_peak: AtomicU32::new(0),
@@ -365,41 +369,91 @@ impl Endpoint {
         }
     }
 
-    /// The address to connect to: hostnames use the last good lookup, looked up on first use.
-    pub async fn resolve(&self) -> Result<SocketAddr, ConnectError> {
-        match &self.address {
-            EndpointAddress::Socket(a) => Ok(*a),
+    /// Opens a TCP connection to the endpoint, on `port` instead of its own when given (a health
+    /// check's). An `ip:port` is connected to directly. A `host:port` uses the last good lookup
+    /// (looked up on first use) and tries its addresses in turn, starting with the one that
+    /// took the last traffic connection, until one accepts: a name whose first address refuses
+    /// (`localhost` as `::1` in front of an upstream bound to `127.0.0.1`) still reaches the
+    /// upstream. The tries share the caller's timeout. Returns the address connected to.
+    pub async fn open(&self, port: Option<u16>) -> Result<(TcpStream, SocketAddr), ConnectError> {
+        let on_port = |mut a: SocketAddr| {
+            if let Some(p) = port {
+                a.set_port(p);
+            }
+            a
+        };
+        let addrs = match &self.address {
+            EndpointAddress::Socket(a) => {
+                let a = on_port(*a);
+                return Ok((TcpStream::connect(a).await?, a));
+            }
             EndpointAddress::Host { .. } => match self.resolved.load_full() {
-                Some(addr) => Ok(*addr),
-                None => self.refresh_address().await,
+                Some(addrs) => addrs,
+                None => self.refresh_address().await?,
             },
+        };
+        let n = addrs.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let a = on_port(addrs[i]);
+            match TcpStream::connect(a).await {
+                Ok(stream) => {
+                    // Only traffic moves the preference: a check port says nothing of it.
+                    if i != first && port.is_none() {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return Ok((stream, a));
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.label, addr = %a, error = %e, "connect failed; trying the next address");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map_or_else(|| ConnectError::NoAddress(self.label.clone()), ConnectError::Io))
+    }
+
+    /// Looks the hostname up again; a failure keeps the last good addresses.
+    pub async fn refresh_address(&self) -> Result<Arc<Vec<SocketAddr>>, ConnectError> {
+        let (host, port) = match &self.address {
+            EndpointAddress::Host { host, port } => (host, port),
+            EndpointAddress::Socket(a) => return Ok(Arc::new(vec![*a])),
+        };
+        let looked_up = tokio::net::lookup_host((host.as_str(), *port)).await.map(|found| {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for a in found {
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+            addrs
+        });
+        match looked_up {
+            Ok(addrs) if !addrs.is_empty() => Ok(self.set_addresses(addrs)),
+            Ok(_) | Err(_) => {
+                let last = self.resolved.load_full();
+                tracing::warn!(endpoint = %self.label, kept = ?last.as_deref(), "name resolution failed; keeping the last good addresses");
+                last.ok_or_else(|| ConnectError::NoAddress(self.label.clone()))
+            }
         }
     }
 
-    /// Looks the hostname up again; a failure keeps the last good address.
-    pub async fn refresh_address(&self) -> Result<SocketAddr, ConnectError> {
-        let (host, port) = match &self.address {
-            EndpointAddress::Host { host, port } => (host, port),
-            EndpointAddress::Socket(a) => return Ok(*a),
-        };
-        let looked_up = tokio::net::lookup_host((host.as_str(), *port))
-            .await
-            .map(|mut a| a.next());
-        match looked_up {
-            Ok(Some(addr)) => {
-                let previous = self.resolved.swap(Some(std::sync::Arc::new(addr)));
-                if previous.as_deref().is_some_and(|p| *p != addr) {
-                    tracing::info!(endpoint = %self.label, %addr, "endpoint address changed");
-                }
-                Ok(addr)
-            }
-            Ok(None) | Err(_) => {
-                let last = self.resolved.load_full();
-                tracing::warn!(endpoint = %self.label, kept = ?last.as_deref(), "name resolution failed; keeping the last good address");
-                last.map(|a| *a)
-                    .ok_or_else(|| ConnectError::NoAddress(self.label.clone()))
-            }
+    /// Keeps a lookup's addresses (the current ones when they did not change).
+    fn set_addresses(&self, addrs: Vec<SocketAddr>) -> Arc<Vec<SocketAddr>> {
+        if let Some(current) = self.resolved.load_full()
+            && *current == addrs
+        {
+            return current;
         }
+        let addrs = Arc::new(addrs);
+        let previous = self.resolved.swap(Some(addrs.clone()));
+        self.preferred.store(0, Ordering::Relaxed);
+        if previous.is_some() {
+            tracing::info!(endpoint = %self.label, addresses = ?addrs, "endpoint addresses changed");
+        }
+        addrs
     }
 
     pub fn is_hostname(&self) -> bool {
@@ -412,8 +466,7 @@ impl Endpoint {
         proxy: Option<crate::proxy_protocol::Out>,
     ) -> Result<UpConn, ConnectError> {
         let connect = async {
-            let addr = self.resolve().await?;
-            let mut stream = TcpStream::connect(addr).await?;
+            let (mut stream, _) = self.open(None).await?;
             stream.set_nodelay(true)?;
             if let Some(p) = &proxy {
                 // Its own segment, once per connection; the connect timeout covers it.
@@ -453,5 +506,99 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A `host:port` endpoint; the tests set its lookup's addresses themselves, as no name
+    /// resolves to several loopback addresses on every machine.
+    fn named(port: u16) -> Endpoint {
+        let cfg = weir_config::Endpoint {
+            address: EndpointAddress::Host {
+                host: "localhost".into(),
+                port,
+            },
+            weight: 1,
+            zone: String::new(),
+            backup: false,
+        };
+        Endpoint::new(1, &cfg, 1, true)
+    }
+
+    /// A loopback address nothing listens on (bound, then closed): a connect is refused at once.
+    fn refusing() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_name_whose_first_address_refuses_reaches_the_next_and_keeps_to_it() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let dead = refusing();
+        let e = named(up_addr.port());
+        e.set_addresses(vec![dead, up_addr]);
+        let (_conn, at) = e.open(None).await.unwrap();
+        assert_eq!(at, up_addr);
+        up.accept().await.unwrap();
+        // The first address listens now: the next connection still goes where the last one
+        // did, without a try on the first.
+        let revived = tokio::net::TcpListener::bind(dead).await.unwrap();
+        let (_conn, at) = e.open(None).await.unwrap();
+        assert_eq!(at, up_addr);
+        up.accept().await.unwrap();
+        // A new lookup starts from its first address again.
+        e.set_addresses(vec![dead, up_addr, refusing()]);
+        let (_conn, at) = e.open(None).await.unwrap();
+        assert_eq!(at, dead);
+        revived.accept().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_check_port_is_tried_on_each_address_and_leaves_the_preference_alone() {
+        let check = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = check.local_addr().unwrap().port();
+        // Traffic on 127.0.0.1 and 127.0.0.2, the check port open on 127.0.0.2 only.
+        let e = named(1);
+        e.set_addresses(vec![
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            SocketAddr::from(([127, 0, 0, 2], 1)),
+        ]);
+        let (_conn, at) = e.open(Some(port)).await.unwrap();
+        assert_eq!(at, SocketAddr::from(([127, 0, 0, 2], port)));
+        check.accept().await.unwrap();
+        assert_eq!(e.preferred.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn when_every_address_refuses_the_error_is_the_last_connect_error() {
+        let e = named(1);
+        e.set_addresses(vec![refusing(), refusing()]);
+        match e.open(None).await {
+            Err(ConnectError::Io(err)) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ip_endpoint_connects_directly_on_its_own_or_the_check_port() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let cfg = weir_config::Endpoint {
+            address: EndpointAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 1))),
+            weight: 1,
+            zone: String::new(),
+            backup: false,
+        };
+        let e = Endpoint::new(1, &cfg, 1, true);
+        let (_conn, at) = e.open(Some(up_addr.port())).await.unwrap();
+        assert_eq!(at, up_addr);
+        up.accept().await.unwrap();
     }
 }
