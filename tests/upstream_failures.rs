@@ -141,4 +141,10 @@ async fn hostname_endpoints_are_resolved_and_served() {
         assert_eq!(r.upstream(), "named");
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
+    // The status shows what the name resolved to, in the order a new connection tries it.
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    let endpoint = &status["pools"][0]["endpoints"][0];
+    assert_eq!(endpoint["address"], format!("localhost:{}", up.addr.port()));
+    let resolved = endpoint["resolved"].as_array().unwrap_or_else(|| panic!("{status}"));
+    assert!(resolved.contains(&serde_json::json!(up.addr.to_string())), "{status}");
 }

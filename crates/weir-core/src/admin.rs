@@ -254,6 +254,7 @@ impl Admin {
                     .map(|e| {
                         json!({
                             "address": e.label,
+                            "resolved": e.resolved_addresses().map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>()),
                             "id": e.id,
                             "healthy": e.is_healthy(),
                             "passively_down": e.passively_down(),

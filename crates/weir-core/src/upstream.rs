@@ -440,6 +440,14 @@ impl Endpoint {
         }
     }
 
+    /// A hostname's addresses from its last good lookup, in the order a new connection tries
+    /// them; `None` for an `ip:port` endpoint or a name not looked up yet.
+    pub fn resolved_addresses(&self) -> Option<Vec<SocketAddr>> {
+        let addrs = self.resolved.load_full()?;
+        let first = self.preferred.load(Ordering::Relaxed) % addrs.len().max(1);
+        Some(addrs[first..].iter().chain(&addrs[..first]).copied().collect())
+    }
+
     /// Keeps a lookup's addresses (the current ones when they did not change).
     fn set_addresses(&self, addrs: Vec<SocketAddr>) -> Arc<Vec<SocketAddr>> {
         if let Some(current) = self.resolved.load_full()
@@ -553,6 +561,7 @@ mod tests {
         let (_conn, at) = e.open(None).await.unwrap();
         assert_eq!(at, up_addr);
         up.accept().await.unwrap();
+        assert_eq!(e.resolved_addresses(), Some(vec![up_addr, dead]));
         // A new lookup starts from its first address again.
         e.set_addresses(vec![dead, up_addr, refusing()]);
         let (_conn, at) = e.open(None).await.unwrap();
