@@ -448,10 +448,12 @@ impl Endpoint {
         Some(addrs[first..].iter().chain(&addrs[..first]).copied().collect())
     }
 
-    /// Keeps a lookup's addresses (the current ones when they did not change).
+    /// Keeps a lookup's addresses; the current ones, preference included, when it found the same
+    /// addresses (a DNS server rotating its answers gives them in a new order every time).
     fn set_addresses(&self, addrs: Vec<SocketAddr>) -> Arc<Vec<SocketAddr>> {
         if let Some(current) = self.resolved.load_full()
-            && *current == addrs
+            && current.len() == addrs.len()
+            && addrs.iter().all(|a| current.contains(a))
         {
             return current;
         }
@@ -562,11 +564,27 @@ mod tests {
         assert_eq!(at, up_addr);
         up.accept().await.unwrap();
         assert_eq!(e.resolved_addresses(), Some(vec![up_addr, dead]));
-        // A new lookup starts from its first address again.
+        // Another lookup starts from its first address again.
         e.set_addresses(vec![dead, up_addr, refusing()]);
         let (_conn, at) = e.open(None).await.unwrap();
         assert_eq!(at, dead);
         revived.accept().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_same_addresses_in_another_order_keep_the_preference() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let (d1, d2) = (refusing(), refusing());
+        let e = named(up_addr.port());
+        e.set_addresses(vec![d1, up_addr, d2]);
+        let (_conn, at) = e.open(None).await.unwrap();
+        assert_eq!(at, up_addr);
+        up.accept().await.unwrap();
+        assert_eq!(e.resolved_addresses(), Some(vec![up_addr, d2, d1]));
+        // A DNS server rotating its answer: the same three addresses, another order.
+        e.set_addresses(vec![d2, d1, up_addr]);
+        assert_eq!(e.resolved_addresses(), Some(vec![up_addr, d2, d1]));
     }
 
     #[tokio::test]
