@@ -121,10 +121,13 @@ async fn probe(
     health: &Health,
     send_proxy: Option<weir_config::ProxyVersion>,
 ) -> Result<(), String> {
-    let (mut stream, addr) = endpoint.open(health.port).await.map_err(|e| match health.port {
-        Some(port) => format!("{} (check port {port}): {e}", endpoint.label),
-        None => format!("{}: {e}", endpoint.label),
-    })?;
+    let (mut stream, addr) = endpoint
+        .open(health.port, health.timeout)
+        .await
+        .map_err(|e| match health.port {
+            Some(port) => format!("{} (check port {port}): {e}", endpoint.label),
+            None => format!("{}: {e}", endpoint.label),
+        })?;
     // A check on the traffic port of a `send_proxy` pool speaks as its traffic does, with a
     // header saying the connection is weir's own; a separate check port gets none.
     if let (Some(version), None) = (send_proxy, health.port) {

@@ -374,8 +374,10 @@ impl Endpoint {
     /// (looked up on first use) and tries its addresses in turn, starting with the one that
     /// took the last traffic connection, until one accepts: a name whose first address refuses
     /// (`localhost` as `::1` in front of an upstream bound to `127.0.0.1`) still reaches the
-    /// upstream. The tries share the caller's timeout. Returns the address connected to.
-    pub async fn open(&self, port: Option<u16>) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    /// upstream. The tries share `budget`, each getting an equal part of what is left, so an
+    /// address that drops the connection attempt (no answer at all) does not use up the time of
+    /// the others. Returns the address connected to.
+    pub async fn open(&self, port: Option<u16>, budget: Duration) -> Result<(TcpStream, SocketAddr), ConnectError> {
         let on_port = |mut a: SocketAddr| {
             if let Some(p) = port {
                 a.set_port(p);
@@ -394,25 +396,27 @@ impl Endpoint {
         };
         let n = addrs.len();
         let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let deadline = Instant::now() + budget;
         let mut last = None;
         for k in 0..n {
             let i = (first + k) % n;
             let a = on_port(addrs[i]);
-            match TcpStream::connect(a).await {
-                Ok(stream) => {
+            let share = deadline.saturating_duration_since(Instant::now()) / u32::try_from(n - k).unwrap_or(u32::MAX);
+            let error = match tokio::time::timeout(share, TcpStream::connect(a)).await {
+                Ok(Ok(stream)) => {
                     // Only traffic moves the preference: a check port says nothing of it.
                     if i != first && port.is_none() {
                         self.preferred.store(i, Ordering::Relaxed);
                     }
                     return Ok((stream, a));
                 }
-                Err(e) => {
-                    tracing::debug!(endpoint = %self.label, addr = %a, error = %e, "connect failed; trying the next address");
-                    last = Some(e);
-                }
-            }
+                Ok(Err(e)) => ConnectError::Io(e),
+                Err(_) => ConnectError::Timeout,
+            };
+            tracing::debug!(endpoint = %self.label, addr = %a, error = %error, "connect failed; trying the next address");
+            last = Some(error);
         }
-        Err(last.map_or_else(|| ConnectError::NoAddress(self.label.clone()), ConnectError::Io))
+        Err(last.unwrap_or_else(|| ConnectError::NoAddress(self.label.clone())))
     }
 
     /// Looks the hostname up again; a failure keeps the last good addresses.
@@ -476,7 +480,7 @@ impl Endpoint {
         proxy: Option<crate::proxy_protocol::Out>,
     ) -> Result<UpConn, ConnectError> {
         let connect = async {
-            let (mut stream, _) = self.open(None).await?;
+            let (mut stream, _) = self.open(None, connect_timeout).await?;
             stream.set_nodelay(true)?;
             if let Some(p) = &proxy {
                 // Its own segment, once per connection; the connect timeout covers it.
@@ -554,21 +558,54 @@ mod tests {
         let dead = refusing();
         let e = named(up_addr.port());
         e.set_addresses(vec![dead, up_addr]);
-        let (_conn, at) = e.open(None).await.unwrap();
+        let (_conn, at) = e.open(None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(at, up_addr);
         up.accept().await.unwrap();
         // The first address listens now: the next connection still goes where the last one
         // did, without a try on the first.
         let revived = tokio::net::TcpListener::bind(dead).await.unwrap();
-        let (_conn, at) = e.open(None).await.unwrap();
+        let (_conn, at) = e.open(None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(at, up_addr);
         up.accept().await.unwrap();
         assert_eq!(e.resolved_addresses(), Some(vec![up_addr, dead]));
         // Another lookup starts from its first address again.
         e.set_addresses(vec![dead, up_addr, refusing()]);
-        let (_conn, at) = e.open(None).await.unwrap();
+        let (_conn, at) = e.open(None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(at, dead);
         revived.accept().await.unwrap();
+    }
+
+    /// A loopback listener whose accept queue is full: the kernel drops a new connection's
+    /// SYN, so a connect to it gets no answer at all, as to an address that blackholes it.
+    fn unanswering() -> (tokio::net::TcpListener, std::net::TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let listener = socket.listen(0).unwrap();
+        // Never accepted: it fills the queue of a backlog of 0.
+        let queued = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, queued)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_leaves_the_others_their_share_of_the_budget() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = up.local_addr().unwrap();
+        let (silent, _queued) = unanswering();
+        let e = named(up_addr.port());
+        e.set_addresses(vec![silent.local_addr().unwrap(), up_addr]);
+        // The first address gets half of the 2 s and the second the rest; without shares the
+        // first would take all of it (here: hang until this test's own bound).
+        let opened = tokio::time::timeout(Duration::from_secs(10), e.open(None, Duration::from_secs(2)))
+            .await
+            .expect("open returned within its budget");
+        assert_eq!(opened.unwrap().1, up_addr);
+        up.accept().await.unwrap();
+        // Only silent addresses: a timeout, as for a single address.
+        e.set_addresses(vec![silent.local_addr().unwrap()]);
+        let opened = tokio::time::timeout(Duration::from_secs(10), e.open(None, Duration::from_millis(200)))
+            .await
+            .expect("open returned within its budget");
+        assert!(matches!(opened, Err(ConnectError::Timeout)), "{opened:?}");
     }
 
     #[tokio::test]
@@ -578,7 +615,7 @@ mod tests {
         let (d1, d2) = (refusing(), refusing());
         let e = named(up_addr.port());
         e.set_addresses(vec![d1, up_addr, d2]);
-        let (_conn, at) = e.open(None).await.unwrap();
+        let (_conn, at) = e.open(None, Duration::from_secs(5)).await.unwrap();
         assert_eq!(at, up_addr);
         up.accept().await.unwrap();
         assert_eq!(e.resolved_addresses(), Some(vec![up_addr, d2, d1]));
@@ -597,7 +634,7 @@ mod tests {
             SocketAddr::from(([127, 0, 0, 1], 1)),
             SocketAddr::from(([127, 0, 0, 2], 1)),
         ]);
-        let (_conn, at) = e.open(Some(port)).await.unwrap();
+        let (_conn, at) = e.open(Some(port), Duration::from_secs(5)).await.unwrap();
         assert_eq!(at, SocketAddr::from(([127, 0, 0, 2], port)));
         check.accept().await.unwrap();
         assert_eq!(e.preferred.load(Ordering::Relaxed), 0);
@@ -607,7 +644,7 @@ mod tests {
     async fn when_every_address_refuses_the_error_is_the_last_connect_error() {
         let e = named(1);
         e.set_addresses(vec![refusing(), refusing()]);
-        match e.open(None).await {
+        match e.open(None, Duration::from_secs(5)).await {
             Err(ConnectError::Io(err)) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused),
             other => panic!("{other:?}"),
         }
@@ -624,7 +661,7 @@ mod tests {
             backup: false,
         };
         let e = Endpoint::new(1, &cfg, 1, true);
-        let (_conn, at) = e.open(Some(up_addr.port())).await.unwrap();
+        let (_conn, at) = e.open(Some(up_addr.port()), Duration::from_secs(5)).await.unwrap();
         assert_eq!(at, up_addr);
         up.accept().await.unwrap();
     }
