@@ -3,10 +3,19 @@
 
 use weir_test_support::*;
 
-fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The samples of `name` carrying all of `labels`.
+fn samples<'a>(
+    samples: &'a [prometheus_parse::Sample],
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
     samples
         .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter(move |s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+fn value(all: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(all, name, labels)
         .map(|s| match &s.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
@@ -69,11 +78,8 @@ async fn metrics_parse_and_match_the_traffic() {
     // The plugin's call durations: a histogram of all 8 calls (estimated from the timed ones),
     // in buckets from half a microsecond to a second; none took a second.
     let select = [("plugin", "round-robin"), ("hook", "select")];
-    let histogram = s
-        .iter()
-        .find(|x| {
-            x.metric == "weir_plugin_call_duration_seconds" && select.iter().all(|(k, v)| x.labels.get(k) == Some(*v))
-        })
+    let histogram = samples(s, "weir_plugin_call_duration_seconds", &select)
+        .next()
         .map(|x| match &x.value {
             prometheus_parse::Value::Histogram(h) => h.clone(),
             other => panic!("not a histogram: {other:?}"),

@@ -528,19 +528,23 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    /// A `host:port` endpoint; the tests set its lookup's addresses themselves, as no name
-    /// resolves to several loopback addresses on every machine.
-    fn named(port: u16) -> Endpoint {
+    fn endpoint(address: EndpointAddress) -> Endpoint {
         let cfg = weir_config::Endpoint {
-            address: EndpointAddress::Host {
-                host: "localhost".into(),
-                port,
-            },
+            address,
             weight: 1,
             zone: String::new(),
             backup: false,
         };
         Endpoint::new(1, &cfg, 1, true)
+    }
+
+    /// A `host:port` endpoint; the tests set its lookup's addresses themselves, as no name
+    /// resolves to several loopback addresses on every machine.
+    fn named(port: u16) -> Endpoint {
+        endpoint(EndpointAddress::Host {
+            host: "localhost".into(),
+            port,
+        })
     }
 
     /// A loopback address nothing listens on (bound, then closed): a connect is refused at once.
@@ -654,13 +658,7 @@ mod tests {
     async fn an_ip_endpoint_connects_directly_on_its_own_or_the_check_port() {
         let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up_addr = up.local_addr().unwrap();
-        let cfg = weir_config::Endpoint {
-            address: EndpointAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 1))),
-            weight: 1,
-            zone: String::new(),
-            backup: false,
-        };
-        let e = Endpoint::new(1, &cfg, 1, true);
+        let e = endpoint(EndpointAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 1))));
         let (_conn, at) = e.open(Some(up_addr.port()), Duration::from_secs(5)).await.unwrap();
         assert_eq!(at, up_addr);
         up.accept().await.unwrap();

@@ -88,26 +88,6 @@ impl Outcome {
 pub const CALL_BUCKETS: [f64; 16] = [
     0.5e-6, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 0.1, 1.0,
 ];
-/// The same bounds in nanoseconds, as calls are timed.
-const CALL_BUCKET_NANOS: [u64; 16] = [
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    100_000_000,
-    1_000_000_000,
-];
-
 /// What the timed calls of one hook took: their nanoseconds and how many fell in each of
 /// [`CALL_BUCKETS`] (the last entry: above the last bound).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -188,13 +168,14 @@ impl Stats {
     }
 
     fn add_time(&self, hook: Hook, started: Instant) {
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let took = started.elapsed();
         let h = hook as usize;
-        self.timed_nanos[h].fetch_add(nanos, Ordering::Relaxed);
-        let bucket = CALL_BUCKET_NANOS
+        self.timed_nanos[h].fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = CALL_BUCKETS
             .iter()
-            .position(|bound| nanos <= *bound)
-            .unwrap_or(CALL_BUCKET_NANOS.len());
+            .position(|bound| secs <= *bound)
+            .unwrap_or(CALL_BUCKETS.len());
         self.timed_buckets[h][bucket].fetch_add(1, Ordering::Relaxed);
     }
 
