@@ -16,6 +16,8 @@ pub mod h1client;
 pub mod hash;
 pub mod headers;
 pub mod health;
+#[cfg(test)]
+mod http1_gen;
 pub mod listener;
 pub mod metrics;
 pub mod parking;

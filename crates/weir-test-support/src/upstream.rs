@@ -34,6 +34,9 @@ pub struct Counters {
     pub checks: AtomicU64,
     /// Every `x-test-id` header received, in order (to prove a request was never replayed).
     pub ids: std::sync::Mutex<Vec<String>>,
+    /// What hyper refused of what arrived: connection errors (a malformed head) and request
+    /// body errors (malformed chunks, or a body cut short), as `Debug` text.
+    pub refused: std::sync::Mutex<Vec<String>>,
 }
 
 pub struct Upstream {
@@ -73,11 +76,17 @@ impl Upstream {
                 let c = c.clone();
                 let name = name_s.clone();
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| handle(req, name.clone(), c.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let counters = c.clone();
+                    let svc = service_fn(move |req| handle(req, name.clone(), counters.clone()));
+                    let served = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
+                    if let Err(e) = served
+                        && let Ok(mut refused) = c.refused.lock()
+                    {
+                        refused.push(format!("connection: {e:?}"));
+                    }
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -121,6 +130,11 @@ impl Upstream {
 
     pub fn connections(&self) -> u64 {
         self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// What hyper refused so far (see [`Counters::refused`]).
+    pub fn refused(&self) -> Vec<String> {
+        self.counters.refused.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     pub fn body_bytes(&self) -> u64 {
@@ -202,7 +216,12 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
                     c.body_bytes.fetch_add(d.len() as u64, Ordering::SeqCst);
                 }
             }
-            Err(_) => break,
+            Err(e) => {
+                if let Ok(mut refused) = c.refused.lock() {
+                    refused.push(format!("body: {e:?}"));
+                }
+                break;
+            }
         }
     }
     let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "headers": headers, "body_len": body_len });

@@ -214,4 +214,47 @@ mod tests {
         let r = Chunked::default().feed(b"5\r\nhello\r\n6\r\n", 10);
         assert_eq!(r.err().map(|r| r.status), Some(413));
     }
+
+    mod properties {
+        use super::*;
+        use crate::http1_gen::{broken, chunked_body, cuts, pieces};
+        use proptest::prelude::*;
+
+        /// Feeds `pieces` in turn until an error or the end: the error, or the bytes used and
+        /// whether the body ended.
+        fn feed_pieces(pieces: &[&[u8]]) -> Result<(usize, bool, u64), Reject> {
+            let mut c = Chunked::default();
+            let mut used = 0;
+            for piece in pieces {
+                let step = c.feed(piece, 0)?;
+                used += step.used;
+                if step.done {
+                    return Ok((used, true, c.data_bytes));
+                }
+                assert_eq!(step.used, piece.len(), "a piece left unconsumed before the end");
+            }
+            Ok((used, false, c.data_bytes))
+        }
+
+        proptest! {
+            /// A well-formed body is tracked to its exact last byte however it is cut, and what
+            /// follows it (the next request) is left alone.
+            #[test]
+            fn well_formed_body_ends_where_it_ends((body, data) in chunked_body(), next in prop::collection::vec(any::<u8>(), 0..20), cuts in cuts()) {
+                let mut input = body.clone();
+                input.extend_from_slice(&next);
+                let got = feed_pieces(&pieces(&input, &cuts));
+                prop_assert_eq!(got, Ok((body.len(), true, data.len() as u64)));
+            }
+
+            /// On any input, broken or not, the tracker reaches the same verdict whether the
+            /// bytes come at once or in pieces: same error, or the end at the same byte.
+            #[test]
+            fn verdict_does_not_depend_on_how_bytes_arrive(input in broken(chunked_body().prop_map(|(b, _)| b)), cuts in cuts()) {
+                let whole = feed_pieces(&[&input]);
+                let cut = feed_pieces(&pieces(&input, &cuts));
+                prop_assert_eq!(whole, cut);
+            }
+        }
+    }
 }

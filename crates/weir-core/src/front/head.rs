@@ -662,4 +662,98 @@ mod tests {
         assert_eq!(fields[0], ("Host", "x"));
         assert_eq!(fields[40], ("X-39", "v39"));
     }
+
+    mod properties {
+        use super::*;
+        use crate::http1_gen::{broken, request_head};
+        use proptest::prelude::*;
+
+        const ROOMY: HeadLimits = HeadLimits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8192,
+            max_body_bytes: 0,
+        };
+
+        /// Parses `buf` with spans, checking that every span lies inside it.
+        fn parse_spanned(buf: &[u8], limits: &HeadLimits) -> Result<HeadStatus, Reject> {
+            let mut spans = Spans::default();
+            let status = parse_head(buf, limits, Some(&mut spans))?;
+            if let HeadStatus::Complete(info) = &status {
+                assert!(info.len <= buf.len());
+                let inside = |(at, n): (u32, u32)| (at + n) as usize <= info.len;
+                assert!(inside(spans.method) && inside(spans.target));
+                assert!(spans.fields().all(|f| inside(f.name) && inside(f.value)));
+            }
+            Ok(status)
+        }
+
+        proptest! {
+            /// A valid head is accepted whole, with its method, target and fields where they
+            /// are, the body's first bytes after it left alone.
+            #[test]
+            fn valid_head_is_accepted_and_located(head in request_head(), body in prop::collection::vec(any::<u8>(), 0..16)) {
+                let mut buf = head.bytes.clone();
+                buf.extend_from_slice(&body);
+                let mut spans = Spans::default();
+                let status = parse_head(&buf, &ROOMY, Some(&mut spans));
+                let Ok(HeadStatus::Complete(info)) = status else {
+                    return Err(TestCaseError::fail(format!("not accepted: {status:?}")));
+                };
+                prop_assert_eq!(info.len, head.bytes.len());
+                prop_assert!(info.keep_alive && !info.http10 && !info.upgrade);
+                let length = head.fields.iter().find(|(n, _)| n == "Content-Length").map(|(_, v)| v.parse::<u64>());
+                let framing = match length {
+                    Some(Ok(0)) | None => BodyFraming::None,
+                    Some(Ok(n)) => BodyFraming::Fixed(n),
+                    Some(Err(e)) => return Err(TestCaseError::fail(e.to_string())),
+                };
+                prop_assert_eq!(info.framing, framing);
+                let at = |(at, n): (u32, u32)| &buf[at as usize..(at + n) as usize];
+                prop_assert_eq!(at(spans.method), head.method.as_bytes());
+                prop_assert_eq!(at(spans.target), head.target.as_bytes());
+                let fields: Vec<(&[u8], &[u8])> = spans.fields().map(|f| (at(f.name), at(f.value))).collect();
+                let expected: Vec<(&[u8], &[u8])> = head.fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+                prop_assert_eq!(fields, expected);
+                prop_assert_eq!(check_head(&buf, &ROOMY), Ok(HeadStatus::Complete(info)));
+            }
+
+            /// A valid head arriving a byte at a time is never refused before its end: a slow
+            /// client gets the same answer as a fast one.
+            #[test]
+            fn valid_head_is_partial_until_its_last_byte(head in request_head()) {
+                for end in 0..head.bytes.len() {
+                    prop_assert_eq!(check_head(&head.bytes[..end], &ROOMY), Ok(HeadStatus::Partial), "at {}", end);
+                }
+            }
+
+            /// Tight limits refuse a valid head only with a limit's status, never as malformed.
+            #[test]
+            fn limits_refuse_with_their_own_status(head in request_head(), max_header_bytes in 16usize..600, max_headers in 0usize..12, max_uri_bytes in 1usize..64, max_body_bytes in 0u64..1_000_000) {
+                let limits = HeadLimits { max_header_bytes, max_headers, max_uri_bytes, max_body_bytes };
+                match parse_spanned(&head.bytes, &limits) {
+                    Ok(_) => {}
+                    Err(r) => prop_assert!([413, 414, 431].contains(&r.status), "{:?}", r),
+                }
+            }
+
+            /// A broken head gets a verdict and never a panic: partial, accepted with spans
+            /// inside it, or refused with a 4xx the gateway answers. The check without spans
+            /// (which also validates an origin-form target's characters) refuses whatever the
+            /// one with spans refuses, for the same reason.
+            #[test]
+            fn broken_head_gets_a_verdict(buf in broken(request_head().prop_map(|h| h.bytes))) {
+                let spanned = parse_spanned(&buf, &ROOMY);
+                let plain = check_head(&buf, &ROOMY);
+                match &spanned {
+                    Err(r) => {
+                        prop_assert!([400, 413, 414, 431].contains(&r.status), "{:?}", r);
+                        prop_assert_eq!(&plain, &spanned);
+                    }
+                    Ok(HeadStatus::Partial) => prop_assert_eq!(&plain, &spanned),
+                    Ok(HeadStatus::Complete(_)) => prop_assert!(plain.is_err() || plain == spanned),
+                }
+            }
+        }
+    }
 }

@@ -252,4 +252,56 @@ mod tests {
         assert_eq!(dec.decode(&mut buf), Ok(Decoded::NeedMore));
         assert!(!dec.is_done());
     }
+
+    mod properties {
+        use super::*;
+        use crate::http1_gen::{broken, chunked_body, cuts, pieces};
+        use proptest::prelude::*;
+
+        /// Decodes `pieces` arriving in turn: the data and the bytes left after the end, the
+        /// data so far if the input ran out first, or the error.
+        fn decode_pieces(pieces: &[&[u8]]) -> Result<(Vec<u8>, Option<Vec<u8>>), &'static str> {
+            let mut dec = ChunkedDecoder::default();
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                buf.extend_from_slice(piece);
+                loop {
+                    match dec.decode(&mut buf)? {
+                        Decoded::Data(d) => {
+                            assert!(!d.is_empty(), "an empty data slice");
+                            out.extend_from_slice(&d);
+                        }
+                        Decoded::Done => {
+                            assert!(dec.is_done());
+                            // Every later piece stays unread too.
+                            let mut left = buf.to_vec();
+                            pieces[i + 1..].iter().for_each(|p| left.extend_from_slice(p));
+                            return Ok((out, Some(left)));
+                        }
+                        Decoded::NeedMore => break,
+                    }
+                }
+            }
+            Ok((out, None))
+        }
+
+        proptest! {
+            /// A well-formed body gives back exactly its data however it is cut, and leaves
+            /// the bytes after it unread.
+            #[test]
+            fn well_formed_body_decodes_to_its_data((body, data) in chunked_body(), next in prop::collection::vec(any::<u8>(), 0..20), cuts in cuts()) {
+                let mut input = body.clone();
+                input.extend_from_slice(&next);
+                prop_assert_eq!(decode_pieces(&pieces(&input, &cuts)), Ok((data, Some(next))));
+            }
+
+            /// On any input, broken or not, the decoder gives the same data and the same
+            /// verdict whether the bytes come at once or in pieces.
+            #[test]
+            fn verdict_does_not_depend_on_how_bytes_arrive(input in broken(chunked_body().prop_map(|(b, _)| b)), cuts in cuts()) {
+                prop_assert_eq!(decode_pieces(&[&input]), decode_pieces(&pieces(&input, &cuts)));
+            }
+        }
+    }
 }

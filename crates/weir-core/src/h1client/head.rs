@@ -589,4 +589,86 @@ mod tests {
         put_chunk_size(0, &mut out);
         assert_eq!(out, b"1a2f\r\n0\r\n");
     }
+
+    mod properties {
+        use super::*;
+        use crate::http1_gen::{BodyKind, broken, response_head};
+        use proptest::prelude::*;
+
+        proptest! {
+            /// A valid head is parsed with its status, fields and framing; the body's first
+            /// bytes stay in the buffer. A response to HEAD, a 204 and a 304 have no body
+            /// whatever they say.
+            #[test]
+            fn valid_head_is_parsed(head in response_head(), body in prop::collection::vec(any::<u8>(), 0..16), to_head in any::<bool>()) {
+                let mut buf = BytesMut::from(&head.bytes[..]);
+                buf.extend_from_slice(&body);
+                let method = if to_head { Method::HEAD } else { Method::GET };
+                let parsed = parse_response(&mut buf, &method);
+                let Ok(Some(got)) = parsed else {
+                    return Err(TestCaseError::fail(format!("not parsed: {parsed:?}")));
+                };
+                prop_assert_eq!(got.status.as_u16(), head.status);
+                prop_assert_eq!(got.version, Version::HTTP_11);
+                let (framing, keep_alive) = match head.body {
+                    _ if to_head || head.status == 204 || head.status == 304 => {
+                        (Framing::None, head.body != BodyKind::UntilClose)
+                    }
+                    BodyKind::Length(0) => (Framing::None, true),
+                    BodyKind::Length(n) => (Framing::Length(n), true),
+                    BodyKind::Chunked => (Framing::Chunked, true),
+                    BodyKind::UntilClose => (Framing::Close, false),
+                };
+                prop_assert_eq!(got.framing, framing);
+                prop_assert_eq!(got.keep_alive, keep_alive);
+                let fields: Vec<(String, &[u8])> = got
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| *n != header::CONTENT_LENGTH)
+                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes()))
+                    .collect();
+                // HeaderMap groups values by name, in the order each name first appeared.
+                let mut expected: Vec<(String, &[u8])> = Vec::new();
+                let mut names: Vec<String> = Vec::new();
+                for (n, _) in &head.fields {
+                    let n = n.to_ascii_lowercase();
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                for n in names {
+                    for (name, v) in &head.fields {
+                        if name.eq_ignore_ascii_case(&n) {
+                            expected.push((n.clone(), v.as_bytes()));
+                        }
+                    }
+                }
+                prop_assert_eq!(fields, expected);
+                prop_assert_eq!(&buf[..], &body[..]);
+            }
+
+            /// A head still arriving is never refused before its last byte, and nothing of it
+            /// is consumed until then.
+            #[test]
+            fn valid_head_is_incomplete_until_its_last_byte(head in response_head()) {
+                for end in 0..head.bytes.len() {
+                    let mut buf = BytesMut::from(&head.bytes[..end]);
+                    prop_assert!(matches!(parse_response(&mut buf, &Method::GET), Ok(None)), "at {}", end);
+                    prop_assert_eq!(&buf[..], &head.bytes[..end]);
+                }
+            }
+
+            /// A broken head gets a verdict and never a panic; a parsed one takes only its own
+            /// bytes off the buffer, an incomplete one none.
+            #[test]
+            fn broken_head_gets_a_verdict(input in broken(response_head().prop_map(|h| h.bytes))) {
+                let mut buf = BytesMut::from(&input[..]);
+                match parse_response(&mut buf, &Method::GET) {
+                    Ok(Some(_)) => prop_assert!(input.ends_with(&buf)),
+                    Ok(None) => prop_assert_eq!(&buf[..], &input[..]),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
 }
