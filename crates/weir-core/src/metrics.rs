@@ -109,15 +109,19 @@ pub enum AttemptOutcome {
     Reset,
     Timeout,
     Status5xx,
+    /// A pooled connection the upstream had closed as it was taken: the request went again on
+    /// a new connection, and the endpoint is not blamed.
+    StaleConnection,
 }
 
-pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 6] = [
+pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 7] = [
     (AttemptOutcome::Ok, "ok"),
     (AttemptOutcome::ConnectError, "connect_error"),
     (AttemptOutcome::ConnectTimeout, "connect_timeout"),
     (AttemptOutcome::Reset, "reset"),
     (AttemptOutcome::Timeout, "timeout"),
     (AttemptOutcome::Status5xx, "http_5xx"),
+    (AttemptOutcome::StaleConnection, "stale_connection"),
 ];
 
 /// Process-wide counters that outlive generations, keyed by names.

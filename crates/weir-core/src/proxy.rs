@@ -385,50 +385,76 @@ fn forward<'a>(
                 client: conn.peer,
                 local: conn.local,
             });
-            let (failure, unsent, held) = match endpoint.checkout(t.connect, t.idle, proxy_out).await {
-                Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
-                Err(e) => {
-                    tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
-                    (FailureKind::ConnectRefused, true, None)
-                }
-                Ok((mut conn, reused)) => {
-                    let head = RequestHead {
-                        method: req.method(),
-                        uri: req.uri(),
-                        headers: req.headers(),
-                        forwarding: (!routed_forwarding).then_some(&forwarding),
-                    };
-                    match conn.exchange_within(per_try, &head, &mut up_body).await {
-                        Ok(Ok(head)) => {
-                            let status = head.status.as_u16();
-                            endpoint.count_attempt(if status >= 500 {
-                                AttemptOutcome::Status5xx
-                            } else {
-                                AttemptOutcome::Ok
-                            });
-                            if pool.config.passive.fail_on_status.contains(&status) {
-                                endpoint.record_failure(&pool.config.passive);
-                            } else {
-                                endpoint.record_success();
-                            }
-                            let can_retry = attempt < max_attempts && can_replay;
-                            if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
-                                return respond(head, conn, in_flight, upgrade, http2, set_cookie);
-                            }
-                            (FailureKind::HttpStatus(status), false, Some((head, conn, in_flight)))
-                        }
-                        Ok(Err(ExchangeError::ClientBody(e))) => {
-                            tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
-                            return ProxyError::ClientBody { status: e.status }.response();
-                        }
-                        Ok(Err(e)) => {
-                            let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
-                            tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
-                            (FailureKind::ResetBeforeResponse, unsent, None)
-                        }
-                        Err(_) => (FailureKind::ResponseTimeout, false, None),
+            // Set when a pooled connection turned out closed by the upstream: the request goes
+            // again, once, on a new connection to the same endpoint.
+            let mut fresh = false;
+            let (failure, unsent, held) = loop {
+                let checkout = if fresh {
+                    endpoint.connect_new(t.connect, proxy_out).await.map(|c| (c, false))
+                } else {
+                    endpoint.checkout(t.connect, t.idle, proxy_out).await
+                };
+                break match checkout {
+                    Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
+                    Err(e) => {
+                        tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
+                        (FailureKind::ConnectRefused, true, None)
                     }
-                }
+                    Ok((mut conn, reused)) => {
+                        let head = RequestHead {
+                            method: req.method(),
+                            uri: req.uri(),
+                            headers: req.headers(),
+                            forwarding: (!routed_forwarding).then_some(&forwarding),
+                        };
+                        match conn.exchange_within(per_try, &head, &mut up_body).await {
+                            Ok(Ok(head)) => {
+                                let status = head.status.as_u16();
+                                endpoint.count_attempt(if status >= 500 {
+                                    AttemptOutcome::Status5xx
+                                } else {
+                                    AttemptOutcome::Ok
+                                });
+                                if pool.config.passive.fail_on_status.contains(&status) {
+                                    endpoint.record_failure(&pool.config.passive);
+                                } else {
+                                    endpoint.record_success();
+                                }
+                                let can_retry = attempt < max_attempts && can_replay;
+                                if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
+                                    return respond(head, conn, in_flight, upgrade, http2, set_cookie);
+                                }
+                                (FailureKind::HttpStatus(status), false, Some((head, conn, in_flight)))
+                            }
+                            Ok(Err(ExchangeError::ClientBody(e))) => {
+                                tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
+                                return ProxyError::ClientBody { status: e.status }.response();
+                            }
+                            Ok(Err(e)) => {
+                                let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
+                                // The keep-alive race: the upstream closed this pooled connection as
+                                // it was taken, before any answer. A request that can go again (it
+                                // left nothing, or it is replayable) does, on a new connection, as
+                                // nginx and Go's client do; neither an attempt nor the endpoint's
+                                // failure.
+                                if reused
+                                    && e.is_connection_gone()
+                                    && conn.received_nothing()
+                                    && up_body.resendable()
+                                    && (unsent || replayable)
+                                {
+                                    tracing::debug!(endpoint = %endpoint.label, error = %e, "pooled upstream connection was closed; sending on a new one");
+                                    endpoint.count_attempt(AttemptOutcome::StaleConnection);
+                                    fresh = true;
+                                    continue;
+                                }
+                                tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
+                                (FailureKind::ResetBeforeResponse, unsent, None)
+                            }
+                            Err(_) => (FailureKind::ResponseTimeout, false, None),
+                        }
+                    }
+                };
             };
             if !matches!(failure, FailureKind::HttpStatus(_)) {
                 endpoint.record_failure(&pool.config.passive);

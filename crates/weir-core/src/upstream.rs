@@ -96,7 +96,7 @@ pub struct Endpoint {
     requests: AtomicU64,
     pub checks_ok: AtomicU64,
     pub checks_failed: AtomicU64,
-    attempts: [AtomicU64; 6],
+    attempts: [AtomicU64; crate::metrics::ATTEMPT_OUTCOMES.len()],
     /// The last good lookup of a `host:port` endpoint (every address, in the resolver's order),
     /// refreshed every `resolve_interval`.
     resolved: arc_swap::ArcSwapOption<Vec<SocketAddr>>,
@@ -329,6 +329,16 @@ impl Endpoint {
             self.idle.push(idle);
         }
         None
+    }
+
+    /// A new connection, never a pooled one: for a request whose pooled connection turned out
+    /// to be closed by the upstream (the others in the pool may be too).
+    pub async fn connect_new(
+        &self,
+        connect_timeout: Duration,
+        proxy: Option<crate::proxy_protocol::Out>,
+    ) -> Result<UpConn, ConnectError> {
+        Box::pin(self.connect(connect_timeout, proxy)).await
     }
 
     /// Returns a connection whose response has been read to the end. There is one per request

@@ -64,6 +64,23 @@ pub enum ExchangeError {
     Head(#[from] HeadError),
 }
 
+impl ExchangeError {
+    /// The connection was gone before the request could get an answer: nothing left
+    /// ([`ExchangeError::Unsent`]), the upstream closed it, or reset it. With nothing of a
+    /// response received ([`UpConn::received_nothing`]) on a reused connection, that is the
+    /// keep-alive race: the upstream closed an idle connection as weir took it.
+    pub fn is_connection_gone(&self) -> bool {
+        match self {
+            ExchangeError::Unsent(_) | ExchangeError::Closed => true,
+            ExchangeError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+            ),
+            ExchangeError::ClientBody(_) | ExchangeError::Head(_) => false,
+        }
+    }
+}
+
 /// A pooled upstream connection. Its buffers come from the thread's pool ([`bufpool`]) while
 /// it moves bytes: one idle in its pool, or waiting for its upstream's answer, holds none.
 #[derive(Debug)]
@@ -108,6 +125,12 @@ impl UpConn {
                 matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// Whether no byte of a response is waiting in the read buffer (after a failed exchange:
+    /// whether the upstream sent nothing of an answer, interim 1xx aside).
+    pub fn received_nothing(&self) -> bool {
+        self.rbuf.is_empty()
     }
 
     /// [`UpConn::exchange`] within `limit`, on this connection's [`ReusedTimer`].
