@@ -56,6 +56,24 @@ pub fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
         })
 }
 
+/// Ends a head in `out` with the framing field for `body` and the blank line, then appends the
+/// body: in chunks of `chunk` bytes, or after a `Content-Length` when `chunk` is `None`.
+#[allow(dead_code, reason = "used by the end-to-end tests that include this file")]
+pub fn frame_body(out: &mut Vec<u8>, body: &[u8], chunk: Option<usize>) {
+    let Some(chunk) = chunk else {
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        return;
+    };
+    out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+    for piece in body.chunks(chunk.max(1)) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+}
+
 /// One edit of a message: replace, insert or delete a byte near a position.
 #[derive(Debug, Clone)]
 enum Edit {
