@@ -170,6 +170,27 @@ async fn an_endpoint_added_with_checks_gets_no_request_before_its_first_pass() {
     );
 }
 
+#[tokio::test]
+async fn a_long_interval_does_not_delay_the_first_check() {
+    // With an hourly check, spreading the first one over a tenth of the interval (as later
+    // ones are) kept a new endpoint out of rotation for up to six minutes.
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&pool_config(
+        up.addr,
+        "[pool.health]\npath = \"/upcheck\"\ninterval = \"1h\"\n",
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(3), async || get(&gw.url("client", "/"))
+            .await
+            .status
+            == 200)
+        .await,
+        "the endpoint never passed its first check"
+    );
+    assert_eq!(up.checks(), 1);
+}
+
 async fn hammer(url: String, clients: usize, duration: Duration, post: bool) -> (u64, u64, Vec<u16>) {
     let ok = Arc::new(AtomicU64::new(0));
     let ids = Arc::new(AtomicU64::new(0));

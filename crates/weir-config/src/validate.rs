@@ -12,6 +12,10 @@ use crate::model::*;
 use crate::raw::*;
 use crate::units::{parse_duration, parse_size};
 
+/// The longest duration any key takes: a year. Anything longer is likely a typo, and a year
+/// keeps every deadline computed from one (`now + timeout`) far from the clock's limits.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything `validate` needs beyond the raw struct: where relative paths resolve from.
 pub struct Context<'a> {
     pub base_dir: &'a Path,
@@ -30,6 +34,13 @@ impl V<'_> {
     fn duration(&mut self, path: KeyPath, value: Option<&String>, default: &str) -> Duration {
         let text = value.map(String::as_str).unwrap_or(default);
         match parse_duration(text) {
+            Ok(d) if d > MAX_DURATION => {
+                self.issue(
+                    Issue::new(path, format!("`{text}` is longer than any duration weir takes (365d)"))
+                        .help("write at most \"365d\""),
+                );
+                parse_duration(default).unwrap_or_default()
+            }
             Ok(d) => d,
             Err(e) => {
                 self.issue(

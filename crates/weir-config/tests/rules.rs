@@ -102,6 +102,14 @@ fn duration_with_space() {
 }
 
 #[test]
+fn duration_over_a_year() {
+    let src = format!("{BASE}[pool.passive]\nfail_timeout = \"366d\"\n");
+    assert_one(&src, "pool[0].passive.fail_timeout", 12, "longer than any duration");
+    let src = format!("{BASE}[pool.passive]\nfail_timeout = \"365d\"\n");
+    assert!(errors(&src).is_empty());
+}
+
+#[test]
 fn max_fails_zero_with_fail_timeout() {
     let src = format!("{BASE}[pool.passive]\nmax_fails = 0\nfail_timeout = \"5s\"\n");
     assert_one(&src, "pool[0].passive.max_fails", 12, "max_fails = 0");

@@ -79,7 +79,9 @@ async fn check_loop(
     send_proxy: Option<weir_config::ProxyVersion>,
 ) {
     let mut round = u64::from(endpoint.id) << 32;
-    tokio::time::sleep(health.initial_delay + jitter(health.interval, round)).await;
+    // The first check's spread is at most 100 ms, whatever the interval: an endpoint takes no
+    // traffic before it passes, so a tenth of a long interval would keep it out that long.
+    tokio::time::sleep(health.initial_delay + jitter(health.interval.min(Duration::from_secs(1)), round)).await;
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
         round += 1;
