@@ -39,11 +39,18 @@ async fn start_with_first_healthy() -> (tempfile::TempDir, Upstream, Upstream, T
     (plugins, a, b, gw)
 }
 
+/// The generation `/api/v1/status` says first served plugin `name`'s current version.
+async fn plugin_generation(gw: &TestGateway, name: &str) -> Option<u64> {
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    status["plugins"].as_array()?.iter().find(|p| p["name"] == name)?["generation"].as_u64()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_plugin_under_load_switches_behaviour_with_zero_failures() {
     let (plugins, _a, b, gw) = start_with_first_healthy().await;
     assert_eq!(get(&gw.url("client", "/")).await.upstream(), "a");
     let generation = gw.generation();
+    assert_eq!(plugin_generation(&gw, "lb").await, Some(generation));
 
     // A slow request started on the old version.
     let slow_url = gw.url("client", "/delay/800");
@@ -96,6 +103,13 @@ async fn replacing_a_plugin_under_load_switches_behaviour_with_zero_failures() {
         seen.insert(get(&gw.url("client", "/")).await.upstream());
     }
     assert_eq!(seen.len(), 2);
+    // The status tells which generation brought the new version; a reload that keeps the file
+    // keeps it.
+    let swapped_in = plugin_generation(&gw, "lb").await.unwrap();
+    assert!(swapped_in > generation && swapped_in <= gw.generation());
+    let reloaded = gw.reload().await.unwrap();
+    assert!(reloaded > swapped_in);
+    assert_eq!(plugin_generation(&gw, "lb").await, Some(swapped_in));
 }
 
 #[tokio::test]

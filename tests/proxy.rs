@@ -109,6 +109,11 @@ async fn advertise_feeds_the_forwarded_headers() {
         h["forwarded"][0],
         "for=127.0.0.1;proto=https;host=\"lb.example.com:9080\""
     );
+    // The status shows both the bound and the advertised address.
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    let listener = &status["listeners"][0];
+    assert_eq!(listener["advertise"], "https://lb.example.com:9080");
+    assert_eq!(listener["bind"], "127.0.0.1:0", "the configured bind");
 }
 
 #[tokio::test]

@@ -129,7 +129,7 @@ impl Controller {
         let old = self.shared.generation.load_full();
         let id = old.id + 1;
         let generation = Generation::build(id, old.config.clone(), Some(&old), old.policies.clone())?;
-        self.shared.generation.store(Arc::new(generation));
+        self.shared.install(generation);
         Ok(id)
     }
 
@@ -231,7 +231,7 @@ impl Controller {
                     tracing::info!(listener = %name, "certificates rotated for new handshakes");
                 }
             }
-            self.shared.generation.store(Arc::new(generation));
+            self.shared.install(generation);
             for (l, socket, tls) in bound {
                 match listener::spawn(
                     &l.name,

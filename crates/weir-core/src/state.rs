@@ -8,6 +8,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use std::collections::HashMap;
+
 use crate::generation::Generation;
 use crate::reload::{ReloadReport, ReloadRequest};
 
@@ -26,6 +28,9 @@ pub struct Shared {
     unready: AtomicBool,
     /// Listeners of the first generation are bound.
     started: AtomicBool,
+    /// Per plugin name: the file version (sha256) serving, and the generation that first
+    /// served it, for `/api/v1/status`. Written only when a generation is installed.
+    plugin_generations: Mutex<HashMap<String, (String, u64)>>,
     /// The client connections' tasks (and parked connections), which a graceful shutdown waits
     /// for. Here rather than in every connection's state: a parked connection takes its token
     /// from it.
@@ -34,8 +39,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(generation: Generation) -> Self {
+        let plugin_generations = Mutex::new(HashMap::new());
+        note_plugins(&plugin_generations, &generation);
         Shared {
             generation: ArcSwap::from_pointee(generation),
+            plugin_generations,
             reloads: OnceLock::new(),
             last_reload: Mutex::new(None),
             reloads_ok: AtomicU64::new(0),
@@ -46,6 +54,18 @@ impl Shared {
             started: AtomicBool::new(false),
             connections: TaskTracker::new(),
         }
+    }
+
+    /// Makes `generation` the one new requests pin, noting which plugin versions it brought.
+    pub fn install(&self, generation: Generation) {
+        note_plugins(&self.plugin_generations, &generation);
+        self.generation.store(std::sync::Arc::new(generation));
+    }
+
+    /// The generation that first served the plugin `name` at version `sha256`.
+    pub fn plugin_generation(&self, name: &str, sha256: &str) -> Option<u64> {
+        let map = self.plugin_generations.lock().ok()?;
+        map.get(name).filter(|(sha, _)| sha == sha256).map(|(_, g)| *g)
     }
 
     pub fn next_request_id(&self) -> u64 {
@@ -79,5 +99,19 @@ impl Shared {
 
     pub fn operator_ready(&self) -> bool {
         !self.unready.load(Ordering::Acquire)
+    }
+}
+
+/// Records, for each plugin of `generation` whose version is new, that this generation
+/// brought it. A plugin served natively (its file absent) counts as the version `native`.
+fn note_plugins(map: &Mutex<HashMap<String, (String, u64)>>, generation: &Generation) {
+    let Ok(mut map) = map.lock() else { return };
+    let status = generation.policies.status();
+    for p in status.as_array().into_iter().flatten() {
+        let Some(name) = p["name"].as_str() else { continue };
+        let sha = p["sha256"].as_str().unwrap_or("native");
+        if map.get(name).is_none_or(|(known, _)| known != sha) {
+            map.insert(name.to_string(), (sha.to_string(), generation.id));
+        }
     }
 }
