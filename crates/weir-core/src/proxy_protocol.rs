@@ -81,6 +81,7 @@ impl From<v1::IPv6> for Named {
 /// The caller bounds the wait (the listener's `header_timeout`).
 pub async fn read(stream: &mut TcpStream) -> Result<Option<Named>, Refused> {
     let mut peeked = [0u8; V1_MAX];
+    let mut wait = Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut peeked).await.map_err(Refused::Io)?;
         if n == 0 {
@@ -102,8 +103,12 @@ pub async fn read(stream: &mut TcpStream) -> Result<Option<Named>, Refused> {
             return Err(Refused::Missing);
         }
         // A header split across packets: wait for the rest (bounded by the caller's timeout).
-        // Peeking again at once would only see the same bytes.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Peeking again at once would only see the same bytes, and the socket stays readable
+        // while they wait, so this polls: after 1 ms (the rest of a split header is a round
+        // trip away), then less and less often, so that a client stalling mid-header costs
+        // a few wake-ups a second rather than a thousand.
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
     }
 }
 
