@@ -132,7 +132,11 @@ async fn get_h2(addr: std::net::SocketAddr) -> Result<(u16, Result<Bytes, String
     let req = http::Request::get("http://gw.test/case")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(status_and_body(send.send_request(req).await.map_err(|e| e.to_string())?).await)
+}
+
+/// A response's status and its whole body, or why the body broke.
+async fn status_and_body(resp: http::Response<hyper::body::Incoming>) -> (u16, Result<Bytes, String>) {
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
@@ -140,7 +144,7 @@ async fn get_h2(addr: std::net::SocketAddr) -> Result<(u16, Result<Bytes, String
         .await
         .map(|b| b.to_bytes())
         .map_err(|e| e.to_string());
-    Ok((status, body))
+    (status, body)
 }
 
 /// One GET through the gateway on `send`: the status and the body, or why the body broke.
@@ -151,15 +155,7 @@ async fn get_once(
         .header("host", "gw.test")
         .body(Empty::new())
         .unwrap();
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(|e| e.to_string());
-    Ok((status, body))
+    Ok(status_and_body(send.send_request(req).await.map_err(|e| e.to_string())?).await)
 }
 
 #[test]
