@@ -30,7 +30,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("`{text}`: number too large"))?;
         let unit_start = i;
-        while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
+        // Letters, and whole non-ASCII characters (`µs`): the slice ends on a char boundary.
+        while i < bytes.len() && (bytes[i].is_ascii_alphabetic() || !bytes[i].is_ascii()) {
             i += 1;
         }
         let unit = &text[unit_start..i];
@@ -109,6 +110,14 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn micro_sign_is_a_unit() {
+        assert_eq!(parse_duration("250µs"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("250µ").is_err_and(|e| e.contains("unknown unit")));
+        assert!(parse_duration("5é").is_err_and(|e| e.contains("unknown unit")));
     }
 
     #[test]
