@@ -230,20 +230,6 @@ impl Admin {
         }
     }
 
-    /// The policies' own report, each plugin with the generation that first served its
-    /// version (DESIGN §5).
-    fn plugins_status(&self, g: &crate::generation::Generation) -> serde_json::Value {
-        let mut plugins = g.policies.status();
-        for p in plugins.as_array_mut().into_iter().flatten() {
-            let name = p["name"].as_str().unwrap_or_default().to_string();
-            let sha = p["sha256"].as_str().unwrap_or("native").to_string();
-            if let Some(obj) = p.as_object_mut() {
-                obj.insert("generation".into(), self.shared.plugin_generation(&name, &sha).into());
-            }
-        }
-        plugins
-    }
-
     fn status(&self) -> serde_json::Value {
         let g = self.shared.generation.load();
         let listeners: Vec<_> = g
@@ -293,7 +279,7 @@ impl Admin {
             "draining": self.shared.is_draining(),
             "listeners": listeners,
             "pools": pools,
-            "plugins": self.plugins_status(&g),
+            "plugins": self.shared.plugins_status(&g),
             "last_reload": self.shared.last_reload.lock().ok().and_then(|r| r.clone()),
             "reloads": { "ok": self.shared.reloads_ok.load(std::sync::atomic::Ordering::Relaxed), "failed": self.shared.reloads_failed.load(std::sync::atomic::Ordering::Relaxed) },
         })

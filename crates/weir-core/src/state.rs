@@ -62,10 +62,22 @@ impl Shared {
         self.generation.store(std::sync::Arc::new(generation));
     }
 
-    /// The generation that first served the plugin `name` at version `sha256`.
-    pub fn plugin_generation(&self, name: &str, sha256: &str) -> Option<u64> {
-        let map = self.plugin_generations.lock().ok()?;
-        map.get(name).filter(|(sha, _)| sha == sha256).map(|(_, g)| *g)
+    /// `generation`'s plugin report for `/api/v1/status`, each plugin with the generation that
+    /// first served its version (DESIGN §5).
+    pub fn plugins_status(&self, generation: &Generation) -> serde_json::Value {
+        let mut plugins = generation.policies.status();
+        let Ok(map) = self.plugin_generations.lock() else {
+            return plugins;
+        };
+        for p in plugins.as_array_mut().into_iter().flatten() {
+            let first = plugin_version(p)
+                .and_then(|(name, sha)| map.get(name).filter(|(known, _)| known == sha))
+                .map(|(_, g)| *g);
+            if let Some(obj) = p.as_object_mut() {
+                obj.insert("generation".into(), first.into());
+            }
+        }
+        plugins
     }
 
     pub fn next_request_id(&self) -> u64 {
@@ -107,11 +119,14 @@ impl Shared {
 fn note_plugins(map: &Mutex<HashMap<String, (String, u64)>>, generation: &Generation) {
     let Ok(mut map) = map.lock() else { return };
     let status = generation.policies.status();
-    for p in status.as_array().into_iter().flatten() {
-        let Some(name) = p["name"].as_str() else { continue };
-        let sha = p["sha256"].as_str().unwrap_or("native");
+    for (name, sha) in status.as_array().into_iter().flatten().filter_map(plugin_version) {
         if map.get(name).is_none_or(|(known, _)| known != sha) {
             map.insert(name.to_string(), (sha.to_string(), generation.id));
         }
     }
+}
+
+/// A plugin entry's name and version: its sha256, or `native` for a policy served natively.
+fn plugin_version(p: &serde_json::Value) -> Option<(&str, &str)> {
+    Some((p["name"].as_str()?, p["sha256"].as_str().unwrap_or("native")))
 }
