@@ -163,6 +163,70 @@ fn key_span(table: &dyn toml_edit::TableLike, key: &str) -> Option<usize> {
     table.get_key_value(key).and_then(|(k, _)| k.span()).map(|s| s.start)
 }
 
+/// The key path written at byte `offset` of `src`: the deepest key whose name or value covers it,
+/// or whose table header does (`[pool.passive]` for an error about the whole table). The TOML
+/// parser's schema errors carry only a span; this names the key they are about.
+pub fn key_at(src: &str, offset: usize) -> Option<KeyPath> {
+    let doc = toml_edit::Document::parse(src).ok()?;
+    key_in_table(doc.as_table(), &KeyPath::root(), offset)
+}
+
+fn covers(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+    span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+}
+
+fn key_in_table(table: &dyn toml_edit::TableLike, path: &KeyPath, offset: usize) -> Option<KeyPath> {
+    for (name, item) in table.iter() {
+        let here = path.key(name);
+        let key_span = table.get_key_value(name).and_then(|(k, _)| k.span());
+        match item {
+            toml_edit::Item::Value(value) => {
+                if covers(value.span(), offset) {
+                    return Some(key_in_value(value, &here, offset).unwrap_or(here));
+                }
+                if covers(key_span, offset) {
+                    return Some(here);
+                }
+            }
+            toml_edit::Item::Table(t) => {
+                if let Some(found) = key_in_table(t, &here, offset) {
+                    return Some(found);
+                }
+                if covers(t.span(), offset) || covers(key_span, offset) {
+                    return Some(here);
+                }
+            }
+            toml_edit::Item::ArrayOfTables(tables) => {
+                for (i, t) in tables.iter().enumerate() {
+                    let nth = here.index(i);
+                    if let Some(found) = key_in_table(t, &nth, offset) {
+                        return Some(found);
+                    }
+                    if covers(t.span(), offset) {
+                        return Some(nth);
+                    }
+                }
+            }
+            toml_edit::Item::None => {}
+        }
+    }
+    None
+}
+
+/// Inside an inline table or array value: the deepest element covering `offset`.
+fn key_in_value(value: &toml_edit::Value, path: &KeyPath, offset: usize) -> Option<KeyPath> {
+    match value {
+        toml_edit::Value::InlineTable(t) => key_in_table(t, path, offset),
+        toml_edit::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
+            covers(v.span(), offset).then(|| {
+                let nth = path.index(i);
+                key_in_value(v, &nth, offset).unwrap_or(nth)
+            })
+        }),
+        _ => None,
+    }
+}
+
 pub(crate) fn locate_issue(src: &str, file: &Path, issue: Issue) -> ConfigError {
     let (line, column) = locate(src, &issue.path)
         .map(|offset| line_col(src, offset))
@@ -180,11 +244,18 @@ pub(crate) fn locate_issue(src: &str, file: &Path, issue: Issue) -> ConfigError 
 /// Converts a TOML syntax or schema error (which carries its own span) into a located error.
 pub(crate) fn from_toml(src: &str, file: &Path, err: &toml::de::Error) -> ConfigError {
     let (line, column) = err.span().map(|s| line_col(src, s.start)).unwrap_or((0, 0));
+    let key = err
+        .span()
+        .and_then(|s| key_at(src, s.start))
+        .map(|path| path.to_string())
+        .unwrap_or_default();
     let message = err.message().trim().to_string();
     let help = if message.contains("unknown field") {
         Some("remove the key or fix its spelling; the accepted keys are listed above".to_string())
     } else if message.contains("missing field") {
         Some("add the key; it has no default".to_string())
+    } else if message.starts_with("invalid type") {
+        Some(type_help(&message).to_string())
     } else {
         None
     };
@@ -192,9 +263,28 @@ pub(crate) fn from_toml(src: &str, file: &Path, err: &toml::de::Error) -> Config
         file: file.to_path_buf(),
         line,
         column,
-        key: String::new(),
+        key,
         message,
         help,
+    }
+}
+
+/// What to write instead, for serde's "invalid type: ..., expected ..." (which names Rust types).
+fn type_help(message: &str) -> &'static str {
+    let expected = message.rsplit("expected ").next().unwrap_or("").trim();
+    let integer = ["u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64"];
+    if integer.contains(&expected) {
+        "write a whole number without quotes, e.g. `3`"
+    } else if expected.contains("string") {
+        "write the value in double quotes, e.g. `\"5s\"`"
+    } else if expected.contains("bool") {
+        "write `true` or `false` without quotes"
+    } else if expected.contains("sequence") {
+        "write a list in square brackets, e.g. `[\"a\", \"b\"]`"
+    } else if expected.contains("map") {
+        "write a table, e.g. `config = { key = \"value\" }`"
+    } else {
+        "check the key's type in the schema (DESIGN §3)"
     }
 }
 

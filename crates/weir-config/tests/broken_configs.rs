@@ -126,6 +126,7 @@ proptest! {
         let (path, original) = &configs[which % configs.len()];
         let src = apply(original, &edits);
         let lines = src.lines().count();
+        let valid_toml = src.parse::<toml::Table>().is_ok();
         match parse(&src, path) {
             Ok(config) => {
                 if let Ok(before) = parse(original, path) {
@@ -139,6 +140,8 @@ proptest! {
                     prop_assert!(e.line >= 1 && e.line <= lines + 1, "{} (of {} lines)\n{}", e, lines, src);
                     prop_assert!(e.column >= 1, "{}", e);
                     prop_assert!(!e.message.is_empty(), "{}", e);
+                    // Past the syntax, every error is about a key, and names it.
+                    prop_assert!(!valid_toml || !e.key.is_empty(), "{}\n{}", e, src);
                 }
             }
         }

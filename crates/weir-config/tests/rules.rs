@@ -135,7 +135,42 @@ fn unknown_key_is_located() {
     let errs = errors(&src);
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].line, 6, "{}", errs[0]);
+    assert_eq!(errs[0].key, "listener[0].bnid", "{}", errs[0]);
     assert!(errs[0].message.contains("unknown field `bnid`"), "{}", errs[0]);
+}
+
+/// The TOML parser's schema errors carry only a span; the error names the key written there.
+#[test]
+fn wrong_types_name_their_key() {
+    let nested = format!("{BASE}[pool.passive]\nmax_fails = \"two\"\n");
+    assert_one(&nested, "pool[0].passive.max_fails", 12, "invalid type: string \"two\"");
+    let e = &errors(&nested)[0];
+    assert!(e.help.as_deref().is_some_and(|h| h.contains("whole number")), "{e}");
+    assert!(e.to_string().contains("key `pool[0].passive.max_fails`"), "{e}");
+
+    let top = BASE.replace("pool = \"app\"\n", "pool = 3\n");
+    assert_one(&top, "listener[0].pool", 5, "invalid type: integer `3`");
+    assert!(
+        errors(&top)[0]
+            .help
+            .as_deref()
+            .is_some_and(|h| h.contains("double quotes"))
+    );
+
+    let second = format!("{BASE}[[pool.endpoint]]\naddress = \"127.0.0.1:9002\"\nbackup = \"yes\"\n");
+    assert_one(&second, "pool[0].endpoint[1].backup", 13, "invalid type");
+
+    let inline = BASE.replace(
+        "name = \"app\"\n",
+        "name = \"app\"\nbalancer = { plugin = \"round-robin\", config = { a = 1 }, extra = true }\n",
+    );
+    assert_one(&inline, "pool[0].balancer.extra", 9, "unknown field `extra`");
+}
+
+#[test]
+fn missing_key_names_its_table() {
+    let src = format!("{BASE}[[pool.endpoint]]\nweight = 2\n");
+    assert_one(&src, "pool[0].endpoint[1]", 11, "missing field `address`");
 }
 
 #[test]
