@@ -132,8 +132,14 @@ fn check(path: &std::path::Path) -> ExitCode {
         );
         ExitCode::SUCCESS
     } else {
+        let file = format!("{}:", path.display());
         for e in &errors {
-            eprintln!("error: {}: {e}", path.display());
+            // Plugin errors say where the plugin is named (`file:line:column: key ...`).
+            if e.starts_with(&file) {
+                eprintln!("error: {e}");
+            } else {
+                eprintln!("error: {file} {e}");
+            }
         }
         eprintln!("{}: {} error(s)", path.display(), errors.len());
         ExitCode::from(1)

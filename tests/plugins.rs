@@ -424,6 +424,11 @@ async fn bad_plugin_files_are_refused_with_a_reason() {
             .unwrap_or_else(|| panic!("{plugin} was accepted"));
         assert!(err.contains(reason), "{plugin}: {err}");
         assert!(err.contains(plugin), "{plugin}: {err}");
+        // Said where the plugin is named: `.../weir.toml:LINE:COLUMN: key `pool[0].balancer``.
+        assert!(
+            err.contains("weir.toml:") && err.contains("key `pool[0].balancer`"),
+            "{plugin}: {err}"
+        );
     }
 }
 

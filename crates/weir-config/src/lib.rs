@@ -41,7 +41,7 @@ pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigErrors> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let ctx = validate::Context { base_dir };
+    let ctx = validate::Context { base_dir, file, src };
     match validate::validate(raw, &ctx) {
         Ok(mut config) => {
             config.source = Some(file.to_path_buf());

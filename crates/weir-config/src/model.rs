@@ -97,11 +97,22 @@ pub struct Advertise {
     pub authority: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PluginRef {
     pub plugin: String,
     /// The plugin's `config` table as JSON text (what `lifecycle.init` receives).
     pub config_json: String,
+    /// Where the reference is written, as errors begin: `weir.toml:9:10: key `listener[0].router``.
+    /// A plugin that cannot load, or whose `init` refuses its config, is reported there.
+    pub at: String,
+}
+
+/// Two references are the same when they name the same plugin with the same config: where they
+/// are written does not matter (a reload that only moves lines changes nothing).
+impl PartialEq for PluginRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.plugin == other.plugin && self.config_json == other.config_json
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

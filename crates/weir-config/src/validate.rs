@@ -19,6 +19,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Everything `validate` needs beyond the raw struct: where relative paths resolve from.
 pub struct Context<'a> {
     pub base_dir: &'a Path,
+    /// The file and its text, to say where a plugin reference is written.
+    pub file: &'a Path,
+    pub src: &'a str,
 }
 
 struct V<'a> {
@@ -29,6 +32,14 @@ struct V<'a> {
 impl V<'_> {
     fn issue(&mut self, issue: Issue) {
         self.issues.push(issue);
+    }
+
+    /// `file:line:column: key `path`` for what is written at `path` (or the table around it).
+    fn at(&self, path: &KeyPath) -> String {
+        let (line, column) = crate::error::locate(self.ctx.src, path)
+            .map(|offset| crate::error::line_col(self.ctx.src, offset))
+            .unwrap_or((1, 1));
+        format!("{}:{line}:{column}: key `{path}`", self.ctx.file.display())
     }
 
     fn duration(&mut self, path: KeyPath, value: Option<&String>, default: &str) -> Duration {
@@ -110,6 +121,7 @@ impl V<'_> {
         Some(PluginRef {
             plugin: raw.plugin.clone(),
             config_json,
+            at: self.at(&path),
         })
     }
 }
@@ -675,6 +687,7 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
             .unwrap_or_else(|| PluginRef {
                 plugin: DEFAULT_BALANCER.to_string(),
                 config_json: "{}".to_string(),
+                at: v.at(&path.key("balancer")),
             }),
         failover: v.plugin_ref(path.key("failover"), raw.failover.as_ref()),
         timeouts,

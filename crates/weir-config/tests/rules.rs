@@ -167,6 +167,33 @@ fn wrong_types_name_their_key() {
     assert_one(&inline, "pool[0].balancer.extra", 9, "unknown field `extra`");
 }
 
+/// Plugins load after validation; their errors begin with where the reference is written.
+#[test]
+fn plugin_references_know_where_they_are_written() {
+    let src = BASE
+        .replace(
+            "pool = \"app\"\n",
+            "pool = \"app\"\nrouter = { plugin = \"host-router\" }\n",
+        )
+        .replace(
+            "name = \"app\"\n",
+            "name = \"app\"\nfailover = { plugin = \"retry-idempotent\" }\n",
+        );
+    let c = parse(&src, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let router = c.listeners[0].router.as_ref().map(|r| r.at.as_str());
+    assert_eq!(router, Some("test.toml:6:10: key `listener[0].router`"));
+    assert_eq!(
+        c.pools[0].failover.as_ref().map(|r| r.at.as_str()),
+        Some("test.toml:10:12: key `pool[0].failover`")
+    );
+    // No `balancer` key: the default is said to come from the pool's table.
+    assert_eq!(c.pools[0].balancer.at, "test.toml:8:1: key `pool[0].balancer`");
+    // Moving a reference to another line does not make it another reference.
+    let moved = parse(&format!("\n{src}"), Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(moved.pools[0].balancer.at, c.pools[0].balancer.at);
+    assert_eq!(moved.pools[0].balancer, c.pools[0].balancer);
+}
+
 #[test]
 fn missing_key_names_its_table() {
     let src = format!("{BASE}[[pool.endpoint]]\nweight = 2\n");

@@ -221,7 +221,8 @@ impl PolicyFactory for WasmPolicies {
                     continue;
                 }
                 errors.push(format!(
-                    "plugin `{}`: {} not found (build the plugins with scripts/build-plugins.sh)",
+                    "{}: plugin `{}`: {} not found (build the plugins with scripts/build-plugins.sh)",
+                    r.at,
                     r.plugin,
                     path.display()
                 ));
@@ -236,7 +237,7 @@ impl PolicyFactory for WasmPolicies {
                         l
                     }
                     Err(e) => {
-                        errors.push(e);
+                        errors.push(format!("{}: {e}", r.at));
                         continue;
                     }
                 },
@@ -265,7 +266,7 @@ impl PolicyFactory for WasmPolicies {
                 Ok(v) => {
                     versions.insert(key, Arc::new(v));
                 }
-                Err(e) => errors.push(e),
+                Err(e) => errors.push(format!("{}: {e}", r.at)),
             }
         }
         if !errors.is_empty() {
