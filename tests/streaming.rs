@@ -45,6 +45,16 @@ async fn ten_mib_each_way_stream_with_flat_memory() {
     let j: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(j["body_len"], TEN_MIB);
     assert_eq!(up.body_bytes(), TEN_MIB);
+    // The client sends 64 KiB chunks as fast as the socket takes them; weir's reads of the
+    // body grow past its first 4-8 KiB, so the chunks it forwards (whose size bounds what the
+    // upstream's hyper hands over) do too. They stayed at 8 KiB when the read buffer was
+    // capped at its pooled size (a 20 MB upload from curl in 64 KiB chunks reached the
+    // upstream as 5,298 chunks, now 392).
+    let max_frame = j["max_frame"].as_u64().unwrap_or(0);
+    assert!(
+        max_frame > 8 * 1024,
+        "largest body piece the upstream got: {max_frame} bytes"
+    );
 
     let grown_kib = proc_status_kib("VmHWM").saturating_sub(before);
     // Buffering either body whole would add at least 10 MiB to the peak.

@@ -3,7 +3,8 @@
 //!
 //! Paths: `/delay/<ms>` answers after a delay; `/status/<code>` answers that status; `/bytes/<n>`
 //! streams `n` bytes; `/hang` never answers; `/ws` is a WebSocket echo; anything else echoes the
-//! request as JSON (`method`, `path`, `headers`, `body_len`, `upstream`). Request bodies are
+//! request as JSON (`method`, `path`, `headers`, `body_len`, `max_frame`: the largest piece of
+//! body hyper handed over, `upstream`). Request bodies are
 //! counted as they stream, never buffered.
 
 use std::net::SocketAddr;
@@ -208,11 +209,13 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
     }
     let mut body = req.into_body();
     let mut body_len = 0u64;
+    let mut max_frame = 0usize;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     body_len += d.len() as u64;
+                    max_frame = max_frame.max(d.len());
                     c.body_bytes.fetch_add(d.len() as u64, Ordering::SeqCst);
                 }
             }
@@ -224,7 +227,7 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
             }
         }
     }
-    let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "headers": headers, "body_len": body_len });
+    let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "headers": headers, "body_len": body_len, "max_frame": max_frame });
     let mut resp = Response::new(full(json.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert("x-upstream", name.parse().unwrap());

@@ -12,11 +12,12 @@ use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use crate::bufpool::FRONT_READ;
 use crate::client_body::ClientBodyError;
-use crate::h1client::conn::take_fixed;
+use crate::h1client::conn::{MAX_READ, make_room, take_fixed};
 use crate::h1client::{ChunkedDecoder, Decoded};
 
-use super::io::{ConnIo, make_room};
+use super::io::ConnIo;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -41,6 +42,10 @@ pub struct RequestBody {
     /// Bytes of `100 Continue` still to write before the first read (`Expect: 100-continue`).
     continue_at: Option<usize>,
     back: Option<oneshot::Sender<ConnIo>>,
+    /// Room asked for before a read: from [`FRONT_READ`], doubled each time a read fills it, up
+    /// to [`MAX_READ`]. A large upload then moves in reads of up to 256 KiB instead of 4 KiB
+    /// (60× fewer reads and chunks); a small body never takes more than the first size.
+    read_size: usize,
 }
 
 /// How the body after a head is framed, for [`RequestBody::new`].
@@ -80,6 +85,7 @@ impl RequestBody {
             waiting: false,
             continue_at,
             back: Some(tx),
+            read_size: FRONT_READ,
         };
         (body, rx)
     }
@@ -149,10 +155,15 @@ impl RequestBody {
                     Err(e) => return self.fail(400, e),
                 }
             }
-            make_room(&mut conn.rbuf);
+            make_room(&mut conn.rbuf, self.read_size);
+            let room = conn.rbuf.capacity() - conn.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.rbuf) {
                 Poll::Ready(Ok(0)) => return self.fail(400, "client closed the connection inside the body"),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if n == room && self.read_size < MAX_READ {
+                        self.read_size *= 2;
+                    }
+                }
                 Poll::Ready(Err(e)) => return self.fail(400, e),
                 Poll::Pending => {
                     if !self.waiting {

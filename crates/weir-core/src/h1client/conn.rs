@@ -23,8 +23,9 @@ use super::timer::{ReusedTimer, TimedOut};
 use crate::bufpool::{self, UPSTREAM_READ as READ_CHUNK};
 use crate::client_body::{ClientBody, ClientBodyError};
 
-/// Reads grow (doubling while they fill the room given) up to this for large bodies.
-const MAX_READ: usize = 256 * 1024;
+/// Reads grow (doubling while they fill the room given) up to this for large bodies, in both
+/// directions (the client's request bodies read the same way, [`crate::front::body`]).
+pub(crate) const MAX_READ: usize = 256 * 1024;
 /// Below this much free room the read buffer is grown (or reclaimed) before reading.
 const MIN_ROOM: usize = 1024;
 /// Request bodies up to this size go out in the same write as the head.
@@ -271,9 +272,15 @@ impl UpConn {
 /// ([`crate::front::io::make_room`]).
 pub(crate) fn make_room(buf: &mut BytesMut, size: usize) {
     if buf.capacity() == 0 {
-        // A first read takes a buffer of the caller's kind: the client side's smaller ones
-        // (`FRONT_READ`), or the upstream's (`READ_CHUNK`) for any larger size.
-        *buf = bufpool::take_read(size.min(READ_CHUNK));
+        // A first read takes a pooled buffer of the caller's kind: the client side's smaller
+        // ones (`FRONT_READ`) or the upstream's (`READ_CHUNK`). A body read that grew past
+        // those (its last read filled the room, and handed all of it on) gets its full size:
+        // capping it at the pooled size kept every large body at 8 KiB reads.
+        *buf = if size <= READ_CHUNK {
+            bufpool::take_read(size)
+        } else {
+            BytesMut::with_capacity(size)
+        };
     }
     if buf.capacity() - buf.len() < MIN_ROOM {
         buf.reserve(size);
@@ -358,11 +365,11 @@ async fn send_body<W: AsyncWrite + Unpin>(
             scratch.extend_from_slice(b"\r\n");
             writer.write_all(scratch).await.map_err(SendError::Io)?;
         } else {
+            // Size line, data and CRLF in one vectored write, without copying the data.
             scratch.clear();
             put_chunk_size(data.len(), scratch);
-            writer.write_all(scratch).await.map_err(SendError::Io)?;
-            writer.write_all(&data).await.map_err(SendError::Io)?;
-            writer.write_all(b"\r\n").await.map_err(SendError::Io)?;
+            let mut framed = bytes::Buf::chain(bytes::Buf::chain(&scratch[..], &data[..]), &b"\r\n"[..]);
+            writer.write_all_buf(&mut framed).await.map_err(SendError::Io)?;
         }
     }
     if chunked {
@@ -492,6 +499,28 @@ impl ResponseBody {
                 Ok(_) => {}
                 Err(e) => return self.fail(BodyError::Io(e)),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body read that has grown asks for its full size even when the last read's bytes were
+    /// all handed on (the buffer has no capacity left); small sizes come from the pool.
+    #[test]
+    fn make_room_gives_a_grown_read_its_size() {
+        for size in [bufpool::FRONT_READ, READ_CHUNK, 64 * 1024, MAX_READ] {
+            let mut buf = BytesMut::new();
+            make_room(&mut buf, size);
+            assert!(buf.capacity() >= size, "{size}: {}", buf.capacity());
+            // Everything read is handed on: the next read still gets the size asked for.
+            buf.resize(buf.capacity(), 0);
+            let _handed_on = buf.split().freeze();
+            assert_eq!(buf.capacity(), 0);
+            make_room(&mut buf, size);
+            assert!(buf.capacity() >= size, "{size} again: {}", buf.capacity());
         }
     }
 }
