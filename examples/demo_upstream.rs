@@ -1,12 +1,14 @@
 //! A tiny upstream for trying weir: `cargo run --example demo_upstream -- <port> <name> [bytes]`
 //! answers every request with `hello from <name>` and the path it saw, padded with `.` to
-//! `bytes` when given (the load benchmark asks for ~100-byte bodies).
+//! `bytes` when given (the load benchmark asks for ~100-byte bodies). A request body is read
+//! and its length answered; `/bytes/<n>` answers n bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
@@ -30,7 +32,25 @@ async fn main() {
                     body.push('.');
                 }
                 body.push('\n');
-                async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                // `/bytes/<n>` answers n bytes (benches/load/bodies.sh downloads).
+                let bytes: Option<usize> = req.uri().path().strip_prefix("/bytes/").and_then(|n| n.parse().ok());
+                let has_body = !req.body().is_end_stream();
+                async move {
+                    if has_body {
+                        // Read (and count) a request body before answering (uploads).
+                        let mut incoming = req.into_body();
+                        let mut len = 0usize;
+                        while let Some(Ok(frame)) = incoming.frame().await {
+                            len += frame.data_ref().map_or(0, |d| d.len());
+                        }
+                        body = format!("{}{len} bytes\n", body.trim_end_matches(['.', '\n']));
+                    }
+                    let body = match bytes {
+                        Some(n) => Bytes::from(vec![b'x'; n.min(1 << 30)]),
+                        None => Bytes::from(body),
+                    };
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
