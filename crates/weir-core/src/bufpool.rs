@@ -95,6 +95,12 @@ pub fn give_read(buf: &mut BytesMut, size: usize) {
     if buf.capacity() == 0 || !buf.is_empty() {
         return;
     }
+    if buf.capacity() > 2 * size {
+        // Grown for a large body (reads of up to 256 KiB): freed, not pooled, or a pool of
+        // 64 could pin 16 MiB per thread after a burst of downloads.
+        *buf = BytesMut::new();
+        return;
+    }
     keep(read_pool(size), std::mem::take(buf));
 }
 
@@ -166,6 +172,19 @@ mod tests {
             b"GET / HTTP/1.1\r\n\r\n",
             "the bytes in flight are untouched"
         );
+    }
+
+    #[test]
+    fn a_grown_buffer_is_freed_not_pooled() {
+        let pooled = || UPSTREAM_BUFS.with_borrow(Vec::len);
+        let before = pooled();
+        let mut big = BytesMut::with_capacity(256 * 1024);
+        give_read(&mut big, UPSTREAM_READ);
+        assert_eq!(big.capacity(), 0);
+        assert_eq!(pooled(), before, "a 256 KiB buffer sits in the pool");
+        let mut small = take_read(UPSTREAM_READ);
+        give_read(&mut small, UPSTREAM_READ);
+        assert_eq!(pooled(), before + 1);
     }
 
     #[test]
