@@ -263,3 +263,41 @@ async fn a_client_sending_an_ip_address_as_sni_is_not_a_log_line_per_connection(
         assert!(!log.contains("Illegal SNI"), "{log}");
     }
 }
+
+/// A replica whose name does not resolve (a container not up yet) is one warning when its lookups
+/// start failing, with the resolver's error, not a warning per lookup: the resolve loop and every
+/// request that picks it look it up again.
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_logged_once_not_per_lookup() {
+    let up = Upstream::start("a").await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nresolve_interval = \"20ms\"\n[[pool.endpoint]]\naddress = \"{}\"\n[[pool.endpoint]]\naddress = \"replica-b.invalid:{}\"\n",
+        up.addr,
+        up.addr.port()
+    );
+    let env = [("WEIR_LOG", "info,weir_core::upstream=debug")];
+    let mut weir = WeirProcess::spawn_with_env(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap(), &[], &env);
+    weir.wait_ready().await;
+    for _ in 0..4 {
+        assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
+    }
+    let retried = eventually(Duration::from_secs(30), async || {
+        weir.stderr_text().matches("name resolution still failing").count() >= 3
+    })
+    .await;
+    let log = weir.stderr_text();
+    assert!(retried, "the name was not looked up again:\n{log}");
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains("name resolution failed")).collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("replica-b.invalid"),
+        "{}",
+        warned[0]
+    );
+    assert!(
+        warned[0].contains("error="),
+        "the resolver's error is missing: {}",
+        warned[0]
+    );
+}

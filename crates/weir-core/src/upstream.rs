@@ -102,6 +102,9 @@ pub struct Endpoint {
     resolved: arc_swap::ArcSwapOption<Vec<SocketAddr>>,
     /// Which of `resolved` took the last new connection: the next one tries it first.
     preferred: AtomicUsize,
+    /// Whether the last lookup of the hostname failed: a failing name is logged when it starts
+    /// failing and when it resolves again, not on every retry of the lookup.
+    lookup_failing: std::sync::atomic::AtomicBool,
     /// Unbounded, and allocated as it fills (blocks of 31 slots): the sweep bounds it.
     idle: SegQueue<Idle>,
     /// The most requests in flight at once since the last sweep.
@@ -159,6 +162,7 @@ impl Endpoint {
             attempts: Default::default(),
             resolved: arc_swap::ArcSwapOption::empty(),
             preferred: AtomicUsize::new(0),
+            lookup_failing: std::sync::atomic::AtomicBool::new(false),
             idle: SegQueue::new(),
             peak_in_flight: AtomicU32::new(0),
             previous_peak: AtomicU32::new(0),
@@ -445,10 +449,23 @@ impl Endpoint {
             addrs
         });
         match looked_up {
-            Ok(addrs) if !addrs.is_empty() => Ok(self.set_addresses(addrs)),
-            Ok(_) | Err(_) => {
+            Ok(addrs) if !addrs.is_empty() => {
+                if self.lookup_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(endpoint = %self.label, addresses = ?addrs, "name resolves again");
+                }
+                Ok(self.set_addresses(addrs))
+            }
+            failed => {
+                let error = match failed {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "no addresses".to_string(),
+                };
                 let last = self.resolved.load_full();
-                tracing::warn!(endpoint = %self.label, kept = ?last.as_deref(), "name resolution failed; keeping the last good addresses");
+                if self.lookup_failing.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(endpoint = %self.label, %error, "name resolution still failing");
+                } else {
+                    tracing::warn!(endpoint = %self.label, %error, kept = ?last.as_deref(), "name resolution failed; keeping the last good addresses (logged again when it resolves)");
+                }
                 last.ok_or_else(|| ConnectError::NoAddress(self.label.clone()))
             }
         }
