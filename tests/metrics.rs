@@ -57,6 +57,9 @@ async fn metrics_parse_and_match_the_traffic() {
         3.0
     );
     assert_eq!(value(s, "weir_request_duration_seconds_count", &route), 8.0, "{text}");
+    // Nothing refused by the front, and no access log to fall behind: both counters are there at 0.
+    assert_eq!(value(s, "weir_requests_refused_total", &[route[0]]), 0.0, "{text}");
+    assert!(text.contains("\nweir_access_log_dropped_total 0\n"), "{text}");
     assert_eq!(
         value(
             s,

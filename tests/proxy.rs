@@ -171,25 +171,36 @@ async fn keep_alive_connections_are_reused_upstream() {
     );
 }
 
+/// The access log (one process-wide file writer: one test owns it in this binary): a JSON line
+/// per request, requests the front refuses included (also counted in
+/// `weir_requests_refused_total`), and a file rotated away is replaced by a new one at the path.
 #[tokio::test]
 async fn the_access_log_has_one_json_line_per_request() {
     let up = Upstream::start("a").await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let toml = format!("[runtime]\naccess_log = \"{}\"\n{}", log.display(), one_pool(&[&up]));
+    let toml = format!("[runtime]\naccess_log = \"{}\"\n{}", log.display(), one_pool(&[&up]))
+        .replace("name = \"client\"", "name = \"logged\"");
     let gw = TestGateway::start(&toml).await;
     for path in ["/one", "/status/404", "/three"] {
-        get(&gw.url("client", path)).await;
+        get(&gw.url("logged", path)).await;
     }
-    let lines = || {
-        std::fs::read_to_string(&log)
+    let refused = raw_exchange(
+        gw.addr("logged"),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
+    let lines_of = |file: &std::path::Path| {
+        std::fs::read_to_string(file)
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
+    let lines = || lines_of(&log);
     assert!(
-        eventually(std::time::Duration::from_secs(5), async || lines().len() == 3).await,
+        eventually(std::time::Duration::from_secs(5), async || lines().len() == 4).await,
         "{:?}",
         lines()
     );
@@ -197,14 +208,47 @@ async fn the_access_log_has_one_json_line_per_request() {
     assert_eq!(entries[1]["path"], "/status/404");
     assert_eq!(entries[1]["status"], 404);
     for e in &entries {
-        assert_eq!(e["listener"], "client");
+        assert_eq!(e["listener"], "logged");
         assert!(e["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{e}");
-        assert_eq!(e["pool"], "app");
-        assert_eq!(e["endpoint"], up.addr.to_string());
-        assert_eq!(e["attempts"], 1);
         assert_eq!(e["generation"], 1);
         assert!(e["duration_ms"].as_f64().unwrap() >= 0.0);
     }
+    for e in &entries[..3] {
+        assert_eq!(e["pool"], "app");
+        assert_eq!(e["endpoint"], up.addr.to_string());
+        assert_eq!(e["attempts"], 1);
+    }
+    let e = &entries[3];
+    assert_eq!(
+        (e["status"].as_u64(), e["pool"].as_str(), e["attempts"].as_u64()),
+        (Some(400), Some("-"), Some(0)),
+        "{e}"
+    );
+    let metrics = get(&gw.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("weir_requests_refused_total{listener=\"logged\",code=\"400\"} 1\n"),
+        "{metrics}"
+    );
+
+    // Rotated away (logrotate's rename): within a second or so, lines go to a new file at the path.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let moved_on = eventually(std::time::Duration::from_secs(10), async || {
+        get(&gw.url("logged", "/after")).await;
+        lines().iter().any(|l| l.contains("\"/after\""))
+    })
+    .await;
+    assert!(
+        moved_on,
+        "no line in a new {}; the rotated file has {:?}",
+        log.display(),
+        lines_of(&rotated)
+    );
+    let kept: Vec<serde_json::Value> = lines_of(&rotated)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kept[..4], entries[..], "the rotated file keeps what was written before");
 }
 
 /// Eight GETs of `url` at once, each answered 200.

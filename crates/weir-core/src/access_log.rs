@@ -3,9 +3,11 @@
 //! bounded channel to one writer task, so a slow disk never blocks a request (lines are dropped,
 //! and counted, when it falls behind).
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -44,33 +46,59 @@ fn sink_for(path: &PathBuf) -> Option<mpsc::Sender<String>> {
     {
         return Some(s.tx.clone());
     }
-    let (tx, mut rx) = mpsc::channel::<String>(65_536);
-    let file_path = path.clone();
-    tokio::spawn(async move {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&file_path)
-            .await;
-        let mut file = match file {
-            Ok(f) => tokio::io::BufWriter::new(f),
-            Err(e) => {
-                tracing::error!(file = %file_path.display(), error = %e, "cannot open the access log");
-                return;
-            }
-        };
-        while let Some(line) = rx.recv().await {
-            let _ = file.write_all(line.as_bytes()).await;
-            if rx.is_empty() {
-                let _ = file.flush().await;
-            }
-        }
-    });
+    let (tx, rx) = mpsc::channel::<String>(65_536);
+    tokio::spawn(write_lines(path.clone(), rx));
     *guard = Some(FileSink {
         path: path.clone(),
         tx: tx.clone(),
     });
     Some(tx)
+}
+
+/// How often the writer looks whether the file was rotated away (renamed or deleted).
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
+/// The file and the identity (device, inode) of what it opened.
+async fn open(path: &Path) -> Option<(tokio::io::BufWriter<tokio::fs::File>, (u64, u64))> {
+    let opened = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await;
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot open the access log (tried again every second)");
+            return None;
+        }
+    };
+    let id = file.metadata().await.map(|m| (m.dev(), m.ino())).unwrap_or_default();
+    Some((tokio::io::BufWriter::new(file), id))
+}
+
+/// The writer task: appends lines, and reopens the file when it was rotated away (logrotate
+/// without `copytruncate`: renamed, then a new file wanted at the path), checked at most once
+/// a second, so rotation needs no signal.
+async fn write_lines(path: PathBuf, mut rx: mpsc::Receiver<String>) {
+    let mut file = open(&path).await;
+    let mut checked = Instant::now();
+    while let Some(line) = rx.recv().await {
+        if checked.elapsed() >= ROTATION_CHECK {
+            checked = Instant::now();
+            let at_path = tokio::fs::metadata(&path).await.ok().map(|m| (m.dev(), m.ino()));
+            if at_path.is_none() || at_path != file.as_ref().map(|(_, id)| *id) {
+                if let Some((mut old, _)) = file.take() {
+                    let _ = old.flush().await;
+                    tracing::info!(file = %path.display(), "access log rotated: writing to a new file");
+                }
+                file = open(&path).await;
+            }
+        }
+        let Some((f, _)) = file.as_mut() else {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let _ = f.write_all(line.as_bytes()).await;
+        if rx.is_empty() {
+            let _ = f.flush().await;
+        }
+    }
 }
 
 pub fn write(config: &weir_config::AccessLog, entry: &Entry<'_>) {
@@ -103,4 +131,33 @@ pub fn write(config: &weir_config::AccessLog, entry: &Entry<'_>) {
             }
         }
     }
+}
+
+/// The line of a request the front refused before routing it: no pool, endpoint or attempt;
+/// method and path `-` (the head may not have parsed).
+pub fn refused(shared: &crate::state::Shared, info: &crate::proxy::ConnInfo, status: u16, bytes_out: u64) {
+    let generation = shared.generation.load();
+    let config = &generation.config.runtime.access_log;
+    if matches!(config, weir_config::AccessLog::Off) {
+        return;
+    }
+    write(
+        config,
+        &Entry {
+            ts_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            listener: &info.listener,
+            client: info.peer,
+            pool: "-",
+            endpoint: "-",
+            method: "-",
+            path: "-",
+            status,
+            duration_ms: 0.0,
+            attempts: 0,
+            generation: generation.id,
+            bytes_out: Some(bytes_out),
+        },
+    );
 }

@@ -131,6 +131,7 @@ pub struct Metrics {
     retries: DashMap<String, Arc<AtomicU64>>,
     connections: DashMap<String, Arc<AtomicI64>>,
     proxy_refused: DashMap<String, Arc<AtomicU64>>,
+    front_refused: DashMap<(String, u16), AtomicU64>,
 }
 
 /// The process's metrics.
@@ -160,6 +161,15 @@ impl Metrics {
     /// PROXY header (a rare path: looked up when it happens).
     pub fn proxy_refused(&self, listener: &str) -> Arc<AtomicU64> {
         self.proxy_refused.entry(listener.to_string()).or_default().clone()
+    }
+
+    /// Counts a request the HTTP/1 front answered itself with a 4xx before any routing
+    /// (malformed, too large, too slow). A rare path: looked up when it happens.
+    pub fn front_refused(&self, listener: &str, status: u16) {
+        self.front_refused
+            .entry((listener.to_string(), status))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -333,6 +343,25 @@ pub fn render(shared: &Shared) -> String {
         "weir_proxy_protocol_refused",
         "Connections closed for a missing, malformed or late PROXY header, by listener",
         refused,
+    );
+    let front_refused = Family::<Labels, Counter>::default();
+    for e in m.front_refused.iter() {
+        let (listener, code) = e.key();
+        front_refused
+            .get_or_create(&vec![("listener", listener.clone()), ("code", code.to_string())])
+            .inc_by(e.value().load(Ordering::Relaxed));
+    }
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(crate::access_log::DROPPED.load(Ordering::Relaxed));
+    reg.register(
+        "weir_access_log_dropped",
+        "Access-log lines dropped because the file writer fell behind or the file could not be opened",
+        dropped,
+    );
+    reg.register(
+        "weir_requests_refused",
+        "Requests the gateway answered itself with a 4xx before routing them (malformed, too large, too slow), by listener and status code",
+        front_refused,
     );
     reg.register(
         "weir_connections_parked",

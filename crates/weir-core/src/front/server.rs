@@ -167,7 +167,7 @@ pub fn serve<'a>(
                         Err(reject) => Some(reject),
                     };
                     if let Some(reject) = reject {
-                        Box::pin(refuse(conn, reject)).await;
+                        Box::pin(refuse(conn, reject, shared, info)).await;
                         return None;
                     }
                 }
@@ -196,7 +196,7 @@ pub fn serve<'a>(
                                 status: 408,
                                 reason: "request header timeout",
                             };
-                            Box::pin(refuse(conn, reject)).await;
+                            Box::pin(refuse(conn, reject, shared, info)).await;
                             return None;
                         }
                         if park_at(park_armed, wait_until, settings).is_some_and(|p| p <= Instant::now())
@@ -251,7 +251,7 @@ fn exchange<'a>(
                 // A malformed chunked body already in the buffer is refused before any of the
                 // request leaves weir.
                 if let Err(reject) = Chunked::default().feed(&conn.rbuf, settings.head.max_body_bytes) {
-                    Box::pin(refuse(conn, reject)).await;
+                    Box::pin(refuse(conn, reject, shared, info)).await;
                     return None;
                 }
                 Some(BodyFramingOut::Chunked)
@@ -559,9 +559,12 @@ async fn tunnel(mut conn: ConnIo, t: Tunnel) {
     let _ = tokio::io::copy_bidirectional(&mut conn.io, &mut upstream).await;
 }
 
-/// Answers a refused head with its 4xx and closes.
-async fn refuse(mut conn: ConnIo, reject: Reject) {
+/// Answers a refused head with its 4xx and closes; counts it
+/// (`weir_requests_refused_total`) and writes its access-log line.
+async fn refuse(mut conn: ConnIo, reject: Reject, shared: &Shared, info: &ConnInfo) {
+    crate::metrics::global().front_refused(&info.listener, reject.status);
     let response = refusal_response(reject);
+    crate::access_log::refused(shared, info, reject.status, response.len() as u64);
     if conn.io.write_all(&response).await.is_ok() {
         let _ = conn.io.flush().await;
         close(conn, true).await;
