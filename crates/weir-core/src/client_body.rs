@@ -62,6 +62,24 @@ fn h2_body_status(err: &hyper::Error) -> Option<u16> {
     None
 }
 
+impl ClientBody {
+    /// The next piece of an HTTP/2 body if it is already here, without waiting: `None` when it
+    /// is not (or for an HTTP/1 body, whose reads are already as large as what has arrived, and
+    /// whose body timer must not start while weir itself is busy writing upstream).
+    /// HTTP/2 cuts a body into DATA frames of at most 16 KiB; the upstream client gathers the
+    /// ones that arrived together into one write.
+    pub fn ready_frame(&mut self) -> Option<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let ClientBody::H2(b) = self else {
+            return None;
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(b).poll_frame(&mut cx) {
+            Poll::Ready(frame) => Some(frame.map(|r| r.map_err(ClientBodyError::from_h2))),
+            Poll::Pending => None,
+        }
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = ClientBodyError;

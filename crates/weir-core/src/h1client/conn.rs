@@ -30,6 +30,8 @@ pub(crate) const MAX_READ: usize = 256 * 1024;
 const MIN_ROOM: usize = 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
+/// Pieces of a request body that arrived together are gathered up to this size per write.
+const GATHER: usize = 64 * 1024;
 
 /// A request body on its way to an upstream.
 #[derive(Debug)]
@@ -348,11 +350,37 @@ async fn send_body<W: AsyncWrite + Unpin>(
     chunked: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<(), SendError> {
-    while let Some(frame) = incoming.frame().await {
+    let mut gathered = BytesMut::new();
+    let mut ended = false;
+    while !ended {
+        let Some(frame) = incoming.frame().await else {
+            break;
+        };
         let frame = frame.map_err(SendError::Client)?;
-        let Ok(data) = frame.into_data() else {
+        let Ok(mut data) = frame.into_data() else {
             continue; // Trailers of the client's body are not forwarded.
         };
+        // What else of the body has already arrived goes out in the same write.
+        while data.len().max(gathered.len()) < GATHER {
+            let Some(next) = incoming.ready_frame() else {
+                break;
+            };
+            let Some(next) = next else {
+                ended = true;
+                break;
+            };
+            let Ok(more) = next.map_err(SendError::Client)?.into_data() else {
+                continue;
+            };
+            if gathered.is_empty() {
+                gathered.reserve(GATHER);
+                gathered.extend_from_slice(&data);
+            }
+            gathered.extend_from_slice(&more);
+        }
+        if !gathered.is_empty() {
+            data = gathered.split().freeze();
+        }
         if data.is_empty() {
             continue;
         }
