@@ -5,8 +5,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -35,24 +35,46 @@ struct FileSink {
     tx: mpsc::Sender<String>,
 }
 
-static SINK: OnceLock<Mutex<Option<FileSink>>> = OnceLock::new();
+/// The file writer of the access log's current path: read without a lock on every line;
+/// replaced (under `SINK_CHANGE`) when a reload names another file.
+static SINK: arc_swap::ArcSwapOption<FileSink> = arc_swap::ArcSwapOption::const_empty();
+static SINK_CHANGE: Mutex<()> = Mutex::new(());
 pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-fn sink_for(path: &PathBuf) -> Option<mpsc::Sender<String>> {
-    let cell = SINK.get_or_init(|| Mutex::new(None));
-    let mut guard = cell.lock().ok()?;
-    if let Some(s) = guard.as_ref()
-        && &s.path == path
-    {
-        return Some(s.tx.clone());
+/// Hands a line to the writer of `path`, starting one for a new path.
+fn send_line(path: &Path, line: String) {
+    let sink = SINK.load();
+    let line = match sink.as_deref() {
+        Some(s) if s.path == path => match s.tx.try_send(line) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            // The writer is gone (its runtime was shut down): start another.
+            Err(mpsc::error::TrySendError::Closed(line)) => line,
+        },
+        _ => line,
+    };
+    let Ok(_changing) = SINK_CHANGE.lock() else {
+        return;
+    };
+    let current = SINK.load();
+    let tx = match current.as_deref() {
+        Some(s) if s.path == path && !s.tx.is_closed() => s.tx.clone(),
+        _ => {
+            let (tx, rx) = mpsc::channel::<String>(65_536);
+            tokio::spawn(write_lines(path.to_path_buf(), rx));
+            SINK.store(Some(std::sync::Arc::new(FileSink {
+                path: path.to_path_buf(),
+                tx: tx.clone(),
+            })));
+            tx
+        }
+    };
+    if tx.try_send(line).is_err() {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
     }
-    let (tx, rx) = mpsc::channel::<String>(65_536);
-    tokio::spawn(write_lines(path.clone(), rx));
-    *guard = Some(FileSink {
-        path: path.clone(),
-        tx: tx.clone(),
-    });
-    Some(tx)
 }
 
 /// How often the writer looks whether the file was rotated away (renamed or deleted).
@@ -124,11 +146,7 @@ pub fn write(config: &weir_config::AccessLog, entry: &Entry<'_>) {
                 return;
             };
             line.push('\n');
-            if let Some(tx) = sink_for(path)
-                && tx.try_send(line).is_err()
-            {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
+            send_line(path, line);
         }
     }
 }
