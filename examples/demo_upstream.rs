@@ -43,7 +43,7 @@ async fn main() {
                         while let Some(Ok(frame)) = incoming.frame().await {
                             len += frame.data_ref().map_or(0, |d| d.len());
                         }
-                        body = format!("{}{len} bytes\n", body.trim_end_matches(['.', '\n']));
+                        body = format!("{}: {len} bytes\n", body.trim_end_matches(['.', '\n']));
                     }
                     let body = match bytes {
                         Some(n) => Bytes::from(vec![b'x'; n.min(1 << 30)]),
