@@ -283,3 +283,97 @@ async fn max_connections_pauses_accept_without_failing() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// An HTTP/2 request with the given body, over h2c; the reply's status and body.
+async fn h2_request(
+    req: http::request::Builder,
+    body: http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = req.body(body).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn frames(
+    pieces: usize,
+    size: usize,
+    then_stall: bool,
+) -> http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error> {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let piece = bytes::Bytes::from(vec![b'x'; size]);
+    let data = futures_util::stream::iter((0..pieces).map(move |_| Ok(hyper::body::Frame::data(piece.clone()))));
+    let stall = futures_util::stream::pending().take(usize::from(then_stall));
+    BodyExt::boxed(http_body_util::StreamBody::new(data.chain(stall)))
+}
+
+/// HTTP/2 requests get the limits HTTP/1 ones get (hyper's server applies only the header
+/// list size): before this, an h2 client's body passed `max_body_bytes` whole, and its `:path`
+/// passed `max_uri_bytes`.
+#[tokio::test]
+async fn http2_requests_get_the_same_limits() {
+    let (up, gw) = gateway("max_body_bytes = \"1KiB\"\nmax_uri_bytes = 64\nmax_headers = 8").await;
+    let url = |path: &str| gw.url("client", path);
+    let post = || http::Request::post(url("/up"));
+    // Declared too large: refused before anything is forwarded.
+    let full = |n: usize| {
+        use http_body_util::BodyExt;
+        http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; n]))
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    let (status, body) = h2_request(post(), full(2000)).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (413, "payload too large: request body too large\n")
+    );
+    assert_eq!(up.requests(), 0);
+    // Of unknown length: cut off once more than the limit has arrived.
+    let (status, _) = h2_request(post(), frames(8, 512, false)).await;
+    assert_eq!(status, 413);
+    assert!(
+        up.body_bytes() <= 1024,
+        "{} bytes reached the upstream",
+        up.body_bytes()
+    );
+    // Within the limit, either way: forwarded whole.
+    assert_eq!(h2_request(post(), full(1024)).await.0, 200);
+    assert_eq!(h2_request(post(), frames(2, 512, false)).await.0, 200);
+    // URI and header count.
+    let long = format!("/{}", "a".repeat(80));
+    assert_eq!(h2_request(http::Request::get(url(&long)), full(0)).await.0, 414);
+    let mut many = http::Request::get(url("/"));
+    for i in 0..10 {
+        many = many.header(format!("x-h{i}"), "1");
+    }
+    assert_eq!(h2_request(many, full(0)).await.0, 431);
+    assert_eq!(h2_request(http::Request::get(url("/")), full(0)).await.0, 200);
+}
+
+#[tokio::test]
+async fn slow_http2_body_is_cut_at_body_timeout() {
+    let (up, gw) = gateway("body_timeout = \"400ms\"").await;
+    let start = Instant::now();
+    let (status, _) = h2_request(http::Request::post(gw.url("client", "/up")), frames(1, 100, true)).await;
+    let elapsed = start.elapsed();
+    assert_eq!(status, 408);
+    assert!(
+        elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    assert!(up.body_bytes() <= 100);
+}

@@ -2,12 +2,15 @@
 //! server ([`crate::front::RequestBody`]) or hyper's HTTP/2 server. An enum, so the request
 //! path is one (non-generic) function and a body costs no allocation.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
 use crate::front::RequestBody;
@@ -16,7 +19,86 @@ use crate::front::RequestBody;
 pub enum ClientBody {
     Empty,
     H1(RequestBody),
-    H2(Incoming),
+    H2(H2Body),
+}
+
+/// An HTTP/2 request body with the listener's limits, which hyper does not apply:
+/// `max_body_bytes` (413 once more has arrived) and `body_timeout` (408 after that long
+/// without a byte while weir waits for one), as weir's HTTP/1 server applies them.
+#[derive(Debug)]
+pub struct H2Body {
+    body: Incoming,
+    /// Bytes still allowed; `u64::MAX` when unlimited.
+    allowed: u64,
+    body_timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer runs for the current wait.
+    waiting: bool,
+    failed: bool,
+}
+
+impl H2Body {
+    /// `max_body` 0 = unlimited.
+    pub fn new(body: Incoming, max_body: u64, body_timeout: Duration) -> Self {
+        H2Body {
+            body,
+            allowed: if max_body == 0 { u64::MAX } else { max_body },
+            body_timeout,
+            timer: None,
+            waiting: false,
+            failed: false,
+        }
+    }
+
+    fn fail(&mut self, status: u16, why: impl Into<BoxError>) -> Option<Result<Frame<Bytes>, ClientBodyError>> {
+        self.failed = true;
+        Some(Err(ClientBodyError::new(status, why)))
+    }
+
+    /// The next frame if hyper has it, counted against the size limit; no timer.
+    fn poll_counted(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let frame = match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                self.failed = true;
+                return Poll::Ready(Some(Err(ClientBodyError::from_h2(e))));
+            }
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > self.allowed {
+                return Poll::Ready(self.fail(413, "request body too large"));
+            }
+            self.allowed -= len;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn poll_timed(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if let Poll::Ready(frame) = self.poll_counted(cx) {
+            self.waiting = false;
+            return Poll::Ready(frame);
+        }
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = Instant::now() + self.body_timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        if let Some(t) = &mut self.timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body timeout");
+            return Poll::Ready(self.fail(408, timed_out));
+        }
+        Poll::Pending
+    }
 }
 
 /// Why a client's body broke off, with the status the client is answered with.
@@ -73,8 +155,8 @@ impl ClientBody {
             return None;
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(b).poll_frame(&mut cx) {
-            Poll::Ready(frame) => Some(frame.map(|r| r.map_err(ClientBodyError::from_h2))),
+        match b.poll_counted(&mut cx) {
+            Poll::Ready(frame) => Some(frame),
             Poll::Pending => None,
         }
     }
@@ -88,9 +170,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::H1(b) => b.poll_data(cx).map(|o| o.map(|r| r.map(Frame::data))),
-            ClientBody::H2(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|o| o.map(|r| r.map_err(ClientBodyError::from_h2))),
+            ClientBody::H2(b) => b.poll_timed(cx),
         }
     }
 
@@ -98,7 +178,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => true,
             ClientBody::H1(b) => b.is_done(),
-            ClientBody::H2(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.failed || b.body.is_end_stream(),
         }
     }
 
@@ -106,7 +186,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::H1(b) => b.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
-            ClientBody::H2(b) => b.size_hint(),
+            ClientBody::H2(b) => b.body.size_hint(),
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client_body::ClientBody;
+use crate::client_body::{ClientBody, H2Body};
 use crate::front::{ClientIo, HeadLimits, Settings};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
@@ -340,7 +340,7 @@ impl Conn {
     }
 
     async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, io: S, limits: &weir_config::Limits) {
-        let service = self.service();
+        let service = self.service(limits);
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -368,6 +368,7 @@ impl Conn {
     /// The request handler of an HTTP/2 connection.
     fn service(
         &self,
+        limits: &weir_config::Limits,
     ) -> impl hyper::service::Service<
         http::Request<hyper::body::Incoming>,
         Response = http::Response<crate::body::ProxyBody>,
@@ -380,13 +381,75 @@ impl Conn {
     + 'static {
         let info = Arc::new(self.info.clone());
         let shared = self.shared.clone();
+        let limits = H2Limits::of(limits);
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
             // Boxed: hyper spawns a task per stream holding this future, and the task is moved
             // (memmove) on spawn; a multi-kilobyte proxy future cost more to move than a box.
-            crate::pin_box::pin_box(|| async move { Ok(proxy::serve(&shared, &info, req.map(ClientBody::H2)).await) })
+            crate::pin_box::pin_box(|| async move {
+                if let Some((status, why)) = limits.refusal(&req) {
+                    return Ok(refuse_h2(&shared, &info, status, why));
+                }
+                let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout)));
+                Ok(proxy::serve(&shared, &info, req).await)
+            })
         })
     }
+}
+
+/// The listener's limits that hyper's HTTP/2 server does not apply itself (it applies
+/// `max_header_bytes` as the header list size), as the HTTP/1 server applies them.
+#[derive(Clone, Copy)]
+struct H2Limits {
+    max_uri: usize,
+    max_headers: usize,
+    /// 0 = unlimited.
+    max_body: u64,
+    body_timeout: Duration,
+}
+
+impl H2Limits {
+    fn of(limits: &weir_config::Limits) -> Self {
+        H2Limits {
+            max_uri: limits.max_uri_bytes,
+            max_headers: limits.max_headers,
+            max_body: limits.max_body_bytes,
+            body_timeout: limits.body_timeout,
+        }
+    }
+
+    /// What the request is refused with before it is routed, if anything: a `:path` over
+    /// `max_uri_bytes` (414), more than `max_headers` fields (431), a `content-length` over
+    /// `max_body_bytes` (413; a body without one is cut off at the limit, [`H2Body`]).
+    fn refusal<B>(&self, req: &http::Request<B>) -> Option<(u16, &'static str)> {
+        let path = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if path > self.max_uri {
+            return Some((414, "URI too long"));
+        }
+        if req.headers().len() > self.max_headers {
+            return Some((431, "too many header fields"));
+        }
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if self.max_body > 0 && declared.is_some_and(|n| n > self.max_body) {
+            return Some((413, "request body too large"));
+        }
+        None
+    }
+}
+
+/// weir's own answer to an HTTP/2 request refused before routing: counted and logged as the
+/// HTTP/1 server's refusals are.
+fn refuse_h2(shared: &Shared, info: &ConnInfo, status: u16, why: &str) -> http::Response<crate::body::ProxyBody> {
+    crate::metrics::global().front_refused(&info.listener, status);
+    let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    let reason = code.canonical_reason().unwrap_or("refused").to_ascii_lowercase();
+    let message = format!("{reason}: {why}");
+    crate::access_log::refused(shared, info, status, message.len() as u64 + 1);
+    crate::error::local_response(code, &message, false)
 }
 
 fn h1_settings(limits: &weir_config::Limits) -> Settings {
