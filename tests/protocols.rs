@@ -147,3 +147,45 @@ async fn h2_uploads_are_gathered_into_large_chunks() {
         "largest chunk the upstream got: {max_frame} bytes"
     );
 }
+
+/// An HTTP/2 connection with no request being handled is sent a GOAWAY after `idle_timeout`
+/// (after `header_timeout` when it never sent one), as an idle HTTP/1 connection is closed:
+/// hyper's keep-alive pings alone kept a client that answers them connected for good.
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    use std::time::{Duration, Instant};
+    let up = Upstream::start("a").await;
+    let toml = one_pool(&[&up]).replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.limits]\nidle_timeout = \"400ms\"\nheader_timeout = \"300ms\"\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    for send_one in [true, false] {
+        let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let start = Instant::now();
+        if send_one {
+            let req = http::Request::get("http://weir.test/")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        let took = start.elapsed();
+        assert!(
+            ended.is_ok(),
+            "the connection was still open after 5 s (request sent: {send_one})"
+        );
+        let least = Duration::from_millis(if send_one { 350 } else { 250 });
+        assert!(took >= least, "closed after {took:?} (request sent: {send_one})");
+    }
+    // A request being handled is not idleness: answered after twice the idle timeout.
+    let slow = h2c_get(&gw.url("client", "/delay/900")).await;
+    assert_eq!(slow.status, 200);
+}

@@ -340,7 +340,8 @@ impl Conn {
     }
 
     async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(&self, io: S, limits: &weir_config::Limits) {
-        let service = self.service(limits);
+        let activity = Arc::new(H2Activity::default());
+        let service = self.service(limits, activity.clone());
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -353,11 +354,26 @@ impl Conn {
         tokio::pin!(conn);
         // When the listener stops: GOAWAY, which tells the client which streams were taken
         // (no race, no grace needed), then wait for those to finish.
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = self.stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        // Idle (no request being handled) for `idle_timeout`, or no first request within
+        // `header_timeout`: GOAWAY too, as an idle HTTP/1 connection is closed. hyper's pings
+        // alone kept a client that answers them connected for good.
+        let idle = tokio::time::sleep(limits.header_timeout);
+        tokio::pin!(idle);
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = self.stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+                _ = idle.as_mut() => match activity.idle_until(limits.idle_timeout) {
+                    Some(later) => idle.as_mut().reset(later),
+                    None => {
+                        tracing::debug!(peer = %self.info.peer, "HTTP/2 connection idle: GOAWAY");
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                },
             }
         };
         if let Err(e) = result {
@@ -369,6 +385,7 @@ impl Conn {
     fn service(
         &self,
         limits: &weir_config::Limits,
+        activity: Arc<H2Activity>,
     ) -> impl hyper::service::Service<
         http::Request<hyper::body::Incoming>,
         Response = http::Response<crate::body::ProxyBody>,
@@ -384,9 +401,11 @@ impl Conn {
         let limits = H2Limits::of(limits);
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (shared, info) = (shared.clone(), info.clone());
+            let busy = H2Busy::start(&activity);
             // Boxed: hyper spawns a task per stream holding this future, and the task is moved
             // (memmove) on spawn; a multi-kilobyte proxy future cost more to move than a box.
             crate::pin_box::pin_box(|| async move {
+                let _busy = busy;
                 if let Some((status, why)) = limits.refusal(&req) {
                     return Ok(refuse_h2(&shared, &info, status, why));
                 }
@@ -394,6 +413,55 @@ impl Conn {
                 Ok(proxy::serve(&shared, &info, req).await)
             })
         })
+    }
+}
+
+/// Whether an HTTP/2 connection is idle: requests being handled, and when the last one ended.
+/// A response body still streaming after its handler returned does not count: a GOAWAY lets
+/// it finish.
+#[derive(Default)]
+struct H2Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `since` to the end of the last request's handling (0: none yet).
+    last_ms: std::sync::atomic::AtomicU64,
+    since: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl H2Activity {
+    fn since(&self) -> tokio::time::Instant {
+        *self.since.get_or_init(tokio::time::Instant::now)
+    }
+
+    /// `None` when the connection has been idle for `idle_timeout`; else when to look again.
+    fn idle_until(&self, idle_timeout: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Some(now + idle_timeout);
+        }
+        let last = self.since() + Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        let until = last + idle_timeout;
+        (until > now && self.last_ms.load(Ordering::Acquire) > 0).then_some(until)
+    }
+}
+
+/// One request being handled on an HTTP/2 connection (see [`H2Activity`]).
+struct H2Busy(Arc<H2Activity>);
+
+impl H2Busy {
+    fn start(activity: &Arc<H2Activity>) -> Self {
+        activity.since();
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        H2Busy(activity.clone())
+    }
+}
+
+impl Drop for H2Busy {
+    fn drop(&mut self) {
+        let ms = self.0.since().elapsed().as_millis().max(1);
+        self.0
+            .last_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
