@@ -377,3 +377,25 @@ async fn slow_http2_body_is_cut_at_body_timeout() {
     );
     assert!(up.body_bytes() <= 100);
 }
+
+/// A chunk whose size line takes the body past `max_body_bytes` is refused at that line: none
+/// of its data goes on, and the client need not send a limit's worth first (before, weir
+/// waited for more than the limit to arrive, here until the body timeout).
+#[tokio::test]
+async fn a_chunk_announced_past_max_body_bytes_is_refused_at_its_size_line() {
+    let (up, gw) = gateway("max_body_bytes = \"1KiB\"").await;
+    let mut s = TcpStream::connect(gw.addr("client")).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    // The request is on its way upstream (its first chunk passed the check made before sending).
+    assert!(eventually(Duration::from_secs(5), async || up.requests() == 1).await);
+    let start = Instant::now();
+    s.write_all(b"100000\r\n0123456789").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let response = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&response), 413, "{response}");
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(up.body_bytes() <= 5, "{} bytes reached the upstream", up.body_bytes());
+}

@@ -24,7 +24,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 #[derive(Debug)]
 enum State {
     Fixed(u64),
-    Chunked { decoder: ChunkedDecoder, total: u64 },
+    Chunked(ChunkedDecoder),
     Done,
     Failed,
 }
@@ -69,10 +69,7 @@ impl RequestBody {
         let state = match framing {
             Framing::Fixed(0) => State::Done,
             Framing::Fixed(n) => State::Fixed(n),
-            Framing::Chunked => State::Chunked {
-                decoder: ChunkedDecoder::default(),
-                total: 0,
-            },
+            Framing::Chunked => State::Chunked(ChunkedDecoder::default()),
         };
         // A client that already sent body bytes is not waiting for the 100.
         let continue_at = (expect_continue && conn.rbuf.is_empty()).then_some(0);
@@ -131,12 +128,13 @@ impl RequestBody {
                         return Poll::Ready(Some(Ok(data)));
                     }
                 }
-                State::Chunked { decoder, total } => match decoder.decode(&mut conn.rbuf) {
+                State::Chunked(decoder) => match decoder.decode(&mut conn.rbuf) {
+                    // The chunk sizes announced so far: a chunk that would take the body past
+                    // the limit is refused at its size line, before any of its data goes on.
+                    _ if self.max_body > 0 && decoder.declared() > self.max_body => {
+                        return self.fail(413, "request body too large");
+                    }
                     Ok(Decoded::Data(data)) => {
-                        *total += data.len() as u64;
-                        if self.max_body > 0 && *total > self.max_body {
-                            return self.fail(413, "request body too large");
-                        }
                         self.waiting = false;
                         return Poll::Ready(Some(Ok(data)));
                     }
