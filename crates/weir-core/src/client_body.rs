@@ -22,6 +22,54 @@ pub enum ClientBody {
     H2(H2Body),
 }
 
+/// `body_timeout` for a client's request body: the longest wait for its next bytes. Runs only
+/// while the body's reader waits on the client (started by [`BodyTimer::expired`] on a pending
+/// read, stopped by [`BodyTimer::arrived`]), not while weir itself is busy elsewhere.
+#[derive(Debug)]
+pub struct BodyTimer {
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the timer runs for the current wait.
+    waiting: bool,
+}
+
+impl BodyTimer {
+    pub fn new(timeout: Duration) -> Self {
+        BodyTimer {
+            timeout,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    /// Bytes came: the next wait starts a new timeout.
+    pub fn arrived(&mut self) {
+        self.waiting = false;
+    }
+
+    /// On a read that found nothing: starts the timeout if this wait has none yet, and says
+    /// whether it has run out (else `cx` is woken when it does).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// The error a body that timed out fails with.
+    pub fn error() -> ClientBodyError {
+        ClientBodyError::new(
+            408,
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "request body timeout"),
+        )
+    }
+}
+
 /// An HTTP/2 request body with the listener's limits, which hyper does not apply:
 /// `max_body_bytes` (413 once more has arrived) and `body_timeout` (408 after that long
 /// without a byte while weir waits for one), as weir's HTTP/1 server applies them.
@@ -30,10 +78,7 @@ pub struct H2Body {
     body: Incoming,
     /// Bytes still allowed; `u64::MAX` when unlimited.
     allowed: u64,
-    body_timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    /// Whether the timer runs for the current wait.
-    waiting: bool,
+    timer: BodyTimer,
     failed: bool,
 }
 
@@ -43,9 +88,7 @@ impl H2Body {
         H2Body {
             body,
             allowed: if max_body == 0 { u64::MAX } else { max_body },
-            body_timeout,
-            timer: None,
-            waiting: false,
+            timer: BodyTimer::new(body_timeout),
             failed: false,
         }
     }
@@ -80,22 +123,12 @@ impl H2Body {
 
     fn poll_timed(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         if let Poll::Ready(frame) = self.poll_counted(cx) {
-            self.waiting = false;
+            self.timer.arrived();
             return Poll::Ready(frame);
         }
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = Instant::now() + self.body_timeout;
-            match &mut self.timer {
-                Some(t) => t.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        if let Some(t) = &mut self.timer
-            && t.as_mut().poll(cx).is_ready()
-        {
-            let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body timeout");
-            return Poll::Ready(self.fail(408, timed_out));
+        if self.timer.expired(cx) {
+            self.failed = true;
+            return Poll::Ready(Some(Err(BodyTimer::error())));
         }
         Poll::Pending
     }

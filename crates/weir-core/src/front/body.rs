@@ -10,10 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
 
 use crate::bufpool::FRONT_READ;
-use crate::client_body::ClientBodyError;
+use crate::client_body::{BodyTimer, ClientBodyError};
 use crate::h1client::conn::{MAX_READ, make_room, take_fixed};
 use crate::h1client::{ChunkedDecoder, Decoded};
 
@@ -35,10 +34,7 @@ pub struct RequestBody {
     state: State,
     /// 0 = unlimited (checked here for chunked bodies; the head check covers fixed ones).
     max_body: u64,
-    body_timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    /// Whether the timer runs for the current wait.
-    waiting: bool,
+    timer: BodyTimer,
     /// Bytes of `100 Continue` still to write before the first read (`Expect: 100-continue`).
     continue_at: Option<usize>,
     back: Option<oneshot::Sender<ConnIo>>,
@@ -77,9 +73,7 @@ impl RequestBody {
             conn: Some(conn),
             state,
             max_body,
-            body_timeout,
-            timer: None,
-            waiting: false,
+            timer: BodyTimer::new(body_timeout),
             continue_at,
             back: Some(tx),
             read_size: FRONT_READ,
@@ -124,7 +118,7 @@ impl RequestBody {
                             self.state = State::Done;
                             conn.body_done = true;
                         }
-                        self.waiting = false;
+                        self.timer.arrived();
                         return Poll::Ready(Some(Ok(data)));
                     }
                 }
@@ -135,7 +129,7 @@ impl RequestBody {
                         return self.fail(413, "request body too large");
                     }
                     Ok(Decoded::Data(data)) => {
-                        self.waiting = false;
+                        self.timer.arrived();
                         return Poll::Ready(Some(Ok(data)));
                     }
                     Ok(Decoded::Done) => {
@@ -164,21 +158,9 @@ impl RequestBody {
                 }
                 Poll::Ready(Err(e)) => return self.fail(400, e),
                 Poll::Pending => {
-                    if !self.waiting {
-                        self.waiting = true;
-                        let deadline = Instant::now() + self.body_timeout;
-                        match &mut self.timer {
-                            Some(t) => t.as_mut().reset(deadline),
-                            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                        }
-                    }
-                    if let Some(t) = &mut self.timer
-                        && t.as_mut().poll(cx).is_ready()
-                    {
-                        return self.fail(
-                            408,
-                            std::io::Error::new(std::io::ErrorKind::TimedOut, "request body timeout"),
-                        );
+                    if self.timer.expired(cx) {
+                        self.state = State::Failed;
+                        return Poll::Ready(Some(Err(BodyTimer::error())));
                     }
                     return Poll::Pending;
                 }
