@@ -151,6 +151,13 @@ pub fn write(config: &weir_config::AccessLog, entry: &Entry<'_>) {
     }
 }
 
+/// Milliseconds since the Unix epoch, for `ts_ms`.
+pub fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 /// The line of a request the front refused before routing it: no pool, endpoint or attempt;
 /// method and path `-` (the head may not have parsed).
 pub fn refused(shared: &crate::state::Shared, info: &crate::proxy::ConnInfo, status: u16, bytes_out: u64) {
@@ -162,9 +169,7 @@ pub fn refused(shared: &crate::state::Shared, info: &crate::proxy::ConnInfo, sta
     write(
         config,
         &Entry {
-            ts_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
+            ts_ms: now_ms(),
             listener: &info.listener,
             client: info.peer,
             pool: "-",

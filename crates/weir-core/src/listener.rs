@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client_body::{ClientBody, H2Body};
+use crate::front::head::Reject;
 use crate::front::{ClientIo, HeadLimits, Settings};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
@@ -406,8 +407,8 @@ impl Conn {
             // (memmove) on spawn; a multi-kilobyte proxy future cost more to move than a box.
             crate::pin_box::pin_box(|| async move {
                 let _busy = busy;
-                if let Some((status, why)) = limits.refusal(&req) {
-                    return Ok(refuse_h2(&shared, &info, status, why));
+                if let Some(reject) = limits.refusal(&req) {
+                    return Ok(refuse_h2(&shared, &info, reject));
                 }
                 let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout)));
                 Ok(proxy::serve(&shared, &info, req).await)
@@ -489,13 +490,19 @@ impl H2Limits {
     /// What the request is refused with before it is routed, if anything: a `:path` over
     /// `max_uri_bytes` (414), more than `max_headers` fields (431), a `content-length` over
     /// `max_body_bytes` (413; a body without one is cut off at the limit, [`H2Body`]).
-    fn refusal<B>(&self, req: &http::Request<B>) -> Option<(u16, &'static str)> {
+    fn refusal<B>(&self, req: &http::Request<B>) -> Option<Reject> {
         let path = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if path > self.max_uri {
-            return Some((414, "URI too long"));
+            return Some(Reject {
+                status: 414,
+                reason: "URI too long",
+            });
         }
         if req.headers().len() > self.max_headers {
-            return Some((431, "too many header fields"));
+            return Some(Reject {
+                status: 431,
+                reason: "too many header fields",
+            });
         }
         let declared = req
             .headers()
@@ -503,7 +510,10 @@ impl H2Limits {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if self.max_body > 0 && declared.is_some_and(|n| n > self.max_body) {
-            return Some((413, "request body too large"));
+            return Some(Reject {
+                status: 413,
+                reason: "request body too large",
+            });
         }
         None
     }
@@ -511,13 +521,11 @@ impl H2Limits {
 
 /// weir's own answer to an HTTP/2 request refused before routing: counted and logged as the
 /// HTTP/1 server's refusals are.
-fn refuse_h2(shared: &Shared, info: &ConnInfo, status: u16, why: &str) -> http::Response<crate::body::ProxyBody> {
-    crate::metrics::global().front_refused(&info.listener, status);
-    let code = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
-    let reason = code.canonical_reason().unwrap_or("refused").to_ascii_lowercase();
-    let message = format!("{reason}: {why}");
-    crate::access_log::refused(shared, info, status, message.len() as u64 + 1);
-    crate::error::local_response(code, &message, false)
+fn refuse_h2(shared: &Shared, info: &ConnInfo, reject: Reject) -> http::Response<crate::body::ProxyBody> {
+    let message = reject.message();
+    reject.record(shared, info, message.len() as u64 + 1);
+    let status = http::StatusCode::from_u16(reject.status).unwrap_or(http::StatusCode::BAD_REQUEST);
+    crate::error::local_response(status, &message, false)
 }
 
 fn h1_settings(limits: &weir_config::Limits) -> Settings {

@@ -64,9 +64,7 @@ pub fn serve<'a>(
             crate::access_log::write(
                 log,
                 &crate::access_log::Entry {
-                    ts_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis()),
+                    ts_ms: crate::access_log::now_ms(),
                     listener: &conn.listener,
                     client: conn.peer,
                     pool: trace

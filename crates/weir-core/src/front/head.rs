@@ -15,6 +15,26 @@ impl Reject {
     pub const fn bad(reason: &'static str) -> Self {
         Reject { status: 400, reason }
     }
+
+    /// The status's reason phrase (`Payload Too Large`).
+    pub fn phrase(&self) -> &'static str {
+        http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Bad Request")
+    }
+
+    /// The answer's text, the same from both fronts: `payload too large: request body too large`.
+    pub fn message(&self) -> String {
+        format!("{}: {}", self.phrase().to_ascii_lowercase(), self.reason)
+    }
+
+    /// Counts the refusal (`weir_requests_refused_total`) and writes its access-log line;
+    /// `bytes_out` is the size of the answer.
+    pub fn record(&self, shared: &crate::state::Shared, info: &crate::proxy::ConnInfo, bytes_out: u64) {
+        crate::metrics::global().front_refused(&info.listener, self.status);
+        crate::access_log::refused(shared, info, self.status, bytes_out);
+    }
 }
 
 /// How the body after a valid head is framed.

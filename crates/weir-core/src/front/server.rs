@@ -562,9 +562,8 @@ async fn tunnel(mut conn: ConnIo, t: Tunnel) {
 /// Answers a refused head with its 4xx and closes; counts it
 /// (`weir_requests_refused_total`) and writes its access-log line.
 async fn refuse(mut conn: ConnIo, reject: Reject, shared: &Shared, info: &ConnInfo) {
-    crate::metrics::global().front_refused(&info.listener, reject.status);
     let response = refusal_response(reject);
-    crate::access_log::refused(shared, info, reject.status, response.len() as u64);
+    reject.record(shared, info, response.len() as u64);
     if conn.io.write_all(&response).await.is_ok() {
         let _ = conn.io.flush().await;
         close(conn, true).await;
@@ -592,14 +591,11 @@ async fn close(mut conn: ConnIo, linger: bool) {
 }
 
 fn refusal_response(reject: Reject) -> Vec<u8> {
-    let reason = StatusCode::from_u16(reject.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Bad Request");
-    let body = format!("{}: {}\n", reason.to_ascii_lowercase(), reject.reason);
+    let body = format!("{}\n", reject.message());
     format!(
-        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nvia: 1.1 weir\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\nvia: 1.1 weir\r\n\r\n{body}",
         reject.status,
+        reject.phrase(),
         body.len()
     )
     .into_bytes()
