@@ -284,12 +284,11 @@ async fn max_connections_pauses_accept_without_failing() {
     assert_eq!(status, 200);
 }
 
-/// An HTTP/2 request with the given body, over h2c; the reply's status and body.
+/// An HTTP/2 request with the given body, over h2c: the reply's status and body text.
 async fn h2_request(
     req: http::request::Builder,
     body: http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>,
 ) -> (u16, String) {
-    use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http();
@@ -298,14 +297,8 @@ async fn h2_request(
         .await
         .expect("no answer within 5 s")
         .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let reply = collect(resp).await;
+    (reply.status.as_u16(), reply.text())
 }
 
 fn frames(

@@ -41,7 +41,8 @@ impl Reply {
     }
 }
 
-async fn collect(resp: http::Response<hyper::body::Incoming>) -> Reply {
+/// A response read whole (a body that breaks off reads as what arrived: empty).
+pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Reply {

@@ -17,7 +17,9 @@ pub mod raw;
 pub mod upstream;
 
 pub use certs::TestCerts;
-pub use client::{Reply, get, h1_get_over, h2c_get, h2c_get_over, raw_exchange, request, tls_get, tls_get_over};
+pub use client::{
+    Reply, collect, get, h1_get_over, h2c_get, h2c_get_over, raw_exchange, request, tls_get, tls_get_over,
+};
 pub use launch::{
     TestGateway, WeirProcess, free_port, one_pool, plugin_file, plugins_dist, pool_config, wasm_policies,
 };
