@@ -163,7 +163,7 @@ impl Metrics {
         self.proxy_refused.entry(listener.to_string()).or_default().clone()
     }
 
-    /// Counts a request the HTTP/1 front answered itself with a 4xx before any routing
+    /// Counts a request either front (HTTP/1 or HTTP/2) answered itself with a 4xx before routing
     /// (malformed, too large, too slow). A rare path: looked up when it happens.
     pub fn front_refused(&self, listener: &str, status: u16) {
         self.front_refused
