@@ -164,6 +164,30 @@ async fn least_request_avoids_the_endpoint_holding_slow_requests() {
     }
 }
 
+/// One request at a time (no endpoint ever has one in flight when the next is chosen): the
+/// tie-break is the latency EWMA. Both endpoints get tried, then the slow one is left alone.
+#[tokio::test]
+async fn least_request_sends_one_at_a_time_traffic_to_the_faster_endpoint() {
+    let (slow, fast) = (Upstream::start("slow").await, Upstream::start("fast").await);
+    slow.set_delay(60);
+    let toml = one_pool(&[&slow, &fast]) + "[pool.balancer]\nplugin = \"least-request\"\n";
+    let gw = TestGateway::start(&toml).await;
+    for _ in 0..12 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    }
+    // The first two requests try each endpoint once (no latency known is the lowest); then
+    // the fast one wins every tie. Without the EWMA, every request went to the first endpoint.
+    assert_eq!((slow.requests(), fast.requests()), (1, 11));
+    let s = status_json(&gw).await;
+    let ewma: Vec<u64> = s["pools"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ewma_latency_us"].as_u64().unwrap())
+        .collect();
+    assert!(ewma[0] >= 60_000 && ewma[1] < ewma[0], "{ewma:?}");
+}
+
 #[tokio::test]
 async fn retry_idempotent_hides_a_resetting_endpoint_from_gets_and_never_replays_posts() {
     let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
@@ -295,6 +319,78 @@ async fn pool_failover_moves_to_the_fallback_pool() {
         assert_eq!(r.status, 200);
         assert_eq!(r.upstream(), "dr");
     }
+}
+
+fn post(url: &str, body: &'static str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+/// The primary pool's only endpoint dead, with the default `retries = 1`: the retry has
+/// nowhere to go in the pool, so the request moves to the fallback at once; once passive
+/// health takes the endpoint out, every request, POSTs included (nothing was sent), goes there
+/// without an attempt on the primary. Draining every primary endpoint does the same, and
+/// enabling one brings the traffic back.
+#[tokio::test]
+async fn pool_failover_moves_requests_from_a_pool_with_no_endpoint_left() {
+    let (a, b, dr) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("dr").await,
+    );
+    let dead = format!("127.0.0.1:{}", free_port());
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"one\"\n[[listener]]\nname = \"two\"\nbind = \"127.0.0.1:0\"\npool = \"two\"\n\
+         [[pool]]\nname = \"one\"\nfailover = {{ plugin = \"pool-failover\", config = {{ fallback_pool = \"dr\" }} }}\n[[pool.endpoint]]\naddress = \"{dead}\"\n\
+         [[pool]]\nname = \"two\"\nfailover = {{ plugin = \"pool-failover\", config = {{ fallback_pool = \"dr\" }} }}\n{}\
+         [[pool]]\nname = \"dr\"\n{}",
+        endpoints(&[&a, &b]),
+        endpoints(&[&dr])
+    );
+    let gw = TestGateway::start(&toml).await;
+    for i in 0..8 {
+        let r = if i % 2 == 0 {
+            get(&gw.url("client", "/")).await
+        } else {
+            request(post(&gw.url("client", "/submit"), "order")).await
+        };
+        assert_eq!(
+            (r.status.as_u16(), r.upstream()),
+            (200, "dr".to_string()),
+            "request {i}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(dr.requests(), 8);
+
+    // Every endpoint of pool `two` drained: nothing is sent to them, a POST included.
+    let gw = &gw;
+    let admin = |path: String| async move {
+        let req = Request::post(gw.admin_url(&path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(request(req).await.status, 200, "{path}");
+    };
+    for u in [&a, &b] {
+        admin(format!("/api/v1/pools/two/endpoints/{}/drain", u.addr)).await;
+    }
+    let r = request(post(&gw.url("two", "/submit"), "order")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.upstream()),
+        (200, "dr".to_string()),
+        "{}",
+        r.text()
+    );
+    assert_eq!(a.requests() + b.requests(), 0);
+    admin(format!("/api/v1/pools/two/endpoints/{}/enable", a.addr)).await;
+    let r = request(post(&gw.url("two", "/submit"), "order")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.upstream()),
+        (200, "a".to_string()),
+        "{}",
+        r.text()
+    );
 }
 
 /// `call_timeout`: short for the looping fixture; roomy for the others, so that on a loaded

@@ -133,6 +133,11 @@ pub enum FailureKind {
     HttpStatus(u16),
 }
 
+/// `AttemptInfo::endpoint_index` when the pool had no endpoint left to try (every one down,
+/// drained or already tried): the failover policy is asked whether the request, which has not
+/// gone anywhere since, moves to another pool. Only a failover to another pool is acted on.
+pub const NO_ENDPOINT: u32 = u32::MAX;
+
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptInfo {
     pub request_id: u64,
@@ -140,6 +145,7 @@ pub struct AttemptInfo {
     pub pool_index: u32,
     /// 1-based number of the attempt that failed.
     pub attempt: u32,
+    /// The endpoint that failed, or [`NO_ENDPOINT`].
     pub endpoint_index: u32,
     pub failure: FailureKind,
     pub elapsed: Duration,

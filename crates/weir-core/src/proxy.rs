@@ -22,7 +22,8 @@ use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
 use crate::policy::{
-    AffinityKey, AttemptInfo, FailureDecision, FailureKind, RouteDecision, RouteRequest, RouteTarget, Select, SelectCtx,
+    AffinityKey, AttemptInfo, FailureDecision, FailureKind, NO_ENDPOINT, RouteDecision, RouteRequest, RouteTarget,
+    Select, SelectCtx,
 };
 use crate::state::Shared;
 use crate::upstream::{ConnectError, InFlight};
@@ -350,6 +351,9 @@ fn forward<'a>(
         let mut pool_index = target.pool;
         // The previous failure, answered with when no untried endpoint is left.
         let mut last: Option<(FailureKind, Held)> = None;
+        let mut last_unsent = false;
+        // The pools a request left because they had no endpoint to try (bit per index).
+        let mut moved = 0u64;
         loop {
             let Some(pool) = generation.pools.get(pool_index) else {
                 return ProxyError::NoEndpoint.response();
@@ -363,6 +367,35 @@ fn forward<'a>(
             };
             // Like nginx's proxy_next_upstream: each endpoint at most once per request.
             let Some(index) = select(pool, &ctx).filter(|i| !tried.contains(&(*i as u32))) else {
+                // The pool has nothing left to try (every endpoint down, drained or tried): its
+                // failover policy may move the request, which has not gone anywhere since, to
+                // another pool (a DR site whose primary is all down). Bounded: a move sends
+                // nothing, so it spends no retry budget, and each pool is left this way once.
+                let bit = 1u64 << (pool_index % 64);
+                let unsent = last.is_none() || last_unsent;
+                if moved & bit == 0 && (unsent && up_body.resendable() || can_replay) {
+                    moved |= bit;
+                    let info = AttemptInfo {
+                        request_id,
+                        cookie: target.cookie,
+                        pool_index: pool_index as u32,
+                        attempt,
+                        endpoint_index: NO_ENDPOINT,
+                        failure: last.as_ref().map_or(FailureKind::ConnectRefused, |(f, _)| *f),
+                        elapsed: started.elapsed(),
+                        replayable,
+                        unsent,
+                    };
+                    if let FailureDecision::Failover { pool: next } = pool.failover.on_failure(&info)
+                        && next < generation.pools.len()
+                        && next != pool_index
+                    {
+                        tracing::debug!(pool = %pool.name, to = %generation.pools[next].name, "no endpoint left in the pool; failing over");
+                        pool_index = next;
+                        tried.clear();
+                        continue;
+                    }
+                }
                 return match last {
                     Some((failure, held)) => give_up(failure, held, upgrade, http2, set_cookie),
                     None => ProxyError::NoEndpoint.response(),
@@ -386,6 +419,8 @@ fn forward<'a>(
             // Set when a pooled connection turned out closed by the upstream: the request goes
             // again, once, on a new connection to the same endpoint.
             let mut fresh = false;
+            // For the endpoint's latency EWMA (the time to the response head, connect included).
+            let attempt_start = Instant::now();
             let (failure, unsent, held) = loop {
                 let checkout = if fresh {
                     endpoint.connect_new(t.connect, proxy_out).await.map(|c| (c, false))
@@ -407,6 +442,7 @@ fn forward<'a>(
                         };
                         match conn.exchange_within(per_try, &head, &mut up_body).await {
                             Ok(Ok(head)) => {
+                                endpoint.record_latency(attempt_start.elapsed());
                                 let status = head.status.as_u16();
                                 endpoint.count_attempt(if status >= 500 {
                                     AttemptOutcome::Status5xx
@@ -449,7 +485,10 @@ fn forward<'a>(
                                 tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
                                 (FailureKind::ResetBeforeResponse, unsent, None)
                             }
-                            Err(_) => (FailureKind::ResponseTimeout, false, None),
+                            Err(_) => {
+                                endpoint.record_latency(per_try);
+                                (FailureKind::ResponseTimeout, false, None)
+                            }
                         }
                     }
                 };
@@ -512,6 +551,7 @@ fn forward<'a>(
                 }
             }
             last = Some((failure, held));
+            last_unsent = unsent;
             attempt += 1;
         }
     }

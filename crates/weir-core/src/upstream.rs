@@ -42,6 +42,9 @@ pub fn health_epoch() -> u64 {
     }
 }
 
+/// How fast an endpoint's latency EWMA fades while it gets no traffic.
+pub const LATENCY_HALF_LIFE_MS: u64 = 1000;
+
 #[derive(Debug)]
 struct Idle {
     conn: UpConn,
@@ -93,6 +96,11 @@ pub struct Endpoint {
     down_until_ms: AtomicU64,
     probation: AtomicBool,
     in_flight: AtomicU32,
+    /// How long attempts took to get their response head: an EWMA in µs and when it was last
+    /// fed (on [`coarse_ms`]'s clock). `least-request` breaks ties between endpoints with
+    /// equal requests in flight by it.
+    latency_us: AtomicU32,
+    latency_at_ms: AtomicU64,
     requests: AtomicU64,
     pub checks_ok: AtomicU64,
     pub checks_failed: AtomicU64,
@@ -120,7 +128,7 @@ pub struct Endpoint {
 /// on checkin and reads the stamp on checkout: with `Instant` (two precise reads) the pool's
 /// round trip took 254-260 ns on this VM, with this clock 154-156 ns
 /// (`cargo bench --bench hot_path -- upstream/pool`).
-fn coarse_ms() -> u64 {
+pub fn coarse_ms() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
     let ms = u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000;
@@ -156,6 +164,8 @@ impl Endpoint {
             down_until_ms: AtomicU64::new(0),
             probation: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
+            latency_us: AtomicU32::new(0),
+            latency_at_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             checks_ok: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
@@ -277,6 +287,31 @@ impl Endpoint {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Feeds the latency EWMA with one attempt's time to its response head (each sample
+    /// weighs a quarter).
+    pub fn record_latency(&self, took: Duration) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
+        let now = coarse_ms();
+        let old = self.latency_us_at(now);
+        let new = if old == 0 {
+            sample
+        } else {
+            u32::try_from((u64::from(old) * 3 + u64::from(sample)) / 4).unwrap_or(u32::MAX)
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
+        self.latency_at_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The latency EWMA in µs at `now` (on [`coarse_ms`]'s clock); 0 before any sample. It
+    /// halves for every [`LATENCY_HALF_LIFE_MS`] without a sample, so an endpoint passed over
+    /// for being slow is tried again, and measured again, once it has had time to recover.
+    pub fn latency_us_at(&self, now: u64) -> u32 {
+        let v = self.latency_us.load(Ordering::Relaxed);
+        let age = now.saturating_sub(self.latency_at_ms.load(Ordering::Relaxed));
+        let halvings = age / LATENCY_HALF_LIFE_MS;
+        if halvings >= 32 { 0 } else { v >> halvings }
     }
 
     pub fn requests(&self) -> u64 {
@@ -679,6 +714,21 @@ mod tests {
             Err(ConnectError::Io(err)) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_latency_ewma_weighs_each_sample_a_quarter_and_fades_without_traffic() {
+        let e = endpoint(EndpointAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 1))));
+        let now = coarse_ms();
+        assert_eq!(e.latency_us_at(now), 0);
+        e.record_latency(Duration::from_micros(800));
+        assert_eq!(e.latency_us_at(now), 800);
+        e.record_latency(Duration::from_micros(400));
+        assert_eq!(e.latency_us_at(now), 700);
+        // Two half-lives later (the sample was taken at `now` or a tick after it).
+        let at = e.latency_at_ms.load(Ordering::Relaxed);
+        assert_eq!(e.latency_us_at(at + 2 * LATENCY_HALF_LIFE_MS), 175);
+        assert_eq!(e.latency_us_at(at + 40 * LATENCY_HALF_LIFE_MS), 0);
     }
 
     #[tokio::test]

@@ -46,6 +46,10 @@ pub use bindings::weir::policy::{host, metrics, pools, shared};
 mod config;
 mod pool;
 
+/// `AttemptInfo::endpoint_index` when the pool has no endpoint left to try: `on_failure` is
+/// asked whether the request moves to another pool (only `Failover` is acted on).
+pub const NO_ENDPOINT: u32 = u32::MAX;
+
 pub use config::Config;
 pub use pool::{PerPool, PoolCache, eligible, healthy, untried};
 

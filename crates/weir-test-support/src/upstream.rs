@@ -31,6 +31,8 @@ pub struct Counters {
     pub reset: std::sync::atomic::AtomicBool,
     /// What `GET /upcheck` answers (200 "I'm up!" by default); 0 = never answer.
     pub upcheck_status: std::sync::atomic::AtomicU16,
+    /// Every request (not `/upcheck`) is answered this many milliseconds late (a slow replica).
+    pub delay_ms: AtomicU64,
     /// Health checks received on `/upcheck` (not counted in `requests`).
     pub checks: AtomicU64,
     /// Every `x-test-id` header received, in order (to prove a request was never replayed).
@@ -120,6 +122,11 @@ impl Upstream {
         self.counters.checks.load(Ordering::SeqCst)
     }
 
+    /// From now on, answer every request `ms` milliseconds late.
+    pub fn set_delay(&self, ms: u64) {
+        self.counters.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// From now on, close every request's connection without answering.
     pub fn set_resetting(&self, on: bool) {
         self.counters.reset.store(on, Ordering::SeqCst);
@@ -168,6 +175,10 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
     }
     if c.reset.load(Ordering::SeqCst) {
         return Err(std::io::Error::other("resetting on purpose"));
+    }
+    let delay = c.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();

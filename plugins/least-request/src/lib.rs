@@ -18,10 +18,14 @@ pub fn least_loaded(candidates: &[usize], in_flight: &[u32], ewma: &[u32]) -> Op
     })
 }
 
-/// Up to `n` distinct indexes from `eligible`, drawn with `random`.
+/// Up to `n` distinct indexes from `eligible`, drawn with `random`, in random order: the
+/// first of equally loaded candidates wins, which must not always be the same endpoint.
 pub fn sample(eligible: &[usize], n: usize, mut random: impl FnMut() -> u64) -> Vec<usize> {
     if eligible.len() <= n {
-        return eligible.to_vec();
+        let mut all = eligible.to_vec();
+        let k = (random() % all.len().max(1) as u64) as usize;
+        all.rotate_left(k);
+        return all;
     }
     let mut pool = eligible.to_vec();
     let mut out = Vec::with_capacity(n);
@@ -90,5 +94,9 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_ne!(s[0], s[1]);
         assert_eq!(sample(&[1], 2, || 0), vec![1]);
+        assert_eq!(sample(&[], 2, || 3), Vec::<usize>::new());
+        // Fewer eligible than choices: all of them, starting anywhere.
+        assert_eq!(sample(&[4, 5, 6], 3, || 0), vec![4, 5, 6]);
+        assert_eq!(sample(&[4, 5, 6], 3, || 4), vec![5, 6, 4]);
     }
 }

@@ -1,6 +1,7 @@
 //! `pool-failover`: retries within the pool while `retries` allow, then fails over to
 //! `fallback_pool` (a DR site, a static maintenance pool). `{ fallback_pool = "dr",
-//! retries = 1 }`. Like every failover policy, it only moves requests that are safe to resend.
+//! retries = 1 }`. A pool with no endpoint left to try (all down, drained or tried) fails over
+//! at once. Like every failover policy, it only moves requests that are safe to resend.
 
 use weir_plugin_sdk::*;
 
@@ -16,8 +17,10 @@ impl PoolFailover {
         if !(unsent || a.replayable) {
             return FailureDecision::Fail;
         }
-        // `attempt - 1` retries were spent in the primary pool; the host caps the total.
-        if a.pool_id != self.fallback_id && a.attempt > self.retries {
+        // `attempt - 1` retries were spent in the primary pool; the host caps the total. A pool
+        // with no endpoint left to try fails over at once.
+        let exhausted = a.endpoint_index == NO_ENDPOINT;
+        if a.pool_id != self.fallback_id && (exhausted || a.attempt > self.retries) {
             FailureDecision::Failover(UpstreamTarget {
                 pool: self.fallback_pool.clone(),
                 rewrite_path: None,
@@ -87,5 +90,30 @@ mod tests {
         assert!(matches!(p.decide(&attempt(0, 2, true)), FailureDecision::Failover(_)));
         assert!(matches!(p.decide(&attempt(1, 3, true)), FailureDecision::Retry(0)));
         assert!(matches!(p.decide(&attempt(0, 1, false)), FailureDecision::Fail));
+    }
+
+    #[test]
+    fn a_pool_with_no_endpoint_left_fails_over_at_once() {
+        let p = PoolFailover {
+            fallback_pool: "dr".into(),
+            fallback_id: 1,
+            retries: 2,
+        };
+        let exhausted = |pool_id, replayable, failure| AttemptInfo {
+            endpoint_index: NO_ENDPOINT,
+            failure,
+            ..attempt(pool_id, 1, replayable)
+        };
+        // Nothing sent yet (every endpoint of the primary down): even a POST moves.
+        let none_sent = exhausted(0, false, FailureKind::ConnectRefused);
+        assert!(matches!(p.decide(&none_sent), FailureDecision::Failover(ref t) if t.pool == "dr"));
+        // A POST that reached an endpoint does not.
+        let sent = exhausted(0, false, FailureKind::ResetBeforeResponse);
+        assert!(matches!(p.decide(&sent), FailureDecision::Fail));
+        // The fallback pool itself has nowhere else to go.
+        assert!(!matches!(
+            p.decide(&exhausted(1, true, FailureKind::ConnectRefused)),
+            FailureDecision::Failover(_)
+        ));
     }
 }
