@@ -7,13 +7,20 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-/// Bound of the sticky table: above it, expired entries are swept on insert.
+/// Bound of the sticky table: above it, expired entries are swept on insert, at most once a
+/// second (a table of that many live sessions would otherwise be scanned on every new one).
 const STICKY_SWEEP_AT: usize = 100_000;
+const STICKY_SWEEP_EVERY_MS: u64 = 1000;
+
+/// A sticky entry: the endpoint id, when it expires, and its ttl (renewed on every hit).
+type StickyEntry = (u32, Instant, u32);
 
 #[derive(Default)]
 pub struct PluginShared {
     counters: DashMap<String, i64>,
-    sticky: DashMap<(u32, u64), (u32, Instant)>,
+    sticky: DashMap<(u32, u64), StickyEntry>,
+    /// When the sticky table was last swept (`weir_core::upstream::now_ms`).
+    sticky_swept_ms: AtomicU64,
     kv: DashMap<String, (Vec<u8>, u64)>,
     pub metric_counters: DashMap<String, AtomicU64>,
     pub metric_histograms: DashMap<String, (u64, f64)>,
@@ -26,26 +33,50 @@ impl PluginShared {
         *entry
     }
 
+    /// The endpoint a session is pinned to. A hit renews the entry's ttl: it expires `ttl`
+    /// after its last use, not after it was made (HAProxy's stick tables and nginx's `sticky
+    /// learn` count the same way), so a session in use is never moved by its age.
     pub fn sticky_get(&self, pool: u32, key: u64) -> Option<u32> {
-        let now = Instant::now();
-        let hit = self.sticky.get(&(pool, key)).map(|e| *e.value());
-        match hit {
-            Some((endpoint, expires)) if expires > now => Some(endpoint),
-            Some(_) => {
-                self.sticky.remove(&(pool, key));
-                None
+        self.sticky_get_at(pool, key, Instant::now())
+    }
+
+    fn sticky_get_at(&self, pool: u32, key: u64, now: Instant) -> Option<u32> {
+        let expired = match self.sticky.get_mut(&(pool, key)) {
+            Some(mut e) if e.1 > now => {
+                let (endpoint, _, ttl_ms) = *e;
+                e.1 = now + Duration::from_millis(u64::from(ttl_ms));
+                return Some(endpoint);
             }
-            None => None,
+            Some(_) => true,
+            None => false,
+        };
+        if expired {
+            self.sticky.remove_if(&(pool, key), |_, e| e.1 <= now);
         }
+        None
     }
 
     pub fn sticky_set(&self, pool: u32, key: u64, endpoint: u32, ttl_ms: u32) {
-        let now = Instant::now();
+        self.sticky_set_at(pool, key, endpoint, ttl_ms, Instant::now());
+    }
+
+    fn sticky_set_at(&self, pool: u32, key: u64, endpoint: u32, ttl_ms: u32, now: Instant) {
         if self.sticky.len() >= STICKY_SWEEP_AT {
-            self.sticky.retain(|_, (_, expires)| *expires > now);
+            let ms = weir_core::upstream::now_ms();
+            let last = self.sticky_swept_ms.load(Ordering::Relaxed);
+            if ms.saturating_sub(last) >= STICKY_SWEEP_EVERY_MS
+                && self
+                    .sticky_swept_ms
+                    .compare_exchange(last, ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.sticky.retain(|_, e| e.1 > now);
+            }
         }
-        self.sticky
-            .insert((pool, key), (endpoint, now + Duration::from_millis(u64::from(ttl_ms))));
+        self.sticky.insert(
+            (pool, key),
+            (endpoint, now + Duration::from_millis(u64::from(ttl_ms)), ttl_ms),
+        );
     }
 
     pub fn kv_get(&self, key: &str) -> Option<(Vec<u8>, u64)> {
@@ -97,6 +128,16 @@ mod tests {
         assert_eq!(s.sticky_get(0, 7), Some(3));
         s.sticky_set(0, 8, 4, 0);
         assert_eq!(s.sticky_get(0, 8), None);
+        // The ttl counts from the last use: a session used every 600 ms with a ttl of 1 s
+        // stays pinned; one left alone for longer than the ttl does not.
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        s.sticky_set_at(0, 9, 5, 1000, t0);
+        for ms in [600, 1200, 1800, 2400] {
+            assert_eq!(s.sticky_get_at(0, 9, at(ms)), Some(5), "at {ms} ms");
+        }
+        assert_eq!(s.sticky_get_at(0, 9, at(3500)), None);
+        assert_eq!(s.sticky_get_at(0, 9, at(3600)), None);
         assert_eq!(s.counter_add("c".into(), 2), 2);
         assert_eq!(s.counter_add("c".into(), -5), -3);
     }

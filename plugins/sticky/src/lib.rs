@@ -1,7 +1,8 @@
 //! `sticky`: sticky sessions. `{ cookie = "weir-sticky", ttl = "1h" }`. The host issues the
 //! cookie when a client has none and hashes its value into `affinity_hash`; this plugin maps
 //! that hash to an endpoint id in the host's shared sticky table (shared by all workers, kept
-//! across reloads). A session whose endpoint is gone or ineligible is re-pinned.
+//! across reloads). A session whose endpoint is gone or ineligible is re-pinned; one idle for
+//! longer than `ttl` is forgotten (each request renews it).
 
 use std::cell::Cell;
 
