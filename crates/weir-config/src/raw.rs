@@ -130,7 +130,8 @@ pub struct RawSniCert {
     pub key: String,
 }
 
-/// A size is either a bare integer (bytes) or a string with a unit (`"16MiB"`).
+/// A size is either a bare integer (bytes) or a string with a unit (`"16MiB"`). Also a
+/// health check's `expect_status`: a bare status or a string (`"200-399"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum RawSize {
@@ -206,7 +207,8 @@ pub struct RawHealth {
     pub initial_delay: Option<String>,
     pub healthy_threshold: Option<u64>,
     pub unhealthy_threshold: Option<u64>,
-    pub expect_status: Option<String>,
+    /// `"200-399"`, `"200"` or `200`.
+    pub expect_status: Option<RawSize>,
     pub expect_body: Option<String>,
 }
 

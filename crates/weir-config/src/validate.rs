@@ -712,8 +712,12 @@ fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath) -> Health {
     {
         v.issue(Issue::new(path.key("path"), format!("`{p}` must start with `/`")));
     }
-    let expect_text = raw.expect_status.as_deref().unwrap_or(DEFAULT_EXPECT_STATUS);
-    let expect_status = parse_status_range(expect_text).unwrap_or_else(|e| {
+    let expect_text = match &raw.expect_status {
+        None => DEFAULT_EXPECT_STATUS.to_string(),
+        Some(RawSize::Int(n)) => n.to_string(),
+        Some(RawSize::Text(t)) => t.clone(),
+    };
+    let expect_status = parse_status_range(&expect_text).unwrap_or_else(|e| {
         v.issue(Issue::new(path.key("expect_status"), e).help("e.g. \"200\" or \"200-399\""));
         StatusRange { low: 200, high: 399 }
     });

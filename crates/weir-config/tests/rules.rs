@@ -257,6 +257,20 @@ fn health_status_range() {
 }
 
 #[test]
+fn health_status_as_a_bare_number() {
+    let src = format!("{BASE}[pool.health]\nexpect_status = 204\n");
+    let range = parse(&src, Path::new("test.toml")).ok().and_then(|c| {
+        c.pools[0]
+            .health
+            .as_ref()
+            .map(|h| (h.expect_status.low, h.expect_status.high))
+    });
+    assert_eq!(range, Some((204, 204)));
+    let src = format!("{BASE}[pool.health]\nexpect_status = 700\n");
+    assert_one(&src, "pool[0].health.expect_status", 12, "not a status");
+}
+
+#[test]
 fn health_port_out_of_range() {
     let src = format!("{BASE}[pool.health]\nport = 70000\n");
     assert_one(&src, "pool[0].health.port", 12, "not a port");
