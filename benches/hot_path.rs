@@ -211,7 +211,7 @@ fn pool(c: &mut Criterion) {
         rt.block_on(async {
             let mut conns = Vec::new();
             for _ in 0..in_flight {
-                conns.push(endpoint.checkout(connect, idle, None).await.unwrap().0);
+                conns.push(endpoint.checkout(connect, idle, None, None).await.unwrap().0);
             }
             conns.into_iter().for_each(|c| endpoint.checkin(c));
         });
@@ -222,7 +222,7 @@ fn pool(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..iters {
                         for _ in 0..n {
-                            let (conn, reused) = endpoint.checkout(connect, idle, None).await.unwrap();
+                            let (conn, reused) = endpoint.checkout(connect, idle, None, None).await.unwrap();
                             assert!(reused);
                             held.push(conn);
                         }

@@ -124,7 +124,8 @@ fn pool_change(old: &Pool, new: &Pool) -> Option<PoolChange> {
             || old.retry != new.retry
             || old.passive != new.passive
             || old.resolve_interval != new.resolve_interval
-            || old.send_proxy != new.send_proxy,
+            || old.send_proxy != new.send_proxy
+            || old.tls != new.tls,
         ..PoolChange::default()
     };
     for e in &new.endpoints {

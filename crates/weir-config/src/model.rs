@@ -167,7 +167,21 @@ pub struct Pool {
     pub health: Option<Health>,
     /// A PROXY protocol header at the start of every upstream connection (`send_proxy`).
     pub send_proxy: Option<ProxyVersion>,
+    /// `[pool.tls]`: HTTPS to the upstreams.
+    pub tls: Option<PoolTls>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// TLS to a pool's upstreams (`[pool.tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolTls {
+    /// CAs to trust; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// SNI and the name verified; `None`: the endpoint's hostname, or its IP address.
+    pub server_name: Option<String>,
+    pub verify: bool,
+    /// Client certificate chain and key (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Which PROXY protocol header weir writes to the upstreams of a pool.
@@ -215,6 +229,8 @@ pub struct Health {
     pub unhealthy_threshold: u32,
     pub expect_status: StatusRange,
     pub expect_body: Option<String>,
+    /// Checks over TLS, with the pool's `[pool.tls]` settings.
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -167,8 +167,24 @@ pub struct RawPool {
     pub passive: RawPassive,
     pub health: Option<RawHealth>,
     pub send_proxy: Option<String>,
+    pub tls: Option<RawPoolTls>,
     #[serde(default)]
     pub endpoint: Vec<RawEndpoint>,
+}
+
+/// `[pool.tls]`: the pool's upstreams speak HTTPS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTls {
+    /// PEM file of the CAs that sign the upstreams' certificates (default: the system's roots).
+    pub ca: Option<String>,
+    /// The name sent in SNI and verified (default: the endpoint's hostname, or its IP address).
+    pub server_name: Option<String>,
+    /// `false` accepts any certificate (tests, self-signed replicas on a trusted network).
+    pub verify: Option<bool>,
+    /// A client certificate chain and its key (mutual TLS).
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +226,8 @@ pub struct RawHealth {
     /// `"200-399"`, `"200"` or `200`.
     pub expect_status: Option<RawSize>,
     pub expect_body: Option<String>,
+    /// Checks over TLS (default: when the pool has `[pool.tls]`).
+    pub tls: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

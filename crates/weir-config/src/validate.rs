@@ -638,7 +638,11 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         fail_timeout,
         fail_on_status,
     };
-    let health = raw.health.as_ref().map(|h| health(v, h, &path.key("health")));
+    let tls = raw.tls.as_ref().map(|t| pool_tls(v, t, &path.key("tls")));
+    let health = raw
+        .health
+        .as_ref()
+        .map(|h| health(v, h, &path.key("health"), tls.is_some()));
     let send_proxy = match raw.send_proxy.as_deref() {
         None | Some("off") => None,
         Some("v1") => Some(ProxyVersion::V1),
@@ -695,11 +699,57 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         passive,
         health,
         send_proxy,
+        tls,
         endpoints,
     }
 }
 
-fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath) -> Health {
+fn pool_tls(v: &mut V<'_>, raw: &RawPoolTls, path: &KeyPath) -> PoolTls {
+    let ca = raw.ca.as_ref().map(|c| v.file(path.key("ca"), c, "CA file"));
+    let client_cert = match (&raw.cert, &raw.key) {
+        (Some(c), Some(k)) => Some((
+            v.file(path.key("cert"), c, "client certificate"),
+            v.file(path.key("key"), k, "client key"),
+        )),
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            let missing = if raw.cert.is_some() { "key" } else { "cert" };
+            v.issue(
+                Issue::new(
+                    path.key(missing),
+                    format!("`cert` and `key` go together: `{missing}` is missing"),
+                )
+                .help("a client certificate (mutual TLS) needs its chain in `cert` and its private key in `key`"),
+            );
+            None
+        }
+    };
+    if let Some(name) = &raw.server_name
+        && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        v.issue(
+            Issue::new(
+                path.key("server_name"),
+                format!("`{name}` is not a DNS name or an IP address"),
+            )
+            .help("e.g. server_name = \"api.internal\""),
+        );
+    }
+    PoolTls {
+        ca,
+        server_name: raw.server_name.clone(),
+        verify: raw.verify.unwrap_or(true),
+        client_cert,
+    }
+}
+
+fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath, pool_tls: bool) -> Health {
+    if raw.tls == Some(true) && !pool_tls {
+        v.issue(
+            Issue::new(path.key("tls"), "checks over TLS need the pool's [pool.tls] settings")
+                .help("add a [pool.tls] table (its CA, name and client certificate serve the checks too)"),
+        );
+    }
     let port = raw.port.and_then(|p| match u16::try_from(p) {
         Ok(p) if p > 0 => Some(p),
         _ => {
@@ -753,6 +803,7 @@ fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath) -> Health {
         ) as u32,
         expect_status,
         expect_body: raw.expect_body.clone(),
+        tls: raw.tls.unwrap_or(pool_tls),
     }
 }
 

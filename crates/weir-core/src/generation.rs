@@ -143,6 +143,8 @@ pub struct PoolRt {
     pub failover: Arc<dyn FailoverPolicy>,
     /// Caps retries to a share of the pool's request rate.
     pub budget: RetryBudget,
+    /// `[pool.tls]`: HTTPS to the upstreams (and the health checks).
+    pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
 }
 
 pub struct Generation {
@@ -215,6 +217,11 @@ impl Generation {
                 }),
             };
             let native = native_round_robin(&endpoints);
+            let tls = pc.tls.as_ref().and_then(|t| {
+                crate::upstream_tls::UpstreamTls::build(t)
+                    .map_err(|e| errors.push(format!("pool `{}`: [pool.tls]: {e}", pc.name)))
+                    .ok()
+            });
             pools.push(Arc::new(PoolRt {
                 name: pc.name.clone(),
                 config: pc.clone(),
@@ -223,6 +230,7 @@ impl Generation {
                 native,
                 failover,
                 budget: RetryBudget::new(pc.retry.budget),
+                tls,
             }));
         }
         let mut listeners = Vec::with_capacity(config.listeners.len());

@@ -18,8 +18,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weir_config::{EndpointAddress, Health};
 
+use crate::h1client::UpStream;
 use crate::state::Shared;
 use crate::upstream::Endpoint;
+use crate::upstream_tls::UpstreamTls;
 
 /// Largest body read to look for `expect_body`.
 const MAX_BODY: usize = 64 * 1024;
@@ -42,6 +44,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut generations: watch::Receiver<u64>, 
                         health.clone(),
                         pool.name.clone(),
                         pool.config.send_proxy,
+                        pool.tls.clone().filter(|_| health.tls),
                     ));
                 }
             }
@@ -77,6 +80,7 @@ async fn check_loop(
     health: Health,
     pool: String,
     send_proxy: Option<weir_config::ProxyVersion>,
+    tls: Option<Arc<UpstreamTls>>,
 ) {
     let mut round = u64::from(endpoint.id) << 32;
     // The first check's spread is at most 100 ms, whatever the interval: an endpoint takes no
@@ -85,13 +89,14 @@ async fn check_loop(
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
         round += 1;
-        let verdict = match tokio::time::timeout(health.timeout, probe(&endpoint, &health, send_proxy)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
-                "no answer within {}",
-                weir_config::format_duration(health.timeout)
-            )),
-        };
+        let verdict =
+            match tokio::time::timeout(health.timeout, probe(&endpoint, &health, send_proxy, tls.as_deref())).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "no answer within {}",
+                    weir_config::format_duration(health.timeout)
+                )),
+            };
         match verdict {
             Ok(()) => {
                 endpoint.checks_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -122,6 +127,7 @@ async fn probe(
     endpoint: &Endpoint,
     health: &Health,
     send_proxy: Option<weir_config::ProxyVersion>,
+    tls: Option<&UpstreamTls>,
 ) -> Result<(), String> {
     let (mut stream, addr) = endpoint
         .open(health.port, health.timeout)
@@ -137,10 +143,18 @@ async fn probe(
             .await
             .map_err(|e| format!("PROXY header to {addr}: {e}"))?;
     }
+    let _ = stream.set_nodelay(true);
+    let stream: UpStream = match tls {
+        None => stream.into(),
+        Some(t) => t
+            .connect(stream, &endpoint.address, addr)
+            .await
+            .map_err(|e| format!("TLS handshake with {addr}: {e}"))?
+            .into(),
+    };
     let Some(path) = &health.path else {
         return Ok(());
     };
-    let _ = stream.set_nodelay(true);
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -30,6 +30,7 @@ pub mod state;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod upstream_tls;
 pub mod watch;
 
 pub use gateway::{Gateway, StartError};

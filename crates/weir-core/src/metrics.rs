@@ -112,9 +112,11 @@ pub enum AttemptOutcome {
     /// A pooled connection the upstream had closed as it was taken: the request went again on
     /// a new connection, and the endpoint is not blamed.
     StaleConnection,
+    /// The TLS handshake with the upstream failed (`[pool.tls]`: certificate, name, protocol).
+    TlsError,
 }
 
-pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 7] = [
+pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 8] = [
     (AttemptOutcome::Ok, "ok"),
     (AttemptOutcome::ConnectError, "connect_error"),
     (AttemptOutcome::ConnectTimeout, "connect_timeout"),
@@ -122,6 +124,7 @@ pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 7] = [
     (AttemptOutcome::Timeout, "timeout"),
     (AttemptOutcome::Status5xx, "http_5xx"),
     (AttemptOutcome::StaleConnection, "stale_connection"),
+    (AttemptOutcome::TlsError, "tls_error"),
 ];
 
 /// Process-wide counters that outlive generations, keyed by names.

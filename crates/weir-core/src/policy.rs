@@ -126,6 +126,8 @@ pub trait BalancePolicy: Send + Sync + 'static {
 pub enum FailureKind {
     ConnectRefused,
     ConnectTimeout,
+    /// The TLS handshake failed (nothing was sent).
+    TlsError,
     /// The connection failed before the response head (reset, closed).
     ResetBeforeResponse,
     ResponseTimeout,

@@ -423,12 +423,21 @@ fn forward<'a>(
             let attempt_start = Instant::now();
             let (failure, unsent, held) = loop {
                 let checkout = if fresh {
-                    endpoint.connect_new(t.connect, proxy_out).await.map(|c| (c, false))
+                    endpoint
+                        .connect_new(t.connect, proxy_out, pool.tls.as_deref())
+                        .await
+                        .map(|c| (c, false))
                 } else {
-                    endpoint.checkout(t.connect, t.idle, proxy_out).await
+                    endpoint
+                        .checkout(t.connect, t.idle, proxy_out, pool.tls.as_deref())
+                        .await
                 };
                 break match checkout {
                     Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
+                    Err(ConnectError::Tls(e)) => {
+                        tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream TLS handshake failed");
+                        (FailureKind::TlsError, true, None)
+                    }
                     Err(e) => {
                         tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
                         (FailureKind::ConnectRefused, true, None)
@@ -498,6 +507,7 @@ fn forward<'a>(
                 endpoint.count_attempt(match failure {
                     FailureKind::ConnectRefused => AttemptOutcome::ConnectError,
                     FailureKind::ConnectTimeout => AttemptOutcome::ConnectTimeout,
+                    FailureKind::TlsError => AttemptOutcome::TlsError,
                     FailureKind::ResponseTimeout => AttemptOutcome::Timeout,
                     _ => AttemptOutcome::Reset,
                 });
@@ -575,7 +585,7 @@ fn give_up(
     let err = match failure {
         FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
         FailureKind::ResponseTimeout => ProxyError::ResponseTimeout,
-        FailureKind::ConnectRefused => ProxyError::ConnectFailed,
+        FailureKind::ConnectRefused | FailureKind::TlsError => ProxyError::ConnectFailed,
         FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => ProxyError::UpstreamReset,
     };
     err.response()

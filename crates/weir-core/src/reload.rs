@@ -274,6 +274,15 @@ pub(crate) fn watched_files(config: &Config) -> Vec<PathBuf> {
     let mut files = Vec::new();
     files.extend(config.source.clone());
     files.extend(config.admin.token_file.clone());
+    for p in &config.pools {
+        if let Some(t) = &p.tls {
+            files.extend(t.ca.clone());
+            if let Some((cert, key)) = &t.client_cert {
+                files.push(cert.clone());
+                files.push(key.clone());
+            }
+        }
+    }
     for l in &config.listeners {
         if let Some(t) = &l.tls {
             files.push(t.cert.clone());

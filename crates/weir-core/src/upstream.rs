@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use weir_config::EndpointAddress;
 
 use crate::h1client::UpConn;
+use crate::upstream_tls::UpstreamTls;
 
 /// Bumped whenever any endpoint's health or drain state changes: lets policy hosts cache a
 /// pool's health column and refill it only when something changed.
@@ -54,7 +55,7 @@ struct Idle {
 
 impl Idle {
     /// Younger than `idle_timeout` and not closed by the upstream.
-    fn usable(&self, idle_timeout: Duration) -> bool {
+    fn usable(&mut self, idle_timeout: Duration) -> bool {
         let idle_ms = coarse_ms().saturating_sub(self.since_ms);
         u128::from(idle_ms) < idle_timeout.as_millis() && self.conn.is_idle_usable()
     }
@@ -69,6 +70,8 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("name resolution of {0} gave no address")]
     NoAddress(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
 }
 
 /// One upstream endpoint of a pool. Shared across generations while its address is unchanged,
@@ -334,35 +337,38 @@ impl Endpoint {
         connect_timeout: Duration,
         idle_timeout: Duration,
         proxy: Option<crate::proxy_protocol::Out>,
+        tls: Option<&UpstreamTls>,
     ) -> Result<(UpConn, bool), ConnectError> {
+        let tls_id = tls.map_or(0, |t| t.id);
         match proxy {
             None => {
-                while let Some(idle) = self.idle.pop() {
-                    // One a reload left from `send_proxy` days names a client: not for others.
-                    if idle.usable(idle_timeout) && idle.conn.proxied_for.is_none() {
+                while let Some(mut idle) = self.idle.pop() {
+                    // One a reload left from `send_proxy` days names a client: not for others;
+                    // one made with other TLS settings (or none) is not for this generation.
+                    if idle.conn.proxied_for.is_none() && idle.conn.tls_id == tls_id && idle.usable(idle_timeout) {
                         return Ok((idle.conn, true));
                     }
                 }
             }
             Some(p) => {
-                if let Some(conn) = self.take_idle_for(p.client, idle_timeout) {
+                if let Some(conn) = self.take_idle_for(p.client, idle_timeout, tls_id) {
                     return Ok((conn, true));
                 }
             }
         }
         // Boxed: a new connection is the rare case; its state would sit in every request's.
-        Ok((Box::pin(self.connect(connect_timeout, proxy)).await?, false))
+        Ok((Box::pin(self.connect(connect_timeout, proxy, tls)).await?, false))
     }
 
     /// A usable pooled connection opened for `client`. Looks at each pooled connection at most
     /// once: the others go back to the end of the queue, stale ones are dropped.
-    fn take_idle_for(&self, client: SocketAddr, idle_timeout: Duration) -> Option<UpConn> {
+    fn take_idle_for(&self, client: SocketAddr, idle_timeout: Duration, tls_id: u64) -> Option<UpConn> {
         for _ in 0..self.idle.len() {
-            let Some(idle) = self.idle.pop() else { break };
+            let Some(mut idle) = self.idle.pop() else { break };
             if !idle.usable(idle_timeout) {
                 continue;
             }
-            if idle.conn.proxied_for == Some(client) {
+            if idle.conn.proxied_for == Some(client) && idle.conn.tls_id == tls_id {
                 return Some(idle.conn);
             }
             self.idle.push(idle);
@@ -376,8 +382,9 @@ impl Endpoint {
         &self,
         connect_timeout: Duration,
         proxy: Option<crate::proxy_protocol::Out>,
+        tls: Option<&UpstreamTls>,
     ) -> Result<UpConn, ConnectError> {
-        Box::pin(self.connect(connect_timeout, proxy)).await
+        Box::pin(self.connect(connect_timeout, proxy, tls)).await
     }
 
     /// Returns a connection whose response has been read to the end. There is one per request
@@ -403,8 +410,11 @@ impl Endpoint {
     pub fn sweep_idle(&self, idle_timeout: Duration) {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
-                Some(idle) if idle.usable(idle_timeout) => self.idle.push(idle),
-                Some(_) => {}
+                Some(mut idle) => {
+                    if idle.usable(idle_timeout) {
+                        self.idle.push(idle);
+                    }
+                }
                 None => break,
             }
         }
@@ -540,15 +550,28 @@ impl Endpoint {
         &self,
         connect_timeout: Duration,
         proxy: Option<crate::proxy_protocol::Out>,
+        tls: Option<&UpstreamTls>,
     ) -> Result<UpConn, ConnectError> {
         let connect = async {
-            let (mut stream, _) = self.open(None, connect_timeout).await?;
+            let (mut stream, addr) = self.open(None, connect_timeout).await?;
             stream.set_nodelay(true)?;
             if let Some(p) = &proxy {
                 // Its own segment, once per connection; the connect timeout covers it.
                 tokio::io::AsyncWriteExt::write_all(&mut stream, &p.header()).await?;
             }
-            let mut conn = UpConn::new(stream);
+            // The handshake is part of connecting: the connect timeout covers it too.
+            let mut conn = match tls {
+                None => UpConn::new(stream),
+                Some(t) => {
+                    let tls_stream = t.connect(stream, &self.address, addr).await.map_err(|e| {
+                        tracing::debug!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed");
+                        ConnectError::Tls(e)
+                    })?;
+                    let mut conn = UpConn::new(tls_stream);
+                    conn.tls_id = t.id;
+                    conn
+                }
+            };
             conn.proxied_for = proxy.map(|p| p.client);
             Ok::<_, ConnectError>(conn)
         };

@@ -589,6 +589,7 @@ impl FailoverPolicy for WasmFailover {
             failure: match a.failure {
                 FailureKind::ConnectRefused => types::FailureKind::ConnectRefused,
                 FailureKind::ConnectTimeout => types::FailureKind::ConnectTimeout,
+                FailureKind::TlsError => types::FailureKind::TlsError,
                 FailureKind::ResetBeforeResponse => types::FailureKind::ResetBeforeResponse,
                 FailureKind::ResponseTimeout => types::FailureKind::ResponseTimeout,
                 FailureKind::HttpStatus(s) => types::FailureKind::HttpStatus(s),

@@ -42,6 +42,43 @@ impl TestCerts {
     }
 }
 
+impl TestCerts {
+    /// Writes the CA certificate as `ca.pem` (what `[pool.tls] ca` names); returns its path.
+    pub fn ca_file(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.pem");
+        std::fs::write(&path, self.issuer.pem()).unwrap();
+        path
+    }
+
+    /// A TLS server config for an upstream valid for `names`, signed by this CA; with
+    /// `client_auth`, it requires a client certificate signed by this CA (mutual TLS).
+    pub fn upstream_server(&self, names: &[&str], client_auth: bool) -> std::sync::Arc<rustls::ServerConfig> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let file = format!("upstream-{}", names.first().copied().unwrap_or("weir"));
+        let (cert, key) = self.leaf(&file, names);
+        let chain = vec![CertificateDer::from_pem_file(&cert).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        std::sync::Arc::new(config)
+    }
+}
+
 impl Default for TestCerts {
     fn default() -> Self {
         Self::new()

@@ -63,6 +63,17 @@ impl Upstream {
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
+        Self::serve(addr, name, None).await
+    }
+
+    /// An upstream speaking HTTPS with `tls` (see `TestCerts::upstream_server`). Failed
+    /// handshakes are recorded in `refused` as `tls: ...`.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor)).await
+    }
+
+    async fn serve(addr: SocketAddr, name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(Counters::default());
@@ -78,13 +89,28 @@ impl Upstream {
                 c.connections.fetch_add(1, Ordering::SeqCst);
                 let c = c.clone();
                 let name = name_s.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
                     let counters = c.clone();
                     let svc = service_fn(move |req| handle(req, name.clone(), counters.clone()));
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    let served = match tls {
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => builder.serve_connection(TokioIo::new(tls), svc).with_upgrades().await,
+                            Err(e) => {
+                                if let Ok(mut refused) = c.refused.lock() {
+                                    refused.push(format!("tls: {e}"));
+                                }
+                                return;
+                            }
+                        },
+                    };
                     if let Err(e) = served
                         && let Ok(mut refused) = c.refused.lock()
                     {

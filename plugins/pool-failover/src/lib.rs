@@ -13,7 +13,10 @@ pub struct PoolFailover {
 
 impl PoolFailover {
     pub fn decide(&self, a: &AttemptInfo) -> FailureDecision {
-        let unsent = matches!(a.failure, FailureKind::ConnectRefused | FailureKind::ConnectTimeout);
+        let unsent = matches!(
+            a.failure,
+            FailureKind::ConnectRefused | FailureKind::ConnectTimeout | FailureKind::TlsError
+        );
         if !(unsent || a.replayable) {
             return FailureDecision::Fail;
         }

@@ -18,7 +18,7 @@ impl RetryIdempotent {
             return FailureDecision::Fail;
         }
         let retry = match a.failure {
-            FailureKind::ConnectRefused | FailureKind::ConnectTimeout => true,
+            FailureKind::ConnectRefused | FailureKind::ConnectTimeout | FailureKind::TlsError => true,
             FailureKind::ResetBeforeResponse | FailureKind::ResponseTimeout | FailureKind::TlsError => a.replayable,
             FailureKind::HttpStatus(s) => a.replayable && self.on_status.contains(&s),
         };

@@ -27,7 +27,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -69,7 +68,7 @@ pub struct Settings {
 /// The upstream side of a `101 Switching Protocols`, handed from the request path to the
 /// server (in the response's extensions) once the client's side is free to join it.
 pub struct Tunnel {
-    pub upstream: TcpStream,
+    pub upstream: crate::h1client::UpStream,
     /// Bytes the upstream sent right behind its 101: the new protocol's first.
     pub early: BytesMut,
     pub in_flight: InFlight,

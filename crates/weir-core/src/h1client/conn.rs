@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,12 +13,12 @@ use http::Method;
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::{
     Framing, HeadError, RequestFraming, RequestHead, ResponseHead, encode_request, parse_response, put_chunk_size,
 };
+use super::stream::UpStream;
 use super::timer::{ReusedTimer, TimedOut};
 use crate::bufpool::{self, UPSTREAM_READ as READ_CHUNK};
 use crate::client_body::{ClientBody, ClientBodyError};
@@ -88,7 +88,7 @@ impl ExchangeError {
 /// it moves bytes: one idle in its pool, or waiting for its upstream's answer, holds none.
 #[derive(Debug)]
 pub struct UpConn {
-    stream: TcpStream,
+    stream: UpStream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     /// The response timer, kept across this connection's requests.
@@ -98,36 +98,28 @@ pub struct UpConn {
     /// The client this connection's PROXY header named (`send_proxy` pools): it carries that
     /// client's requests only.
     pub(crate) proxied_for: Option<std::net::SocketAddr>,
+    /// The `UpstreamTls::id` of the settings it was made with; 0 for plain TCP.
+    pub(crate) tls_id: u64,
 }
 
 impl UpConn {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: impl Into<UpStream>) -> Self {
         UpConn {
-            stream,
+            stream: stream.into(),
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             timer: ReusedTimer::default(),
             read_size: READ_CHUNK,
             proxied_for: None,
+            tls_id: 0,
         }
     }
 
     /// Cheap liveness check of an idle connection, without a syscall unless the reactor saw
     /// it become readable: an idle connection that is readable was closed by the upstream (or
-    /// sent bytes nobody asked for), and cannot carry a request.
-    pub fn is_idle_usable(&self) -> bool {
-        if !self.rbuf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// sent bytes nobody asked for), and cannot carry a request ([`UpStream::is_idle_usable`]).
+    pub fn is_idle_usable(&mut self) -> bool {
+        self.rbuf.is_empty() && self.stream.is_idle_usable()
     }
 
     /// Whether no byte of a response is waiting in the read buffer (after a failed exchange:
@@ -193,7 +185,7 @@ impl UpConn {
         bufpool::give_write(std::mem::take(&mut self.wbuf));
         // Wait for the answer without a read buffer: hundreds of requests may be waiting.
         if self.rbuf.capacity() == 0 {
-            self.stream.readable().await.map_err(ExchangeError::Io)?;
+            self.stream.readable_if_plain().await.map_err(ExchangeError::Io)?;
         }
         read_head(&mut self.stream, &mut self.rbuf, method).await
     }
@@ -204,40 +196,39 @@ impl UpConn {
         chunked: bool,
         method: &Method,
     ) -> Result<ResponseHead, ExchangeError> {
-        let (mut reader, mut writer) = self.stream.split();
-        let send = send_body(&mut writer, incoming, chunked, &mut self.wbuf);
-        let recv = read_head(&mut reader, &mut self.rbuf, method);
-        tokio::pin!(send, recv);
-        let mut sending = true;
-        let mut complete = false;
-        loop {
-            tokio::select! {
-                biased;
-                head = &mut recv => {
-                    let mut head = head?;
-                    if !complete {
-                        // The upstream answered before taking the whole body: nothing else
-                        // can follow on this connection.
-                        head.keep_alive = false;
-                    }
-                    return Ok(head);
-                }
-                sent = &mut send, if sending => {
-                    sending = false;
-                    match sent {
-                        Ok(()) => complete = true,
-                        Err(SendError::Client(e)) => return Err(ExchangeError::ClientBody(e)),
-                        // The upstream stopped reading; its answer may still be on the way.
-                        Err(SendError::Io(e)) => tracing::debug!(error = %e, "upstream stopped reading the request body"),
-                    }
-                }
+        match &mut self.stream {
+            UpStream::Plain(tcp) => {
+                let (mut reader, mut writer) = tcp.split();
+                body_and_head(
+                    &mut reader,
+                    &mut writer,
+                    &mut self.rbuf,
+                    &mut self.wbuf,
+                    incoming,
+                    chunked,
+                    method,
+                )
+                .await
+            }
+            UpStream::Tls(tls) => {
+                let (mut reader, mut writer) = tokio::io::split(tls.as_mut());
+                body_and_head(
+                    &mut reader,
+                    &mut writer,
+                    &mut self.rbuf,
+                    &mut self.wbuf,
+                    incoming,
+                    chunked,
+                    method,
+                )
+                .await
             }
         }
     }
 
     /// The socket and whatever of the upstream's stream was read past the head, for a
     /// protocol upgrade (101).
-    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+    pub fn into_upgraded(self) -> (UpStream, BytesMut) {
         (self.stream, self.rbuf)
     }
 
@@ -297,8 +288,49 @@ pub(crate) fn take_fixed(buf: &mut BytesMut, left: &mut u64) -> Bytes {
     buf.split_to(take as usize).freeze()
 }
 
+/// Sends a streamed request body while awaiting the response head: an upstream that answers
+/// early (a 413, a redirect) is heard, and the connection is then not reused.
+async fn body_and_head<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut R,
+    writer: &mut W,
+    rbuf: &mut BytesMut,
+    wbuf: &mut Vec<u8>,
+    incoming: ClientBody,
+    chunked: bool,
+    method: &Method,
+) -> Result<ResponseHead, ExchangeError> {
+    let send = send_body(writer, incoming, chunked, wbuf);
+    let recv = read_head(reader, rbuf, method);
+    tokio::pin!(send, recv);
+    let mut sending = true;
+    let mut complete = false;
+    loop {
+        tokio::select! {
+            biased;
+            head = &mut recv => {
+                let mut head = head?;
+                if !complete {
+                    // The upstream answered before taking the whole body: nothing else
+                    // can follow on this connection.
+                    head.keep_alive = false;
+                }
+                return Ok(head);
+            }
+            sent = &mut send, if sending => {
+                sending = false;
+                match sent {
+                    Ok(()) => complete = true,
+                    Err(SendError::Client(e)) => return Err(ExchangeError::ClientBody(e)),
+                    // The upstream stopped reading; its answer may still be on the way.
+                    Err(SendError::Io(e)) => tracing::debug!(error = %e, "upstream stopped reading the request body"),
+                }
+            }
+        }
+    }
+}
+
 /// Writes the first bytes of a request: an error before any byte left proves it unsent.
-async fn write_first(stream: &mut TcpStream, buf: &[u8]) -> Result<(), ExchangeError> {
+async fn write_first<W: AsyncWrite + Unpin>(stream: &mut W, buf: &[u8]) -> Result<(), ExchangeError> {
     let mut written = 0;
     while written < buf.len() {
         match stream.write(&buf[written..]).await {

@@ -1,5 +1,6 @@
 //! weir's own upstream HTTP/1.1 client: request heads written and response heads parsed by us,
-//! on pooled `TcpStream`s driven inline by the request (DESIGN §10). hyper stays on the client
+//! on pooled connections (TCP, or TLS for `[pool.tls]` pools: [`UpStream`]) driven inline by
+//! the request (DESIGN §10). hyper stays on the client
 //! side of weir and for health checks; the upstream hot path has no connection task.
 //!
 //! What it enforces on responses: one framing per message (chunked wins over a length, and the
@@ -11,9 +12,11 @@
 pub mod chunked;
 pub mod conn;
 pub mod head;
+pub mod stream;
 pub mod timer;
 
 pub use chunked::{ChunkedDecoder, Decoded};
 pub use conn::{BodyError, ExchangeError, ResponseBody, UpBody, UpConn};
 pub use head::{Framing, HeadError, RequestHead, ResponseHead};
+pub use stream::UpStream;
 pub use timer::{ReusedTimer, TimedOut};

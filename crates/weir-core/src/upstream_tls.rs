@@ -1,0 +1,171 @@
+//! TLS to a pool's upstreams (`[pool.tls]`): one rustls `ClientConfig` per pool and
+//! generation, built when the generation is (files are read off the request path), used for
+//! each new upstream connection and for the pool's health checks.
+//!
+//! The name sent in SNI and verified is `server_name` when set, else the endpoint's hostname,
+//! else its IP address (rustls checks IP SANs). ALPN offers `http/1.1` only: weir speaks
+//! HTTP/1.1 to upstreams. Roots are the `ca` file's, else the system's.
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use weir_config::{EndpointAddress, PoolTls};
+
+/// A pool's TLS client side.
+pub struct UpstreamTls {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+    /// Tells a pooled connection made with these settings from one made with others (or
+    /// without TLS, 0), so that a reload changing them does not reuse it.
+    pub id: u64,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").field("id", &self.id).finish()
+    }
+}
+
+impl UpstreamTls {
+    /// Reads the CA, client certificate and key files and builds the client config.
+    pub fn build(tls: &PoolTls) -> Result<Arc<UpstreamTls>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?;
+        let builder = if tls.verify {
+            builder.with_root_certificates(roots(tls)?)
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        };
+        let mut config = match &tls.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("cannot parse client certificate {}: {e}", cert.display()))?;
+                if chain.is_empty() {
+                    return Err(format!("no certificate found in {}", cert.display()));
+                }
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate {}: {e}", cert.display()))?
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = match &tls.server_name {
+            Some(n) => Some(
+                ServerName::try_from(n.as_str())
+                    .map_err(|e| format!("server_name `{n}`: {e}"))?
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tls.hash(&mut h);
+        Ok(Arc::new(UpstreamTls {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+            id: h.finish() | 1,
+        }))
+    }
+
+    /// The TLS handshake on a connected socket to `endpoint` at `addr`.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        endpoint: &EndpointAddress,
+        addr: SocketAddr,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let name = match (&self.server_name, endpoint) {
+            (Some(n), _) => n.clone(),
+            (None, EndpointAddress::Host { host, .. }) => ServerName::try_from(host.as_str())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+                .to_owned(),
+            (None, EndpointAddress::Socket(_)) => ServerName::IpAddress(addr.ip().into()),
+        };
+        self.connector.connect(name, tcp).await
+    }
+}
+
+fn roots(tls: &PoolTls) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => {
+            for cert in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?
+            {
+                let cert = cert.map_err(|e| format!("cannot parse CA file {}: {e}", ca.display()))?;
+                roots.add(cert).map_err(|e| format!("CA file {}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("no certificate found in CA file {}", ca.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "no system CA certificates found ({} errors); set `ca`",
+                    found.errors.len()
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// `verify = false`: any certificate is accepted; the handshake's signatures are still checked.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
