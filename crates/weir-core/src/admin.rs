@@ -265,7 +265,7 @@ impl Admin {
                             "backup": e.is_backup(),
                             "zone": e.zone,
                             "in_flight": e.in_flight(),
-                            "ewma_latency_us": e.latency_us_at(crate::upstream::coarse_ms()),
+                            "ewma_latency_us": e.latency_us_at(crate::upstream::now_ms()),
                             "requests": e.requests(),
                             "idle_connections": e.idle_connections(),
                         })

@@ -451,7 +451,8 @@ fn forward<'a>(
                         };
                         match conn.exchange_within(per_try, &head, &mut up_body).await {
                             Ok(Ok(head)) => {
-                                endpoint.record_latency(attempt_start.elapsed());
+                                let now = Instant::now();
+                                endpoint.record_latency(now - attempt_start, now);
                                 let status = head.status.as_u16();
                                 endpoint.count_attempt(if status >= 500 {
                                     AttemptOutcome::Status5xx
@@ -495,7 +496,7 @@ fn forward<'a>(
                                 (FailureKind::ResetBeforeResponse, unsent, None)
                             }
                             Err(_) => {
-                                endpoint.record_latency(per_try);
+                                endpoint.record_latency(per_try, Instant::now());
                                 (FailureKind::ResponseTimeout, false, None)
                             }
                         }

@@ -100,7 +100,7 @@ pub struct Endpoint {
     probation: AtomicBool,
     in_flight: AtomicU32,
     /// How long attempts took to get their response head: an EWMA in µs and when it was last
-    /// fed (on [`coarse_ms`]'s clock). `least-request` breaks ties between endpoints with
+    /// fed (on [`now_ms`]'s clock). `least-request` breaks ties between endpoints with
     /// equal requests in flight by it.
     latency_us: AtomicU32,
     latency_at_ms: AtomicU64,
@@ -131,7 +131,7 @@ pub struct Endpoint {
 /// on checkin and reads the stamp on checkout: with `Instant` (two precise reads) the pool's
 /// round trip took 254-260 ns on this VM, with this clock 154-156 ns
 /// (`cargo bench --bench hot_path -- upstream/pool`).
-pub fn coarse_ms() -> u64 {
+fn coarse_ms() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
     let ms = u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000;
@@ -146,6 +146,11 @@ fn clock_start() -> Instant {
 /// Milliseconds on a process-local monotonic clock.
 pub fn now_ms() -> u64 {
     u64::try_from(clock_start().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `t` on [`now_ms`]'s clock.
+pub fn ms_at(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(clock_start()).as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Endpoint {
@@ -292,11 +297,11 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Feeds the latency EWMA with one attempt's time to its response head (each sample
-    /// weighs a quarter).
-    pub fn record_latency(&self, took: Duration) {
+    /// Feeds the latency EWMA with one attempt's time to its response head, taken at `at`
+    /// (each sample weighs a quarter). The caller's clock reading serves both: no other.
+    pub fn record_latency(&self, took: Duration, at: Instant) {
         let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
-        let now = coarse_ms();
+        let now = ms_at(at);
         let old = self.latency_us_at(now);
         let new = if old == 0 {
             sample
@@ -307,7 +312,7 @@ impl Endpoint {
         self.latency_at_ms.store(now, Ordering::Relaxed);
     }
 
-    /// The latency EWMA in µs at `now` (on [`coarse_ms`]'s clock); 0 before any sample. It
+    /// The latency EWMA in µs at `now` (on [`now_ms`]'s clock); 0 before any sample. It
     /// halves for every [`LATENCY_HALF_LIFE_MS`] without a sample, so an endpoint passed over
     /// for being slow is tried again, and measured again, once it has had time to recover.
     pub fn latency_us_at(&self, now: u64) -> u32 {
@@ -742,14 +747,15 @@ mod tests {
     #[test]
     fn the_latency_ewma_weighs_each_sample_a_quarter_and_fades_without_traffic() {
         let e = endpoint(EndpointAddress::Socket(SocketAddr::from(([127, 0, 0, 1], 1))));
-        let now = coarse_ms();
+        let t = Instant::now();
+        let now = ms_at(t);
         assert_eq!(e.latency_us_at(now), 0);
-        e.record_latency(Duration::from_micros(800));
+        e.record_latency(Duration::from_micros(800), t);
         assert_eq!(e.latency_us_at(now), 800);
-        e.record_latency(Duration::from_micros(400));
+        e.record_latency(Duration::from_micros(400), t);
         assert_eq!(e.latency_us_at(now), 700);
-        // Two half-lives later (the sample was taken at `now` or a tick after it).
-        let at = e.latency_at_ms.load(Ordering::Relaxed);
+        // Two half-lives later.
+        let at = now;
         assert_eq!(e.latency_us_at(at + 2 * LATENCY_HALF_LIFE_MS), 175);
         assert_eq!(e.latency_us_at(at + 40 * LATENCY_HALF_LIFE_MS), 0);
     }

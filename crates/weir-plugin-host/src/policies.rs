@@ -422,7 +422,7 @@ impl BalancePolicy for WasmBalancer {
             v.in_flight.clear();
             v.ewma_latency_us.clear();
             if self.wants_load {
-                let now = weir_core::upstream::coarse_ms();
+                let now = weir_core::upstream::now_ms();
                 v.in_flight.extend(endpoints.iter().map(|e| e.in_flight()));
                 v.ewma_latency_us.extend(endpoints.iter().map(|e| e.latency_us_at(now)));
             }
