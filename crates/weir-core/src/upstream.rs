@@ -116,6 +116,9 @@ pub struct Endpoint {
     /// Whether the last lookup of the hostname failed: a failing name is logged when it starts
     /// failing and when it resolves again, not on every retry of the lookup.
     lookup_failing: std::sync::atomic::AtomicBool,
+    /// Whether the last TLS handshake with it failed: logged when handshakes start failing
+    /// (a wrong CA or name is a config problem to see at once) and when one succeeds again.
+    tls_failing: AtomicBool,
     /// Unbounded, and allocated as it fills (blocks of 31 slots): the sweep bounds it.
     idle: SegQueue<Idle>,
     /// The most requests in flight at once since the last sweep.
@@ -181,6 +184,7 @@ impl Endpoint {
             resolved: arc_swap::ArcSwapOption::empty(),
             preferred: AtomicUsize::new(0),
             lookup_failing: std::sync::atomic::AtomicBool::new(false),
+            tls_failing: AtomicBool::new(false),
             idle: SegQueue::new(),
             peak_in_flight: AtomicU32::new(0),
             previous_peak: AtomicU32::new(0),
@@ -568,10 +572,22 @@ impl Endpoint {
             let mut conn = match tls {
                 None => UpConn::new(stream),
                 Some(t) => {
-                    let tls_stream = t.connect(stream, &self.address, addr).await.map_err(|e| {
-                        tracing::debug!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed");
-                        ConnectError::Tls(e)
-                    })?;
+                    let tls_stream = match t.connect(stream, &self.address, addr).await {
+                        Ok(s) => {
+                            if self.tls_failing.swap(false, Ordering::Relaxed) {
+                                tracing::info!(endpoint = %self.label, %addr, "TLS handshakes succeed again");
+                            }
+                            s
+                        }
+                        Err(e) => {
+                            if self.tls_failing.swap(true, Ordering::Relaxed) {
+                                tracing::debug!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed");
+                            } else {
+                                tracing::warn!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed (logged again when one succeeds)");
+                            }
+                            return Err(ConnectError::Tls(e));
+                        }
+                    };
                     let mut conn = UpConn::new(tls_stream);
                     conn.tls_id = t.id;
                     conn
