@@ -44,16 +44,26 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_key_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+/// A PEM certificate chain (`what` names it in errors); at least one certificate.
+pub(crate) fn load_chain(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse certificate {}: {e}", cert.display()))?;
+        .map_err(|e| format!("cannot parse {what} {}: {e}", path.display()))?;
     if certs.is_empty() {
-        return Err(format!("no certificate found in {}", cert.display()));
+        return Err(format!("no certificate found in {}", path.display()));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    Ok(certs)
+}
+
+/// A PEM private key (`what` names it in errors).
+pub(crate) fn load_key(path: &Path, what: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+fn load_key_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
+    let certs = load_chain(cert, "certificate")?;
+    let key_der = load_key(key, "private key")?;
     let signing = provider
         .key_provider
         .load_private_key(key_der)

@@ -14,7 +14,7 @@ use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -53,15 +53,8 @@ impl UpstreamTls {
         let mut config = match &tls.client_cert {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| format!("cannot read client certificate {}: {e}", cert.display()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("cannot parse client certificate {}: {e}", cert.display()))?;
-                if chain.is_empty() {
-                    return Err(format!("no certificate found in {}", cert.display()));
-                }
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("cannot read client key {}: {e}", key.display()))?;
+                let chain = crate::tls::load_chain(cert, "client certificate")?;
+                let key = crate::tls::load_key(key, "client key")?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("client certificate {}: {e}", cert.display()))?

@@ -196,33 +196,17 @@ impl UpConn {
         chunked: bool,
         method: &Method,
     ) -> Result<ResponseHead, ExchangeError> {
+        // The halves differ in type: TCP splits without a lock, TLS through tokio's split.
+        macro_rules! on {
+            ($halves:expr) => {{
+                let (mut reader, mut writer) = $halves;
+                let (rbuf, wbuf) = (&mut self.rbuf, &mut self.wbuf);
+                body_and_head(&mut reader, &mut writer, rbuf, wbuf, incoming, chunked, method).await
+            }};
+        }
         match &mut self.stream {
-            UpStream::Plain(tcp) => {
-                let (mut reader, mut writer) = tcp.split();
-                body_and_head(
-                    &mut reader,
-                    &mut writer,
-                    &mut self.rbuf,
-                    &mut self.wbuf,
-                    incoming,
-                    chunked,
-                    method,
-                )
-                .await
-            }
-            UpStream::Tls(tls) => {
-                let (mut reader, mut writer) = tokio::io::split(tls.as_mut());
-                body_and_head(
-                    &mut reader,
-                    &mut writer,
-                    &mut self.rbuf,
-                    &mut self.wbuf,
-                    incoming,
-                    chunked,
-                    method,
-                )
-                .await
-            }
+            UpStream::Plain(tcp) => on!(tcp.split()),
+            UpStream::Tls(tls) => on!(tokio::io::split(tls.as_mut())),
         }
     }
 
