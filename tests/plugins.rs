@@ -136,6 +136,14 @@ async fn consistent_hash_pins_users_by_header() {
     }
     let used: std::collections::HashSet<&String> = owner.values().collect();
     assert_eq!(used.len(), 3, "30 users should spread over 3 endpoints: {owner:?}");
+    // Requests without the header have no key: they spread too, instead of all going to the
+    // endpoint that owns the empty key.
+    let before: Vec<u64> = ups.iter().map(|u| u.requests()).collect();
+    for _ in 0..30 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    }
+    let keyless = ups.iter().zip(&before).filter(|(u, b)| u.requests() > **b).count();
+    assert!(keyless >= 2, "30 requests without a key all went to one endpoint");
 }
 
 #[tokio::test]

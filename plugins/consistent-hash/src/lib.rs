@@ -1,6 +1,9 @@
 //! `consistent-hash`: a hash ring with virtual nodes, keyed by endpoint *address*, so that
 //! removing an endpoint moves only the keys it owned. `{ key = "client-ip" | "header:NAME" |
 //! "cookie:NAME" | "path" }` (default client-ip): the host hashes that value per request.
+//! A request without the header or cookie has no key (hash 0): it goes wherever its request id
+//! falls on the ring, as Envoy's ring hash picks at random, instead of every such request
+//! landing on the one endpoint that owns the empty key.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -55,6 +58,15 @@ impl Ring {
     }
 }
 
+/// Where a request looks on the ring: its key's hash, or (no key) its request id.
+pub fn ring_key_of(affinity_hash: u64, request_id: u64) -> u64 {
+    if affinity_hash == 0 {
+        mix(request_id ^ 0x9e37_79b9_7f4a_7c15)
+    } else {
+        affinity_hash
+    }
+}
+
 struct ConsistentHash {
     key: String,
     pool: PoolCache,
@@ -105,9 +117,10 @@ impl Plugin for ConsistentHash {
             let Some(ring) = rings.get(&ring_key) else {
                 return SelectDecision::HostDefault;
             };
+            let hash = ring_key_of(key.affinity_hash, key.request_id);
             match ring
-                .lookup(key.affinity_hash, |i| eligible(&pool, &key, i))
-                .or_else(|| ring.lookup(key.affinity_hash, |i| healthy(&pool, i)))
+                .lookup(hash, |i| eligible(&pool, &key, i))
+                .or_else(|| ring.lookup(hash, |i| healthy(&pool, i)))
             {
                 Some(i) => SelectDecision::Endpoint(i as u32),
                 None => SelectDecision::Unavailable,
@@ -154,6 +167,21 @@ mod tests {
         for c in counts {
             assert!((1200..=2800).contains(&c), "{counts:?}");
         }
+    }
+
+    #[test]
+    fn requests_without_a_key_spread_over_the_ring() {
+        let a = addrs(3);
+        let eps: Vec<(&str, u32)> = a.iter().map(|s| (s.as_str(), 1)).collect();
+        let ring = Ring::new(&eps);
+        let mut counts = [0usize; 3];
+        for id in 1..=3000u64 {
+            counts[ring.lookup(ring_key_of(0, id), |_| true).unwrap_or(0)] += 1;
+        }
+        for c in counts {
+            assert!((700..=1300).contains(&c), "{counts:?}");
+        }
+        assert_eq!(ring_key_of(42, 7), 42);
     }
 
     #[test]
