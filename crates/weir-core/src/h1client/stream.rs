@@ -128,3 +128,95 @@ impl AsyncWrite for UpStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A TLS 1.3 connection on loopback: weir's side as an [`UpStream`], and the server's.
+    async fn tls_pair() -> (UpStream, tokio_rustls::server::TlsStream<TcpStream>) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = CertificateDer::from(made.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(tcp)
+                .await
+                .unwrap()
+        };
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap()
+        };
+        let (server, client) = tokio::join!(accept, connect);
+        (client.into(), server)
+    }
+
+    async fn until_readable(s: &UpStream) {
+        tokio::time::timeout(Duration::from_secs(5), s.tcp().readable())
+            .await
+            .expect("readable within 5 s")
+            .unwrap();
+    }
+
+    /// Whether the connection turns unusable within 5 s (a server's last session ticket may
+    /// come in a segment of its own, and is no reason).
+    async fn turns_unusable(s: &mut UpStream) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            until_readable(s).await;
+            if !s.is_idle_usable() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The server's session tickets arrive after the handshake and make the idle socket
+    /// readable: the connection is still usable. A close_notify (or data nobody asked for)
+    /// makes it unusable.
+    #[tokio::test]
+    async fn an_idle_tls_connection_is_usable_until_the_server_closes_it() {
+        let (mut client, mut server) = tls_pair().await;
+        until_readable(&client).await;
+        assert!(client.is_idle_usable(), "session tickets alone");
+        assert!(client.is_idle_usable(), "and again, with nothing new");
+        server.shutdown().await.unwrap();
+        assert!(turns_unusable(&mut client).await, "closed by the server");
+
+        let (mut client, mut server) = tls_pair().await;
+        until_readable(&client).await;
+        assert!(client.is_idle_usable(), "session tickets alone");
+        server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        server.flush().await.unwrap();
+        assert!(turns_unusable(&mut client).await, "bytes nobody asked for");
+    }
+}
