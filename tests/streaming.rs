@@ -2,6 +2,8 @@
 //! One test per binary, so the process's peak RSS speaks about this traffic only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -62,4 +64,77 @@ async fn ten_mib_each_way_stream_with_flat_memory() {
         grown_kib < 6 * 1024,
         "peak RSS grew by {grown_kib} KiB while streaming 2 x 10 MiB"
     );
+}
+
+async fn in_flight(gw: &TestGateway) -> u64 {
+    let s = get(&gw.admin_url("/api/v1/status")).await.json();
+    s["pools"][0]["endpoints"][0]["in_flight"].as_u64().unwrap()
+}
+
+/// `send_timeout`: a client that asks for a large response and stops reading is let go once
+/// its socket buffers are full and no write makes progress for that long, and so is the
+/// upstream connection feeding it. A client that reads slowly, but reads, gets everything.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_let_go_after_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("a").await;
+    let toml = one_pool(&[&up]).replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.limits]\nsend_timeout = \"1s\"\n",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut stuck = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    stuck
+        .write_all(b"GET /bytes/209715200 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), async || in_flight(&gw).await == 1).await);
+    // Never read: the buffers fill, weir's writes stall, and after send_timeout it gives up.
+    assert!(
+        eventually(Duration::from_secs(20), async || in_flight(&gw).await == 0).await,
+        "the stalled response still holds its upstream connection"
+    );
+    drop(stuck);
+
+    // 4 MiB read 256 KiB at a time, 300 ms apart: ~4.8 s, far past send_timeout in total.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    slow.write_all(b"GET /bytes/4194304 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut piece = vec![0u8; 256 * 1024];
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut n_piece = 0;
+        while n_piece < piece.len() {
+            match slow.read(&mut piece[n_piece..]).await.unwrap() {
+                0 => break,
+                n => n_piece += n,
+            }
+        }
+        got.extend_from_slice(&piece[..n_piece]);
+        if n_piece < piece.len() {
+            break;
+        }
+    }
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(dechunk(&got[head_end..]).map(|b| b.len()), Some(4 * 1024 * 1024));
+}
+
+/// The data of a whole chunked body (`None` if it is cut short or malformed).
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (rest == b"\r\n").then_some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
 }

@@ -146,6 +146,9 @@ pub struct SniCert {
 pub struct Limits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// Longest a write of a response to the client may stall (a client that stops reading:
+    /// its connection, and the upstream connection feeding it, are let go).
+    pub send_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,

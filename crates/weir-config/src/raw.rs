@@ -16,6 +16,8 @@ pub const DEFAULT_RELOAD_WATCH: bool = true;
 pub const DEFAULT_RELOAD_DEBOUNCE: &str = "200ms";
 pub const DEFAULT_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_BODY_TIMEOUT: &str = "30s";
+/// nginx's `send_timeout` default.
+pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 65536;
 pub const DEFAULT_MAX_HEADERS: u64 = 100;
@@ -144,6 +146,7 @@ pub enum RawSize {
 pub struct RawLimits {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub send_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_header_bytes: Option<u64>,
     pub max_headers: Option<u64>,

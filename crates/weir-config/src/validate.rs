@@ -373,6 +373,7 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
             DEFAULT_HEADER_TIMEOUT,
         ),
         body_timeout: v.duration(lp.key("body_timeout"), l.body_timeout.as_ref(), DEFAULT_BODY_TIMEOUT),
+        send_timeout: v.duration(lp.key("send_timeout"), l.send_timeout.as_ref(), DEFAULT_SEND_TIMEOUT),
         idle_timeout: v.duration(lp.key("idle_timeout"), l.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),
         max_header_bytes: v.positive(
             lp.key("max_header_bytes"),
@@ -397,6 +398,7 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
     for (key, d) in [
         ("header_timeout", limits.header_timeout),
         ("body_timeout", limits.body_timeout),
+        ("send_timeout", limits.send_timeout),
         ("idle_timeout", limits.idle_timeout),
     ] {
         if d.is_zero() {

@@ -355,6 +355,11 @@ fn limits_zero_timeout() {
         "pool = \"app\"\n[listener.limits]\nheader_timeout = \"0s\"\n",
     );
     assert_one(&src, "listener[0].limits.header_timeout", 7, "greater than zero");
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.limits]\nsend_timeout = \"0s\"\n",
+    );
+    assert_one(&src, "listener[0].limits.send_timeout", 7, "greater than zero");
 }
 
 #[test]

@@ -538,6 +538,7 @@ fn h1_settings(limits: &weir_config::Limits) -> Settings {
         },
         header_timeout: limits.header_timeout,
         body_timeout: limits.body_timeout,
+        send_timeout: limits.send_timeout,
         idle_timeout: limits.idle_timeout,
         grace: limits.idle_timeout.min(H1_CLOSE_GRACE),
     }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub head: HeadLimits,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// `send_timeout`: the longest a response write may stall.
+    pub send_timeout: Duration,
     pub idle_timeout: Duration,
     /// After the listener stops: how long an idle keep-alive connection may still send one more
     /// request (answered with `Connection: close`) before it is closed.
@@ -283,7 +285,7 @@ fn exchange<'a>(
             },
         };
         let keep = meta.keep_alive && conn.body_done && !stopping.load(Ordering::Acquire);
-        match write_response(&mut conn, response, meta, keep).await {
+        match write_response(&mut conn, response, meta, keep, settings.send_timeout).await {
             Ok(Next::KeepAlive) => Some(conn),
             Ok(Next::Close) => {
                 let linger = !conn.body_done;
@@ -412,7 +414,13 @@ fn says_close(headers: &HeaderMap) -> bool {
     })
 }
 
-async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: Meta, keep: bool) -> io::Result<Next> {
+async fn write_response(
+    conn: &mut ConnIo,
+    response: Response<ProxyBody>,
+    meta: Meta,
+    keep: bool,
+    send_timeout: Duration,
+) -> io::Result<Next> {
     let (mut parts, mut body) = response.into_parts();
     let status = parts.status;
     let mut keep = keep && !says_close(&parts.headers);
@@ -429,7 +437,7 @@ async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: 
             Connection::Upgrade,
             &mut wbuf,
         );
-        let r = flush_buf(conn, &mut wbuf).await;
+        let r = flush_buf(conn, &mut wbuf, send_timeout).await;
         bufpool::give_write(wbuf);
         r?;
         return Ok(Next::Tunnel(tunnel));
@@ -458,7 +466,7 @@ async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: 
     encode_head(status, &parts.headers, framing, connection, &mut wbuf);
     bufpool::give_headers(std::mem::take(&mut parts.headers));
     drop(parts);
-    let r = write_body(conn, &mut wbuf, &mut body, framing).await;
+    let r = write_body(conn, &mut wbuf, &mut body, framing, send_timeout).await;
     bufpool::give_write(wbuf);
     r?;
     Ok(if keep { Next::KeepAlive } else { Next::Close })
@@ -466,9 +474,15 @@ async fn write_response(conn: &mut ConnIo, response: Response<ProxyBody>, meta: 
 
 /// Writes the body behind the head already in `wbuf`: a small body that is ready goes out in
 /// the same write as the head.
-async fn write_body(conn: &mut ConnIo, wbuf: &mut Vec<u8>, body: &mut ProxyBody, framing: Framing) -> io::Result<()> {
+async fn write_body(
+    conn: &mut ConnIo,
+    wbuf: &mut Vec<u8>,
+    body: &mut ProxyBody,
+    framing: Framing,
+    send_timeout: Duration,
+) -> io::Result<()> {
     if framing == Framing::Bodiless {
-        return flush_buf(conn, wbuf).await;
+        return flush_buf(conn, wbuf, send_timeout).await;
     }
     let chunked = framing == Framing::Chunked;
     let mut left = match framing {
@@ -480,7 +494,7 @@ async fn write_body(conn: &mut ConnIo, wbuf: &mut Vec<u8>, body: &mut ProxyBody,
         let item = match polled {
             Poll::Ready(item) => item,
             Poll::Pending => {
-                flush_buf(conn, wbuf).await?;
+                flush_buf(conn, wbuf, send_timeout).await?;
                 body.frame().await
             }
         };
@@ -489,7 +503,7 @@ async fn write_body(conn: &mut ConnIo, wbuf: &mut Vec<u8>, body: &mut ProxyBody,
             Some(Err(e)) => {
                 // What arrived is passed on; the connection then closes without completing
                 // the message, so the client cannot take it for a whole response.
-                let _ = flush_buf(conn, wbuf).await;
+                let _ = flush_buf(conn, wbuf, send_timeout).await;
                 return Err(io::Error::other(e));
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -510,8 +524,8 @@ async fn write_body(conn: &mut ConnIo, wbuf: &mut Vec<u8>, body: &mut ProxyBody,
             put_chunk_size(data.len(), wbuf);
         }
         if data.len() > COPY_LIMIT {
-            flush_buf(conn, wbuf).await?;
-            conn.io.write_all(&data).await?;
+            flush_buf(conn, wbuf, send_timeout).await?;
+            send_all(&mut conn.io, &data, send_timeout).await?;
         } else {
             wbuf.extend_from_slice(&data);
         }
@@ -519,25 +533,54 @@ async fn write_body(conn: &mut ConnIo, wbuf: &mut Vec<u8>, body: &mut ProxyBody,
             wbuf.extend_from_slice(b"\r\n");
         }
         if wbuf.len() >= WRITE_BATCH {
-            flush_buf(conn, wbuf).await?;
+            flush_buf(conn, wbuf, send_timeout).await?;
         }
     }
     if left.is_some_and(|l| l > 0) {
-        let _ = flush_buf(conn, wbuf).await;
+        let _ = flush_buf(conn, wbuf, send_timeout).await;
         return Err(io::Error::other("response body shorter than its length"));
     }
     if chunked {
         wbuf.extend_from_slice(b"0\r\n\r\n");
     }
-    flush_buf(conn, wbuf).await
+    flush_buf(conn, wbuf, send_timeout).await
 }
 
-async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>) -> io::Result<()> {
+async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>, send_timeout: Duration) -> io::Result<()> {
     if !wbuf.is_empty() {
-        conn.io.write_all(wbuf).await?;
+        send_all(&mut conn.io, wbuf, send_timeout).await?;
         wbuf.clear();
     }
-    conn.io.flush().await
+    unless_stalled(send_timeout, conn.io.flush()).await
+}
+
+/// Writes all of `buf`, giving up when the client takes none of it for `limit`
+/// (`send_timeout`, nginx's semantics: between two writes that make progress, not for the
+/// whole response).
+async fn send_all(io: &mut Box<dyn super::io::ClientIo>, buf: &[u8], limit: Duration) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match unless_stalled(limit, io.write(&buf[done..])).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// `write` within `limit`; no timer unless it has to wait (a write to a client that reads
+/// completes at once: the hot path arms nothing).
+async fn unless_stalled<T>(limit: Duration, write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    let mut write = std::pin::pin!(write);
+    match poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(r) => r,
+        Poll::Pending => tokio::time::timeout(limit, write).await.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes within send_timeout",
+            ))
+        }),
+    }
 }
 
 /// Joins the client to the upstream after a `101`: bytes either side already read go first.
