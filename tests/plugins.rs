@@ -38,6 +38,26 @@ fn plugin_calls(status: &serde_json::Value, plugin: &str, hook: &str, outcome: &
         .unwrap_or(0)
 }
 
+/// A rolling update drains one replica of three: the other two share its traffic evenly.
+/// (The next one in index order used to take all of it: 2/3 of the traffic on one replica.)
+#[tokio::test]
+async fn a_drained_endpoint_s_traffic_is_shared_by_all_the_others() {
+    let (a, b, c) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    );
+    let gw = TestGateway::start(&one_pool(&[&a, &b, &c])).await;
+    let drain = Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(request(drain).await.status, 200);
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    }
+    assert_eq!((a.requests(), b.requests(), c.requests()), (0, 10, 10));
+}
+
 #[tokio::test]
 async fn the_default_balancer_is_the_wasm_round_robin() {
     plugin_file("round-robin");

@@ -7,8 +7,10 @@
 //! order at once took n² steps, past `call_timeout` for a pool of 1,024). Endpoints of equal
 //! weight follow one another in index order, so a step compares one candidate per distinct
 //! weight: one for equal weights whatever the pool size, a hundred at most (see
-//! [`MAX_TOTAL`]). Only when the endpoint picked is not eligible does the plugin scan for the
-//! next one.
+//! [`MAX_TOTAL`]). When the endpoint picked is not eligible (down, drained, or already tried
+//! by this request), the pick takes the following ones of the order, so the endpoints still in
+//! share its traffic by their weights, as nginx leaves a down peer out of its sums; after
+//! [`MAX_SKIPS`] it scans by index instead.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,6 +21,10 @@ use weir_plugin_sdk::*;
 /// least 1). Distinct weights summing to at most this plus the pool size number about a
 /// hundred at most, which bounds the cost of a step.
 const MAX_TOTAL: u64 = 4096;
+
+/// Picks of the order passed over before a pick scans by index (a pool with most endpoints
+/// out).
+const MAX_SKIPS: usize = 64;
 
 /// nginx's smooth weighted round-robin, one pick per `next`: over a cycle of the
 /// (reduced) weight sum, each endpoint is picked `weight` times, spread out.
@@ -140,10 +146,13 @@ impl PoolState {
         if n == 0 {
             return None;
         }
-        let i = self.order.next()? as usize;
         let backup = |i: usize| self.backup.get(i).copied().unwrap_or(false);
-        if i < n && !backup(i) && ok(i) {
-            return Some(i);
+        let mut i = self.order.next()? as usize;
+        for _ in 0..MAX_SKIPS.min(self.order.total as usize) {
+            if i < n && !backup(i) && ok(i) {
+                return Some(i);
+            }
+            i = self.order.next()? as usize;
         }
         let scan = |want_backup: bool| (0..n).map(|k| (i + k) % n).find(|&j| backup(j) == want_backup && ok(j));
         scan(false).or_else(|| scan(true))
@@ -205,6 +214,28 @@ plugin!(RoundRobin);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shares(weights: &[u32], out: usize, picks: usize) -> Vec<usize> {
+        let mut st = PoolState {
+            generation: 0,
+            order: Smooth::new(weights),
+            backup: vec![false; weights.len()],
+        };
+        let mut n = vec![0; weights.len()];
+        for _ in 0..picks {
+            n[st.pick(weights.len(), |i| i != out).unwrap()] += 1;
+        }
+        n
+    }
+
+    /// An endpoint out of rotation (drained, down) leaves its share to all the others by their
+    /// weights, not to the one after it in index order.
+    #[test]
+    fn an_ineligible_endpoint_s_share_goes_to_all_the_others_by_weight() {
+        assert_eq!(shares(&[1, 1, 1], 0, 300), vec![0, 150, 150]);
+        assert_eq!(shares(&[1, 1, 1, 1], 1, 300), vec![100, 0, 100, 100]);
+        assert_eq!(shares(&[1, 2, 3], 2, 300), vec![100, 200, 0]);
+    }
 
     /// `cycles` whole cycles of picks.
     fn picks(weights: &[u32], cycles: i64) -> Vec<u32> {

@@ -1,9 +1,13 @@
 //! Native smooth weighted round-robin: the default balancer and the fallback of every Wasm one.
 //!
 //! The nginx smooth-WRR sequence is computed once per generation into a schedule; a request takes
-//! the next slot with one relaxed atomic add (no lock). Ineligible picks fall back to a linear scan
-//! from the slot, so a dead endpoint costs O(endpoints), never a stall. Backup endpoints are used
-//! only when no primary is eligible.
+//! the next slot with one relaxed atomic add (no lock). A slot whose endpoint is out (down,
+//! drained, or already tried by this request) is passed: the request takes the following slots,
+//! so the endpoints still in share its traffic by their weights, as nginx leaves a down peer
+//! out of its sums. (Handing the slot to the next index, as this did, gave that one endpoint
+//! double traffic while its neighbour was drained.) After [`MAX_SKIPS`] slots it falls back to
+//! a linear scan, so a pool mostly out costs O(endpoints), never a stall. Backup endpoints are
+//! used only when no primary is eligible.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +17,9 @@ use crate::upstream::Endpoint;
 
 /// Longest schedule kept; larger weight sums are scaled down proportionally.
 const MAX_SCHEDULE: u64 = 4096;
+
+/// Slots a pick passes over before it scans instead (a pool with most endpoints out).
+pub const MAX_SKIPS: usize = 64;
 
 #[derive(Debug)]
 pub struct RoundRobin {
@@ -79,15 +86,19 @@ impl RoundRobin {
         if endpoints.is_empty() || self.schedule.is_empty() {
             return None;
         }
-        let slot = self.next.fetch_add(1, Ordering::Relaxed);
-        let pick = self.schedule[slot % self.schedule.len()] as usize;
+        let len = self.schedule.len();
         let untried = |i: usize| !ctx.tried.contains(&(i as u32));
-        if let Some(e) = endpoints.get(pick)
-            && !e.is_backup()
-            && e.is_eligible()
-            && untried(pick)
-        {
-            return Some(pick);
+        let mut slot = self.next.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..len.min(MAX_SKIPS) {
+            let pick = self.schedule[slot % len] as usize;
+            if let Some(e) = endpoints.get(pick)
+                && !e.is_backup()
+                && e.is_eligible()
+                && untried(pick)
+            {
+                return Some(pick);
+            }
+            slot = self.next.fetch_add(1, Ordering::Relaxed);
         }
         scan(endpoints, slot, |e, i| !e.is_backup() && e.is_eligible() && untried(i))
             .or_else(|| scan(endpoints, slot, |e, i| e.is_backup() && e.is_eligible() && untried(i)))
@@ -104,6 +115,7 @@ pub fn scan(endpoints: &[Arc<Endpoint>], start: usize, ok: impl Fn(&Endpoint, us
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -111,6 +123,49 @@ mod tests {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_schedule(&[1, 1]), vec![0, 1]);
         assert_eq!(smooth_schedule(&[2, 4]), vec![1, 0, 1]);
+    }
+
+    fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| {
+                let cfg = weir_config::Endpoint {
+                    address: weir_config::EndpointAddress::Socket(std::net::SocketAddr::from((
+                        [127, 0, 0, 1],
+                        9000 + i as u16,
+                    ))),
+                    weight: 1,
+                    zone: String::new(),
+                    backup: false,
+                };
+                Arc::new(Endpoint::new(i as u32, &cfg, 1, true))
+            })
+            .collect()
+    }
+
+    fn counts(rr: &RoundRobin, eps: &[Arc<Endpoint>], picks: usize) -> Vec<usize> {
+        let ctx = SelectCtx {
+            request_id: 1,
+            affinity_hash: 0,
+            attempt: 1,
+            tried: &[],
+            cookie: 0,
+        };
+        let mut n = vec![0; eps.len()];
+        for _ in 0..picks {
+            n[rr.pick(eps, &ctx).unwrap()] += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_drained_endpoint_s_share_goes_to_all_the_others_by_weight() {
+        let eps = endpoints(3);
+        eps[0].set_drained(true);
+        assert_eq!(counts(&RoundRobin::new(&[1, 1, 1]), &eps, 300), vec![0, 150, 150]);
+        // Weights 1:2:3 with the heaviest out: the other two keep 1:2.
+        eps[0].set_drained(false);
+        eps[2].set_drained(true);
+        assert_eq!(counts(&RoundRobin::new(&[1, 2, 3]), &eps, 300), vec![100, 200, 0]);
     }
 
     #[test]
