@@ -124,6 +124,7 @@ fn pool_change(old: &Pool, new: &Pool) -> Option<PoolChange> {
             || old.retry != new.retry
             || old.passive != new.passive
             || old.resolve_interval != new.resolve_interval
+            || old.resolve_all != new.resolve_all
             || old.send_proxy != new.send_proxy
             || old.tls != new.tls,
         ..PoolChange::default()

@@ -162,6 +162,10 @@ pub struct Limits {
 pub struct Pool {
     pub name: String,
     pub resolve_interval: Duration,
+    /// `resolve = "all"`: a hostname endpoint is one endpoint per address it resolves to
+    /// (nginx's reading of a name); `"first"` (default): one endpoint, connecting to the first
+    /// address that accepts.
+    pub resolve_all: bool,
     pub balancer: PluginRef,
     pub failover: Option<PluginRef>,
     pub timeouts: Timeouts,

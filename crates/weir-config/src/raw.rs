@@ -160,6 +160,8 @@ pub struct RawLimits {
 pub struct RawPool {
     pub name: String,
     pub resolve_interval: Option<String>,
+    /// `"first"` (default) or `"all"`.
+    pub resolve: Option<String>,
     pub balancer: Option<RawPluginRef>,
     pub failover: Option<RawPluginRef>,
     #[serde(default)]

@@ -681,8 +681,20 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
             );
         }
     }
+    let resolve_all = match raw.resolve.as_deref() {
+        None | Some("first") => false,
+        Some("all") => true,
+        Some(other) => {
+            v.issue(
+                Issue::new(path.key("resolve"), format!("unknown value `{other}`"))
+                    .help("use \"first\" (one endpoint per name) or \"all\" (one per address)"),
+            );
+            false
+        }
+    };
     Pool {
         name: raw.name.clone(),
+        resolve_all,
         resolve_interval: v.duration(
             path.key("resolve_interval"),
             raw.resolve_interval.as_ref(),

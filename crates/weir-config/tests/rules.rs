@@ -271,6 +271,15 @@ fn health_status_as_a_bare_number() {
 }
 
 #[test]
+fn pool_resolve_unknown() {
+    let src = BASE.replace(
+        "name = \"app\"\n[[pool.endpoint]]",
+        "name = \"app\"\nresolve = \"some\"\n[[pool.endpoint]]",
+    );
+    assert_one(&src, "pool[0].resolve", 9, "unknown value");
+}
+
+#[test]
 fn health_port_out_of_range() {
     let src = format!("{BASE}[pool.health]\nport = 70000\n");
     assert_one(&src, "pool[0].health.port", 12, "not a port");

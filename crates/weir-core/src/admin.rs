@@ -170,8 +170,8 @@ impl Admin {
                     },
                     Err(e) => return text(StatusCode::BAD_REQUEST, &e),
                 };
-                match self.endpoint(pool, &address) {
-                    Ok(e) => e.override_weight(weight),
+                match self.endpoints(pool, &address) {
+                    Ok(found) => found.iter().for_each(|e| e.override_weight(weight)),
                     Err(not_found) => return *not_found,
                 }
                 // Balancers precompute their schedules per generation: build a new one.
@@ -196,12 +196,12 @@ impl Admin {
                 ],
             ) => {
                 let address = percent_decode(address);
-                let e = match self.endpoint(pool, &address) {
-                    Ok(e) => e,
+                let found = match self.endpoints(pool, &address) {
+                    Ok(found) => found,
                     Err(not_found) => return *not_found,
                 };
                 let drained = *action == "drain";
-                e.set_drained(drained);
+                found.iter().for_each(|e| e.set_drained(drained));
                 tracing::info!(pool, endpoint = %address, drained, "endpoint drain changed through the admin API");
                 json_response(
                     StatusCode::OK,
@@ -215,19 +215,26 @@ impl Admin {
         }
     }
 
-    /// The endpoint `address` of `pool` in the current generation, or the 404 to answer.
-    fn endpoint(&self, pool: &str, address: &str) -> Result<Arc<crate::upstream::Endpoint>, Box<AdminResponse>> {
+    /// The endpoint `address` of `pool` in the current generation (or, for the name of a
+    /// `resolve = "all"` pool, every endpoint of its addresses), or the 404 to answer.
+    fn endpoints(&self, pool: &str, address: &str) -> Result<Vec<Arc<crate::upstream::Endpoint>>, Box<AdminResponse>> {
         let generation = self.shared.generation.load();
         let Some(p) = generation.pool(pool) else {
             return Err(Box::new(text(StatusCode::NOT_FOUND, &format!("no pool `{pool}`"))));
         };
-        match p.endpoints.iter().find(|e| e.label == address) {
-            Some(e) => Ok(e.clone()),
-            None => Err(Box::new(text(
+        let found: Vec<_> = p
+            .endpoints
+            .iter()
+            .filter(|e| e.label == address || e.name.as_ref().is_some_and(|n| n.to_string() == address))
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            return Err(Box::new(text(
                 StatusCode::NOT_FOUND,
                 &format!("no endpoint `{address}` in pool `{pool}`"),
-            ))),
+            )));
         }
+        Ok(found)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -255,6 +262,7 @@ impl Admin {
                     .map(|e| {
                         json!({
                             "address": e.label,
+                            "name": e.name.as_ref().map(ToString::to_string),
                             "resolved": e.resolved_addresses().map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>()),
                             "id": e.id,
                             "healthy": e.is_healthy(),

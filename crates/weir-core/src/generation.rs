@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use http::HeaderValue;
-use weir_config::{Config, PluginRef};
+use weir_config::{Config, EndpointAddress, PluginRef};
 
 use crate::budget::RetryBudget;
 use crate::policy::{BalancePolicy, FailoverPolicy, RetrySafe, RoundRobin, RoutePolicy};
@@ -145,6 +145,8 @@ pub struct PoolRt {
     pub budget: RetryBudget,
     /// `[pool.tls]`: HTTPS to the upstreams (and the health checks).
     pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
+    /// `resolve = "all"`: the names this generation expanded, and to which addresses.
+    pub names: NameSources,
 }
 
 pub struct Generation {
@@ -157,6 +159,58 @@ pub struct Generation {
 }
 
 static NEXT_ENDPOINT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A pool's endpoints as configured, except that in a `resolve = "all"` pool a hostname whose
+/// addresses are known ([`crate::dns`]) becomes one endpoint per address, each with the name.
+/// A name not looked up yet stays one endpoint until its first lookup makes a new generation.
+fn expand(pc: &weir_config::Pool, names: &NameSources) -> Vec<(weir_config::Endpoint, Option<EndpointAddress>)> {
+    let mut out = Vec::with_capacity(pc.endpoints.len());
+    // An address listed itself, or found for an earlier name, is one endpoint all the same.
+    let mut seen: std::collections::HashSet<std::net::SocketAddr> = pc
+        .endpoints
+        .iter()
+        .filter_map(|e| match e.address {
+            EndpointAddress::Socket(a) => Some(a),
+            EndpointAddress::Host { .. } => None,
+        })
+        .collect();
+    for ec in &pc.endpoints {
+        let known = match &ec.address {
+            EndpointAddress::Host { host, port } => names
+                .iter()
+                .find(|(h, p, _)| h == host && p == port)
+                .and_then(|(_, _, a)| a.clone()),
+            EndpointAddress::Socket(_) => None,
+        };
+        if let Some(addrs) = known {
+            for a in addrs.iter().filter(|a| seen.insert(**a)) {
+                let mut one = ec.clone();
+                one.address = EndpointAddress::Socket(*a);
+                out.push((one, Some(ec.address.clone())));
+            }
+        } else {
+            out.push((ec.clone(), None));
+        }
+    }
+    out
+}
+
+/// What a `resolve = "all"` pool was built from: each name with the addresses it was
+/// expanded to (`None` while not looked up yet, and the name is still one endpoint).
+pub type NameSources = Vec<(String, u16, Option<Arc<Vec<std::net::SocketAddr>>>)>;
+
+fn name_sources(pc: &weir_config::Pool) -> NameSources {
+    if !pc.resolve_all {
+        return Vec::new();
+    }
+    pc.endpoints
+        .iter()
+        .filter_map(|ec| match &ec.address {
+            EndpointAddress::Host { host, port } => Some((host.clone(), *port, crate::dns::cached(host, *port))),
+            EndpointAddress::Socket(_) => None,
+        })
+        .collect()
+}
 
 impl Generation {
     /// Builds a generation; `prev` lends its endpoints where pool and address match.
@@ -178,12 +232,12 @@ impl Generation {
         let pool_names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let mut pools = Vec::with_capacity(config.pools.len());
         for (index, pc) in config.pools.iter().enumerate() {
-            let endpoints: Vec<Arc<Endpoint>> = pc
-                .endpoints
-                .iter()
-                .map(|ec| match kept.get(&(pc.name.as_str(), &ec.address)) {
+            let names = name_sources(pc);
+            let endpoints: Vec<Arc<Endpoint>> = expand(pc, &names)
+                .into_iter()
+                .map(|(ec, name)| match kept.get(&(pc.name.as_str(), &ec.address)) {
                     Some(e) => {
-                        e.apply(ec);
+                        e.apply(&ec);
                         if pc.health.is_none() {
                             // No checker any more: nothing else would mark it healthy again.
                             e.set_healthy(true);
@@ -191,12 +245,16 @@ impl Generation {
                         e.clone()
                     }
                     // With active checks, a new endpoint takes no traffic before its first pass.
-                    None => Arc::new(Endpoint::new(
-                        NEXT_ENDPOINT_ID.fetch_add(1, Ordering::Relaxed),
-                        ec,
-                        pc.timeouts.max_idle_per_endpoint,
-                        pc.health.is_none(),
-                    )),
+                    None => {
+                        let mut e = Endpoint::new(
+                            NEXT_ENDPOINT_ID.fetch_add(1, Ordering::Relaxed),
+                            &ec,
+                            pc.timeouts.max_idle_per_endpoint,
+                            pc.health.is_none(),
+                        );
+                        e.name = name;
+                        Arc::new(e)
+                    }
                 })
                 .collect();
             let ctx = PoolCtx {
@@ -231,6 +289,7 @@ impl Generation {
                 failover,
                 budget: RetryBudget::new(pc.retry.budget),
                 tls,
+                names,
             }));
         }
         let mut listeners = Vec::with_capacity(config.listeners.len());

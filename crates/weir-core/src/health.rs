@@ -33,6 +33,15 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut generations: watch::Receiver<u64>, 
             checks.abort_all();
             let generation = shared.generation.load_full();
             for pool in &generation.pools {
+                for (host, port, built_from) in &pool.names {
+                    checks.spawn(follow_name(
+                        shared.clone(),
+                        host.clone(),
+                        *port,
+                        built_from.clone(),
+                        pool.config.resolve_interval,
+                    ));
+                }
                 let named: Vec<Arc<Endpoint>> = pool.endpoints.iter().filter(|e| e.is_hostname()).cloned().collect();
                 if !named.is_empty() {
                     checks.spawn(resolve_loop(named, pool.config.resolve_interval));
@@ -63,6 +72,44 @@ async fn resolve_loop(endpoints: Vec<Arc<Endpoint>>, interval: Duration) {
     loop {
         for e in &endpoints {
             let _ = e.refresh_address().await;
+        }
+        tokio::time::sleep(interval.max(Duration::from_millis(100))).await;
+    }
+}
+
+/// For a name of a `resolve = "all"` pool: looks it up every `resolve_interval` and, when it
+/// resolves to other addresses than this generation has endpoints for, makes a new generation
+/// (endpoints of addresses still there keep their state, new ones start as new endpoints do,
+/// the others finish what they have in flight). A failed lookup keeps the last good addresses.
+async fn follow_name(
+    shared: Arc<Shared>,
+    host: String,
+    port: u16,
+    built_from: Option<Arc<Vec<std::net::SocketAddr>>>,
+    interval: Duration,
+) {
+    let mut failing = false;
+    loop {
+        match crate::dns::refresh(&host, port).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(name = %host, port, "name resolves again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(name = %host, port, error = %e, "name resolution failed; keeping the last good addresses (logged again when it resolves)");
+            }
+            Err(_) => {}
+        }
+        if let Some(found) = crate::dns::cached(&host, port)
+            && built_from.as_ref() != Some(&found)
+        {
+            tracing::info!(name = %host, port, addresses = ?found, "the name's addresses changed: new endpoints");
+            if let Err(errors) = crate::reload::rebuild(&shared, "endpoint addresses changed").await {
+                tracing::warn!(name = %host, errors = %errors.join("; "), "could not apply the name's new addresses");
+            }
+            return;
         }
         tokio::time::sleep(interval.max(Duration::from_millis(100))).await;
     }
@@ -144,10 +191,11 @@ async fn probe(
             .map_err(|e| format!("PROXY header to {addr}: {e}"))?;
     }
     let _ = stream.set_nodelay(true);
+    let name = endpoint.name.as_ref().unwrap_or(&endpoint.address);
     let stream: UpStream = match tls {
         None => stream.into(),
         Some(t) => t
-            .connect(stream, &endpoint.address, addr)
+            .connect(stream, name, addr)
             .await
             .map_err(|e| format!("TLS handshake with {addr}: {e}"))?
             .into(),
@@ -159,7 +207,7 @@ async fn probe(
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
-    let host = match &endpoint.address {
+    let host = match name {
         EndpointAddress::Host { host, .. } => format!("{host}:{}", addr.port()),
         EndpointAddress::Socket(_) => addr.to_string(),
     };

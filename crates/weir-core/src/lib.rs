@@ -8,6 +8,7 @@ pub mod body;
 pub mod budget;
 pub mod bufpool;
 pub mod client_body;
+pub mod dns;
 pub mod error;
 pub mod front;
 pub mod gateway;

@@ -83,6 +83,10 @@ pub struct Endpoint {
     pub address: EndpointAddress,
     /// `address` as text, for logs, metrics and the admin API.
     pub label: String,
+    /// For one address of a name in a `resolve = "all"` pool: the name (`host:port`), which
+    /// TLS verifies and health checks send as `Host`, and by which the admin API finds every
+    /// endpoint of it.
+    pub name: Option<EndpointAddress>,
     pub zone: String,
     backup: AtomicBool,
     weight: AtomicU32,
@@ -164,6 +168,7 @@ impl Endpoint {
             id,
             label: cfg.address.to_string(),
             address: cfg.address.clone(),
+            name: None,
             zone: cfg.zone.clone(),
             backup: AtomicBool::new(cfg.backup),
             weight: AtomicU32::new(cfg.weight),
@@ -572,7 +577,10 @@ impl Endpoint {
             let mut conn = match tls {
                 None => UpConn::new(stream),
                 Some(t) => {
-                    let tls_stream = match t.connect(stream, &self.address, addr).await {
+                    let tls_stream = match t
+                        .connect(stream, self.name.as_ref().unwrap_or(&self.address), addr)
+                        .await
+                    {
                         Ok(s) => {
                             if self.tls_failing.swap(false, Ordering::Relaxed) {
                                 tracing::info!(endpoint = %self.label, %addr, "TLS handshakes succeed again");

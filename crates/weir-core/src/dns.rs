@@ -1,0 +1,59 @@
+//! The addresses of the hostnames of `resolve = "all"` pools, as last looked up: a generation
+//! is built from them (one endpoint per address), and a lookup that finds another set makes a
+//! new generation. A lookup that fails keeps the last good set. Process-wide, so that it
+//! outlives generations; written only off the request path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Per name: its addresses, and whether they were pinned (given, not looked up).
+type Cache = Mutex<HashMap<(String, u16), (Arc<Vec<SocketAddr>>, bool)>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The last good addresses of `host:port`, sorted; `None` before its first lookup.
+pub fn cached(host: &str, port: u16) -> Option<Arc<Vec<SocketAddr>>> {
+    let cache = cache().lock().ok()?;
+    cache.get(&(host.to_string(), port)).map(|(a, _)| a.clone())
+}
+
+/// Records a lookup's addresses (sorted, without repeats; an empty set is ignored).
+fn store(host: &str, port: u16, mut addrs: Vec<SocketAddr>, pinned: bool) {
+    addrs.sort_unstable();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return;
+    }
+    if let Ok(mut cache) = cache().lock() {
+        let key = (host.to_string(), port);
+        if !pinned && cache.get(&key).is_some_and(|(_, p)| *p) {
+            return;
+        }
+        cache.insert(key, (Arc::new(addrs), pinned));
+    }
+}
+
+/// Gives `host:port` these addresses instead of a resolver's: it is not looked up any more.
+/// For programs that embed weir with their own discovery, and for tests (a name that resolves
+/// to several loopback addresses exists on no machine).
+pub fn pin(host: &str, port: u16, addrs: Vec<SocketAddr>) {
+    store(host, port, addrs, true);
+}
+
+/// Looks `host:port` up and records what it found; a failure keeps the last good set.
+pub async fn refresh(host: &str, port: u16) -> Result<(), std::io::Error> {
+    let pinned = cache()
+        .lock()
+        .ok()
+        .is_some_and(|c| c.get(&(host.to_string(), port)).is_some_and(|(_, p)| *p));
+    if pinned {
+        return Ok(());
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    store(host, port, found, false);
+    Ok(())
+}
