@@ -15,6 +15,18 @@ struct Sticky {
     next: Cell<usize>,
 }
 
+/// The endpoint a new session is pinned to: the `turn`-th of the eligible primaries (of the
+/// eligible backups when no primary is).
+pub fn new_pin(n: usize, turn: usize, ok: impl Fn(usize) -> bool, backup: impl Fn(usize) -> bool) -> Option<usize> {
+    for want_backup in [false, true] {
+        let set: Vec<usize> = (0..n).filter(|&i| backup(i) == want_backup && ok(i)).collect();
+        if !set.is_empty() {
+            return Some(set[turn % set.len()]);
+        }
+    }
+    None
+}
+
 /// Index of the endpoint with `id`, if it is eligible.
 pub fn find(ids: &[u32], id: u32, ok: impl Fn(usize) -> bool) -> Option<usize> {
     ids.iter().position(|&x| x == id).filter(|&i| ok(i))
@@ -60,13 +72,16 @@ impl Plugin for Sticky {
             {
                 return SelectDecision::Endpoint(i as u32);
             }
-            let n = ids.len();
             let start = self.next.get();
             self.next.set(start.wrapping_add(1));
-            let pick = (0..n)
-                .map(|k| (start + k) % n)
-                .find(|&i| eligible(&pool, &key, i) && !info.endpoints[i].backup)
-                .or_else(|| (0..n).map(|k| (start + k) % n).find(|&i| eligible(&pool, &key, i)));
+            // New sessions go round the eligible endpoints (primaries, else backups): one out
+            // of rotation leaves its turn to all the others, not to the one after it.
+            let pick = new_pin(
+                ids.len(),
+                start,
+                |i| eligible(&pool, &key, i),
+                |i| info.endpoints[i].backup,
+            );
             match pick {
                 Some(i) => {
                     shared::sticky_set(pool.pool_id, key.affinity_hash, ids[i], self.ttl_ms);
@@ -83,6 +98,19 @@ plugin!(Sticky);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_sessions_share_an_ineligible_endpoint_s_turn() {
+        let mut n = [0usize; 3];
+        for turn in 0..300 {
+            n[new_pin(3, turn, |i| i != 0, |_| false).unwrap()] += 1;
+        }
+        assert_eq!(n, [0, 150, 150]);
+        // Backups only when no primary is eligible.
+        assert_eq!(new_pin(3, 0, |i| i == 2, |i| i == 2), Some(2));
+        assert_eq!(new_pin(3, 5, |i| i != 1, |i| i == 2), Some(0));
+        assert_eq!(new_pin(3, 0, |_| false, |_| false), None);
+    }
 
     #[test]
     fn finds_only_eligible() {
