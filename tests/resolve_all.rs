@@ -109,6 +109,12 @@ async fn a_name_with_several_addresses_is_one_endpoint_per_address() {
         eventually(Duration::from_secs(10), async || gw.generation() > generation).await,
         "no new generation for the new address"
     );
+    // The name is still drained as a whole: its new address starts drained.
+    assert!(served_by(&gw, 4).await.iter().all(|w| w == "b"));
+    assert_eq!(
+        admin_post(&gw, &format!("/api/v1/pools/app/endpoints/{}/enable", c.addr)).await,
+        200
+    );
     let who = served_by(&gw, 6).await;
     assert_eq!(who.iter().filter(|w| *w == "c").count(), 3, "{who:?}");
     assert_eq!(who.iter().filter(|w| *w == "b").count(), 3, "{who:?}");

@@ -202,6 +202,12 @@ impl Admin {
                 };
                 let drained = *action == "drain";
                 found.iter().for_each(|e| e.set_drained(drained));
+                if found
+                    .iter()
+                    .any(|e| e.name.as_ref().is_some_and(|n| n.to_string() == address))
+                {
+                    crate::dns::set_name_drained(pool, &address, drained);
+                }
                 tracing::info!(pool, endpoint = %address, drained, "endpoint drain changed through the admin API");
                 json_response(
                     StatusCode::OK,

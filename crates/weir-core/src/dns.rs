@@ -44,6 +44,32 @@ pub fn pin(host: &str, port: u16, addrs: Vec<SocketAddr>) {
     store(host, port, addrs, true);
 }
 
+/// Names drained through the admin API, per pool: an address a name gains later starts
+/// drained too, until the name is enabled again (a drain outlives reloads and lookups).
+fn drained_names() -> &'static Mutex<std::collections::HashSet<(String, String)>> {
+    static DRAINED: OnceLock<Mutex<std::collections::HashSet<(String, String)>>> = OnceLock::new();
+    DRAINED.get_or_init(Default::default)
+}
+
+/// Records that `name` (`host:port`) of `pool` was drained (`true`) or enabled.
+pub fn set_name_drained(pool: &str, name: &str, drained: bool) {
+    if let Ok(mut set) = drained_names().lock() {
+        let key = (pool.to_string(), name.to_string());
+        if drained {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+}
+
+/// Whether `name` of `pool` is drained as a whole.
+pub fn is_name_drained(pool: &str, name: &str) -> bool {
+    drained_names()
+        .lock()
+        .is_ok_and(|set| set.contains(&(pool.to_string(), name.to_string())))
+}
+
 /// Looks `host:port` up and records what it found; a failure keeps the last good set.
 pub async fn refresh(host: &str, port: u16) -> Result<(), std::io::Error> {
     let pinned = cache()

@@ -252,6 +252,11 @@ impl Generation {
                             pc.timeouts.max_idle_per_endpoint,
                             pc.health.is_none(),
                         );
+                        if let Some(n) = &name
+                            && crate::dns::is_name_drained(&pc.name, &n.to_string())
+                        {
+                            e.set_drained(true);
+                        }
                         e.name = name;
                         Arc::new(e)
                     }
