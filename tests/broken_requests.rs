@@ -74,9 +74,9 @@ fn broken_requests_get_an_answer_or_a_close_and_never_a_panic() {
     let answered = std::cell::Cell::new(0usize);
     let setup = async || {
         let up = Upstream::start("a").await;
-        let toml = one_pool(&[&up]).replace(
-            "pool = \"app\"\n",
-            "pool = \"app\"\n[listener.limits]\nheader_timeout = \"2s\"\nbody_timeout = \"2s\"\n",
+        let toml = one_pool_with(
+            &[&up],
+            "[listener.limits]\nheader_timeout = \"2s\"\nbody_timeout = \"2s\"\n",
         );
         let gw = TestGateway::start(&toml).await;
         (up, gw)

@@ -12,12 +12,8 @@ use weir_test_support::*;
 
 async fn gateway(listener: &str, limits: &str) -> (Upstream, TestGateway) {
     let up = Upstream::start("a").await;
-    let toml = one_pool(&[&up])
-        .replace("name = \"client\"", &format!("name = \"{listener}\""))
-        .replace(
-            "pool = \"app\"\n",
-            &format!("pool = \"app\"\n[listener.limits]\n{limits}\n"),
-        );
+    let toml = one_pool_with(&[&up], &format!("[listener.limits]\n{limits}\n"))
+        .replace("name = \"client\"", &format!("name = \"{listener}\""));
     let gw = TestGateway::start(&toml).await;
     (up, gw)
 }

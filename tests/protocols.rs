@@ -155,9 +155,9 @@ async fn h2_uploads_are_gathered_into_large_chunks() {
 async fn idle_http2_connections_are_closed() {
     use std::time::{Duration, Instant};
     let up = Upstream::start("a").await;
-    let toml = one_pool(&[&up]).replace(
-        "pool = \"app\"\n",
-        "pool = \"app\"\n[listener.limits]\nidle_timeout = \"400ms\"\nheader_timeout = \"300ms\"\n",
+    let toml = one_pool_with(
+        &[&up],
+        "[listener.limits]\nidle_timeout = \"400ms\"\nheader_timeout = \"300ms\"\n",
     );
     let gw = TestGateway::start(&toml).await;
     for send_one in [true, false] {

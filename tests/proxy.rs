@@ -96,10 +96,7 @@ async fn forwarded_headers_are_right_at_the_upstream() {
 #[tokio::test]
 async fn advertise_feeds_the_forwarded_headers() {
     let up = Upstream::start("a").await;
-    let toml = one_pool(&[&up]).replace(
-        "pool = \"app\"\n",
-        "pool = \"app\"\nadvertise = \"https://lb.example.com:9080\"\n",
-    );
+    let toml = one_pool_with(&[&up], "advertise = \"https://lb.example.com:9080\"\n");
     let gw = TestGateway::start(&toml).await;
     let j = get(&gw.url("client", "/")).await.json();
     let h = &j["headers"];

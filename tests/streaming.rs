@@ -78,10 +78,7 @@ async fn in_flight(gw: &TestGateway) -> u64 {
 async fn a_client_that_stops_reading_is_let_go_after_send_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start("a").await;
-    let toml = one_pool(&[&up]).replace(
-        "pool = \"app\"\n",
-        "pool = \"app\"\n[listener.limits]\nsend_timeout = \"1s\"\n",
-    );
+    let toml = one_pool_with(&[&up], "[listener.limits]\nsend_timeout = \"1s\"\n");
     let gw = TestGateway::start(&toml).await;
     let mut stuck = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
     stuck

@@ -10,10 +10,7 @@ use weir_test_support::*;
 
 async fn gateway(limits: &str) -> (Upstream, TestGateway) {
     let up = Upstream::start("a").await;
-    let toml = one_pool(&[&up]).replace(
-        "pool = \"app\"\n",
-        &format!("pool = \"app\"\n[listener.limits]\n{limits}\n"),
-    );
+    let toml = one_pool_with(&[&up], &format!("[listener.limits]\n{limits}\n"));
     let gw = TestGateway::start(&toml).await;
     (up, gw)
 }

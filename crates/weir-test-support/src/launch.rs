@@ -15,12 +15,23 @@ use crate::upstream::Upstream;
 
 /// A config with one listener `client` on a free port in front of one pool `app` of `upstreams`.
 pub fn one_pool(upstreams: &[&Upstream]) -> String {
+    one_pool_with(upstreams, "")
+}
+
+/// [`one_pool`] with `listener` lines in the listener's table (`advertise = ...`, a
+/// `[listener.limits]` table, ...).
+pub fn one_pool_with(upstreams: &[&Upstream], listener: &str) -> String {
     let endpoints: String = upstreams
         .iter()
         .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
         .collect();
+    let newline = if listener.is_empty() || listener.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
     format!(
-        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\n[[pool]]\nname = \"app\"\n{endpoints}"
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener}{newline}\n[[pool]]\nname = \"app\"\n{endpoints}"
     )
 }
 
