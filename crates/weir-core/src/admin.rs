@@ -202,10 +202,9 @@ impl Admin {
                 };
                 let drained = *action == "drain";
                 found.iter().for_each(|e| e.set_drained(drained));
-                if found
-                    .iter()
-                    .any(|e| e.name.as_ref().is_some_and(|n| n.to_string() == address))
-                {
+                // Found through a name (no endpoint has it as its own address): the addresses
+                // the name gains later follow its drain.
+                if found.iter().all(|e| e.label != address) {
                     crate::dns::set_name_drained(pool, &address, drained);
                 }
                 tracing::info!(pool, endpoint = %address, drained, "endpoint drain changed through the admin API");

@@ -73,10 +73,6 @@ impl UpStream {
             UpStream::Tls(_) => Ok(()),
         }
     }
-
-    pub fn is_tls(&self) -> bool {
-        matches!(self, UpStream::Tls(_))
-    }
 }
 
 impl AsyncRead for UpStream {
