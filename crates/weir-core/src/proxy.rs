@@ -349,9 +349,9 @@ fn forward<'a>(
         let mut tried: Vec<u32> = Vec::new();
         let mut attempt = 1u32;
         let mut pool_index = target.pool;
-        // The previous failure, answered with when no untried endpoint is left.
-        let mut last: Option<(FailureKind, Held)> = None;
-        let mut last_unsent = false;
+        // The previous failure (and whether nothing of the request left weir), answered with
+        // when no untried endpoint is left.
+        let mut last: Option<(FailureKind, bool, Held)> = None;
         // The pools a request left because they had no endpoint to try (bit per index).
         let mut moved = 0u64;
         loop {
@@ -372,7 +372,7 @@ fn forward<'a>(
                 // another pool (a DR site whose primary is all down). Bounded: a move sends
                 // nothing, so it spends no retry budget, and each pool is left this way once.
                 let bit = 1u64 << (pool_index % 64);
-                let unsent = last.is_none() || last_unsent;
+                let unsent = last.as_ref().is_none_or(|(_, unsent, _)| *unsent);
                 if moved & bit == 0 && (unsent && up_body.resendable() || can_replay) {
                     moved |= bit;
                     let info = AttemptInfo {
@@ -381,7 +381,7 @@ fn forward<'a>(
                         pool_index: pool_index as u32,
                         attempt,
                         endpoint_index: NO_ENDPOINT,
-                        failure: last.as_ref().map_or(FailureKind::ConnectRefused, |(f, _)| *f),
+                        failure: last.as_ref().map_or(FailureKind::ConnectRefused, |(f, _, _)| *f),
                         elapsed: started.elapsed(),
                         replayable,
                         unsent,
@@ -397,7 +397,7 @@ fn forward<'a>(
                     }
                 }
                 return match last {
-                    Some((failure, held)) => give_up(failure, held, upgrade, http2, set_cookie),
+                    Some((failure, _, held)) => give_up(failure, held, upgrade, http2, set_cookie),
                     None => ProxyError::NoEndpoint.response(),
                 };
             };
@@ -434,10 +434,8 @@ fn forward<'a>(
                 };
                 break match checkout {
                     Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
-                    Err(ConnectError::Tls(e)) => {
-                        tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream TLS handshake failed");
-                        (FailureKind::TlsError, true, None)
-                    }
+                    // Logged where the handshake failed (once as a warning per failing spell).
+                    Err(ConnectError::Tls(_)) => (FailureKind::TlsError, true, None),
                     Err(e) => {
                         tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
                         (FailureKind::ConnectRefused, true, None)
@@ -561,8 +559,7 @@ fn forward<'a>(
                     return give_up(failure, held, upgrade, http2, set_cookie);
                 }
             }
-            last = Some((failure, held));
-            last_unsent = unsent;
+            last = Some((failure, unsent, held));
             attempt += 1;
         }
     }
