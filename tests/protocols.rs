@@ -189,3 +189,75 @@ async fn idle_http2_connections_are_closed() {
     let slow = h2c_get(&gw.url("client", "/delay/900")).await;
     assert_eq!(slow.status, 200);
 }
+
+/// `send_timeout` over HTTP/2: a stream whose client grants it no window for that long is
+/// reset and lets go of its upstream connection, while the connection's other streams carry
+/// on; a stream read slowly, but read, gets everything.
+#[tokio::test]
+async fn a_stalled_http2_stream_is_let_go_after_send_timeout() {
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    let up = Upstream::start("a").await;
+    let toml = one_pool_with(&[&up], "[listener.limits]\nsend_timeout = \"1s\"\n");
+    let gw = TestGateway::start(&toml).await;
+    let in_flight = async || {
+        let s = get(&gw.admin_url("/api/v1/status")).await.json();
+        s["pools"][0]["endpoints"][0]["in_flight"].as_u64().unwrap()
+    };
+    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    // A 64 KiB window per stream, ample for the connection: one stream's stall is its own.
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(16 << 20)
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get_on = |path: &str| {
+        http::Request::get(format!("http://weir.test{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let stalled = send.send_request(get_on("/bytes/209715200")).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    assert!(eventually(Duration::from_secs(5), async || in_flight().await == 1).await);
+    // Never read: the window stays shut, and after send_timeout weir lets the upstream go.
+    assert!(
+        eventually(Duration::from_secs(20), async || in_flight().await == 0).await,
+        "the stalled stream still holds its upstream connection"
+    );
+    // The same connection still serves.
+    let other = send.send_request(get_on("/after")).await.unwrap();
+    assert_eq!(other.status(), 200);
+    let other = other.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&other).contains("/after"));
+    // The stalled stream ends in a reset once read, well short of its 200 MiB.
+    let mut body = stalled.into_body();
+    let mut read = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "read {read} bytes of the stalled stream");
+
+    // 4 MiB read 256 KiB at a time, 300 ms apart: ~4.8 s, far past send_timeout in total.
+    let slow = send.send_request(get_on("/bytes/4194304")).await.unwrap();
+    let mut body = slow.into_body();
+    let (mut got, mut piece) = (0usize, 0usize);
+    while let Some(frame) = body.frame().await {
+        let n = frame.unwrap().data_ref().map_or(0, |d| d.len());
+        got += n;
+        piece += n;
+        if piece >= 256 * 1024 {
+            piece = 0;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert_eq!(got, 4 * 1024 * 1024);
+}

@@ -2,11 +2,12 @@
 # A/B of two weir binaries (before/after a change): layout A (weir and two demo upstreams on
 # core 0, wrk on core 1), interleaved wrk rounds, req/s and weir's CPU µs per request each round.
 #   usage: benches/load/ab.sh OLD_WEIR NEW_WEIR [ROUNDS=5] [SECONDS=4]
+#   AB_H2=1: HTTP/2 downstream (h2load -c64 -m10, h2c) instead of wrk's HTTP/1.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1; B=$2; R=${3:-5}; S=${4:-4}
 source benches/load/bench-setup.sh
-bench_setup wrk:wrk
+bench_setup wrk:wrk h2load:nghttp2-client
 source benches/load/weir-config.sh
 weir_toml "$W/a.toml" 18181 19911 "$PWD/plugins/dist" 19181 19182
 weir_toml "$W/b.toml" 18182 19912 "$PWD/plugins/dist" 19181 19182
@@ -24,9 +25,15 @@ for _ in $(seq "$R"); do
   for which in old new; do
     port=18181; pid=$PA; [ $which = new ] && { port=18182; pid=$PB; }
     c0=$(jiffies $pid)
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${S}s" "http://127.0.0.1:$port/")
-    c1=$(jiffies $pid)
-    n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    if [ "${AB_H2:-0}" = 1 ]; then
+      out=$(timeout $((S + 30)) taskset -c 1 h2load -c64 -m10 -D "$S" "http://127.0.0.1:$port/")
+      c1=$(jiffies $pid)
+      n=$(echo "$out" | awk '/^requests:/ {print $8}'); rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    else
+      out=$(taskset -c 1 wrk -t1 -c64 -d"${S}s" "http://127.0.0.1:$port/")
+      c1=$(jiffies $pid)
+      n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    fi
     echo "$which $rps $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$HZ" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')"
   done
 done | tee "$W/res"

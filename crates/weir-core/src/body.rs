@@ -45,6 +45,12 @@ impl ProxyBody {
         ProxyBody { inner, in_flight: None }
     }
 
+    /// Whether the body still holds an upstream connection (and its endpoint's in-flight
+    /// count) until it ends.
+    pub fn holds_upstream(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// The response is complete: a reusable connection goes back to its endpoint's pool.
     fn release(&mut self) {
         if let Some(in_flight) = self.in_flight.take()

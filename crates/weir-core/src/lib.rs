@@ -14,6 +14,7 @@ pub mod front;
 pub mod gateway;
 pub mod generation;
 pub mod h1client;
+pub mod h2_send;
 pub mod hash;
 pub mod headers;
 pub mod health;

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::client_body::{ClientBody, H2Body};
 use crate::front::head::Reject;
 use crate::front::{ClientIo, HeadLimits, Settings};
+use crate::h2_send::{H2ResponseBody, SendWatch};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 
@@ -360,9 +361,21 @@ impl Conn {
         // alone kept a client that answers them connected for good.
         let idle = tokio::time::sleep(limits.header_timeout);
         tokio::pin!(idle);
+        // `send_timeout` per stream (h2_send.rs): bodies that waited for the client that long
+        // are let go, found within half a `send_timeout` more.
+        let check_every = (limits.send_timeout / 2).max(Duration::from_millis(100));
+        let send_check = tokio::time::sleep(check_every);
+        tokio::pin!(send_check);
         let result = loop {
             tokio::select! {
                 r = conn.as_mut() => break r,
+                _ = send_check.as_mut() => {
+                    let cut = activity.sends.cut_stalled(limits.send_timeout);
+                    if cut > 0 {
+                        tracing::debug!(peer = %self.info.peer, streams = cut, "HTTP/2 responses the client took no bytes of within send_timeout: reset");
+                    }
+                    send_check.as_mut().reset(tokio::time::Instant::now() + check_every);
+                }
                 _ = self.stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     break conn.await;
@@ -389,9 +402,9 @@ impl Conn {
         activity: Arc<H2Activity>,
     ) -> impl hyper::service::Service<
         http::Request<hyper::body::Incoming>,
-        Response = http::Response<crate::body::ProxyBody>,
+        Response = http::Response<H2ResponseBody>,
         Error = std::convert::Infallible,
-        Future = impl std::future::Future<Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>>
+        Future = impl std::future::Future<Output = Result<http::Response<H2ResponseBody>, std::convert::Infallible>>
                  + Send
                  + 'static,
     > + Clone
@@ -406,12 +419,13 @@ impl Conn {
             // Boxed: hyper spawns a task per stream holding this future, and the task is moved
             // (memmove) on spawn; a multi-kilobyte proxy future cost more to move than a box.
             crate::pin_box::pin_box(|| async move {
-                let _busy = busy;
+                let busy = busy;
+                let sends = &busy.0.sends;
                 if let Some(reject) = limits.refusal(&req) {
-                    return Ok(refuse_h2(&shared, &info, reject));
+                    return Ok(refuse_h2(&shared, &info, reject).map(|b| sends.watch(b)));
                 }
                 let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout)));
-                Ok(proxy::serve(&shared, &info, req).await)
+                Ok(proxy::serve(&shared, &info, req).await.map(|b| sends.watch(b)))
             })
         })
     }
@@ -426,6 +440,8 @@ struct H2Activity {
     /// Milliseconds from `since` to the end of the last request's handling (0: none yet).
     last_ms: std::sync::atomic::AtomicU64,
     since: std::sync::OnceLock<tokio::time::Instant>,
+    /// The response bodies streaming from upstreams, for `send_timeout`.
+    sends: SendWatch,
 }
 
 impl H2Activity {

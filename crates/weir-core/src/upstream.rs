@@ -138,7 +138,7 @@ pub struct Endpoint {
 /// on checkin and reads the stamp on checkout: with `Instant` (two precise reads) the pool's
 /// round trip took 254-260 ns on this VM, with this clock 154-156 ns
 /// (`cargo bench --bench hot_path -- upstream/pool`).
-fn coarse_ms() -> u64 {
+pub(crate) fn coarse_ms() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
     let ms = u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000;
