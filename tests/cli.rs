@@ -265,18 +265,23 @@ async fn a_client_sending_an_ip_address_as_sni_is_not_a_log_line_per_connection(
 }
 
 /// A replica whose name does not resolve (a container not up yet) is one warning when its lookups
-/// start failing, with the resolver's error, not a warning per lookup: the resolve loop and every
-/// request that picks it look it up again.
+/// start failing, with the resolver's error, not a warning per lookup: the resolve loops (one per
+/// pool naming it, `resolve = "all"` or not), every request that picks it and every reload look
+/// it up again.
 #[tokio::test]
 async fn a_name_that_does_not_resolve_is_logged_once_not_per_lookup() {
     let up = Upstream::start("a").await;
     let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nresolve_interval = \"20ms\"\n[[pool.endpoint]]\naddress = \"{}\"\n[[pool.endpoint]]\naddress = \"replica-b.invalid:{}\"\n",
-        up.addr,
-        up.addr.port()
-    );
-    let env = [("WEIR_LOG", "info,weir_core::upstream=debug")];
+    let config = |interval: &str| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nresolve_interval = \"{interval}\"\n[[pool.endpoint]]\naddress = \"{}\"\n[[pool.endpoint]]\naddress = \"replica-b.invalid:{}\"\n[[pool]]\nname = \"all\"\nresolve = \"all\"\nresolve_interval = \"{interval}\"\n[[pool.endpoint]]\naddress = \"replica-b.invalid:{}\"\n",
+            up.addr,
+            up.addr.port(),
+            up.addr.port()
+        )
+    };
+    let toml = config("20ms");
+    let env = [("WEIR_LOG", "info,weir_core::dns=debug")];
     let mut weir = WeirProcess::spawn_with_env(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap(), &[], &env);
     weir.wait_ready().await;
     for _ in 0..4 {
@@ -286,8 +291,25 @@ async fn a_name_that_does_not_resolve_is_logged_once_not_per_lookup() {
         weir.stderr_text().matches("name resolution still failing").count() >= 3
     })
     .await;
+    assert!(retried, "the name was not looked up again:\n{}", weir.stderr_text());
+    // New generations (their resolve loops start afresh) do not warn again.
+    for (generation, interval) in [(2, "21ms"), (3, "22ms")] {
+        std::fs::write(&weir.config, config(interval)).unwrap();
+        weir.signal("HUP");
+        let url = format!("http://{}/api/v1/status", weir.admin);
+        let reloaded = eventually(Duration::from_secs(10), async || {
+            get(&url).await.json()["generation"].as_u64() >= Some(generation)
+        })
+        .await;
+        assert!(reloaded, "{}", weir.stderr_text());
+    }
+    let lookups = weir.stderr_text().matches("name resolution still failing").count();
+    let retried = eventually(Duration::from_secs(30), async || {
+        weir.stderr_text().matches("name resolution still failing").count() >= lookups + 3
+    })
+    .await;
     let log = weir.stderr_text();
-    assert!(retried, "the name was not looked up again:\n{log}");
+    assert!(retried, "the name was not looked up again after the reloads:\n{log}");
     let warned: Vec<&str> = log.lines().filter(|l| l.contains("name resolution failed")).collect();
     assert_eq!(warned.len(), 1, "{log}");
     assert!(

@@ -1,7 +1,8 @@
 //! The addresses of the hostnames of `resolve = "all"` pools, as last looked up: a generation
 //! is built from them (one endpoint per address), and a lookup that finds another set makes a
 //! new generation. A lookup that fails keeps the last good set. Process-wide, so that it
-//! outlives generations; written only off the request path.
+//! outlives generations; written only off the request path. Every lookup of an endpoint's
+//! name goes through [`look_up`], which logs a failing name once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -79,7 +80,51 @@ pub async fn refresh(host: &str, port: u16) -> Result<(), std::io::Error> {
     if pinned {
         return Ok(());
     }
-    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    store(host, port, found, false);
+    store(host, port, look_up(host, port).await?, false);
     Ok(())
+}
+
+/// Looks `host:port` up: its addresses in the resolver's order, without repeats (an empty
+/// answer is an error). A name that stops resolving is a warning once, with the resolver's
+/// error, and an info line when it resolves again, whoever looks it up and however often (the
+/// resolve loops, connects, several pools naming it, generation after generation); the
+/// failures between are debug lines.
+pub async fn look_up(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let looked_up = tokio::net::lookup_host((host, port)).await.and_then(|found| {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in found {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(std::io::Error::other("no addresses"));
+        }
+        Ok(addrs)
+    });
+    let key = (host.to_string(), port);
+    let Ok(mut failing) = failing_names().lock() else {
+        return looked_up;
+    };
+    match &looked_up {
+        Ok(addrs) => {
+            if failing.remove(&key) {
+                tracing::info!(name = %host, port, addresses = ?addrs, "name resolves again");
+            }
+        }
+        Err(error) => {
+            if failing.insert(key) {
+                tracing::warn!(name = %host, port, %error, "name resolution failed; keeping the last good addresses (logged again when it resolves)");
+            } else {
+                tracing::debug!(name = %host, port, %error, "name resolution still failing");
+            }
+        }
+    }
+    looked_up
+}
+
+/// The names whose last lookup failed.
+fn failing_names() -> &'static Mutex<std::collections::HashSet<(String, u16)>> {
+    static FAILING: OnceLock<Mutex<std::collections::HashSet<(String, u16)>>> = OnceLock::new();
+    FAILING.get_or_init(Default::default)
 }

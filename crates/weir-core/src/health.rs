@@ -88,20 +88,9 @@ async fn follow_name(
     built_from: Option<Arc<Vec<std::net::SocketAddr>>>,
     interval: Duration,
 ) {
-    let mut failing = false;
     loop {
-        match crate::dns::refresh(&host, port).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!(name = %host, port, "name resolves again");
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(name = %host, port, error = %e, "name resolution failed; keeping the last good addresses (logged again when it resolves)");
-            }
-            Err(_) => {}
-        }
+        // A failure keeps the last good set (and is logged by the lookup).
+        let _ = crate::dns::refresh(&host, port).await;
         if let Some(found) = crate::dns::cached(&host, port)
             && built_from.as_ref() != Some(&found)
         {

@@ -117,9 +117,6 @@ pub struct Endpoint {
     resolved: arc_swap::ArcSwapOption<Vec<SocketAddr>>,
     /// Which of `resolved` took the last new connection: the next one tries it first.
     preferred: AtomicUsize,
-    /// Whether the last lookup of the hostname failed: a failing name is logged when it starts
-    /// failing and when it resolves again, not on every retry of the lookup.
-    lookup_failing: std::sync::atomic::AtomicBool,
     /// Whether the last TLS handshake with it failed: logged when handshakes start failing
     /// (a wrong CA or name is a config problem to see at once) and when one succeeds again.
     tls_failing: AtomicBool,
@@ -188,7 +185,6 @@ impl Endpoint {
             attempts: Default::default(),
             resolved: arc_swap::ArcSwapOption::empty(),
             preferred: AtomicUsize::new(0),
-            lookup_failing: std::sync::atomic::AtomicBool::new(false),
             tls_failing: AtomicBool::new(false),
             idle: SegQueue::new(),
             peak_in_flight: AtomicU32::new(0),
@@ -498,35 +494,12 @@ impl Endpoint {
             EndpointAddress::Host { host, port } => (host, port),
             EndpointAddress::Socket(a) => return Ok(Arc::new(vec![*a])),
         };
-        let looked_up = tokio::net::lookup_host((host.as_str(), *port)).await.map(|found| {
-            let mut addrs: Vec<SocketAddr> = Vec::new();
-            for a in found {
-                if !addrs.contains(&a) {
-                    addrs.push(a);
-                }
-            }
-            addrs
-        });
-        match looked_up {
-            Ok(addrs) if !addrs.is_empty() => {
-                if self.lookup_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(endpoint = %self.label, addresses = ?addrs, "name resolves again");
-                }
-                Ok(self.set_addresses(addrs))
-            }
-            failed => {
-                let error = match failed {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "no addresses".to_string(),
-                };
-                let last = self.resolved.load_full();
-                if self.lookup_failing.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(endpoint = %self.label, %error, "name resolution still failing");
-                } else {
-                    tracing::warn!(endpoint = %self.label, %error, kept = ?last.as_deref(), "name resolution failed; keeping the last good addresses (logged again when it resolves)");
-                }
-                last.ok_or_else(|| ConnectError::NoAddress(self.label.clone()))
-            }
+        match crate::dns::look_up(host, *port).await {
+            Ok(addrs) => Ok(self.set_addresses(addrs)),
+            Err(_) => self
+                .resolved
+                .load_full()
+                .ok_or_else(|| ConnectError::NoAddress(self.label.clone())),
         }
     }
 
