@@ -184,3 +184,28 @@ async fn bad_tls_settings_are_refused_with_the_key() {
     let text = TestGateway::try_start(&plain_health).await.err().expect("refused");
     assert!(text.contains("pool[0].health.tls"), "{text}");
 }
+
+/// A new generation that leaves a pool's TLS alone (another setting changed) keeps its client
+/// config: new connections resume the sessions of earlier ones instead of starting over with a
+/// full handshake. A CA file with other contents makes a new config, and full handshakes.
+#[tokio::test]
+async fn sessions_resume_across_generations_that_leave_tls_alone() {
+    let certs = TestCerts::new();
+    let a = Upstream::start_tls("a", certs.upstream_server(&["127.0.0.1"], false)).await;
+    let gw = TestGateway::start(&tls_pool(&[&a], &ca_line(&certs), "")).await;
+    // `/close`: the upstream closes each connection after its answer.
+    for _ in 0..2 {
+        assert_eq!(get(&gw.url("client", "/close")).await.status, 200);
+    }
+    assert_eq!((a.connections(), a.resumed()), (2, 1));
+    gw.write_config(&tls_pool(&[&a], &ca_line(&certs), "[pool.retry]\nmax_attempts = 2\n"));
+    gw.reload().await.unwrap();
+    assert_eq!(get(&gw.url("client", "/close")).await.status, 200);
+    assert_eq!((a.connections(), a.resumed()), (3, 2), "the reload lost the session");
+    // The same certificate with a comment added: other contents, a new config.
+    let ca = std::fs::read_to_string(certs.ca_file()).unwrap();
+    std::fs::write(certs.ca_file(), format!("renewed\n{ca}")).unwrap();
+    gw.reload().await.unwrap();
+    assert_eq!(get(&gw.url("client", "/close")).await.status, 200);
+    assert_eq!((a.connections(), a.resumed()), (4, 2));
+}

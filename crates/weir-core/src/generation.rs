@@ -280,8 +280,11 @@ impl Generation {
                 }),
             };
             let native = native_round_robin(&endpoints);
+            let prev_tls = prev
+                .and_then(|g| g.pools.iter().find(|p| p.name == pc.name))
+                .and_then(|p| p.tls.as_ref());
             let tls = pc.tls.as_ref().and_then(|t| {
-                crate::upstream_tls::UpstreamTls::build(t)
+                crate::upstream_tls::UpstreamTls::build_or_keep(t, prev_tls)
                     .map_err(|e| errors.push(format!("pool `{}`: [pool.tls]: {e}", pc.name)))
                     .ok()
             });

@@ -2,6 +2,11 @@
 //! generation, built when the generation is (files are read off the request path), used for
 //! each new upstream connection and for the pool's health checks.
 //!
+//! A new generation keeps the previous one's client config when the pool's settings and the
+//! files' contents are unchanged (a weight change, a DNS change, a reload of another part):
+//! the system's roots are not read again, and the config's session cache keeps resuming
+//! sessions with the upstreams instead of starting every new connection with a full handshake.
+//!
 //! The name sent in SNI and verified is `server_name` when set, else the endpoint's hostname,
 //! else its IP address (rustls checks IP SANs). ALPN offers `http/1.1` only: weir speaks
 //! HTTP/1.1 to upstreams. Roots are the `ca` file's, else the system's.
@@ -28,6 +33,9 @@ pub struct UpstreamTls {
     /// Tells a pooled connection made with these settings from one made with others (or
     /// without TLS, 0), so that a reload changing them does not reuse it.
     pub id: u64,
+    settings: PoolTls,
+    /// The contents of the `ca`, `cert` and `key` files, hashed.
+    files: u64,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -37,8 +45,23 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// `prev` (the pool's in the previous generation) if it was built from the same settings
+    /// and files; else a new one, as [`UpstreamTls::build`].
+    pub fn build_or_keep(tls: &PoolTls, prev: Option<&Arc<UpstreamTls>>) -> Result<Arc<UpstreamTls>, String> {
+        if let (Some(prev), Some(files)) = (prev, files_hash(tls))
+            && prev.settings == *tls
+            && prev.files == files
+        {
+            return Ok(prev.clone());
+        }
+        Self::build(tls)
+    }
+
     /// Reads the CA, client certificate and key files and builds the client config.
     pub fn build(tls: &PoolTls) -> Result<Arc<UpstreamTls>, String> {
+        // Hashed before they are read for the config: a file replaced in between makes the
+        // next generation read it again rather than keep a config of older contents.
+        let files = files_hash(tls).unwrap_or(0);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -71,10 +94,13 @@ impl UpstreamTls {
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tls.hash(&mut h);
+        files.hash(&mut h);
         Ok(Arc::new(UpstreamTls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
             id: h.finish() | 1,
+            settings: tls.clone(),
+            files,
         }))
     }
 
@@ -94,6 +120,19 @@ impl UpstreamTls {
         };
         self.connector.connect(name, tcp).await
     }
+}
+
+/// A hash of the contents of the files `tls` names; `None` if one cannot be read.
+fn files_hash(tls: &PoolTls) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let client = tls.client_cert.as_ref();
+    for path in [tls.ca.as_ref(), client.map(|c| &c.0), client.map(|c| &c.1)]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::read(path).ok()?.hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 fn roots(tls: &PoolTls) -> Result<RootCertStore, String> {

@@ -40,6 +40,8 @@ pub struct Counters {
     /// What hyper refused of what arrived: connection errors (a malformed head) and request
     /// body errors (malformed chunks, or a body cut short), as `Debug` text.
     pub refused: std::sync::Mutex<Vec<String>>,
+    /// TLS handshakes that resumed an earlier session (`start_tls` upstreams).
+    pub resumed: AtomicU64,
 }
 
 pub struct Upstream {
@@ -102,7 +104,12 @@ impl Upstream {
                                 .await
                         }
                         Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(tls) => builder.serve_connection(TokioIo::new(tls), svc).with_upgrades().await,
+                            Ok(tls) => {
+                                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                                    c.resumed.fetch_add(1, Ordering::SeqCst);
+                                }
+                                builder.serve_connection(TokioIo::new(tls), svc).with_upgrades().await
+                            }
                             Err(e) => {
                                 if let Ok(mut refused) = c.refused.lock() {
                                     refused.push(format!("tls: {e}"));
@@ -156,6 +163,11 @@ impl Upstream {
     /// From now on, close every request's connection without answering.
     pub fn set_resetting(&self, on: bool) {
         self.counters.reset.store(on, Ordering::SeqCst);
+    }
+
+    /// TLS handshakes that resumed a session.
+    pub fn resumed(&self) -> u64 {
+        self.counters.resumed.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> u64 {
@@ -272,6 +284,10 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
         .insert("content-type", "application/json".parse().unwrap());
     // A hop-by-hop header the gateway must strip.
     resp.headers_mut().insert("keep-alive", "timeout=30".parse().unwrap());
+    if parts.as_slice() == ["close"] {
+        // The connection ends with this response: the next request needs a new one.
+        resp.headers_mut().insert("connection", "close".parse().unwrap());
+    }
     Ok(resp)
 }
 
