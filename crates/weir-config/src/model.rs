@@ -147,7 +147,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     /// Longest a write of a response to the client may stall (a client that stops reading:
-    /// its connection, and the upstream connection feeding it, are let go).
+    /// its connection, and the upstream connection feeding it, are let go; over HTTP/2, a
+    /// response stream left without flow-control window is reset).
     pub send_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
