@@ -138,15 +138,33 @@ async fn a_bad_plugin_file_is_refused_and_the_running_version_keeps_serving() {
             get(&gw.admin_url("/api/v1/status")).await.json()
         );
         assert_eq!(gw.generation(), generation);
+        // The plugin's own entry says its file was refused, beside the version serving.
+        let s = get(&gw.admin_url("/api/v1/status")).await.json();
+        let lb = lb_status(&s);
+        assert!(
+            lb["refused"].as_str().is_some_and(|e| e.contains(reason)),
+            "{reason}: {lb}"
+        );
+        assert_eq!(lb["generation"], generation, "{lb}");
         for _ in 0..3 {
             assert_eq!(get(&gw.url("client", "/")).await.upstream(), "a");
         }
     }
-    // A good file afterwards applies.
+    // A good file afterwards applies, and the refusal is gone.
     install(
         plugins.path(),
         "lb",
         &std::fs::read(plugin_file("round-robin")).unwrap(),
     );
     assert!(eventually(Duration::from_secs(10), async || gw.generation() > generation).await);
+    let s = get(&gw.admin_url("/api/v1/status")).await.json();
+    assert!(lb_status(&s)["refused"].is_null(), "{s}");
+}
+
+fn lb_status(status: &serde_json::Value) -> serde_json::Value {
+    status["plugins"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "lb"))
+        .cloned()
+        .unwrap_or_default()
 }

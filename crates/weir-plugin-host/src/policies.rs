@@ -46,6 +46,9 @@ pub struct WasmPolicies {
     versions: Mutex<HashMap<(String, String), Arc<PluginVersion>>>,
     /// Names served natively because their file is absent.
     native: DashMap<String, ()>,
+    /// Per plugin name, why its file on disk was refused (not a component, `init` refused the
+    /// config, ...) while the last good version serves on; gone once a version loads.
+    refused: DashMap<String, String>,
 }
 
 impl WasmPolicies {
@@ -61,6 +64,7 @@ impl WasmPolicies {
             stats: DashMap::new(),
             versions: Mutex::new(HashMap::new()),
             native: DashMap::new(),
+            refused: DashMap::new(),
         }))
     }
 
@@ -237,6 +241,7 @@ impl PolicyFactory for WasmPolicies {
                         l
                     }
                     Err(e) => {
+                        self.refused.insert(r.plugin.clone(), e.clone());
                         errors.push(format!("{}: {e}", r.at));
                         continue;
                     }
@@ -264,9 +269,13 @@ impl PolicyFactory for WasmPolicies {
                 pool_names.clone(),
             ) {
                 Ok(v) => {
+                    self.refused.remove(&r.plugin);
                     versions.insert(key, Arc::new(v));
                 }
-                Err(e) => errors.push(format!("{}: {e}", r.at)),
+                Err(e) => {
+                    self.refused.insert(r.plugin.clone(), e.clone());
+                    errors.push(format!("{}: {e}", r.at));
+                }
             }
         }
         if !errors.is_empty() {
@@ -346,6 +355,7 @@ impl PolicyFactory for WasmPolicies {
                 "load_ms": l.load_time.as_secs_f64() * 1e3,
                 "in_backoff": stats.as_ref().is_some_and(|s| s.in_backoff()),
                 "last_error": stats.as_ref().and_then(|s| s.last_error.lock().ok().and_then(|e| e.clone())),
+                "refused": self.refused.get(name).map(|e| e.value().clone()),
                 "calls": calls,
             }));
         }
