@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod generation;
 pub mod h1client;
 pub mod h2_send;
+mod h2_server;
 pub mod hash;
 pub mod headers;
 pub mod health;
