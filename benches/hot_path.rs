@@ -151,6 +151,7 @@ fn select(c: &mut Criterion) {
                     weight: 1,
                     zone: String::new(),
                     backup: false,
+                    max_in_flight: 0,
                 };
                 Arc::new(Endpoint::new(i as u32, &cfg, 1, true))
             })
@@ -203,6 +204,7 @@ fn pool(c: &mut Criterion) {
                 weight: 1,
                 zone: String::new(),
                 backup: false,
+                max_in_flight: 0,
             };
             (Endpoint::new(0, &cfg, 64, true), listener)
         });

@@ -207,6 +207,8 @@ pub struct Timeouts {
     /// How long a pooled upstream connection may sit idle.
     pub idle: Duration,
     pub max_idle_per_endpoint: usize,
+    /// How long a request waits when every endpoint it could go to is at its `max_in_flight`.
+    pub queue: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -275,4 +277,6 @@ pub struct Endpoint {
     pub weight: u32,
     pub zone: String,
     pub backup: bool,
+    /// Requests in flight at most (nginx's `max_conns`, HAProxy's `maxconn`); 0: no limit.
+    pub max_in_flight: u32,
 }

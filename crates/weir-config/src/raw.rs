@@ -30,6 +30,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "90s";
 pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: u64 = 64;
+/// How long a request waits for an endpoint below its `max_in_flight` (HAProxy's `timeout
+/// queue`, which defaults to its connect timeout; so does this one to ours).
+pub const DEFAULT_QUEUE_TIMEOUT: &str = "1s";
 pub const DEFAULT_RETRY_MAX_ATTEMPTS: u64 = 3;
 pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 pub const DEFAULT_RETRY_BUFFER_BYTES: &str = "64KiB";
@@ -199,6 +202,7 @@ pub struct RawTimeouts {
     pub request: Option<String>,
     pub idle: Option<String>,
     pub max_idle_per_endpoint: Option<u64>,
+    pub queue: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,4 +246,6 @@ pub struct RawEndpoint {
     pub weight: Option<u64>,
     pub zone: Option<String>,
     pub backup: Option<bool>,
+    /// Requests in flight at most (0: no limit).
+    pub max_in_flight: Option<u64>,
 }

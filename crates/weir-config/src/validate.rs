@@ -561,6 +561,7 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
             .timeouts
             .max_idle_per_endpoint
             .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT) as usize,
+        queue: v.duration(tp.key("queue"), raw.timeouts.queue.as_ref(), DEFAULT_QUEUE_TIMEOUT),
     };
     for (key, d) in [("connect", timeouts.connect), ("request", timeouts.request)] {
         if d.is_zero() {
@@ -856,11 +857,22 @@ fn endpoint(v: &mut V<'_>, raw: &RawEndpoint, path: &KeyPath) -> Endpoint {
                 .help("drain an endpoint through the admin API instead of weight 0"),
         );
     }
+    let max_in_flight = raw.max_in_flight.unwrap_or(0);
+    if max_in_flight > 1_000_000 {
+        v.issue(
+            Issue::new(
+                path.key("max_in_flight"),
+                format!("must be at most 1000000, got {max_in_flight}"),
+            )
+            .help("0 (the default) sets no limit"),
+        );
+    }
     Endpoint {
         address,
         weight: weight.clamp(1, 10_000) as u32,
         zone: raw.zone.clone().unwrap_or_default(),
         backup: raw.backup.unwrap_or(false),
+        max_in_flight: max_in_flight.min(1_000_000) as u32,
     }
 }
 

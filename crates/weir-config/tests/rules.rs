@@ -251,6 +251,19 @@ fn weight_zero() {
 }
 
 #[test]
+fn max_in_flight_bounds_and_defaults() {
+    let src = format!("{BASE}max_in_flight = 2000000\n");
+    assert_one(&src, "pool[0].endpoint[0].max_in_flight", 11, "at most 1000000");
+    let src = format!("{BASE}max_in_flight = -1\n");
+    assert_one(&src, "pool[0].endpoint[0].max_in_flight", 11, "");
+    let c = parse(&format!("{BASE}max_in_flight = 8\n"), Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pools[0].endpoints[0].max_in_flight, 8);
+    assert_eq!(c.pools[0].timeouts.queue, std::time::Duration::from_secs(1));
+    let c = parse(BASE, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pools[0].endpoints[0].max_in_flight, 0);
+}
+
+#[test]
 fn health_status_range() {
     let src = format!("{BASE}[pool.health]\nexpect_status = \"399-200\"\n");
     assert_one(&src, "pool[0].health.expect_status", 12, "reversed");

@@ -278,13 +278,14 @@ impl Admin {
                             "backup": e.is_backup(),
                             "zone": e.zone,
                             "in_flight": e.in_flight(),
+                            "max_in_flight": e.max_in_flight(),
                             "ewma_latency_us": e.latency_us_at(crate::upstream::now_ms()),
                             "requests": e.requests(),
                             "idle_connections": e.idle_connections(),
                         })
                     })
                     .collect();
-                json!({ "name": p.name, "balancer": p.config.balancer.plugin, "endpoints": endpoints })
+                json!({ "name": p.name, "balancer": p.config.balancer.plugin, "queued": p.queue.waiting(), "endpoints": endpoints })
             })
             .collect();
         json!({

@@ -147,6 +147,10 @@ pub struct PoolRt {
     pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
     /// `resolve = "all"`: the names this generation expanded, and to which addresses.
     pub names: NameSources,
+    /// Where requests wait when every endpoint is at its `max_in_flight` (slots.rs), and
+    /// whether every endpoint has one (then a new request waits behind those waiting).
+    pub queue: Arc<crate::slots::PoolQueue>,
+    pub all_capped: bool,
 }
 
 pub struct Generation {
@@ -258,6 +262,7 @@ impl Generation {
                             e.set_drained(true);
                         }
                         e.name = name;
+                        e.queue = crate::slots::for_pool(&pc.name);
                         Arc::new(e)
                     }
                 })
@@ -298,6 +303,8 @@ impl Generation {
                 budget: RetryBudget::new(pc.retry.budget),
                 tls,
                 names,
+                queue: crate::slots::for_pool(&pc.name),
+                all_capped: pc.endpoints.iter().all(|e| e.max_in_flight > 0),
             }));
         }
         let mut listeners = Vec::with_capacity(config.listeners.len());

@@ -29,6 +29,7 @@ pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod slots;
 pub mod state;
 pub mod tls;
 pub mod upgrade;

@@ -233,8 +233,12 @@ pub fn render(shared: &Shared) -> String {
     let healthy = Family::<Labels, Gauge>::default();
     let in_flight = Family::<Labels, Gauge>::default();
     let checks = Family::<Labels, Counter>::default();
+    let queued = Family::<Labels, Gauge>::default();
     let generation = shared.generation.load();
     for pool in &generation.pools {
+        queued
+            .get_or_create(&vec![("pool", pool.name.clone())])
+            .set(i64::from(pool.queue.waiting()));
         for e in &pool.endpoints {
             let ep = vec![("pool", pool.name.clone()), ("endpoint", e.label.clone())];
             for (outcome, name) in ATTEMPT_OUTCOMES {
@@ -276,6 +280,11 @@ pub fn render(shared: &Shared) -> String {
         "weir_health_checks",
         "Active health checks, by pool, endpoint and result",
         checks,
+    );
+    reg.register(
+        "weir_requests_queued",
+        "Requests waiting for an endpoint below its max_in_flight, by pool",
+        queued,
     );
 
     let plugin_calls = Family::<Labels, Counter>::default();

@@ -365,8 +365,7 @@ fn forward<'a>(
                 tried: &tried,
                 cookie: target.cookie,
             };
-            // Like nginx's proxy_next_upstream: each endpoint at most once per request.
-            let Some(index) = select(pool, &ctx).filter(|i| !tried.contains(&(*i as u32))) else {
+            let Some((index, in_flight)) = next_endpoint(pool, ctx, up_body.resendable()).await else {
                 // The pool has nothing left to try (every endpoint down, drained or tried): its
                 // failover policy may move the request, which has not gone anywhere since, to
                 // another pool (a DR site whose primary is all down). Bounded: a move sends
@@ -408,7 +407,6 @@ fn forward<'a>(
             trace.pool = Some(pool_index);
             trace.attempts = attempt;
             trace.endpoint = Some(endpoint.clone());
-            let in_flight = InFlight::new(endpoint.clone());
             let t = &pool.config.timeouts;
             let per_try = target.timeout.unwrap_or(t.request);
             let proxy_out = pool.config.send_proxy.map(|version| crate::proxy_protocol::Out {
@@ -587,6 +585,58 @@ fn give_up(
         FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => ProxyError::UpstreamReset,
     };
     err.response()
+}
+
+/// The endpoint of `pool` the next attempt goes to, counted against its `max_in_flight`;
+/// `None` when the pool has nothing left to try: every endpoint down, drained or tried, or at
+/// its `max_in_flight` for `timeouts.queue` (slots.rs). Endpoints found full are passed to the
+/// balancer as tried, so that it picks another while one qualifies; when none does, the request
+/// waits for a slot (`can_wait`: it can still be sent). In a pool whose every endpoint has a
+/// limit, a request that finds others waiting waits behind them: they were first.
+async fn next_endpoint(pool: &PoolRt, ctx: SelectCtx<'_>, can_wait: bool) -> Option<(usize, InFlight)> {
+    let new_ticket = || {
+        let deadline = tokio::time::Instant::now() + pool.config.timeouts.queue;
+        crate::slots::Ticket::new(pool.queue.clone(), deadline)
+    };
+    // The request's place in the pool's queue while it waits for a slot.
+    let mut queued = None;
+    if can_wait && pool.all_capped && pool.queue.waiting() > 0 {
+        let ticket = new_ticket();
+        if !ticket.wait().await {
+            return None;
+        }
+        queued = Some(ticket);
+    }
+    let mut full: Vec<u32> = Vec::new();
+    loop {
+        let skip = (!full.is_empty()).then(|| [ctx.tried, full.as_slice()].concat());
+        let ctx = SelectCtx {
+            tried: skip.as_deref().unwrap_or(ctx.tried),
+            ..ctx
+        };
+        // Like nginx's proxy_next_upstream: each endpoint at most once per request.
+        match select(pool, &ctx).filter(|i| !ctx.tried.contains(&(*i as u32))) {
+            Some(i) => match InFlight::try_new(pool.endpoints[i].clone()) {
+                Some(counted) => return Some((i, counted)),
+                None => full.push(i as u32),
+            },
+            None if full.is_empty() || !can_wait => return None,
+            None => {
+                full.clear();
+                match &queued {
+                    Some(ticket) => {
+                        if !ticket.wait().await {
+                            tracing::debug!(pool = %pool.name, "every endpoint at its max_in_flight for timeouts.queue");
+                            return None;
+                        }
+                    }
+                    // Counted as waiting first, then one more look: a slot freed in between
+                    // is not missed.
+                    None => queued = Some(new_ticket()),
+                }
+            }
+        }
+    }
 }
 
 /// The pool's balancer, checked; the native round-robin when it answers nothing usable.

@@ -103,6 +103,10 @@ pub struct Endpoint {
     down_until_ms: AtomicU64,
     probation: AtomicBool,
     in_flight: AtomicU32,
+    /// `max_in_flight` (0: no limit), and the queue of its pool, where requests wait for a
+    /// slot (`slots.rs`).
+    max_in_flight: AtomicU32,
+    pub queue: Arc<crate::slots::PoolQueue>,
     /// How long attempts took to get their response head: an EWMA in µs and when it was last
     /// fed (on [`now_ms`]'s clock). `least-request` breaks ties between endpoints with
     /// equal requests in flight by it.
@@ -177,6 +181,8 @@ impl Endpoint {
             down_until_ms: AtomicU64::new(0),
             probation: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
+            max_in_flight: AtomicU32::new(cfg.max_in_flight),
+            queue: Arc::default(),
             latency_us: AtomicU32::new(0),
             latency_at_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -199,6 +205,15 @@ impl Endpoint {
             self.weight.store(cfg.weight, Ordering::Relaxed);
         }
         self.backup.store(cfg.backup, Ordering::Relaxed);
+        if self.max_in_flight.swap(cfg.max_in_flight, Ordering::Relaxed) != cfg.max_in_flight {
+            // A raised (or lifted) limit may have room for requests waiting now.
+            self.queue.slot_freed();
+        }
+    }
+
+    /// `max_in_flight`; 0 when it has none.
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight.load(Ordering::Relaxed)
     }
 
     pub fn count_attempt(&self, outcome: crate::metrics::AttemptOutcome) {
@@ -590,6 +605,27 @@ pub struct InFlight(Arc<Endpoint>);
 impl InFlight {
     pub fn new(endpoint: Arc<Endpoint>) -> Self {
         let now = endpoint.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        Self::counted(endpoint, now)
+    }
+
+    /// Counts the request unless the endpoint is at its `max_in_flight`: `None` then. Checked
+    /// on the count itself, so that requests racing for the last slot cannot both have it.
+    pub fn try_new(endpoint: Arc<Endpoint>) -> Option<Self> {
+        let now = endpoint.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let max = endpoint.max_in_flight.load(Ordering::Relaxed);
+        if max != 0 && now > max {
+            // Another request may have found it full because of this one's passing count: if a
+            // slot is free once it is taken back, the queue looks again. (Not otherwise: a
+            // waiting request that finds it full would wake the next, and so on.)
+            if endpoint.in_flight.fetch_sub(1, Ordering::AcqRel) - 1 < max {
+                endpoint.queue.slot_freed();
+            }
+            return None;
+        }
+        Some(Self::counted(endpoint, now))
+    }
+
+    fn counted(endpoint: Arc<Endpoint>, now: u32) -> Self {
         // A load first: in steady traffic the peak is rarely passed, and a plain load keeps the
         // line shared between cores.
         if now > endpoint.peak_in_flight.load(Ordering::Relaxed) {
@@ -606,7 +642,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.max_in_flight.load(Ordering::Relaxed) != 0 {
+            self.0.queue.slot_freed();
+        }
     }
 }
 
@@ -621,6 +660,7 @@ mod tests {
             weight: 1,
             zone: String::new(),
             backup: false,
+            max_in_flight: 0,
         };
         Endpoint::new(1, &cfg, 1, true)
     }

@@ -42,6 +42,26 @@ pub struct Counters {
     pub refused: std::sync::Mutex<Vec<String>>,
     /// TLS handshakes that resumed an earlier session (`start_tls` upstreams).
     pub resumed: AtomicU64,
+    /// Requests (not `/upcheck`) being handled now, and the most at once.
+    pub concurrent: AtomicU64,
+    pub peak_concurrent: AtomicU64,
+}
+
+/// Counts a request as being handled until dropped.
+struct Handling(Arc<Counters>);
+
+impl Handling {
+    fn start(c: &Arc<Counters>) -> Self {
+        let now = c.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+        c.peak_concurrent.fetch_max(now, Ordering::SeqCst);
+        Handling(c.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.concurrent.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct Upstream {
@@ -165,6 +185,11 @@ impl Upstream {
         self.counters.reset.store(on, Ordering::SeqCst);
     }
 
+    /// The most requests it was handling at once.
+    pub fn peak_concurrent(&self) -> u64 {
+        self.counters.peak_concurrent.load(Ordering::SeqCst)
+    }
+
     /// TLS handshakes that resumed a session.
     pub fn resumed(&self) -> u64 {
         self.counters.resumed.load(Ordering::SeqCst)
@@ -206,6 +231,7 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
         return Ok(r);
     }
     c.requests.fetch_add(1, Ordering::SeqCst);
+    let _handling = Handling::start(&c);
     if let Some(id) = req.headers().get("x-test-id").and_then(|v| v.to_str().ok())
         && let Ok(mut ids) = c.ids.lock()
     {

@@ -136,6 +136,7 @@ mod tests {
                     weight: 1,
                     zone: String::new(),
                     backup: false,
+                    max_in_flight: 0,
                 };
                 Arc::new(Endpoint::new(i as u32, &cfg, 1, true))
             })

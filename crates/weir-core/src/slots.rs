@@ -1,0 +1,102 @@
+//! `max_in_flight`: at most so many requests in flight to an endpoint (nginx's `max_conns`,
+//! HAProxy's `maxconn`), for replicas that degrade when pushed past what they can hold. An
+//! endpoint at its limit takes no new request; when every endpoint a request could go to is at
+//! its limit, the request waits in its pool's queue for a slot, up to `timeouts.queue`
+//! (HAProxy's `timeout queue`), instead of being refused at once.
+//!
+//! The limit is enforced where the request is counted ([`crate::upstream::InFlight::try_new`]),
+//! so concurrent requests cannot overshoot it. A waiting request is woken, oldest first, when a
+//! capped endpoint of its pool finishes a request; nothing is done per request for endpoints
+//! without a limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The requests of one pool waiting for a slot.
+#[derive(Default, Debug)]
+pub struct PoolQueue {
+    waiting: AtomicU32,
+    freed: Notify,
+}
+
+/// The queue of the pool named `pool`. Process-wide by name, as the endpoints that use it are
+/// kept from one generation to the next.
+pub fn for_pool(pool: &str) -> Arc<PoolQueue> {
+    static QUEUES: OnceLock<Mutex<HashMap<String, Arc<PoolQueue>>>> = OnceLock::new();
+    let queues = QUEUES.get_or_init(Default::default);
+    match queues.lock() {
+        Ok(mut q) => q.entry(pool.to_string()).or_default().clone(),
+        Err(_) => Arc::default(),
+    }
+}
+
+impl PoolQueue {
+    /// Requests waiting now (`weir_requests_queued`).
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// A capped endpoint of the pool has a slot free: the oldest waiting request looks again.
+    pub fn slot_freed(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.freed.notify_one();
+        }
+    }
+}
+
+/// One request's place in its pool's queue, until `deadline`. Counted as waiting from the
+/// moment it is made, so a slot freed between the request's last look and its wait still
+/// wakes it.
+pub struct Ticket {
+    queue: Arc<PoolQueue>,
+    deadline: Instant,
+}
+
+impl Ticket {
+    pub fn new(queue: Arc<PoolQueue>, deadline: Instant) -> Self {
+        queue.waiting.fetch_add(1, Ordering::AcqRel);
+        Ticket { queue, deadline }
+    }
+
+    /// Waits for a slot to be freed in the pool; `false` once the deadline has passed.
+    pub async fn wait(&self) -> bool {
+        tokio::select! {
+            _ = self.queue.freed.notified() => true,
+            _ = tokio::time::sleep_until(self.deadline) => false,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_freed_slot_wakes_a_waiting_ticket_and_nothing_else_does() {
+        let q = for_pool("slots-test");
+        // Nobody waiting: a freed slot leaves nothing behind.
+        q.slot_freed();
+        let t = Ticket::new(q.clone(), Instant::now() + Duration::from_millis(50));
+        assert_eq!(q.waiting(), 1);
+        assert!(!t.wait().await, "woken without a freed slot");
+        let t = Ticket::new(q.clone(), Instant::now() + Duration::from_secs(5));
+        drop(Ticket::new(q.clone(), Instant::now()));
+        // Freed before the wait starts: the wait still ends at once.
+        q.slot_freed();
+        assert!(t.wait().await);
+        drop(t);
+        assert_eq!(q.waiting(), 0);
+    }
+}
