@@ -237,6 +237,11 @@ impl Generation {
         let mut pools = Vec::with_capacity(config.pools.len());
         for (index, pc) in config.pools.iter().enumerate() {
             let names = name_sources(pc);
+            // The pool's queue goes on with it, as its endpoints do.
+            let queue: Arc<crate::slots::PoolQueue> = prev
+                .and_then(|g| g.pools.iter().find(|p| p.name == pc.name))
+                .map(|p| p.queue.clone())
+                .unwrap_or_default();
             let endpoints: Vec<Arc<Endpoint>> = expand(pc, &names)
                 .into_iter()
                 .map(|(ec, name)| match kept.get(&(pc.name.as_str(), &ec.address)) {
@@ -262,7 +267,7 @@ impl Generation {
                             e.set_drained(true);
                         }
                         e.name = name;
-                        e.queue = crate::slots::for_pool(&pc.name);
+                        e.queue = queue.clone();
                         Arc::new(e)
                     }
                 })
@@ -303,7 +308,7 @@ impl Generation {
                 budget: RetryBudget::new(pc.retry.budget),
                 tls,
                 names,
-                queue: crate::slots::for_pool(&pc.name),
+                queue,
                 all_capped: pc.endpoints.iter().all(|e| e.max_in_flight > 0),
             }));
         }

@@ -365,7 +365,21 @@ fn forward<'a>(
                 tried: &tried,
                 cookie: target.cookie,
             };
-            let Some((index, in_flight)) = next_endpoint(pool, ctx, up_body.resendable()).await else {
+            // Like nginx's proxy_next_upstream: each endpoint at most once per request.
+            let picked = select(pool, &ctx).filter(|i| !tried.contains(&(*i as u32)));
+            let queue_first = pool.all_capped && pool.queue.waiting() > 0;
+            let counted = match picked {
+                Some(i) if !queue_first => InFlight::try_new(pool.endpoints[i].clone()).map(|f| (i, f)),
+                _ => None,
+            };
+            let next = match counted {
+                Some(next) => Some(next),
+                None if picked.is_none() => None,
+                // At its `max_in_flight`, or others wait for a slot: the queue (boxed: only
+                // requests that meet a limit need its state).
+                None => Box::pin(next_endpoint(pool, ctx, up_body.resendable())).await,
+            };
+            let Some((index, in_flight)) = next else {
                 // The pool has nothing left to try (every endpoint down, drained or tried): its
                 // failover policy may move the request, which has not gone anywhere since, to
                 // another pool (a DR site whose primary is all down). Bounded: a move sends
@@ -587,9 +601,10 @@ fn give_up(
     err.response()
 }
 
-/// The endpoint of `pool` the next attempt goes to, counted against its `max_in_flight`;
-/// `None` when the pool has nothing left to try: every endpoint down, drained or tried, or at
-/// its `max_in_flight` for `timeouts.queue` (slots.rs). Endpoints found full are passed to the
+/// The endpoint of `pool` the next attempt goes to, when the balancer's first pick was at its
+/// `max_in_flight` (or others wait for a slot), counted against its limit; `None` when the
+/// pool has nothing left to try: every endpoint down, drained or tried, or at its
+/// `max_in_flight` for `timeouts.queue` (slots.rs). Endpoints found full are passed to the
 /// balancer as tried, so that it picks another while one qualifies; when none does, the request
 /// waits for a slot (`can_wait`: it can still be sent). In a pool whose every endpoint has a
 /// limit, a request that finds others waiting waits behind them: they were first.

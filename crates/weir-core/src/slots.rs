@@ -9,29 +9,18 @@
 //! capped endpoint of its pool finishes a request; nothing is done per request for endpoints
 //! without a limit.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// The requests of one pool waiting for a slot.
+/// The requests of one pool waiting for a slot. One per pool of a gateway, handed from one
+/// generation to the next with the pool's endpoints (`generation.rs`).
 #[derive(Default, Debug)]
 pub struct PoolQueue {
     waiting: AtomicU32,
     freed: Notify,
-}
-
-/// The queue of the pool named `pool`. Process-wide by name, as the endpoints that use it are
-/// kept from one generation to the next.
-pub fn for_pool(pool: &str) -> Arc<PoolQueue> {
-    static QUEUES: OnceLock<Mutex<HashMap<String, Arc<PoolQueue>>>> = OnceLock::new();
-    let queues = QUEUES.get_or_init(Default::default);
-    match queues.lock() {
-        Ok(mut q) => q.entry(pool.to_string()).or_default().clone(),
-        Err(_) => Arc::default(),
-    }
 }
 
 impl PoolQueue {
@@ -85,12 +74,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_slot_wakes_a_waiting_ticket_and_nothing_else_does() {
-        let q = for_pool("slots-test");
+        let q = Arc::new(PoolQueue::default());
         // Nobody waiting: a freed slot leaves nothing behind.
         q.slot_freed();
         let t = Ticket::new(q.clone(), Instant::now() + Duration::from_millis(50));
         assert_eq!(q.waiting(), 1);
         assert!(!t.wait().await, "woken without a freed slot");
+        drop(t);
         let t = Ticket::new(q.clone(), Instant::now() + Duration::from_secs(5));
         drop(Ticket::new(q.clone(), Instant::now()));
         // Freed before the wait starts: the wait still ends at once.
