@@ -29,6 +29,11 @@ impl PoolQueue {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// A limit of the pool changed (a reload): every waiting request looks again.
+    pub fn limit_changed(&self) {
+        self.freed.notify_waiters();
+    }
+
     /// A capped endpoint of the pool has a slot free: the oldest waiting request looks again.
     pub fn slot_freed(&self) {
         if self.waiting.load(Ordering::Acquire) > 0 {

@@ -207,7 +207,7 @@ impl Endpoint {
         self.backup.store(cfg.backup, Ordering::Relaxed);
         if self.max_in_flight.swap(cfg.max_in_flight, Ordering::Relaxed) != cfg.max_in_flight {
             // A raised (or lifted) limit may have room for requests waiting now.
-            self.queue.slot_freed();
+            self.queue.limit_changed();
         }
     }
 
