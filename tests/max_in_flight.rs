@@ -76,6 +76,11 @@ async fn a_request_that_waits_too_long_gets_a_503() {
         waited >= Duration::from_millis(190) && waited < Duration::from_millis(1200),
         "{waited:?}"
     );
+    let metrics = get(&gw.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("weir_queue_timeouts_total{pool=\"app\"} 1\n"),
+        "{metrics}"
+    );
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(a.requests(), 1);
     // With the slot free again, a request goes through at once.

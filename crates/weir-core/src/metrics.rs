@@ -234,11 +234,12 @@ pub fn render(shared: &Shared) -> String {
     let in_flight = Family::<Labels, Gauge>::default();
     let checks = Family::<Labels, Counter>::default();
     let queued = Family::<Labels, Gauge>::default();
+    let queue_timeouts = Family::<Labels, Counter>::default();
     let generation = shared.generation.load();
     for pool in &generation.pools {
-        queued
-            .get_or_create(&vec![("pool", pool.name.clone())])
-            .set(i64::from(pool.queue.waiting()));
+        let p = vec![("pool", pool.name.clone())];
+        queued.get_or_create(&p).set(i64::from(pool.queue.waiting()));
+        queue_timeouts.get_or_create(&p).inc_by(pool.queue.timed_out());
         for e in &pool.endpoints {
             let ep = vec![("pool", pool.name.clone()), ("endpoint", e.label.clone())];
             for (outcome, name) in ATTEMPT_OUTCOMES {
@@ -285,6 +286,11 @@ pub fn render(shared: &Shared) -> String {
         "weir_requests_queued",
         "Requests waiting for an endpoint below its max_in_flight, by pool",
         queued,
+    );
+    reg.register(
+        "weir_queue_timeouts",
+        "Requests that waited timeouts.queue for an endpoint below its max_in_flight in vain, by pool",
+        queue_timeouts,
     );
 
     let plugin_calls = Family::<Labels, Counter>::default();

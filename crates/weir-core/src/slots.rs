@@ -10,7 +10,7 @@
 //! without a limit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -21,12 +21,19 @@ use tokio::time::Instant;
 pub struct PoolQueue {
     waiting: AtomicU32,
     freed: Notify,
+    /// Requests that waited `timeouts.queue` in vain (`weir_queue_timeouts_total`).
+    timed_out: AtomicU64,
 }
 
 impl PoolQueue {
     /// Requests waiting now (`weir_requests_queued`).
     pub fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Requests that waited `timeouts.queue` in vain, since the pool was first configured.
+    pub fn timed_out(&self) -> u64 {
+        self.timed_out.load(Ordering::Relaxed)
     }
 
     /// A limit of the pool changed (a reload): every waiting request looks again.
@@ -56,11 +63,14 @@ impl Ticket {
         Ticket { queue, deadline }
     }
 
-    /// Waits for a slot to be freed in the pool; `false` once the deadline has passed.
+    /// Waits for a slot to be freed in the pool; `false` once the deadline has passed (counted).
     pub async fn wait(&self) -> bool {
         tokio::select! {
             _ = self.queue.freed.notified() => true,
-            _ = tokio::time::sleep_until(self.deadline) => false,
+            _ = tokio::time::sleep_until(self.deadline) => {
+                self.queue.timed_out.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 }
@@ -85,6 +95,7 @@ mod tests {
         let t = Ticket::new(q.clone(), Instant::now() + Duration::from_millis(50));
         assert_eq!(q.waiting(), 1);
         assert!(!t.wait().await, "woken without a freed slot");
+        assert_eq!(q.timed_out(), 1);
         drop(t);
         let t = Ticket::new(q.clone(), Instant::now() + Duration::from_secs(5));
         drop(Ticket::new(q.clone(), Instant::now()));
