@@ -48,12 +48,12 @@ async fn endpoint_status(gw: &TestGateway, addr: SocketAddr) -> serde_json::Valu
 }
 
 fn health_pool(health_port: u16, endpoints: &[&Upstream]) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
-        .collect();
-    format!(
-        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[pool.health]\nport = {health_port}\npath = \"/upcheck\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\nexpect_body = \"I'm up!\"\n{eps}"
+    app_pool(
+        endpoints,
+        &format!(
+            "[pool.health]\nport = {health_port}\npath = \"/upcheck\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\nexpect_body = \"I'm up!\"\n"
+        ),
+        "",
     )
 }
 

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 use weir_test_support::*;
 
 fn capped(ups: &[&Upstream], max: u32, queue: &str) -> String {
-    let endpoints: String = ups
-        .iter()
-        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\nmax_in_flight = {max}\n", u.addr))
-        .collect();
-    format!(
-        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[pool.timeouts]\nqueue = \"{queue}\"\n{endpoints}"
+    app_pool(
+        ups,
+        &format!("[pool.timeouts]\nqueue = \"{queue}\"\n"),
+        &format!("max_in_flight = {max}\n"),
     )
 }
 

@@ -12,13 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use weir_test_support::*;
 
 fn tls_pool(ups: &[&Upstream], tls: &str, extra: &str) -> String {
-    let endpoints: String = ups
-        .iter()
-        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
-        .collect();
-    format!(
-        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n{extra}[pool.tls]\n{tls}{endpoints}"
-    )
+    app_pool(ups, &format!("{extra}[pool.tls]\n{tls}"), "")
 }
 
 fn ca_line(certs: &TestCerts) -> String {

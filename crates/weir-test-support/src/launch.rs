@@ -21,10 +21,7 @@ pub fn one_pool(upstreams: &[&Upstream]) -> String {
 /// [`one_pool`] with `listener` lines in the listener's table (`advertise = ...`, a
 /// `[listener.limits]` table, ...).
 pub fn one_pool_with(upstreams: &[&Upstream], listener: &str) -> String {
-    let endpoints: String = upstreams
-        .iter()
-        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n", u.addr))
-        .collect();
+    let endpoints = endpoint_tables(upstreams, "");
     let newline = if listener.is_empty() || listener.ends_with('\n') {
         ""
     } else {
@@ -33,6 +30,24 @@ pub fn one_pool_with(upstreams: &[&Upstream], listener: &str) -> String {
     format!(
         "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n{listener}{newline}\n[[pool]]\nname = \"app\"\n{endpoints}"
     )
+}
+
+/// One listener `client` in front of one pool `app` with an endpoint per upstream: `pool`
+/// lines in the pool's table (keys, then sub-tables such as `[pool.health]`), `endpoint` lines
+/// in each endpoint's.
+pub fn app_pool(upstreams: &[&Upstream], pool: &str, endpoint: &str) -> String {
+    let endpoints = endpoint_tables(upstreams, endpoint);
+    format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n{pool}{endpoints}"
+    )
+}
+
+/// A `[[pool.endpoint]]` table per upstream, each with `lines` after its address.
+fn endpoint_tables(upstreams: &[&Upstream], lines: &str) -> String {
+    upstreams
+        .iter()
+        .map(|u| format!("[[pool.endpoint]]\naddress = \"{}\"\n{lines}", u.addr))
+        .collect()
 }
 
 /// One listener `client` in front of one pool `app` with the single endpoint `address`, and

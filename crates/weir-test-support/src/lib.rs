@@ -21,7 +21,8 @@ pub use client::{
     Reply, collect, get, h1_get_over, h2c_get, h2c_get_over, raw_exchange, request, tls_get, tls_get_over,
 };
 pub use launch::{
-    TestGateway, WeirProcess, free_port, one_pool, one_pool_with, plugin_file, plugins_dist, pool_config, wasm_policies,
+    TestGateway, WeirProcess, app_pool, free_port, one_pool, one_pool_with, plugin_file, plugins_dist, pool_config,
+    wasm_policies,
 };
 pub use raw::{Act, Raw, raw_upstream};
 pub use upstream::Upstream;
