@@ -377,7 +377,10 @@ fn forward<'a>(
                 None if picked.is_none() => None,
                 // At its `max_in_flight`, or others wait for a slot: the queue (boxed: only
                 // requests that meet a limit need its state).
-                None => Box::pin(next_endpoint(pool, ctx, up_body.resendable())).await,
+                None => {
+                    let full = picked.filter(|_| !queue_first);
+                    Box::pin(next_endpoint(pool, ctx, full, up_body.resendable())).await
+                }
             };
             let Some((index, in_flight)) = next else {
                 // The pool has nothing left to try (every endpoint down, drained or tried): its
@@ -604,11 +607,16 @@ fn give_up(
 /// The endpoint of `pool` the next attempt goes to, when the balancer's first pick was at its
 /// `max_in_flight` (or others wait for a slot), counted against its limit; `None` when the
 /// pool has nothing left to try: every endpoint down, drained or tried, or at its
-/// `max_in_flight` for `timeouts.queue` (slots.rs). Endpoints found full are passed to the
-/// balancer as tried, so that it picks another while one qualifies; when none does, the request
-/// waits for a slot (`can_wait`: it can still be sent). In a pool whose every endpoint has a
+/// `max_in_flight` for `timeouts.queue` (slots.rs). Endpoints found full (`first_full`: the
+/// balancer's first pick) are passed to the balancer as tried, so that it picks another while
+/// one qualifies; when none does, the request waits for a slot (`can_wait`: it can still be sent). In a pool whose every endpoint has a
 /// limit, a request that finds others waiting waits behind them: they were first.
-async fn next_endpoint(pool: &PoolRt, ctx: SelectCtx<'_>, can_wait: bool) -> Option<(usize, InFlight)> {
+async fn next_endpoint(
+    pool: &PoolRt,
+    ctx: SelectCtx<'_>,
+    first_full: Option<usize>,
+    can_wait: bool,
+) -> Option<(usize, InFlight)> {
     let new_ticket = || {
         let deadline = tokio::time::Instant::now() + pool.config.timeouts.queue;
         crate::slots::Ticket::new(pool.queue.clone(), deadline)
@@ -622,7 +630,8 @@ async fn next_endpoint(pool: &PoolRt, ctx: SelectCtx<'_>, can_wait: bool) -> Opt
         }
         queued = Some(ticket);
     }
-    let mut full: Vec<u32> = Vec::new();
+    // The balancer's first pick, found full: not asked about again.
+    let mut full: Vec<u32> = first_full.map(|i| i as u32).into_iter().collect();
     loop {
         let skip = (!full.is_empty()).then(|| [ctx.tried, full.as_slice()].concat());
         let ctx = SelectCtx {
