@@ -48,20 +48,21 @@ impl UpstreamTls {
     /// `prev` (the pool's in the previous generation) if it was built from the same settings
     /// and files; else a new one, as [`UpstreamTls::build`].
     pub fn build_or_keep(tls: &PoolTls, prev: Option<&Arc<UpstreamTls>>) -> Result<Arc<UpstreamTls>, String> {
-        if let (Some(prev), Some(files)) = (prev, files_hash(tls))
+        // Hashed before the files are read for a new config: a file replaced in between makes
+        // the next generation read it again rather than keep a config of older contents.
+        let files = files_hash(tls);
+        if let (Some(prev), Some(files)) = (prev, files)
             && prev.settings == *tls
             && prev.files == files
         {
             return Ok(prev.clone());
         }
-        Self::build(tls)
+        Self::build(tls, files.unwrap_or(0))
     }
 
-    /// Reads the CA, client certificate and key files and builds the client config.
-    pub fn build(tls: &PoolTls) -> Result<Arc<UpstreamTls>, String> {
-        // Hashed before they are read for the config: a file replaced in between makes the
-        // next generation read it again rather than keep a config of older contents.
-        let files = files_hash(tls).unwrap_or(0);
+    /// Reads the CA, client certificate and key files (whose contents hash to `files`) and
+    /// builds the client config.
+    fn build(tls: &PoolTls, files: u64) -> Result<Arc<UpstreamTls>, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
