@@ -603,11 +603,6 @@ impl Endpoint {
 pub struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
-    pub fn new(endpoint: Arc<Endpoint>) -> Self {
-        let now = endpoint.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        Self::counted(endpoint, now)
-    }
-
     /// Counts the request unless the endpoint is at its `max_in_flight`: `None` then. Checked
     /// on the count itself, so that requests racing for the last slot cannot both have it.
     pub fn try_new(endpoint: Arc<Endpoint>) -> Option<Self> {
@@ -622,17 +617,13 @@ impl InFlight {
             }
             return None;
         }
-        Some(Self::counted(endpoint, now))
-    }
-
-    fn counted(endpoint: Arc<Endpoint>, now: u32) -> Self {
         // A load first: in steady traffic the peak is rarely passed, and a plain load keeps the
         // line shared between cores.
         if now > endpoint.peak_in_flight.load(Ordering::Relaxed) {
             endpoint.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         }
         endpoint.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(endpoint)
+        Some(InFlight(endpoint))
     }
 
     pub fn endpoint(&self) -> &Arc<Endpoint> {
