@@ -146,24 +146,14 @@ fn select(c: &mut Criterion) {
     for n in [4usize, 64, 1024] {
         let endpoints: Vec<Arc<Endpoint>> = (0..n)
             .map(|i| {
-                let cfg = weir_config::Endpoint {
-                    address: weir_config::EndpointAddress::Socket(format!("127.0.0.1:{}", 10000 + i).parse().unwrap()),
-                    weight: 1,
-                    zone: String::new(),
-                    backup: false,
-                    max_in_flight: 0,
-                };
+                let cfg = weir_config::Endpoint::at(weir_config::EndpointAddress::Socket(
+                    format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
+                ));
                 Arc::new(Endpoint::new(i as u32, &cfg, 1, true))
             })
             .collect();
         let rr = RoundRobin::new(&vec![1; n]);
-        let ctx = SelectCtx {
-            request_id: 1,
-            affinity_hash: 0,
-            attempt: 1,
-            tried: &[],
-            cookie: 0,
-        };
+        let ctx = SelectCtx::first_try(1);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| rr.select(black_box(&endpoints), &ctx))
         });
@@ -199,13 +189,7 @@ fn pool(c: &mut Criterion) {
     for in_flight in [1usize, 64] {
         let (endpoint, _listener) = rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let cfg = weir_config::Endpoint {
-                address: weir_config::EndpointAddress::Socket(listener.local_addr().unwrap()),
-                weight: 1,
-                zone: String::new(),
-                backup: false,
-                max_in_flight: 0,
-            };
+            let cfg = weir_config::Endpoint::at(weir_config::EndpointAddress::Socket(listener.local_addr().unwrap()));
             (Endpoint::new(0, &cfg, 64, true), listener)
         });
         let (connect, idle) = (Duration::from_secs(1), Duration::from_secs(60));

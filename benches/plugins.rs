@@ -77,13 +77,7 @@ fn select(c: &mut Criterion) {
         let (_dir, config) = config(n);
         let (wasm, eps, balancer) = prepared(&config);
         let native = RoundRobin::new(&vec![1; n]);
-        let key = SelectCtx {
-            request_id: 1,
-            affinity_hash: 0,
-            attempt: 1,
-            tried: &[],
-            cookie: 0,
-        };
+        let key = SelectCtx::first_try(1);
         group.bench_with_input(BenchmarkId::new("native round-robin", n), &n, |b, _| {
             b.iter(|| native.select(black_box(&eps), &key))
         });
@@ -127,13 +121,7 @@ fn route_and_select(c: &mut Criterion) {
                 client_ip: "127.0.0.1".parse().unwrap(),
                 headers: &headers,
             });
-            let key = SelectCtx {
-                request_id: 7,
-                affinity_hash: 0,
-                attempt: 1,
-                tried: &[],
-                cookie: 0,
-            };
+            let key = SelectCtx::first_try(7);
             (black_box(decision), balancer.select(&eps, &key))
         })
     });

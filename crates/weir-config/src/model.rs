@@ -280,3 +280,17 @@ pub struct Endpoint {
     /// Requests in flight at most (nginx's `max_conns`, HAProxy's `maxconn`); 0: no limit.
     pub max_in_flight: u32,
 }
+
+impl Endpoint {
+    /// An endpoint at `address` with every other key at its default, as a config listing only
+    /// the address gives (for programs that build configs, tests and benches).
+    pub fn at(address: EndpointAddress) -> Self {
+        Endpoint {
+            address,
+            weight: crate::raw::DEFAULT_WEIGHT as u32,
+            zone: String::new(),
+            backup: false,
+            max_in_flight: 0,
+        }
+    }
+}

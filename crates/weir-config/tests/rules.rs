@@ -261,6 +261,9 @@ fn max_in_flight_bounds_and_defaults() {
     assert_eq!(c.pools[0].timeouts.queue, std::time::Duration::from_secs(1));
     let c = parse(BASE, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.pools[0].endpoints[0].max_in_flight, 0);
+    // `Endpoint::at` is what a config listing only the address gives.
+    let only_address = weir_config::Endpoint::at(c.pools[0].endpoints[0].address.clone());
+    assert_eq!(c.pools[0].endpoints[0], only_address);
 }
 
 #[test]

@@ -95,6 +95,20 @@ pub struct SelectCtx<'a> {
     pub cookie: u64,
 }
 
+impl<'a> SelectCtx<'a> {
+    /// The first try of request `request_id`: no affinity key, no router cookie, nothing tried
+    /// (for benches and tests).
+    pub fn first_try(request_id: u64) -> SelectCtx<'a> {
+        SelectCtx {
+            request_id,
+            affinity_hash: 0,
+            attempt: 1,
+            tried: &[],
+            cookie: 0,
+        }
+    }
+}
+
 /// A balancer's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Select {

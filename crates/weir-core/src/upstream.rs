@@ -646,14 +646,7 @@ mod tests {
     use super::*;
 
     fn endpoint(address: EndpointAddress) -> Endpoint {
-        let cfg = weir_config::Endpoint {
-            address,
-            weight: 1,
-            zone: String::new(),
-            backup: false,
-            max_in_flight: 0,
-        };
-        Endpoint::new(1, &cfg, 1, true)
+        Endpoint::new(1, &weir_config::Endpoint::at(address), 1, true)
     }
 
     /// A `host:port` endpoint; the tests set its lookup's addresses themselves, as no name

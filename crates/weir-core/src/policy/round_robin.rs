@@ -128,29 +128,16 @@ mod tests {
     fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
         (0..n)
             .map(|i| {
-                let cfg = weir_config::Endpoint {
-                    address: weir_config::EndpointAddress::Socket(std::net::SocketAddr::from((
-                        [127, 0, 0, 1],
-                        9000 + i as u16,
-                    ))),
-                    weight: 1,
-                    zone: String::new(),
-                    backup: false,
-                    max_in_flight: 0,
-                };
+                let cfg = weir_config::Endpoint::at(weir_config::EndpointAddress::Socket(std::net::SocketAddr::from(
+                    ([127, 0, 0, 1], 9000 + i as u16),
+                )));
                 Arc::new(Endpoint::new(i as u32, &cfg, 1, true))
             })
             .collect()
     }
 
     fn counts(rr: &RoundRobin, eps: &[Arc<Endpoint>], picks: usize) -> Vec<usize> {
-        let ctx = SelectCtx {
-            request_id: 1,
-            affinity_hash: 0,
-            attempt: 1,
-            tried: &[],
-            cookie: 0,
-        };
+        let ctx = SelectCtx::first_try(1);
         let mut n = vec![0; eps.len()];
         for _ in 0..picks {
             n[rr.pick(eps, &ctx).unwrap()] += 1;
