@@ -18,6 +18,15 @@ async fn status(gw: &TestGateway) -> serde_json::Value {
     get(&gw.admin_url("/api/v1/status")).await.json()
 }
 
+/// Waits (5 s at most) until the pool's `queued` count satisfies `ok`; fails with the status.
+async fn until_queued(gw: &TestGateway, ok: impl Fn(u64) -> bool) {
+    let reached = eventually(Duration::from_secs(5), async || {
+        status(gw).await["pools"][0]["queued"].as_u64().is_some_and(&ok)
+    })
+    .await;
+    assert!(reached, "{}", status(gw).await);
+}
+
 /// Eight requests at once to two endpoints that take one each: no upstream ever has more than
 /// one, the others wait in the queue (visible in the status and the metrics), and all eight
 /// are answered.
@@ -29,11 +38,7 @@ async fn requests_beyond_the_limit_wait_for_a_slot() {
     let url = gw.url("client", "/delay/150");
     let started = Instant::now();
     let all: Vec<_> = (0..8).map(|_| tokio::spawn(get_owned(url.clone()))).collect();
-    let queued = eventually(Duration::from_secs(5), async || {
-        status(&gw).await["pools"][0]["queued"].as_u64() >= Some(5)
-    })
-    .await;
-    assert!(queued, "{}", status(&gw).await);
+    until_queued(&gw, |n| n >= 5).await;
     let metrics = get(&gw.admin_url("/metrics")).await.text();
     assert!(
         metrics
@@ -94,11 +99,7 @@ async fn a_reload_that_raises_the_limit_lets_waiting_requests_go() {
     let first = tokio::spawn(get_owned(gw.url("client", "/delay/3000")));
     assert!(eventually(Duration::from_secs(5), async || a.requests() == 1).await);
     let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(get_owned(gw.url("client", "/")))).collect();
-    let queued = eventually(Duration::from_secs(5), async || {
-        status(&gw).await["pools"][0]["queued"] == 2
-    })
-    .await;
-    assert!(queued, "{}", status(&gw).await);
+    until_queued(&gw, |n| n == 2).await;
     gw.write_config(&capped(&[&a], 0, "30s"));
     gw.reload().await.unwrap();
     let started = Instant::now();
@@ -135,11 +136,7 @@ async fn waiting_requests_go_in_arrival_order() {
     assert!(eventually(Duration::from_secs(5), async || a.requests() == 1).await);
     for (n, id) in ["second", "third", "fourth"].into_iter().enumerate() {
         all.push(tokio::spawn(request(with_id("/", id))));
-        let queued = eventually(Duration::from_secs(5), async || {
-            status(&gw).await["pools"][0]["queued"].as_u64() == Some(n as u64 + 1)
-        })
-        .await;
-        assert!(queued, "{}", status(&gw).await);
+        until_queued(&gw, |q| q == n as u64 + 1).await;
     }
     for r in all {
         assert_eq!(r.await.unwrap().status, 200);
