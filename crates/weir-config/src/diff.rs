@@ -126,6 +126,7 @@ fn pool_change(old: &Pool, new: &Pool) -> Option<PoolChange> {
             || old.resolve_interval != new.resolve_interval
             || old.resolve_all != new.resolve_all
             || old.send_proxy != new.send_proxy
+            || old.protocol != new.protocol
             || old.tls != new.tls,
         ..PoolChange::default()
     };

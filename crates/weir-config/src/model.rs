@@ -175,6 +175,8 @@ pub struct Pool {
     pub health: Option<Health>,
     /// A PROXY protocol header at the start of every upstream connection (`send_proxy`).
     pub send_proxy: Option<ProxyVersion>,
+    /// What the upstreams speak (`protocol`).
+    pub protocol: UpstreamProtocol,
     /// `[pool.tls]`: HTTPS to the upstreams.
     pub tls: Option<PoolTls>,
     pub endpoints: Vec<Endpoint>,
@@ -190,6 +192,17 @@ pub struct PoolTls {
     pub verify: bool,
     /// Client certificate chain and key (mutual TLS).
     pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The HTTP version a pool's upstreams speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections, one request at a time on each.
+    #[default]
+    Http1,
+    /// HTTP/2 (prior knowledge on plain TCP, ALPN `h2` with `[pool.tls]`): one connection per
+    /// endpoint carries every request to it as a stream; trailers pass through (gRPC).
+    H2,
 }
 
 /// Which PROXY protocol header weir writes to the upstreams of a pool.

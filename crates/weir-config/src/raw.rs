@@ -175,6 +175,8 @@ pub struct RawPool {
     pub passive: RawPassive,
     pub health: Option<RawHealth>,
     pub send_proxy: Option<String>,
+    /// `"http1"` (default) or `"h2"`.
+    pub protocol: Option<String>,
     pub tls: Option<RawPoolTls>,
     #[serde(default)]
     pub endpoint: Vec<RawEndpoint>,

@@ -658,6 +658,23 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
             None
         }
     };
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("h2") => UpstreamProtocol::H2,
+        Some(other) => {
+            v.issue(
+                Issue::new(path.key("protocol"), format!("unknown value `{other}`"))
+                    .help("use \"http1\" (HTTP/1.1, the default) or \"h2\" (HTTP/2, e.g. for gRPC)"),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
+    if protocol == UpstreamProtocol::H2 && send_proxy.is_some() {
+        v.issue(
+            Issue::new(path.key("send_proxy"), "cannot be used with protocol = \"h2\"")
+                .help("an HTTP/2 connection carries many clients' requests, a PROXY header names one client; use protocol = \"http1\" or remove send_proxy"),
+        );
+    }
     let endpoints: Vec<Endpoint> = raw
         .endpoint
         .iter()
@@ -714,6 +731,7 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         passive,
         health,
         send_proxy,
+        protocol,
         tls,
         endpoints,
     }

@@ -1,7 +1,7 @@
 //! The response body of the proxy path, as an enum rather than a boxed trait object so that a
 //! request allocates nothing for it: the upstream's body, read off the upstream connection as
-//! the client takes it (the connection goes back to its pool when it ends), or a short local
-//! answer.
+//! the client takes it (the connection goes back to its pool when it ends), an HTTP/2
+//! upstream's response stream, or a short local answer.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,6 +25,8 @@ pub struct ProxyBody {
 #[derive(Debug)]
 enum Inner {
     Upstream(ResponseBody),
+    /// A response stream from an HTTP/2 upstream (`h2client.rs`), trailers included.
+    H2(hyper::body::Incoming),
     Full(Option<Bytes>),
 }
 
@@ -38,6 +40,14 @@ impl ProxyBody {
             b.release();
         }
         b
+    }
+
+    pub fn upstream_h2(body: hyper::body::Incoming, in_flight: InFlight) -> Self {
+        let end = body.is_end_stream();
+        ProxyBody {
+            inner: Inner::H2(body),
+            in_flight: (!end).then_some(in_flight),
+        }
     }
 
     pub fn full(bytes: Bytes) -> Self {
@@ -78,6 +88,15 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::H2(body) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.in_flight = None,
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.in_flight = None,
+                    _ => {}
+                }
+                polled.map_err(Into::into)
+            }
             Inner::Upstream(body) => match body.poll_data(cx) {
                 Poll::Ready(None) => {
                     this.release();
@@ -102,6 +121,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
+            Inner::H2(body) => body.is_end_stream(),
             Inner::Upstream(body) => body.is_done(),
         }
     }
@@ -109,6 +129,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::H2(body) => body.size_hint(),
             Inner::Upstream(body) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }

@@ -27,6 +27,9 @@ pub enum ProxyError {
         status: u16,
     },
     Draining,
+    /// An `Upgrade` (WebSocket) request routed to a `protocol = "h2"` pool: HTTP/2 has no
+    /// `Upgrade`.
+    UpgradeOverH2,
 }
 
 impl ProxyError {
@@ -34,6 +37,7 @@ impl ProxyError {
         let code = match self {
             ProxyError::NoEndpoint | ProxyError::ListenerGone | ProxyError::Draining => 503,
             ProxyError::ConnectFailed | ProxyError::UpstreamReset => 502,
+            ProxyError::UpgradeOverH2 => 501,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => 504,
             ProxyError::ClientBody { status } | ProxyError::Local { status } => status,
         };
@@ -53,6 +57,7 @@ impl ProxyError {
             ProxyError::ListenerGone => "listener is being removed",
             ProxyError::Local { .. } => "",
             ProxyError::Draining => "gateway is shutting down",
+            ProxyError::UpgradeOverH2 => "upgrade requests cannot go to an HTTP/2 upstream pool",
         }
     }
 

@@ -294,7 +294,7 @@ impl Generation {
                 .and_then(|g| g.pools.iter().find(|p| p.name == pc.name))
                 .and_then(|p| p.tls.as_ref());
             let tls = pc.tls.as_ref().and_then(|t| {
-                crate::upstream_tls::UpstreamTls::build_or_keep(t, prev_tls)
+                crate::upstream_tls::UpstreamTls::build_or_keep(t, pc.protocol, prev_tls)
                     .map_err(|e| errors.push(format!("pool `{}`: [pool.tls]: {e}", pc.name)))
                     .ok()
             });

@@ -26,12 +26,18 @@ pub static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop fields: the fixed set and every field the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Returns whether a removed `TE` asked for trailers: the one `TE` an HTTP/2 request may carry,
+/// which gRPC clients send (an HTTP/2 upstream gets it back).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names, without hashing: most requests carry none of these, and nine
     // map lookups per request cost more than this scan.
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
+        return false;
     }
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    });
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -49,6 +55,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    te_trailers
 }
 
 /// What the forwarding headers say about one request.
@@ -194,6 +201,13 @@ mod tests {
     }
 
     #[test]
+    fn only_a_te_naming_trailers_is_reported() {
+        assert!(!strip_hop_by_hop(&mut map(&[("te", "gzip"), ("host", "a")])));
+        assert!(strip_hop_by_hop(&mut map(&[("te", "gzip, Trailers")])));
+        assert!(!strip_hop_by_hop(&mut map(&[("connection", "close"), ("host", "a")])));
+    }
+
+    #[test]
     fn strips_fixed_and_named_hop_by_hop() {
         let mut h = map(&[
             ("connection", "keep-alive, X-Secret"),
@@ -205,7 +219,7 @@ mod tests {
             ("x-kept", "yes"),
             ("host", "a"),
         ]);
-        strip_hop_by_hop(&mut h);
+        assert!(strip_hop_by_hop(&mut h), "TE: trailers was there");
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["host", "x-kept"]);

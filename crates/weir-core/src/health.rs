@@ -4,6 +4,8 @@
 //! `expect_status`, `expect_body`. Checks are jittered so that many endpoints do not align, run
 //! off the request path, and write one atomic the request path reads. State *changes* are
 //! logged, once. The checkers follow the current generation: restarted after every reload.
+//! A check speaks HTTP/2 where the pool's traffic does (`protocol = "h2"`, on the traffic
+//! port or where TLS agreed on `h2`), HTTP/1.1 otherwise.
 //! The same task set re-resolves endpoint hostnames every `resolve_interval`.
 
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +56,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut generations: watch::Receiver<u64>, 
                         pool.name.clone(),
                         pool.config.send_proxy,
                         pool.tls.clone().filter(|_| health.tls),
+                        pool.config.protocol == weir_config::UpstreamProtocol::H2,
                     ));
                 }
             }
@@ -117,6 +120,7 @@ async fn check_loop(
     pool: String,
     send_proxy: Option<weir_config::ProxyVersion>,
     tls: Option<Arc<UpstreamTls>>,
+    h2: bool,
 ) {
     let mut round = u64::from(endpoint.id) << 32;
     // The first check's spread is at most 100 ms, whatever the interval: an endpoint takes no
@@ -125,14 +129,18 @@ async fn check_loop(
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
         round += 1;
-        let verdict =
-            match tokio::time::timeout(health.timeout, probe(&endpoint, &health, send_proxy, tls.as_deref())).await {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "no answer within {}",
-                    weir_config::format_duration(health.timeout)
-                )),
-            };
+        let verdict = match tokio::time::timeout(
+            health.timeout,
+            probe(&endpoint, &health, send_proxy, tls.as_deref(), h2),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no answer within {}",
+                weir_config::format_duration(health.timeout)
+            )),
+        };
         match verdict {
             Ok(()) => {
                 endpoint.checks_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -164,6 +172,7 @@ async fn probe(
     health: &Health,
     send_proxy: Option<weir_config::ProxyVersion>,
     tls: Option<&UpstreamTls>,
+    h2: bool,
 ) -> Result<(), String> {
     let (mut stream, addr) = endpoint
         .open(health.port, health.timeout)
@@ -192,20 +201,41 @@ async fn probe(
     let Some(path) = &health.path else {
         return Ok(());
     };
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
     let host = match name {
         EndpointAddress::Host { host, .. } => format!("{host}:{}", addr.port()),
         EndpointAddress::Socket(_) => addr.to_string(),
     };
-    let req = Request::get(path.as_str())
-        .header(header::HOST, host)
-        .header(header::USER_AGENT, "weir-health-check")
-        .body(Empty::new())
-        .map_err(|e| format!("bad check request: {e}"))?;
-    let resp = send.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
+    // HTTP/2 where the traffic speaks it: on the traffic port of a `protocol = "h2"` pool, or
+    // where TLS agreed on `h2`. A separate check port without TLS gets HTTP/1.1.
+    let speak_h2 = match &stream {
+        UpStream::Tls(t) => t.get_ref().1.alpn_protocol() == Some(b"h2"),
+        UpStream::Plain(_) => h2 && health.port.is_none(),
+    };
+    let request = |target: String| {
+        Request::get(target)
+            .header(header::USER_AGENT, "weir-health-check")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad check request: {e}"))
+    };
+    let resp = if speak_h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let req = request(format!("{scheme}://{host}{path}"))?;
+        send.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let mut req = request(path.clone())?;
+        if let Ok(v) = http::HeaderValue::from_str(&host) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        send.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?
+    };
     let status = resp.status().as_u16();
     if !health.expect_status.contains(status) {
         return Err(format!("GET {path} answered {status}"));

@@ -16,6 +16,7 @@ pub mod generation;
 pub mod h1client;
 pub mod h2_send;
 mod h2_server;
+pub mod h2client;
 pub mod hash;
 pub mod headers;
 pub mod health;

@@ -18,15 +18,18 @@ use crate::error::ProxyError;
 use crate::front::{Tunnel, TunnelSlot};
 use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::h1client::{ExchangeError, RequestHead, ResponseBody, ResponseHead, UpBody, UpConn};
+use crate::h2client::{H2Answer, H2ReqBody};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
+use weir_config::UpstreamProtocol;
+
 use crate::policy::{
     AffinityKey, AttemptInfo, FailureDecision, FailureKind, NO_ENDPOINT, RouteDecision, RouteRequest, RouteTarget,
     Select, SelectCtx,
 };
 use crate::state::Shared;
-use crate::upstream::{ConnectError, InFlight};
+use crate::upstream::{ConnectError, Endpoint, InFlight};
 
 /// What the request path knows of the client connection.
 #[derive(Clone)]
@@ -271,7 +274,7 @@ fn forward<'a>(
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
-        strip_hop_by_hop(req.headers_mut());
+        let te_trailers = strip_hop_by_hop(req.headers_mut());
         if !req.headers().contains_key(header::HOST)
             && let Some(h) = &request_host
         {
@@ -436,85 +439,113 @@ fn forward<'a>(
             let mut fresh = false;
             // For the endpoint's latency EWMA (the time to the response head, connect included).
             let attempt_start = Instant::now();
-            let (failure, unsent, held) = loop {
-                let checkout = if fresh {
-                    endpoint
-                        .connect_new(t.connect, proxy_out, pool.tls.as_deref())
-                        .await
-                        .map(|c| (c, false))
-                } else {
-                    endpoint
-                        .checkout(t.connect, t.idle, proxy_out, pool.tls.as_deref())
-                        .await
+            let (failure, unsent, held) = if pool.config.protocol == UpstreamProtocol::H2 {
+                if upgrade {
+                    return ProxyError::UpgradeOverH2.response();
+                }
+                let exchange = H2Try {
+                    endpoint: &endpoint,
+                    pool,
+                    method: req.method(),
+                    uri: req.uri(),
+                    headers: req.headers(),
+                    forwarding: (!routed_forwarding).then_some(&forwarding),
+                    te_trailers,
+                    per_try,
+                    replayable,
                 };
-                break match checkout {
-                    Err(ConnectError::Timeout) => (FailureKind::ConnectTimeout, true, None),
-                    // Logged where the handshake failed (once as a warning per failing spell).
-                    Err(ConnectError::Tls(_)) => (FailureKind::TlsError, true, None),
-                    Err(e) => {
-                        tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
-                        (FailureKind::ConnectRefused, true, None)
+                // Boxed: HTTP/1.1 pools, the common case, carry none of its state.
+                match Box::pin(exchange.run(&mut up_body)).await {
+                    H2Attempt::Answer(resp) => {
+                        let status = resp.status().as_u16();
+                        let answer = Answer::H2(resp);
+                        if answered(
+                            &endpoint,
+                            pool,
+                            status,
+                            attempt_start,
+                            attempt < max_attempts && can_replay,
+                        ) {
+                            return respond(answer, in_flight, upgrade, http2, set_cookie);
+                        }
+                        (FailureKind::HttpStatus(status), false, Some((answer, in_flight)))
                     }
-                    Ok((mut conn, reused)) => {
-                        let head = RequestHead {
-                            method: req.method(),
-                            uri: req.uri(),
-                            headers: req.headers(),
-                            forwarding: (!routed_forwarding).then_some(&forwarding),
-                        };
-                        match conn.exchange_within(per_try, &head, &mut up_body).await {
-                            Ok(Ok(head)) => {
-                                let now = Instant::now();
-                                endpoint.record_latency(now - attempt_start, now);
-                                let status = head.status.as_u16();
-                                endpoint.count_attempt(if status >= 500 {
-                                    AttemptOutcome::Status5xx
-                                } else {
-                                    AttemptOutcome::Ok
-                                });
-                                if pool.config.passive.fail_on_status.contains(&status) {
-                                    endpoint.record_failure(&pool.config.passive);
-                                } else {
-                                    endpoint.record_success();
+                    H2Attempt::ClientBody(status) => return ProxyError::ClientBody { status }.response(),
+                    H2Attempt::Failed(FailureKind::ResponseTimeout, _) => {
+                        endpoint.record_latency(per_try, Instant::now());
+                        (FailureKind::ResponseTimeout, false, None)
+                    }
+                    H2Attempt::Failed(failure, unsent) => (failure, unsent, None),
+                }
+            } else {
+                loop {
+                    let checkout = if fresh {
+                        endpoint
+                            .connect_new(t.connect, proxy_out, pool.tls.as_deref())
+                            .await
+                            .map(|c| (c, false))
+                    } else {
+                        endpoint
+                            .checkout(t.connect, t.idle, proxy_out, pool.tls.as_deref())
+                            .await
+                    };
+                    break match checkout {
+                        Err(e) => (connect_failure(&endpoint, &e), true, None),
+                        Ok((mut conn, reused)) => {
+                            let head = RequestHead {
+                                method: req.method(),
+                                uri: req.uri(),
+                                headers: req.headers(),
+                                forwarding: (!routed_forwarding).then_some(&forwarding),
+                            };
+                            match conn.exchange_within(per_try, &head, &mut up_body).await {
+                                Ok(Ok(head)) => {
+                                    let status = head.status.as_u16();
+                                    let answer = Answer::H1(head, conn);
+                                    if answered(
+                                        &endpoint,
+                                        pool,
+                                        status,
+                                        attempt_start,
+                                        attempt < max_attempts && can_replay,
+                                    ) {
+                                        return respond(answer, in_flight, upgrade, http2, set_cookie);
+                                    }
+                                    (FailureKind::HttpStatus(status), false, Some((answer, in_flight)))
                                 }
-                                let can_retry = attempt < max_attempts && can_replay;
-                                if !(status >= 500 && can_retry && pool.failover.judges_status(status)) {
-                                    return respond(head, conn, in_flight, upgrade, http2, set_cookie);
+                                Ok(Err(ExchangeError::ClientBody(e))) => {
+                                    tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
+                                    return ProxyError::ClientBody { status: e.status }.response();
                                 }
-                                (FailureKind::HttpStatus(status), false, Some((head, conn, in_flight)))
-                            }
-                            Ok(Err(ExchangeError::ClientBody(e))) => {
-                                tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
-                                return ProxyError::ClientBody { status: e.status }.response();
-                            }
-                            Ok(Err(e)) => {
-                                let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
-                                // The keep-alive race: the upstream closed this pooled connection as
-                                // it was taken, before any answer. A request that can go again (it
-                                // left nothing, or it is replayable) does, on a new connection, as
-                                // nginx and Go's client do; neither an attempt nor the endpoint's
-                                // failure.
-                                if reused
-                                    && e.is_connection_gone()
-                                    && conn.received_nothing()
-                                    && up_body.resendable()
-                                    && (unsent || replayable)
-                                {
-                                    tracing::debug!(endpoint = %endpoint.label, error = %e, "pooled upstream connection was closed; sending on a new one");
-                                    endpoint.count_attempt(AttemptOutcome::StaleConnection);
-                                    fresh = true;
-                                    continue;
+                                Ok(Err(e)) => {
+                                    let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
+                                    // The keep-alive race: the upstream closed this pooled connection as
+                                    // it was taken, before any answer. A request that can go again (it
+                                    // left nothing, or it is replayable) does, on a new connection, as
+                                    // nginx and Go's client do; neither an attempt nor the endpoint's
+                                    // failure.
+                                    if reused
+                                        && e.is_connection_gone()
+                                        && conn.received_nothing()
+                                        && up_body.resendable()
+                                        && (unsent || replayable)
+                                    {
+                                        tracing::debug!(endpoint = %endpoint.label, error = %e, "pooled upstream connection was closed; sending on a new one");
+                                        endpoint.count_attempt(AttemptOutcome::StaleConnection);
+                                        fresh = true;
+                                        continue;
+                                    }
+                                    tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
+                                    (FailureKind::ResetBeforeResponse, unsent, None)
                                 }
-                                tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
-                                (FailureKind::ResetBeforeResponse, unsent, None)
-                            }
-                            Err(_) => {
-                                endpoint.record_latency(per_try, Instant::now());
-                                (FailureKind::ResponseTimeout, false, None)
+                                Err(_) => {
+                                    endpoint.record_latency(per_try, Instant::now());
+                                    (FailureKind::ResponseTimeout, false, None)
+                                }
                             }
                         }
-                    }
-                };
+                    };
+                }
             };
             if !matches!(failure, FailureKind::HttpStatus(_)) {
                 endpoint.record_failure(&pool.config.passive);
@@ -580,8 +611,14 @@ fn forward<'a>(
     }
 }
 
+/// An upstream's response head, with what its body is read from.
+enum Answer {
+    H1(ResponseHead, UpConn),
+    H2(Response<hyper::body::Incoming>),
+}
+
 /// An upstream answer held back while the failover policy decides.
-type Held = Option<(ResponseHead, UpConn, InFlight)>;
+type Held = Option<(Answer, InFlight)>;
 
 /// The answer after the last attempt failed: the upstream's own response when there is one,
 /// else the gateway's error for the failure.
@@ -592,8 +629,8 @@ fn give_up(
     http2: bool,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
-    if let Some((head, conn, in_flight)) = held {
-        return respond(head, conn, in_flight, upgrade, http2, set_cookie);
+    if let Some((answer, in_flight)) = held {
+        return respond(answer, in_flight, upgrade, http2, set_cookie);
     }
     let err = match failure {
         FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
@@ -673,13 +710,26 @@ fn select(pool: &PoolRt, ctx: &SelectCtx<'_>) -> Option<usize> {
 }
 
 fn respond(
-    head: ResponseHead,
-    conn: UpConn,
+    answer: Answer,
     in_flight: InFlight,
     upgrade: bool,
     http2: bool,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
+    let (head, conn) = match answer {
+        Answer::H1(head, conn) => (head, conn),
+        Answer::H2(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut resp = Response::new(ProxyBody::upstream_h2(body, in_flight));
+            *resp.status_mut() = parts.status;
+            *resp.headers_mut() = parts.headers;
+            add_via(resp.headers_mut(), http2);
+            if let Some(cookie) = set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            return resp;
+        }
+    };
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         if !upgrade {
             return ProxyError::UpstreamReset.response();
@@ -709,4 +759,154 @@ fn respond(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp
+}
+
+/// Counts an attempt that got a response head (latency, outcome, passive health) and says
+/// whether the client gets it: not when it is a 5xx the failover policy judges and the
+/// request can go again (`can_retry`).
+fn answered(endpoint: &Endpoint, pool: &PoolRt, status: u16, attempt_start: Instant, can_retry: bool) -> bool {
+    let now = Instant::now();
+    endpoint.record_latency(now - attempt_start, now);
+    endpoint.count_attempt(if status >= 500 {
+        AttemptOutcome::Status5xx
+    } else {
+        AttemptOutcome::Ok
+    });
+    if pool.config.passive.fail_on_status.contains(&status) {
+        endpoint.record_failure(&pool.config.passive);
+    } else {
+        endpoint.record_success();
+    }
+    !(status >= 500 && can_retry && pool.failover.judges_status(status))
+}
+
+/// The failure a connect error is, for the failover policy.
+fn connect_failure(endpoint: &Endpoint, e: &ConnectError) -> FailureKind {
+    match e {
+        ConnectError::Timeout => FailureKind::ConnectTimeout,
+        // Logged where the handshake failed (once as a warning per failing spell).
+        ConnectError::Tls(_) => FailureKind::TlsError,
+        e => {
+            tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
+            FailureKind::ConnectRefused
+        }
+    }
+}
+
+/// What one attempt on an HTTP/2 pool gave.
+enum H2Attempt {
+    Answer(Response<hyper::body::Incoming>),
+    /// The client's body broke off: answered with this status.
+    ClientBody(u16),
+    /// Failed, and whether the upstream provably saw nothing of the request.
+    Failed(FailureKind, bool),
+}
+
+/// One attempt of a request on an endpoint of a `protocol = "h2"` pool (`h2client.rs`).
+struct H2Try<'a> {
+    endpoint: &'a Endpoint,
+    pool: &'a PoolRt,
+    /// The upstream request's head, as the HTTP/1.1 path sends it (its parts: the request
+    /// holds the client connection's body, which is not `Sync`).
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    /// The forwarding fields to add (none when a router set them in the head already).
+    forwarding: Option<&'a Forwarding<'a>>,
+    te_trailers: bool,
+    per_try: Duration,
+    replayable: bool,
+}
+
+impl H2Try<'_> {
+    async fn run(self, body: &mut UpBody) -> H2Attempt {
+        let t = &self.pool.config.timeouts;
+        let tls = self.pool.tls.as_deref();
+        // Set when the endpoint's connection turned out to be going away: the request goes
+        // again, once, on a new one, as over a stale pooled HTTP/1.1 connection.
+        let mut fresh = false;
+        loop {
+            let (send, reused) = match self.endpoint.h2.sender(self.endpoint, t.connect, tls, fresh).await {
+                Ok(s) => s,
+                Err(e) => return H2Attempt::Failed(connect_failure(self.endpoint, &e), true),
+            };
+            let request = self.request(body, tls.is_some());
+            let (error, unsent) = match crate::h2client::exchange(send, request, self.per_try).await {
+                H2Answer::Response(resp) => return H2Attempt::Answer(resp),
+                H2Answer::TimedOut => return H2Attempt::Failed(FailureKind::ResponseTimeout, false),
+                H2Answer::Failed { error, unsent, request } => {
+                    // A streamed body hyper handed back unsent can still go.
+                    if let Some(r) = request
+                        && let H2ReqBody::Streamed(b) = r.into_body()
+                    {
+                        *body = UpBody::Streamed(b);
+                    }
+                    (error, unsent)
+                }
+            };
+            if let Some(status) = crate::h2client::client_body_status(&error) {
+                tracing::debug!(endpoint = %self.endpoint.label, error = %error, "client request body failed");
+                return H2Attempt::ClientBody(status);
+            }
+            if reused
+                && !fresh
+                && crate::h2client::connection_gone(&error)
+                && body.resendable()
+                && (unsent || self.replayable)
+            {
+                tracing::debug!(endpoint = %self.endpoint.label, error = %error, "upstream HTTP/2 connection went away; sending on a new one");
+                self.endpoint.count_attempt(AttemptOutcome::StaleConnection);
+                fresh = true;
+                continue;
+            }
+            tracing::debug!(endpoint = %self.endpoint.label, error = %error, reused, unsent, "upstream HTTP/2 request failed");
+            return H2Attempt::Failed(FailureKind::ResetBeforeResponse, unsent);
+        }
+    }
+
+    /// The request as an HTTP/2 stream carries it: the head's fields with the forwarding
+    /// ones added and `Host` as `:authority` (the endpoint's address when the client sent
+    /// none), and the body: a buffered one copied (it stays for replays), a streamed one
+    /// taken (`body` is then spent).
+    fn request(&self, body: &mut UpBody, https: bool) -> Request<H2ReqBody> {
+        let mut headers = self.headers.clone();
+        if let Some(f) = self.forwarding {
+            crate::headers::add_forwarding(&mut headers, f);
+        }
+        if self.te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let host = headers.remove(header::HOST);
+        let authority = host
+            .as_ref()
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| http::uri::Authority::try_from(self.endpoint.label.as_str()).ok());
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        parts.authority = authority;
+        parts.path_and_query = self.uri.path_and_query().cloned();
+        let uri = Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone());
+        let h2_body = match std::mem::replace(body, UpBody::Spent) {
+            UpBody::Empty => {
+                *body = UpBody::Empty;
+                H2ReqBody::Empty
+            }
+            UpBody::Full(b) => {
+                *body = UpBody::Full(b.clone());
+                H2ReqBody::Full(Some(b))
+            }
+            UpBody::Streamed(b) => H2ReqBody::Streamed(b),
+            UpBody::Spent => H2ReqBody::Empty,
+        };
+        let mut r = Request::new(h2_body);
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = uri;
+        *r.version_mut() = Version::HTTP_2;
+        *r.headers_mut() = headers;
+        r
+    }
 }

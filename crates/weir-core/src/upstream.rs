@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weir_config::EndpointAddress;
 
-use crate::h1client::UpConn;
+use crate::h1client::{UpConn, UpStream};
 use crate::upstream_tls::UpstreamTls;
 
 /// Bumped whenever any endpoint's health or drain state changes: lets policy hosts cache a
@@ -132,6 +132,8 @@ pub struct Endpoint {
     previous_peak: AtomicU32,
     /// `max_idle_per_endpoint`: the idle connections kept once the traffic has gone.
     max_idle: usize,
+    /// The connection of a `protocol = "h2"` pool, which every request to it shares.
+    pub h2: crate::h2client::H2Slot,
 }
 
 /// Milliseconds on the kernel's coarse monotonic clock, which advances once a scheduler tick
@@ -196,6 +198,7 @@ impl Endpoint {
             peak_in_flight: AtomicU32::new(0),
             previous_peak: AtomicU32::new(0),
             max_idle: max_idle.max(1),
+            h2: crate::h2client::H2Slot::default(),
         }
     }
 
@@ -433,6 +436,7 @@ impl Endpoint {
     /// second under `h2load -c64 -m10`, each one a socket left in TIME_WAIT for a minute. Once
     /// the traffic has gone, the third sweep is back at the cap.
     pub fn sweep_idle(&self, idle_timeout: Duration) {
+        self.h2.sweep(idle_timeout);
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
                 Some(mut idle) => {
@@ -554,6 +558,21 @@ impl Endpoint {
         proxy: Option<crate::proxy_protocol::Out>,
         tls: Option<&UpstreamTls>,
     ) -> Result<UpConn, ConnectError> {
+        let stream = self.connect_stream(connect_timeout, proxy, tls).await?;
+        let mut conn = UpConn::new(stream);
+        conn.tls_id = tls.map_or(0, |t| t.id);
+        conn.proxied_for = proxy.map(|p| p.client);
+        Ok(conn)
+    }
+
+    /// A new traffic connection's socket, TLS handshake done, within `connect_timeout`; for
+    /// the HTTP/1.1 pool and the HTTP/2 connection alike.
+    pub(crate) async fn connect_stream(
+        &self,
+        connect_timeout: Duration,
+        proxy: Option<crate::proxy_protocol::Out>,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<UpStream, ConnectError> {
         let connect = async {
             let (mut stream, addr) = self.open(None, connect_timeout).await?;
             stream.set_nodelay(true)?;
@@ -562,35 +581,28 @@ impl Endpoint {
                 tokio::io::AsyncWriteExt::write_all(&mut stream, &p.header()).await?;
             }
             // The handshake is part of connecting: the connect timeout covers it too.
-            let mut conn = match tls {
-                None => UpConn::new(stream),
-                Some(t) => {
-                    let tls_stream = match t
-                        .connect(stream, self.name.as_ref().unwrap_or(&self.address), addr)
-                        .await
-                    {
-                        Ok(s) => {
-                            if self.tls_failing.swap(false, Ordering::Relaxed) {
-                                tracing::info!(endpoint = %self.label, %addr, "TLS handshakes succeed again");
-                            }
-                            s
-                        }
-                        Err(e) => {
-                            if self.tls_failing.swap(true, Ordering::Relaxed) {
-                                tracing::debug!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed");
-                            } else {
-                                tracing::warn!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed (logged again when one succeeds)");
-                            }
-                            return Err(ConnectError::Tls(e));
-                        }
-                    };
-                    let mut conn = UpConn::new(tls_stream);
-                    conn.tls_id = t.id;
-                    conn
-                }
+            let Some(t) = tls else {
+                return Ok(UpStream::from(stream));
             };
-            conn.proxied_for = proxy.map(|p| p.client);
-            Ok::<_, ConnectError>(conn)
+            match t
+                .connect(stream, self.name.as_ref().unwrap_or(&self.address), addr)
+                .await
+            {
+                Ok(s) => {
+                    if self.tls_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(endpoint = %self.label, %addr, "TLS handshakes succeed again");
+                    }
+                    Ok(UpStream::from(s))
+                }
+                Err(e) => {
+                    if self.tls_failing.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed");
+                    } else {
+                        tracing::warn!(endpoint = %self.label, %addr, error = %e, "TLS handshake failed (logged again when one succeeds)");
+                    }
+                    Err(ConnectError::Tls(e))
+                }
+            }
         };
         tokio::time::timeout(connect_timeout, connect)
             .await

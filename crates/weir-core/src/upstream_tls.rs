@@ -8,8 +8,9 @@
 //! sessions with the upstreams instead of starting every new connection with a full handshake.
 //!
 //! The name sent in SNI and verified is `server_name` when set, else the endpoint's hostname,
-//! else its IP address (rustls checks IP SANs). ALPN offers `http/1.1` only: weir speaks
-//! HTTP/1.1 to upstreams. Roots are the `ca` file's, else the system's.
+//! else its IP address (rustls checks IP SANs). ALPN offers the one protocol the pool speaks
+//! (`http/1.1`, or `h2` for a `protocol = "h2"` pool). Roots are the `ca` file's, else the
+//! system's.
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use weir_config::{EndpointAddress, PoolTls};
+use weir_config::{EndpointAddress, PoolTls, UpstreamProtocol};
 
 /// A pool's TLS client side.
 pub struct UpstreamTls {
@@ -34,6 +35,7 @@ pub struct UpstreamTls {
     /// without TLS, 0), so that a reload changing them does not reuse it.
     pub id: u64,
     settings: PoolTls,
+    protocol: UpstreamProtocol,
     /// The contents of the `ca`, `cert` and `key` files, hashed.
     files: u64,
 }
@@ -45,24 +47,29 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// `prev` (the pool's in the previous generation) if it was built from the same settings
-    /// and files; else a new one, as [`UpstreamTls::build`].
-    pub fn build_or_keep(tls: &PoolTls, prev: Option<&Arc<UpstreamTls>>) -> Result<Arc<UpstreamTls>, String> {
+    /// `prev` (the pool's in the previous generation) if it was built from the same settings,
+    /// protocol and files; else a new one, as [`UpstreamTls::build`].
+    pub fn build_or_keep(
+        tls: &PoolTls,
+        protocol: UpstreamProtocol,
+        prev: Option<&Arc<UpstreamTls>>,
+    ) -> Result<Arc<UpstreamTls>, String> {
         // Hashed before the files are read for a new config: a file replaced in between makes
         // the next generation read it again rather than keep a config of older contents.
         let files = files_hash(tls);
         if let (Some(prev), Some(files)) = (prev, files)
             && prev.settings == *tls
+            && prev.protocol == protocol
             && prev.files == files
         {
             return Ok(prev.clone());
         }
-        Self::build(tls, files.unwrap_or(0))
+        Self::build(tls, protocol, files.unwrap_or(0))
     }
 
     /// Reads the CA, client certificate and key files (whose contents hash to `files`) and
     /// builds the client config.
-    fn build(tls: &PoolTls, files: u64) -> Result<Arc<UpstreamTls>, String> {
+    fn build(tls: &PoolTls, protocol: UpstreamProtocol, files: u64) -> Result<Arc<UpstreamTls>, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -84,7 +91,10 @@ impl UpstreamTls {
                     .map_err(|e| format!("client certificate {}: {e}", cert.display()))?
             }
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![match protocol {
+            UpstreamProtocol::Http1 => b"http/1.1".to_vec(),
+            UpstreamProtocol::H2 => b"h2".to_vec(),
+        }];
         let server_name = match &tls.server_name {
             Some(n) => Some(
                 ServerName::try_from(n.as_str())
@@ -95,12 +105,14 @@ impl UpstreamTls {
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tls.hash(&mut h);
+        protocol.hash(&mut h);
         files.hash(&mut h);
         Ok(Arc::new(UpstreamTls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
             id: h.finish() | 1,
             settings: tls.clone(),
+            protocol,
             files,
         }))
     }

@@ -1,11 +1,13 @@
-//! Upstream servers for tests: hyper HTTP/1 servers on `127.0.0.1:0` whose behaviour is chosen by
-//! the request path, with counters of connections and requests.
+//! Upstream servers for tests: hyper HTTP/1 (or HTTP/2: `start_h2`, `start_h2_tls`) servers on
+//! `127.0.0.1:0` whose behaviour is chosen by the request path, with counters of connections
+//! and requests.
 //!
 //! Paths: `/delay/<ms>` answers after a delay; `/status/<code>` answers that status; `/bytes/<n>`
-//! streams `n` bytes; `/hang` never answers; `/ws` is a WebSocket echo; anything else echoes the
-//! request as JSON (`method`, `path`, `headers`, `body_len`, `max_frame`: the largest piece of
-//! body hyper handed over, `upstream`). Request bodies are
-//! counted as they stream, never buffered.
+//! streams `n` bytes; `/hang` never answers; `/ws` is a WebSocket echo; `/trailers` reads the
+//! request to its end and answers as a gRPC server does, `grpc-status` in trailers (see
+//! [`trailers`]); anything else echoes the request as JSON (`method`, `path`, `version`,
+//! `headers`, `body_len`, `max_frame`: the largest piece of body hyper handed over,
+//! `upstream`). Request bodies are counted as they stream, never buffered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,17 +87,32 @@ impl Upstream {
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
-        Self::serve(addr, name, None).await
+        Self::serve(addr, name, None, false).await
+    }
+
+    /// An upstream speaking HTTP/2 only (prior knowledge, h2c), as a gRPC server does.
+    pub async fn start_h2(name: &str) -> Upstream {
+        Self::start_h2_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    pub async fn start_h2_on(addr: SocketAddr, name: &str) -> Upstream {
+        Self::serve(addr, name, None, true).await
+    }
+
+    /// An upstream speaking HTTP/2 over TLS; `tls` should offer ALPN `h2`.
+    pub async fn start_h2_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor), true).await
     }
 
     /// An upstream speaking HTTPS with `tls` (see `TestCerts::upstream_server`). Failed
     /// handshakes are recorded in `refused` as `tls: ...`.
     pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor)).await
+        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor), false).await
     }
 
-    async fn serve(addr: SocketAddr, name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    async fn serve(addr: SocketAddr, name: &str, tls: Option<tokio_rustls::TlsAcceptor>, h2: bool) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(Counters::default());
@@ -115,6 +132,27 @@ impl Upstream {
                 conns.spawn(async move {
                     let counters = c.clone();
                     let svc = service_fn(move |req| handle(req, name.clone(), counters.clone()));
+                    if h2 {
+                        let builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                        let served = match tls {
+                            None => builder.serve_connection(TokioIo::new(stream), svc).await,
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(tls) => builder.serve_connection(TokioIo::new(tls), svc).await,
+                                Err(e) => {
+                                    if let Ok(mut refused) = c.refused.lock() {
+                                        refused.push(format!("tls: {e}"));
+                                    }
+                                    return;
+                                }
+                            },
+                        };
+                        if let Err(e) = served
+                            && let Ok(mut refused) = c.refused.lock()
+                        {
+                            refused.push(format!("connection: {e:?}"));
+                        }
+                        return;
+                    }
                     let builder = hyper::server::conn::http1::Builder::new();
                     let served = match tls {
                         None => {
@@ -248,6 +286,7 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["ws"] => return Ok(websocket(&mut req)),
+        ["trailers"] => return Ok(trailers(req, &name).await),
         ["hang"] => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -271,6 +310,7 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
     };
     let method = req.method().to_string();
     let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
         let entry = headers
@@ -302,7 +342,7 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
             }
         }
     }
-    let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "headers": headers, "body_len": body_len, "max_frame": max_frame });
+    let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "version": version, "headers": headers, "body_len": body_len, "max_frame": max_frame });
     let mut resp = Response::new(full(json.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert("x-upstream", name.parse().unwrap());
@@ -315,6 +355,43 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
         resp.headers_mut().insert("connection", "close".parse().unwrap());
     }
     Ok(resp)
+}
+
+/// A gRPC-style answer: reads the request to its end (trailers included), then answers 200
+/// with `content-type: application/grpc`, the body `n=<request body bytes>`, and trailers
+/// `grpc-status: 0`, `grpc-message: served by <name>` and `x-request-trailer` (the request's
+/// `x-trailer` trailer, or `none`).
+async fn trailers(req: Request<Incoming>, name: &str) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut n = 0usize;
+    let mut request_trailer = String::from("none");
+    while let Some(Ok(frame)) = body.frame().await {
+        match frame.into_data() {
+            Ok(d) => n += d.len(),
+            Err(frame) => {
+                if let Some(v) = frame.trailers_ref().and_then(|t| t.get("x-trailer")) {
+                    request_trailer = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                }
+            }
+        }
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    if let Ok(v) = http::HeaderValue::from_str(&format!("served by {name}")) {
+        trailers.insert("grpc-message", v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&request_trailer) {
+        trailers.insert("x-request-trailer", v);
+    }
+    let frames = vec![
+        Ok::<_, std::io::Error>(Frame::data(Bytes::from(format!("n={n}")))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))));
+    resp.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp
 }
 
 fn stream_bytes(n: u64, name: &str) -> Response<Body> {

@@ -1,0 +1,272 @@
+//! `protocol = "h2"`: HTTP/2 to the upstreams (gRPC services, HTTP/2-only servers). Real
+//! HTTP/2 upstreams (hyper, h2c and TLS with ALPN `h2`) behind a real gateway: one multiplexed
+//! connection per endpoint, trailers both ways, retries and failover, a restarted upstream,
+//! timeouts, health checks, and what the config refuses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use weir_test_support::*;
+
+fn h2_pool(ups: &[&Upstream], extra: &str) -> String {
+    app_pool(ups, &format!("protocol = \"h2\"\n{extra}"), "")
+}
+
+async fn attempts(gw: &TestGateway, outcome: &str) -> u64 {
+    let text = get(&gw.admin_url("/metrics")).await.text();
+    text.lines()
+        .filter(|l| l.starts_with("weir_upstream_attempts_total") && l.contains(&format!("outcome=\"{outcome}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn concurrent_http1_and_h2_clients_share_one_h2_connection_per_endpoint() {
+    let a = Upstream::start_h2("a").await;
+    let b = Upstream::start_h2("b").await;
+    let gw = TestGateway::start(&h2_pool(&[&a, &b], "")).await;
+    let url = gw.url("client", "/items?x=1");
+    let replies = futures_util::future::join_all((0..40).map(|i| {
+        let url = url.clone();
+        async move {
+            if i % 2 == 0 {
+                get(&url).await
+            } else {
+                h2c_get(&url).await
+            }
+        }
+    }))
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = r.json();
+        assert_eq!(echo["version"], "HTTP/2.0");
+        // `Host` became `:authority`, the path and query are kept.
+        assert_eq!(echo["path"], format!("http://{}/items?x=1", gw.addr("client")));
+        assert_eq!(echo["headers"]["x-forwarded-for"][0], "127.0.0.1");
+        assert!(echo["headers"]["via"][0].as_str().unwrap().ends_with("weir"));
+    }
+    assert_eq!(a.requests() + b.requests(), 40);
+    assert_eq!((a.requests(), b.requests()), (20, 20));
+    // Forty requests, many at once: one connection to each endpoint.
+    assert_eq!((a.connections(), b.connections()), (1, 1));
+    assert!(a.refused().is_empty() && b.refused().is_empty(), "{:?}", a.refused());
+}
+
+/// A gRPC-style exchange over h2c: the client's body ends in trailers, the upstream answers
+/// with `grpc-status` in trailers; both reach the other side.
+#[tokio::test]
+async fn trailers_pass_both_ways_as_grpc_needs() {
+    let up = Upstream::start_h2("grpc").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request_trailers = HeaderMap::new();
+    request_trailers.insert("x-trailer", HeaderValue::from_static("abc"));
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(request_trailers)),
+    ];
+    let req = Request::post("http://weir.test/trailers")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("response trailers");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"n=5"));
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "served by grpc");
+    assert_eq!(trailers["x-request-trailer"], "abc");
+
+    // `TE: trailers` reaches the upstream (the one TE HTTP/2 allows); other TE values do not.
+    let mut req = Request::get(gw.url("client", "/echo"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.headers_mut().insert("te", HeaderValue::from_static("trailers"));
+    let r = request(req).await;
+    assert_eq!(r.json()["headers"]["te"][0], "trailers");
+    let mut req = Request::get(gw.url("client", "/echo"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.headers_mut().insert("te", HeaderValue::from_static("gzip"));
+    let r = request(req).await;
+    assert!(r.json()["headers"].get("te").is_none(), "{}", r.text());
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_spoken_to_over_alpn_h2_and_health_checked_over_it() {
+    let certs = TestCerts::new();
+    let mut server = (*certs.upstream_server(&["127.0.0.1"], false)).clone();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let up = Upstream::start_h2_tls("tls", std::sync::Arc::new(server)).await;
+    let pool = format!(
+        "[pool.health]\npath = \"/upcheck\"\ninterval = \"100ms\"\n[pool.tls]\nca = \"{}\"\n",
+        certs.ca_file().display()
+    );
+    let gw = TestGateway::start(&h2_pool(&[&up], &pool)).await;
+    // The endpoint takes traffic only once a check passed: an HTTP/2 GET over TLS.
+    assert!(eventually(Duration::from_secs(10), async || up.checks() > 0).await);
+    let ok = eventually(Duration::from_secs(10), async || {
+        get(&gw.url("client", "/")).await.status == 200
+    })
+    .await;
+    assert!(ok, "{:?}", up.refused());
+    let r = get(&gw.url("client", "/s")).await;
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    assert_eq!(r.json()["path"], format!("https://{}/s", gw.addr("client")));
+    let r = get(&gw.url("client", "/bytes/1048576")).await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 1 << 20));
+    assert_eq!(attempts(&gw, "tls_error").await, 0);
+    assert!(up.refused().is_empty(), "{:?}", up.refused());
+}
+
+#[tokio::test]
+async fn streamed_uploads_and_large_downloads_flow_through() {
+    let up = Upstream::start_h2("a").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    // A 4 MiB upload without a length (chunked from the client), streamed as DATA frames.
+    let body =
+        StreamBody::new(futures_util::stream::iter((0..64).map(|_| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
+        })));
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .request(Request::post(gw.url("client", "/upload")).body(body).unwrap())
+        .await
+        .unwrap();
+    let r = collect(resp).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 64 * 64 * 1024);
+    // A 16 MiB download, past every flow-control window.
+    let r = get(&gw.url("client", "/bytes/16777216")).await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 16 << 20));
+    // A buffered POST with a length.
+    let r = request(
+        Request::post(gw.url("client", "/form"))
+            .body(Full::new(Bytes::from_static(b"a=1&b=2")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.json()["body_len"].as_u64()), (200, Some(7)));
+}
+
+#[tokio::test]
+async fn a_refused_endpoint_fails_over_and_even_a_post_goes_to_the_other() {
+    let up = Upstream::start_h2("alive").await;
+    let dead = free_port();
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nprotocol = \"h2\"\n\
+         [[pool.endpoint]]\naddress = \"127.0.0.1:{dead}\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    for i in 0..6 {
+        let r = request(
+            Request::post(gw.url("client", &format!("/p/{i}")))
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap(),
+        )
+        .await;
+        // A refused connect sent nothing: safe to resend anything.
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.upstream(), "alive");
+    }
+    assert_eq!(up.requests(), 6);
+}
+
+#[tokio::test]
+async fn a_restarted_upstream_gets_a_new_connection_and_no_request_fails() {
+    let up = Upstream::start_h2("first").await;
+    let addr = up.addr;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    assert_eq!(get(&gw.url("client", "/")).await.upstream(), "first");
+    drop(up);
+    // The aborted server lets go of its socket once its task has ended.
+    let free = eventually(Duration::from_secs(5), async || {
+        std::net::TcpListener::bind(addr).is_ok()
+    })
+    .await;
+    assert!(free);
+    let again = Upstream::start_h2_on(addr, "second").await;
+    for _ in 0..5 {
+        let r = get(&gw.url("client", "/")).await;
+        assert_eq!(
+            (r.status.as_u16(), r.upstream()),
+            (200, "second".to_string()),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(again.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_response_timeout_resets_one_stream_and_the_connection_serves_on() {
+    let up = Upstream::start_h2("slow").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "[pool.timeouts]\nrequest = \"300ms\"\n")).await;
+    let r = get(&gw.url("client", "/hang")).await;
+    assert_eq!(r.status, 504);
+    let r = get(&gw.url("client", "/fine")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.connections(), 1);
+    assert_eq!(attempts(&gw, "timeout").await, 1);
+}
+
+#[tokio::test]
+async fn an_upgrade_request_to_an_h2_pool_is_refused_with_501() {
+    let up = Upstream::start_h2("a").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let reply = raw_exchange(
+        gw.addr("client"),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 501"), "{reply}");
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test]
+async fn bad_protocol_settings_are_refused_naming_the_key() {
+    let up = Upstream::start_h2("a").await;
+    let err = TestGateway::try_start(&app_pool(&[&up], "protocol = \"h3\"\n", ""))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.contains("protocol") && err.contains("h3"), "{err}");
+    let err = TestGateway::try_start(&app_pool(&[&up], "protocol = \"h2\"\nsend_proxy = \"v1\"\n", ""))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.contains("send_proxy") && err.contains("h2"), "{err}");
+}
+
+/// A reload that switches a pool between HTTP/1.1 and HTTP/2 takes effect for new requests.
+#[tokio::test]
+async fn a_reload_switches_the_protocol() {
+    let h1 = Upstream::start("h1").await;
+    let h2 = Upstream::start_h2("h2").await;
+    let gw = TestGateway::start(&app_pool(&[&h1], "", "")).await;
+    assert_eq!(get(&gw.url("client", "/")).await.json()["version"], "HTTP/1.1");
+    gw.write_config(&h2_pool(&[&h2], ""));
+    gw.reload().await.unwrap();
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(
+        (r.upstream(), r.json()["version"].clone()),
+        ("h2".to_string(), "HTTP/2.0".into())
+    );
+}
