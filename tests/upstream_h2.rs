@@ -69,29 +69,34 @@ async fn trailers_pass_both_ways_as_grpc_needs() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut request_trailers = HeaderMap::new();
-    request_trailers.insert("x-trailer", HeaderValue::from_static("abc"));
-    let frames = vec![
-        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
-        Ok(Frame::trailers(request_trailers)),
-    ];
-    let req = Request::post("http://weir.test/trailers")
-        .header("te", "trailers")
-        .header("content-type", "application/grpc")
-        .body(StreamBody::new(futures_util::stream::iter(frames)))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/grpc");
-    let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("response trailers");
-    assert_eq!(collected.to_bytes(), Bytes::from_static(b"n=5"));
-    assert_eq!(trailers["grpc-status"], "0");
-    assert_eq!(trailers["grpc-message"], "served by grpc");
-    assert_eq!(trailers["x-request-trailer"], "abc");
+    // Streamed (no length), then buffered (small, with a length: kept for a resend).
+    for length in [None, Some("5")] {
+        let mut request_trailers = HeaderMap::new();
+        request_trailers.insert("x-trailer", HeaderValue::from_static("abc"));
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::trailers(request_trailers)),
+        ];
+        let mut req = Request::post("http://weir.test/trailers")
+            .header("te", "trailers")
+            .header("content-type", "application/grpc");
+        if let Some(n) = length {
+            req = req.header("content-length", n);
+        }
+        let req = req.body(StreamBody::new(futures_util::stream::iter(frames))).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/grpc");
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("response trailers");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"n=5"));
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "served by grpc");
+        assert_eq!(trailers["x-request-trailer"], "abc", "content-length {length:?}");
+    }
 
     // `TE: trailers` reaches the upstream (the one TE HTTP/2 allows); other TE values do not.
     let mut req = Request::get(gw.url("client", "/echo"))
@@ -268,5 +273,86 @@ async fn a_reload_switches_the_protocol() {
     assert_eq!(
         (r.upstream(), r.json()["version"].clone()),
         ("h2".to_string(), "HTTP/2.0".into())
+    );
+}
+
+/// An HTTP/2 server (the `h2` crate's, to answer frame by frame) that resets every stream it
+/// gets with `reason`; returns its address and how many streams it reset.
+async fn resetting_h2_server(
+    reason: h2::Reason,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let resets = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    respond.send_reset(reason);
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, resets)
+}
+
+fn two_endpoints(first: std::net::SocketAddr, second: std::net::SocketAddr) -> String {
+    format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nprotocol = \"h2\"\n\
+         [pool.passive]\nmax_fails = 0\n[[pool.endpoint]]\naddress = \"{first}\"\n[[pool.endpoint]]\naddress = \"{second}\"\n"
+    )
+}
+
+/// A refused stream (RFC 9113 §8.7: not processed) is safe to send elsewhere, a POST included;
+/// a stream reset for another reason may have been processed: a POST is not sent again.
+#[tokio::test]
+async fn a_refused_stream_goes_to_another_endpoint_and_another_reset_does_not() {
+    let up = Upstream::start_h2("ok").await;
+    let (refusing, refused) = resetting_h2_server(h2::Reason::REFUSED_STREAM).await;
+    let gw = TestGateway::start(&two_endpoints(refusing, up.addr)).await;
+    for i in 0..4 {
+        let r = request(
+            Request::post(gw.url("client", &format!("/p/{i}")))
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.upstream()),
+            (200, "ok".to_string()),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(up.requests(), 4);
+    // The balancer starts each request on the refusing endpoint again (it is not down:
+    // `max_fails = 0`), which sends it on.
+    assert!(refused.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+
+    let up = Upstream::start_h2("ok").await;
+    let (failing, failed) = resetting_h2_server(h2::Reason::INTERNAL_ERROR).await;
+    let gw = TestGateway::start(&two_endpoints(failing, up.addr)).await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let r = request(
+            Request::post(gw.url("client", &format!("/p/{i}")))
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap(),
+        )
+        .await;
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort();
+    // Round-robin: two POSTs met the failing endpoint and were answered 502, not resent.
+    assert_eq!(statuses, [200, 200, 502, 502]);
+    assert_eq!(
+        (up.requests(), failed.load(std::sync::atomic::Ordering::SeqCst)),
+        (2, 2)
     );
 }

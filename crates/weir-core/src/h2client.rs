@@ -41,8 +41,8 @@ pub type H2Sender = SendRequest<H2ReqBody>;
 #[derive(Debug)]
 pub enum H2ReqBody {
     Empty,
-    /// A buffered body (one kept for replays: the stream gets a cheap copy).
-    Full(Option<Bytes>),
+    /// A buffered body (one kept for replays: the stream gets a cheap copy), and its trailers.
+    Full(Option<Bytes>, Option<http::HeaderMap>),
     /// The client's body, frames (trailers included) passed on as they arrive.
     Streamed(ClientBody),
 }
@@ -54,7 +54,12 @@ impl Body for H2ReqBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             H2ReqBody::Empty => Poll::Ready(None),
-            H2ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            H2ReqBody::Full(data, trailers) => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             H2ReqBody::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
@@ -62,7 +67,7 @@ impl Body for H2ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             H2ReqBody::Empty => true,
-            H2ReqBody::Full(b) => b.is_none(),
+            H2ReqBody::Full(data, trailers) => data.is_none() && trailers.is_none(),
             H2ReqBody::Streamed(b) => b.is_end_stream(),
         }
     }
@@ -70,7 +75,7 @@ impl Body for H2ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             H2ReqBody::Empty => SizeHint::with_exact(0),
-            H2ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            H2ReqBody::Full(data, _) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
             H2ReqBody::Streamed(b) => b.size_hint(),
         }
     }

@@ -317,13 +317,16 @@ fn forward<'a>(
         let has_body = !body.is_end_stream();
         let max_attempts = first_pool.config.retry.max_attempts.max(1);
         // An idempotent request with a small declared body is buffered, so that it can be replayed;
-        // anything else streams and is replayable only while it has not left weir.
+        // so is any small one to an HTTP/2 pool, so that a stream the upstream refused unread can
+        // go again. Anything else streams and is replayable only while it has not left weir.
         let limit = first_pool.config.retry.buffer_bytes;
         let buffer = has_body
-            && replayable_method
+            && (replayable_method || first_pool.config.protocol == UpstreamProtocol::H2)
             && !upgrade
             && max_attempts > 1
             && body.size_hint().exact().is_some_and(|n| n <= limit);
+        // A buffered HTTP/2 body's trailers, for an HTTP/2 upstream (boxed: rare).
+        let mut trailers: Option<Box<HeaderMap>> = None;
         let mut up_body = if !has_body {
             drop(body);
             UpBody::Empty
@@ -332,7 +335,10 @@ fn forward<'a>(
             match Box::pin(http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect())
                 .await
             {
-                Ok(collected) => UpBody::Full(collected.to_bytes()),
+                Ok(collected) => {
+                    trailers = collected.trailers().cloned().map(Box::new);
+                    UpBody::Full(collected.to_bytes())
+                }
                 Err(e) => {
                     let status = e
                         .downcast_ref::<crate::client_body::ClientBodyError>()
@@ -449,6 +455,7 @@ fn forward<'a>(
                     method: req.method(),
                     uri: req.uri(),
                     headers: req.headers(),
+                    trailers: trailers.as_deref(),
                     forwarding: (!routed_forwarding).then_some(&forwarding),
                     te_trailers,
                     per_try,
@@ -811,6 +818,8 @@ struct H2Try<'a> {
     method: &'a Method,
     uri: &'a Uri,
     headers: &'a HeaderMap,
+    /// The trailers of a buffered body.
+    trailers: Option<&'a HeaderMap>,
     /// The forwarding fields to add (none when a router set them in the head already).
     forwarding: Option<&'a Forwarding<'a>>,
     te_trailers: bool,
@@ -897,7 +906,7 @@ impl H2Try<'_> {
             }
             UpBody::Full(b) => {
                 *body = UpBody::Full(b.clone());
-                H2ReqBody::Full(Some(b))
+                H2ReqBody::Full(Some(b), self.trailers.cloned())
             }
             UpBody::Streamed(b) => H2ReqBody::Streamed(b),
             UpBody::Spent => H2ReqBody::Empty,
