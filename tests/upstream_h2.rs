@@ -238,7 +238,7 @@ async fn an_upgrade_request_to_an_h2_pool_is_refused_with_501() {
     let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
     let reply = raw_exchange(
         gw.addr("client"),
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 501"), "{reply}");
@@ -355,4 +355,53 @@ async fn a_refused_stream_goes_to_another_endpoint_and_another_reset_does_not() 
         (up.requests(), failed.load(std::sync::atomic::Ordering::SeqCst)),
         (2, 2)
     );
+}
+
+/// Clients that stop reading large responses hold their streams' data in weir, not the
+/// connection they share: the other requests to the endpoint carry on.
+#[tokio::test]
+async fn stalled_readers_do_not_stall_the_shared_connection() {
+    let up = Upstream::start_h2("big").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET /bytes/268435456 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Never read from: its response stalls once the socket buffers are full.
+        stalled.push(tcp);
+    }
+    assert!(eventually(Duration::from_secs(10), async || up.requests() == 8).await);
+    // Time for the stalled responses to fill what they can (polled, not slept on: each
+    // further request must get through while they sit there).
+    for i in 0..20 {
+        let r = tokio::time::timeout(Duration::from_secs(5), get(&gw.url("client", &format!("/after/{i}"))))
+            .await
+            .expect("a request behind stalled streams did not get through");
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.connections(), 1);
+    drop(stalled);
+}
+
+/// An upstream that allows two streams per connection gets a second and third connection
+/// rather than requests waiting behind the first two: six at once are handled at once.
+#[tokio::test]
+async fn a_connection_at_the_upstreams_stream_limit_is_joined_by_another() {
+    let up = Upstream::start_h2_limited("narrow", 2).await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    // The first connection learns the limit from the upstream's SETTINGS.
+    assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    let url = gw.url("client", "/delay/500");
+    let replies = futures_util::future::join_all((0..6).map(|_| get(&url))).await;
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        replies.iter().map(|r| (r.status, r.text())).collect::<Vec<_>>()
+    );
+    assert_eq!(up.peak_concurrent(), 6);
+    assert_eq!(up.connections(), 3);
+    assert!(up.refused().is_empty(), "{:?}", up.refused());
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::h1client::ResponseBody;
+use crate::h2client::H2Stream;
 use crate::upstream::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,8 +26,9 @@ pub struct ProxyBody {
 #[derive(Debug)]
 enum Inner {
     Upstream(ResponseBody),
-    /// A response stream from an HTTP/2 upstream (`h2client.rs`), trailers included.
-    H2(hyper::body::Incoming),
+    /// A response stream from an HTTP/2 upstream (`h2client.rs`), trailers included, and its
+    /// place on the connection until it ends.
+    H2(hyper::body::Incoming, Option<H2Stream>),
     Full(Option<Bytes>),
 }
 
@@ -42,10 +44,10 @@ impl ProxyBody {
         b
     }
 
-    pub fn upstream_h2(body: hyper::body::Incoming, in_flight: InFlight) -> Self {
+    pub fn upstream_h2(body: hyper::body::Incoming, stream: H2Stream, in_flight: InFlight) -> Self {
         let end = body.is_end_stream();
         ProxyBody {
-            inner: Inner::H2(body),
+            inner: Inner::H2(body, (!end).then_some(stream)),
             in_flight: (!end).then_some(in_flight),
         }
     }
@@ -88,12 +90,16 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::H2(body) => {
+            Inner::H2(body, stream) => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.in_flight = None,
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => this.in_flight = None,
-                    _ => {}
+                let ended = match &polled {
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Pending => false,
+                };
+                if ended {
+                    this.in_flight = None;
+                    *stream = None;
                 }
                 polled.map_err(Into::into)
             }
@@ -121,7 +127,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
-            Inner::H2(body) => body.is_end_stream(),
+            Inner::H2(body, _) => body.is_end_stream(),
             Inner::Upstream(body) => body.is_done(),
         }
     }
@@ -129,7 +135,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::H2(body) => body.size_hint(),
+            Inner::H2(body, _) => body.size_hint(),
             Inner::Upstream(body) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }

@@ -1,11 +1,11 @@
 //! HTTP/2 to a pool's upstreams (`protocol = "h2"`: gRPC services, HTTP/2-only servers).
 //!
 //! Each endpoint has one connection, opened on first use (prior knowledge on plain TCP, ALPN
-//! `h2` with `[pool.tls]`) and shared by every request to it as streams, as nginx's
-//! `grpc_pass` and Envoy do: the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` bounds it, and
-//! hyper queues streams beyond that until one ends. hyper's client drives the connection in
-//! a task of its own, the one channel hop this path takes (HTTP/2's framing needs a task that
-//! reads for every stream); the HTTP/1.1 path keeps its inline client.
+//! `h2` with `[pool.tls]`) and shared by every request to it as streams, as Envoy does; one
+//! more when every open one carries as many streams as the upstream allows. hyper's client
+//! drives each connection in a task of its own, the one channel hop this path takes
+//! (HTTP/2's framing needs a task that reads for every stream); the HTTP/1.1 path keeps its
+//! inline client.
 //!
 //! A connection that closes (the upstream restarted, or sent GOAWAY) is replaced by the next
 //! request. A request the upstream provably did not process (a stream refused, or one above
@@ -14,7 +14,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::BoxError;
 use crate::client_body::ClientBody;
+use crate::h1client::UpStream;
 use crate::upstream::{ConnectError, Endpoint, coarse_ms};
 use crate::upstream_tls::UpstreamTls;
 
@@ -35,7 +36,16 @@ use crate::upstream_tls::UpstreamTls;
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What one response stream may have in flight towards weir before its client takes it.
+/// The connection's window is the protocol's largest: the streams share the connection, and a
+/// window that a few clients that stopped reading could fill (hyper's default is 5 MiB, two
+/// and a half streams' worth) would stall every other request to the endpoint until
+/// `send_timeout` let them go. Each stalled stream holds at most its own window in weir.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 pub type H2Sender = SendRequest<H2ReqBody>;
+type Driver = hyper::client::conn::http2::Connection<TokioIo<UpStream>, H2ReqBody, TokioExecutor>;
 
 /// A request body on an HTTP/2 stream to an upstream.
 #[derive(Debug)]
@@ -81,10 +91,13 @@ impl Body for H2ReqBody {
     }
 }
 
-/// An endpoint's HTTP/2 connection, if one is open.
+/// An endpoint's HTTP/2 connections: usually one; another is opened when every open one has
+/// as many streams as its upstream allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), so that
+/// long-lived streams (gRPC server streaming, watches) never leave new requests waiting in
+/// a connection's queue, as Envoy's pools do.
 #[derive(Default)]
 pub struct H2Slot {
-    current: arc_swap::ArcSwapOption<H2Conn>,
+    conns: arc_swap::ArcSwap<Vec<Arc<H2Conn>>>,
     /// Held while a connection is being opened: requests arriving meanwhile wait for it
     /// rather than open one each.
     connecting: tokio::sync::Mutex<()>,
@@ -92,98 +105,170 @@ pub struct H2Slot {
 
 impl std::fmt::Debug for H2Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("H2Slot").field("open", &self.is_open()).finish()
+        f.debug_struct("H2Slot").field("open", &self.open()).finish()
     }
 }
 
-struct H2Conn {
+pub struct H2Conn {
     send: H2Sender,
     /// The `UpstreamTls::id` it was made with (0: plain): a reload that changes the pool's
     /// TLS settings does not reuse it.
     tls_id: u64,
     /// When a request last took it ([`coarse_ms`]), for the idle sweep.
     used_ms: AtomicU64,
+    /// Streams of weir's open on it: requests sent whose responses have not ended.
+    active: AtomicUsize,
+    /// hyper's end of the connection, driven by a task of its own; asked here for the
+    /// upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` (100 until its first SETTINGS, as hyper
+    /// assumes). hyper applies SETTINGS in an inner task: this is where they can be read.
+    /// Dropped once it ends, which fails the requests still queued for it.
+    driver: Arc<std::sync::Mutex<Option<Pin<Box<Driver>>>>>,
+    /// Set when a request found it going away: no new stream goes on it.
+    retired: AtomicBool,
+}
+
+impl H2Conn {
+    fn takes_streams(&self, tls_id: u64) -> bool {
+        self.tls_id == tls_id && !self.retired.load(Ordering::Relaxed) && !self.send.is_closed()
+    }
+}
+
+/// A request's stream on one of an endpoint's connections, counted there until dropped (the
+/// response's end, or the attempt's).
+pub struct H2Stream(Arc<H2Conn>);
+
+impl H2Stream {
+    /// The connection went away under this stream: later requests open a new one.
+    pub fn retire(&self) {
+        self.0.retired.store(true, Ordering::Relaxed);
+    }
+
+    fn sender(&self) -> H2Sender {
+        self.0.send.clone()
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H2Stream")
+    }
 }
 
 impl H2Slot {
-    /// Whether a connection is open (status: it counts as the endpoint's one idle connection).
-    pub fn is_open(&self) -> bool {
-        self.current.load().as_ref().is_some_and(|c| !c.send.is_closed())
+    /// The connections open now (status: what an HTTP/2 endpoint has instead of idle ones).
+    pub fn open(&self) -> usize {
+        self.conns.load().iter().filter(|c| !c.send.is_closed()).count()
     }
 
-    /// A sender on the endpoint's connection, and whether the connection was already open;
-    /// a new connection (`fresh`, or when none is usable) otherwise.
-    pub async fn sender(
+    /// A stream on one of the endpoint's connections with room for one, and whether that
+    /// connection was open already; a new connection when none has room.
+    pub async fn stream(
         &self,
         endpoint: &Endpoint,
         connect_timeout: Duration,
         tls: Option<&UpstreamTls>,
-        fresh: bool,
-    ) -> Result<(H2Sender, bool), ConnectError> {
+    ) -> Result<(H2Sender, H2Stream, bool), ConnectError> {
         let tls_id = tls.map_or(0, |t| t.id);
-        if !fresh && let Some(send) = self.usable(tls_id) {
-            return Ok((send, true));
+        if let Some(stream) = self.claim(tls_id) {
+            return Ok((stream.sender(), stream, true));
         }
-        let before = self.current.load_full();
         let _opening = self.connecting.lock().await;
         // Another request may have opened one while this one waited for the lock.
-        let now = self.current.load_full();
-        let replaced = match (&before, &now) {
-            (Some(b), Some(n)) => !Arc::ptr_eq(b, n),
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if (!fresh || replaced)
-            && let Some(send) = self.usable(tls_id)
-        {
-            return Ok((send, true));
+        if let Some(stream) = self.claim(tls_id) {
+            return Ok((stream.sender(), stream, true));
         }
-        let stream = endpoint.connect_stream(connect_timeout, None, tls).await?;
+        let io = endpoint.connect_stream(connect_timeout, None, tls).await?;
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_INTERVAL)
             .keep_alive_timeout(PING_TIMEOUT)
-            .handshake::<_, H2ReqBody>(TokioIo::new(stream));
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<_, H2ReqBody>(TokioIo::new(io));
         let (send, conn) = tokio::time::timeout(connect_timeout, handshake)
             .await
             .map_err(|_| ConnectError::Timeout)?
             .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
+        let driver = Arc::new(std::sync::Mutex::new(Some(Box::pin(conn))));
+        let driven = driver.clone();
         let label = endpoint.label.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let ended = std::future::poll_fn(|cx| {
+                let Ok(mut slot) = driven.lock() else {
+                    return Poll::Ready(Ok(()));
+                };
+                let Some(conn) = slot.as_mut() else {
+                    return Poll::Ready(Ok(()));
+                };
+                let polled = conn.as_mut().poll(cx);
+                if polled.is_ready() {
+                    *slot = None;
+                }
+                polled
+            })
+            .await;
+            if let Err(e) = ended {
                 tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.current.store(Some(Arc::new(H2Conn {
+        let conn = Arc::new(H2Conn {
             send: send.clone(),
             tls_id,
             used_ms: AtomicU64::new(coarse_ms()),
-        })));
-        Ok((send, false))
+            active: AtomicUsize::new(1),
+            driver,
+            retired: AtomicBool::new(false),
+        });
+        self.conns.rcu(|conns| {
+            let mut kept: Vec<Arc<H2Conn>> = conns.iter().filter(|c| c.takes_streams(c.tls_id)).cloned().collect();
+            kept.push(conn.clone());
+            kept
+        });
+        Ok((send, H2Stream(conn), false))
     }
 
-    fn usable(&self, tls_id: u64) -> Option<H2Sender> {
-        let guard = self.current.load();
-        let conn = guard.as_ref()?;
-        if conn.tls_id != tls_id || conn.send.is_closed() {
-            return None;
-        }
-        conn.used_ms.store(coarse_ms(), Ordering::Relaxed);
-        Some(conn.send.clone())
+    /// A stream on the first open connection with room for one.
+    fn claim(&self, tls_id: u64) -> Option<H2Stream> {
+        let conns = self.conns.load();
+        conns.iter().filter(|c| c.takes_streams(tls_id)).find_map(|c| {
+            let max = c
+                .driver
+                .lock()
+                .ok()
+                .and_then(|d| d.as_ref().map(|d| d.current_max_send_streams()))
+                .unwrap_or(0);
+            c.active
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                .ok()?;
+            c.used_ms.store(coarse_ms(), Ordering::Relaxed);
+            Some(H2Stream(c.clone()))
+        })
     }
 
-    /// Lets go of a connection no request took for `idle_timeout`, or one already closed:
-    /// hyper closes it once the streams still on it end.
+    /// Lets go of connections that closed, went away, or carried no stream for
+    /// `idle_timeout`: hyper closes each once the streams still on it end.
     pub fn sweep(&self, idle_timeout: Duration) {
-        let guard = self.current.load();
-        let Some(conn) = guard.as_ref() else { return };
-        let idle_ms = coarse_ms().saturating_sub(conn.used_ms.load(Ordering::Relaxed));
-        if conn.send.is_closed() || u128::from(idle_ms) >= idle_timeout.as_millis() {
-            let stale = Arc::clone(conn);
-            drop(guard);
-            // Only if no request replaced it meanwhile.
-            self.current.compare_and_swap(&Some(stale), None);
+        let now = coarse_ms();
+        let idle = |c: &H2Conn| {
+            c.active.load(Ordering::Acquire) == 0
+                && u128::from(now.saturating_sub(c.used_ms.load(Ordering::Relaxed))) >= idle_timeout.as_millis()
+        };
+        if self.conns.load().iter().all(|c| c.takes_streams(c.tls_id) && !idle(c)) {
+            return;
         }
+        self.conns.rcu(|conns| {
+            conns
+                .iter()
+                .filter(|c| c.takes_streams(c.tls_id) && !idle(c))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
     }
 }
 

@@ -18,7 +18,7 @@ use crate::error::ProxyError;
 use crate::front::{Tunnel, TunnelSlot};
 use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::h1client::{ExchangeError, RequestHead, ResponseBody, ResponseHead, UpBody, UpConn};
-use crate::h2client::{H2Answer, H2ReqBody};
+use crate::h2client::{H2Answer, H2ReqBody, H2Stream};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
@@ -463,9 +463,9 @@ fn forward<'a>(
                 };
                 // Boxed: HTTP/1.1 pools, the common case, carry none of its state.
                 match Box::pin(exchange.run(&mut up_body)).await {
-                    H2Attempt::Answer(resp) => {
+                    H2Attempt::Answer(resp, stream) => {
                         let status = resp.status().as_u16();
-                        let answer = Answer::H2(resp);
+                        let answer = Answer::H2(resp, stream);
                         if answered(
                             &endpoint,
                             pool,
@@ -621,7 +621,7 @@ fn forward<'a>(
 /// An upstream's response head, with what its body is read from.
 enum Answer {
     H1(ResponseHead, UpConn),
-    H2(Response<hyper::body::Incoming>),
+    H2(Response<hyper::body::Incoming>, H2Stream),
 }
 
 /// An upstream answer held back while the failover policy decides.
@@ -725,9 +725,9 @@ fn respond(
 ) -> Response<ProxyBody> {
     let (head, conn) = match answer {
         Answer::H1(head, conn) => (head, conn),
-        Answer::H2(resp) => {
+        Answer::H2(resp, stream) => {
             let (parts, body) = resp.into_parts();
-            let mut resp = Response::new(ProxyBody::upstream_h2(body, in_flight));
+            let mut resp = Response::new(ProxyBody::upstream_h2(body, stream, in_flight));
             *resp.status_mut() = parts.status;
             *resp.headers_mut() = parts.headers;
             add_via(resp.headers_mut(), http2);
@@ -802,7 +802,8 @@ fn connect_failure(endpoint: &Endpoint, e: &ConnectError) -> FailureKind {
 
 /// What one attempt on an HTTP/2 pool gave.
 enum H2Attempt {
-    Answer(Response<hyper::body::Incoming>),
+    /// A response head, and the stream it came on.
+    Answer(Response<hyper::body::Incoming>, H2Stream),
     /// The client's body broke off: answered with this status.
     ClientBody(u16),
     /// Failed, and whether the upstream provably saw nothing of the request.
@@ -832,16 +833,16 @@ impl H2Try<'_> {
         let t = &self.pool.config.timeouts;
         let tls = self.pool.tls.as_deref();
         // Set when the endpoint's connection turned out to be going away: the request goes
-        // again, once, on a new one, as over a stale pooled HTTP/1.1 connection.
+        // again, once, on another, as over a stale pooled HTTP/1.1 connection.
         let mut fresh = false;
         loop {
-            let (send, reused) = match self.endpoint.h2.sender(self.endpoint, t.connect, tls, fresh).await {
+            let (send, stream, reused) = match self.endpoint.h2.stream(self.endpoint, t.connect, tls).await {
                 Ok(s) => s,
                 Err(e) => return H2Attempt::Failed(connect_failure(self.endpoint, &e), true),
             };
             let request = self.request(body, tls.is_some());
             let (error, unsent) = match crate::h2client::exchange(send, request, self.per_try).await {
-                H2Answer::Response(resp) => return H2Attempt::Answer(resp),
+                H2Answer::Response(resp) => return H2Attempt::Answer(resp, stream),
                 H2Answer::TimedOut => return H2Attempt::Failed(FailureKind::ResponseTimeout, false),
                 H2Answer::Failed { error, unsent, request } => {
                     // A streamed body hyper handed back unsent can still go.
@@ -857,16 +858,22 @@ impl H2Try<'_> {
                 tracing::debug!(endpoint = %self.endpoint.label, error = %error, "client request body failed");
                 return H2Attempt::ClientBody(status);
             }
-            if reused
-                && !fresh
-                && crate::h2client::connection_gone(&error)
-                && body.resendable()
-                && (unsent || self.replayable)
-            {
-                tracing::debug!(endpoint = %self.endpoint.label, error = %error, "upstream HTTP/2 connection went away; sending on a new one");
-                self.endpoint.count_attempt(AttemptOutcome::StaleConnection);
-                fresh = true;
-                continue;
+            if !fresh && body.resendable() {
+                if reused && crate::h2client::connection_gone(&error) && (unsent || self.replayable) {
+                    tracing::debug!(endpoint = %self.endpoint.label, error = %error, "upstream HTTP/2 connection went away; sending on a new one");
+                    self.endpoint.count_attempt(AttemptOutcome::StaleConnection);
+                    stream.retire();
+                    fresh = true;
+                    continue;
+                }
+                // Refused unread: most often a stream over the upstream's limit sent before
+                // its SETTINGS said so (a new connection assumes 100 until then). Once more
+                // on the endpoint, where it now finds room or a connection of its own.
+                if crate::h2client::unprocessed(&error) {
+                    tracing::debug!(endpoint = %self.endpoint.label, error = %error, "upstream refused the stream; sending it again");
+                    fresh = true;
+                    continue;
+                }
             }
             tracing::debug!(endpoint = %self.endpoint.label, error = %error, reused, unsent, "upstream HTTP/2 request failed");
             return H2Attempt::Failed(FailureKind::ResetBeforeResponse, unsent);

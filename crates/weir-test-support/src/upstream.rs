@@ -87,7 +87,7 @@ impl Upstream {
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
-        Self::serve(addr, name, None, false).await
+        Self::serve(addr, name, None, None).await
     }
 
     /// An upstream speaking HTTP/2 only (prior knowledge, h2c), as a gRPC server does.
@@ -96,23 +96,30 @@ impl Upstream {
     }
 
     pub async fn start_h2_on(addr: SocketAddr, name: &str) -> Upstream {
-        Self::serve(addr, name, None, true).await
+        Self::serve(addr, name, None, Some(200)).await
+    }
+
+    /// An HTTP/2 upstream that allows `max_streams` concurrent streams per connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`; hyper's default is 200).
+    pub async fn start_h2_limited(name: &str, max_streams: u32) -> Upstream {
+        Self::serve("127.0.0.1:0".parse().unwrap(), name, None, Some(max_streams)).await
     }
 
     /// An upstream speaking HTTP/2 over TLS; `tls` should offer ALPN `h2`.
     pub async fn start_h2_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor), true).await
+        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor), Some(200)).await
     }
 
     /// An upstream speaking HTTPS with `tls` (see `TestCerts::upstream_server`). Failed
     /// handshakes are recorded in `refused` as `tls: ...`.
     pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor), false).await
+        Self::serve("127.0.0.1:0".parse().unwrap(), name, Some(acceptor), None).await
     }
 
-    async fn serve(addr: SocketAddr, name: &str, tls: Option<tokio_rustls::TlsAcceptor>, h2: bool) -> Upstream {
+    /// `h2`: HTTP/2 with that many concurrent streams per connection; `None`: HTTP/1.1.
+    async fn serve(addr: SocketAddr, name: &str, tls: Option<tokio_rustls::TlsAcceptor>, h2: Option<u32>) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(Counters::default());
@@ -132,8 +139,10 @@ impl Upstream {
                 conns.spawn(async move {
                     let counters = c.clone();
                     let svc = service_fn(move |req| handle(req, name.clone(), counters.clone()));
-                    if h2 {
-                        let builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    if let Some(max_streams) = h2 {
+                        let mut builder =
+                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                        builder.max_concurrent_streams(max_streams);
                         let served = match tls {
                             None => builder.serve_connection(TokioIo::new(stream), svc).await,
                             Some(acceptor) => match acceptor.accept(stream).await {
