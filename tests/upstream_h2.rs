@@ -17,14 +17,6 @@ fn h2_pool(ups: &[&Upstream], extra: &str) -> String {
     app_pool(ups, &format!("protocol = \"h2\"\n{extra}"), "")
 }
 
-async fn attempts(gw: &TestGateway, outcome: &str) -> u64 {
-    let text = get(&gw.admin_url("/metrics")).await.text();
-    text.lines()
-        .filter(|l| l.starts_with("weir_upstream_attempts_total") && l.contains(&format!("outcome=\"{outcome}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn concurrent_http1_and_h2_clients_share_one_h2_connection_per_endpoint() {
     let a = Upstream::start_h2("a").await;
@@ -136,7 +128,7 @@ async fn an_https_upstream_is_spoken_to_over_alpn_h2_and_health_checked_over_it(
     assert_eq!(r.json()["path"], format!("https://{}/s", gw.addr("client")));
     let r = get(&gw.url("client", "/bytes/1048576")).await;
     assert_eq!((r.status.as_u16(), r.body.len()), (200, 1 << 20));
-    assert_eq!(attempts(&gw, "tls_error").await, 0);
+    assert_eq!(gw.attempts("tls_error").await, 0);
     assert!(up.refused().is_empty(), "{:?}", up.refused());
 }
 
@@ -145,28 +137,14 @@ async fn streamed_uploads_and_large_downloads_flow_through() {
     let up = Upstream::start_h2("a").await;
     let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
     // A 4 MiB upload without a length (chunked from the client), streamed as DATA frames.
-    let body =
-        StreamBody::new(futures_util::stream::iter((0..64).map(|_| {
-            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))
-        })));
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    let resp = client
-        .request(Request::post(gw.url("client", "/upload")).body(body).unwrap())
-        .await
-        .unwrap();
-    let r = collect(resp).await;
+    let r = post_chunked(&gw.url("client", "/upload"), 64, 64 * 1024).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["body_len"], 64 * 64 * 1024);
     // A 16 MiB download, past every flow-control window.
     let r = get(&gw.url("client", "/bytes/16777216")).await;
     assert_eq!((r.status.as_u16(), r.body.len()), (200, 16 << 20));
     // A buffered POST with a length.
-    let r = request(
-        Request::post(gw.url("client", "/form"))
-            .body(Full::new(Bytes::from_static(b"a=1&b=2")))
-            .unwrap(),
-    )
-    .await;
+    let r = post(&gw.url("client", "/form"), b"a=1&b=2").await;
     assert_eq!((r.status.as_u16(), r.json()["body_len"].as_u64()), (200, Some(7)));
 }
 
@@ -181,12 +159,7 @@ async fn a_refused_endpoint_fails_over_and_even_a_post_goes_to_the_other() {
     );
     let gw = TestGateway::start(&toml).await;
     for i in 0..6 {
-        let r = request(
-            Request::post(gw.url("client", &format!("/p/{i}")))
-                .body(Full::new(Bytes::from_static(b"x")))
-                .unwrap(),
-        )
-        .await;
+        let r = post(&gw.url("client", &format!("/p/{i}")), b"x").await;
         // A refused connect sent nothing: safe to resend anything.
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.upstream(), "alive");
@@ -229,7 +202,7 @@ async fn a_response_timeout_resets_one_stream_and_the_connection_serves_on() {
     let r = get(&gw.url("client", "/fine")).await;
     assert_eq!(r.status, 200);
     assert_eq!(up.connections(), 1);
-    assert_eq!(attempts(&gw, "timeout").await, 1);
+    assert_eq!(gw.attempts("timeout").await, 1);
 }
 
 #[tokio::test]
@@ -317,12 +290,7 @@ async fn a_refused_stream_goes_to_another_endpoint_and_another_reset_does_not() 
     let (refusing, refused) = resetting_h2_server(h2::Reason::REFUSED_STREAM).await;
     let gw = TestGateway::start(&two_endpoints(refusing, up.addr)).await;
     for i in 0..4 {
-        let r = request(
-            Request::post(gw.url("client", &format!("/p/{i}")))
-                .body(Full::new(Bytes::from_static(b"x")))
-                .unwrap(),
-        )
-        .await;
+        let r = post(&gw.url("client", &format!("/p/{i}")), b"x").await;
         assert_eq!(
             (r.status.as_u16(), r.upstream()),
             (200, "ok".to_string()),
@@ -340,12 +308,7 @@ async fn a_refused_stream_goes_to_another_endpoint_and_another_reset_does_not() 
     let gw = TestGateway::start(&two_endpoints(failing, up.addr)).await;
     let mut statuses = Vec::new();
     for i in 0..4 {
-        let r = request(
-            Request::post(gw.url("client", &format!("/p/{i}")))
-                .body(Full::new(Bytes::from_static(b"x")))
-                .unwrap(),
-        )
-        .await;
+        let r = post(&gw.url("client", &format!("/p/{i}")), b"x").await;
         statuses.push(r.status.as_u16());
     }
     statuses.sort();
@@ -403,5 +366,7 @@ async fn a_connection_at_the_upstreams_stream_limit_is_joined_by_another() {
     );
     assert_eq!(up.peak_concurrent(), 6);
     assert_eq!(up.connections(), 3);
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    assert_eq!(status["pools"][0]["endpoints"][0]["h2_connections"], 3);
     assert!(up.refused().is_empty(), "{:?}", up.refused());
 }

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::Request;
 use tokio_tungstenite::tungstenite::Message;
 use weir_test_support::*;
 
@@ -17,14 +15,6 @@ fn tls_pool(ups: &[&Upstream], tls: &str, extra: &str) -> String {
 
 fn ca_line(certs: &TestCerts) -> String {
     format!("ca = \"{}\"\n", certs.ca_file().display())
-}
-
-async fn attempts(gw: &TestGateway, outcome: &str) -> u64 {
-    let text = get(&gw.admin_url("/metrics")).await.text();
-    text.lines()
-        .filter(|l| l.starts_with("weir_upstream_attempts_total") && l.contains(&format!("outcome=\"{outcome}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[tokio::test]
@@ -42,21 +32,12 @@ async fn https_upstreams_verified_by_the_ca_serve_over_kept_alive_connections() 
     // One request at a time: one connection (one handshake) each, reused.
     assert_eq!((a.connections(), b.connections()), (1, 1));
     // A streamed upload (no length: chunked) and a 1 MiB download.
-    let body =
-        http_body_util::StreamBody::new(futures_util::stream::iter((0..64).map(|_| {
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))
-        })));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let resp = client
-        .request(Request::post(gw.url("client", "/upload")).body(body).unwrap())
-        .await
-        .unwrap();
-    let r = collect(resp).await;
+    let r = post_chunked(&gw.url("client", "/upload"), 64, 16 * 1024).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["body_len"], 64 * 16 * 1024);
     let r = get(&gw.url("client", "/bytes/1048576")).await;
     assert_eq!((r.status.as_u16(), r.body.len()), (200, 1 << 20));
-    assert_eq!(attempts(&gw, "tls_error").await, 0);
+    assert_eq!(gw.attempts("tls_error").await, 0);
 }
 
 #[tokio::test]
@@ -67,7 +48,7 @@ async fn a_certificate_not_signed_by_the_ca_is_refused_unless_verify_is_off() {
     let r = get(&gw.url("client", "/")).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(up.requests(), 0);
-    assert!(attempts(&gw, "tls_error").await >= 1);
+    assert!(gw.attempts("tls_error").await >= 1);
 
     let gw = TestGateway::start(&tls_pool(&[&up], "verify = false\n", "")).await;
     let r = get(&gw.url("client", "/")).await;

@@ -282,6 +282,7 @@ impl Admin {
                             "ewma_latency_us": e.latency_us_at(crate::upstream::now_ms()),
                             "requests": e.requests(),
                             "idle_connections": e.idle_connections(),
+                            "h2_connections": e.h2.open(),
                         })
                     })
                     .collect();

@@ -440,12 +440,10 @@ fn forward<'a>(
                 client: conn.peer,
                 local: conn.local,
             });
-            // Set when a pooled connection turned out closed by the upstream: the request goes
-            // again, once, on a new connection to the same endpoint.
-            let mut fresh = false;
             // For the endpoint's latency EWMA (the time to the response head, connect included).
             let attempt_start = Instant::now();
-            let (failure, unsent, held) = if pool.config.protocol == UpstreamProtocol::H2 {
+            // The response head, or why the attempt failed and whether nothing of it was sent.
+            let exchanged: Result<Answer, (FailureKind, bool)> = if pool.config.protocol == UpstreamProtocol::H2 {
                 if upgrade {
                     return ProxyError::UpgradeOverH2.response();
                 }
@@ -463,28 +461,18 @@ fn forward<'a>(
                 };
                 // Boxed: HTTP/1.1 pools, the common case, carry none of its state.
                 match Box::pin(exchange.run(&mut up_body)).await {
-                    H2Attempt::Answer(resp, stream) => {
-                        let status = resp.status().as_u16();
-                        let answer = Answer::H2(resp, stream);
-                        if answered(
-                            &endpoint,
-                            pool,
-                            status,
-                            attempt_start,
-                            attempt < max_attempts && can_replay,
-                        ) {
-                            return respond(answer, in_flight, upgrade, http2, set_cookie);
-                        }
-                        (FailureKind::HttpStatus(status), false, Some((answer, in_flight)))
-                    }
+                    H2Attempt::Answer(resp, stream) => Ok(Answer::H2(resp, stream)),
                     H2Attempt::ClientBody(status) => return ProxyError::ClientBody { status }.response(),
                     H2Attempt::Failed(FailureKind::ResponseTimeout, _) => {
                         endpoint.record_latency(per_try, Instant::now());
-                        (FailureKind::ResponseTimeout, false, None)
+                        Err((FailureKind::ResponseTimeout, false))
                     }
-                    H2Attempt::Failed(failure, unsent) => (failure, unsent, None),
+                    H2Attempt::Failed(failure, unsent) => Err((failure, unsent)),
                 }
             } else {
+                // Set when a pooled connection turned out closed by the upstream: the request goes
+                // again, once, on a new connection to the same endpoint.
+                let mut fresh = false;
                 loop {
                     let checkout = if fresh {
                         endpoint
@@ -497,7 +485,7 @@ fn forward<'a>(
                             .await
                     };
                     break match checkout {
-                        Err(e) => (connect_failure(&endpoint, &e), true, None),
+                        Err(e) => Err((connect_failure(&endpoint, &e), true)),
                         Ok((mut conn, reused)) => {
                             let head = RequestHead {
                                 method: req.method(),
@@ -506,20 +494,7 @@ fn forward<'a>(
                                 forwarding: (!routed_forwarding).then_some(&forwarding),
                             };
                             match conn.exchange_within(per_try, &head, &mut up_body).await {
-                                Ok(Ok(head)) => {
-                                    let status = head.status.as_u16();
-                                    let answer = Answer::H1(head, conn);
-                                    if answered(
-                                        &endpoint,
-                                        pool,
-                                        status,
-                                        attempt_start,
-                                        attempt < max_attempts && can_replay,
-                                    ) {
-                                        return respond(answer, in_flight, upgrade, http2, set_cookie);
-                                    }
-                                    (FailureKind::HttpStatus(status), false, Some((answer, in_flight)))
-                                }
+                                Ok(Ok(head)) => Ok(Answer::H1(head, conn)),
                                 Ok(Err(ExchangeError::ClientBody(e))) => {
                                     tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
                                     return ProxyError::ClientBody { status: e.status }.response();
@@ -543,16 +518,32 @@ fn forward<'a>(
                                         continue;
                                     }
                                     tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
-                                    (FailureKind::ResetBeforeResponse, unsent, None)
+                                    Err((FailureKind::ResetBeforeResponse, unsent))
                                 }
                                 Err(_) => {
                                     endpoint.record_latency(per_try, Instant::now());
-                                    (FailureKind::ResponseTimeout, false, None)
+                                    Err((FailureKind::ResponseTimeout, false))
                                 }
                             }
                         }
                     };
                 }
+            };
+            let (failure, unsent, held) = match exchanged {
+                Ok(answer) => {
+                    let status = answer.status();
+                    if answered(
+                        &endpoint,
+                        pool,
+                        status,
+                        attempt_start,
+                        attempt < max_attempts && can_replay,
+                    ) {
+                        return respond(answer, in_flight, upgrade, http2, set_cookie);
+                    }
+                    (FailureKind::HttpStatus(status), false, Some((answer, in_flight)))
+                }
+                Err((failure, unsent)) => (failure, unsent, None),
             };
             if !matches!(failure, FailureKind::HttpStatus(_)) {
                 endpoint.record_failure(&pool.config.passive);
@@ -622,6 +613,15 @@ fn forward<'a>(
 enum Answer {
     H1(ResponseHead, UpConn),
     H2(Response<hyper::body::Incoming>, H2Stream),
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        match self {
+            Answer::H1(head, _) => head.status.as_u16(),
+            Answer::H2(resp, _) => resp.status().as_u16(),
+        }
+    }
 }
 
 /// An upstream answer held back while the failover policy decides.

@@ -68,6 +68,27 @@ pub async fn request(req: Request<Full<Bytes>>) -> Reply {
     collect(resp).await
 }
 
+/// POST of `body` (with its length) over HTTP/1.1.
+pub async fn post(url: &str, body: &'static [u8]) -> Reply {
+    request(Request::post(url).body(Full::new(Bytes::from_static(body))).unwrap()).await
+}
+
+/// POST over HTTP/1.1 of a body without a length (chunked): `pieces` pieces of `size` bytes.
+pub async fn post_chunked(url: &str, pieces: usize, size: usize) -> Reply {
+    let frames = (0..pieces)
+        .map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'x'; size]))));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(Request::post(url).body(body).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
+    collect(resp).await
+}
+
 /// GET over HTTP/2 with prior knowledge (h2c).
 pub async fn h2c_get(url: &str) -> Reply {
     let client = Client::builder(TokioExecutor::new())

@@ -121,6 +121,16 @@ impl TestGateway {
     }
 
     /// The config file the gateway was started from (rewrite it, then reload).
+    /// `weir_upstream_attempts_total` with this `outcome`, summed over pools and endpoints.
+    pub async fn attempts(&self, outcome: &str) -> u64 {
+        let text = crate::get(&self.admin_url("/metrics")).await.text();
+        let label = format!("outcome=\"{outcome}\"");
+        text.lines()
+            .filter(|l| l.starts_with("weir_upstream_attempts_total") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("weir.toml")
     }

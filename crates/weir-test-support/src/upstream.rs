@@ -137,58 +137,21 @@ impl Upstream {
                 let name = name_s.clone();
                 let tls = tls.clone();
                 conns.spawn(async move {
-                    let counters = c.clone();
-                    let svc = service_fn(move |req| handle(req, name.clone(), counters.clone()));
-                    if let Some(max_streams) = h2 {
-                        let mut builder =
-                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                        builder.max_concurrent_streams(max_streams);
-                        let served = match tls {
-                            None => builder.serve_connection(TokioIo::new(stream), svc).await,
-                            Some(acceptor) => match acceptor.accept(stream).await {
-                                Ok(tls) => builder.serve_connection(TokioIo::new(tls), svc).await,
-                                Err(e) => {
-                                    if let Ok(mut refused) = c.refused.lock() {
-                                        refused.push(format!("tls: {e}"));
-                                    }
-                                    return;
-                                }
-                            },
-                        };
-                        if let Err(e) = served
-                            && let Ok(mut refused) = c.refused.lock()
-                        {
-                            refused.push(format!("connection: {e:?}"));
-                        }
-                        return;
-                    }
-                    let builder = hyper::server::conn::http1::Builder::new();
-                    let served = match tls {
-                        None => {
-                            builder
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades()
-                                .await
-                        }
+                    match tls {
+                        None => serve_connection(stream, h2, name, c).await,
                         Some(acceptor) => match acceptor.accept(stream).await {
                             Ok(tls) => {
                                 if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                                     c.resumed.fetch_add(1, Ordering::SeqCst);
                                 }
-                                builder.serve_connection(TokioIo::new(tls), svc).with_upgrades().await
+                                serve_connection(tls, h2, name, c).await
                             }
                             Err(e) => {
                                 if let Ok(mut refused) = c.refused.lock() {
                                     refused.push(format!("tls: {e}"));
                                 }
-                                return;
                             }
                         },
-                    };
-                    if let Err(e) = served
-                        && let Ok(mut refused) = c.refused.lock()
-                    {
-                        refused.push(format!("connection: {e:?}"));
                     }
                 });
                 while conns.try_join_next().is_some() {}
@@ -257,6 +220,35 @@ impl Upstream {
 
     pub fn body_bytes(&self) -> u64 {
         self.counters.body_bytes.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one connection over HTTP/1.1 (upgrades allowed), or HTTP/2 with `h2` streams at
+/// most; what hyper refuses goes to `refused`.
+async fn serve_connection<I>(io: I, h2: Option<u32>, name: String, c: Arc<Counters>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let counters = c.clone();
+    let svc = service_fn(move |req| handle(req, name.clone(), counters.clone()));
+    let served = match h2 {
+        Some(max_streams) => {
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .max_concurrent_streams(max_streams)
+                .serve_connection(TokioIo::new(io), svc)
+                .await
+        }
+        None => {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades()
+                .await
+        }
+    };
+    if let Err(e) = served
+        && let Ok(mut refused) = c.refused.lock()
+    {
+        refused.push(format!("connection: {e:?}"));
     }
 }
 
