@@ -370,3 +370,25 @@ async fn a_connection_at_the_upstreams_stream_limit_is_joined_by_another() {
     assert_eq!(status["pools"][0]["endpoints"][0]["h2_connections"], 3);
     assert!(up.refused().is_empty(), "{:?}", up.refused());
 }
+
+/// `protocol = "h2"` in front of an HTTP/1.1-only upstream: 502s, and one warning that says
+/// what is likely wrong, not one per request.
+#[tokio::test]
+async fn an_upstream_that_does_not_speak_h2_is_one_warning_naming_the_likely_cause() {
+    let up = Upstream::start("h1-only").await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\nprotocol = \"h2\"\n[pool.passive]\nmax_fails = 0\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    for _ in 0..4 {
+        assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 502);
+    }
+    let hint = "does the endpoint speak HTTP/2";
+    assert!(weir.stderr_eventually_contains(hint).await, "{}", weir.stderr_text());
+    assert_eq!(weir.stderr_text().matches(hint).count(), 1, "{}", weir.stderr_text());
+}

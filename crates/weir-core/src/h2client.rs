@@ -98,6 +98,10 @@ impl Body for H2ReqBody {
 #[derive(Default)]
 pub struct H2Slot {
     conns: arc_swap::ArcSwap<Vec<Arc<H2Conn>>>,
+    /// Whether the last request on a new connection failed: logged when that starts (an
+    /// upstream that does not speak HTTP/2 is a config problem to see at once) and when a
+    /// request succeeds again.
+    failing: AtomicBool,
     /// Held while a connection is being opened: requests arriving meanwhile wait for it
     /// rather than open one each.
     connecting: tokio::sync::Mutex<()>,
@@ -231,6 +235,23 @@ impl H2Slot {
             kept
         });
         Ok((send, H2Stream(conn), false))
+    }
+
+    /// Notes how a request went: a failure on a connection that had just opened is logged as a
+    /// warning once until a request succeeds again.
+    pub fn note(&self, endpoint: &str, failure_on_new: Option<&hyper::Error>) {
+        match failure_on_new {
+            Some(error) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(endpoint, %error, "HTTP/2 request failed on a new upstream connection: does the endpoint speak HTTP/2 (h2c, or ALPN h2 with [pool.tls])? (logged again when one succeeds)");
+                }
+            }
+            None => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(endpoint, "HTTP/2 requests succeed again");
+                }
+            }
+        }
     }
 
     /// A stream on the first open connection with room for one.

@@ -842,7 +842,10 @@ impl H2Try<'_> {
             };
             let request = self.request(body, tls.is_some());
             let (error, unsent) = match crate::h2client::exchange(send, request, self.per_try).await {
-                H2Answer::Response(resp) => return H2Attempt::Answer(resp, stream),
+                H2Answer::Response(resp) => {
+                    self.endpoint.h2.note(&self.endpoint.label, None);
+                    return H2Attempt::Answer(resp, stream);
+                }
                 H2Answer::TimedOut => return H2Attempt::Failed(FailureKind::ResponseTimeout, false),
                 H2Answer::Failed { error, unsent, request } => {
                     // A streamed body hyper handed back unsent can still go.
@@ -874,6 +877,9 @@ impl H2Try<'_> {
                     fresh = true;
                     continue;
                 }
+            }
+            if !reused {
+                self.endpoint.h2.note(&self.endpoint.label, Some(&error));
             }
             tracing::debug!(endpoint = %self.endpoint.label, error = %error, reused, unsent, "upstream HTTP/2 request failed");
             return H2Attempt::Failed(FailureKind::ResetBeforeResponse, unsent);

@@ -19,7 +19,7 @@ impl RetryIdempotent {
         }
         let retry = match a.failure {
             FailureKind::ConnectRefused | FailureKind::ConnectTimeout | FailureKind::TlsError => true,
-            FailureKind::ResetBeforeResponse | FailureKind::ResponseTimeout | FailureKind::TlsError => a.replayable,
+            FailureKind::ResetBeforeResponse | FailureKind::ResponseTimeout => a.replayable,
             FailureKind::HttpStatus(s) => a.replayable && self.on_status.contains(&s),
         };
         if retry {
