@@ -392,3 +392,75 @@ async fn an_upstream_that_does_not_speak_h2_is_one_warning_naming_the_likely_cau
     assert!(weir.stderr_eventually_contains(hint).await, "{}", weir.stderr_text());
     assert_eq!(weir.stderr_text().matches(hint).count(), 1, "{}", weir.stderr_text());
 }
+
+/// `grpc = true`: the gRPC health service decides, as Kubernetes' gRPC probes ask it.
+#[tokio::test]
+async fn grpc_health_checks_follow_the_serving_status() {
+    let a = Upstream::start_h2("a").await;
+    let b = Upstream::start_h2("b").await;
+    let health = "[pool.health]\ngrpc = true\ninterval = \"50ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
+    let gw = TestGateway::start(&h2_pool(&[&a, &b], health)).await;
+    let both = eventually(Duration::from_secs(10), async || {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            seen.insert(get(&gw.url("client", "/")).await.upstream());
+        }
+        seen.len() == 2
+    })
+    .await;
+    assert!(both, "both endpoints should pass their gRPC checks");
+    // b says NOT_SERVING: it takes no traffic; SERVING again: it does.
+    b.set_upcheck(503);
+    let out = eventually(Duration::from_secs(10), async || {
+        let status = get(&gw.admin_url("/api/v1/status")).await.json();
+        status["pools"][0]["endpoints"][1]["healthy"] == false
+    })
+    .await;
+    assert!(out);
+    for _ in 0..6 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "a");
+    }
+    b.set_upcheck(200);
+    assert!(
+        eventually(Duration::from_secs(10), async || get(&gw.url("client", "/"))
+            .await
+            .upstream()
+            == "b")
+        .await
+    );
+
+    // A service the server does not know never passes.
+    let c = Upstream::start_h2("c").await;
+    let health = "[pool.health]\ngrpc = true\ngrpc_service = \"unknown\"\ninterval = \"50ms\"\n";
+    let gw = TestGateway::start(&h2_pool(&[&c], health)).await;
+    assert!(eventually(Duration::from_secs(10), async || c.checks() >= 3).await);
+    assert_eq!(get(&gw.url("client", "/")).await.status, 503);
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    assert_eq!(status["pools"][0]["endpoints"][0]["checks"]["ok"], 0);
+}
+
+#[tokio::test]
+async fn grpc_check_settings_that_cannot_work_are_refused() {
+    let up = Upstream::start_h2("a").await;
+    for (health, key) in [
+        ("[pool.health]\ngrpc = true\npath = \"/upcheck\"\n", "path"),
+        ("[pool.health]\ngrpc_service = \"x\"\n", "grpc_service"),
+        ("[pool.health]\ngrpc = true\nexpect_body = \"ok\"\n", "expect_body"),
+    ] {
+        let err = TestGateway::try_start(&h2_pool(&[&up], health))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    // Over TLS a gRPC server needs ALPN h2, which an HTTP/1.1 pool's TLS does not offer.
+    let err = TestGateway::try_start(&app_pool(
+        &[&up],
+        "[pool.health]\ngrpc = true\n[pool.tls]\nverify = false\n",
+        "",
+    ))
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.contains("grpc") && err.contains("h2"), "{err}");
+}

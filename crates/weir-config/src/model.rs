@@ -254,6 +254,9 @@ pub struct Health {
     pub expect_body: Option<String>,
     /// Checks over TLS, with the pool's `[pool.tls]` settings.
     pub tls: bool,
+    /// `grpc = true`: the standard gRPC health check (`grpc.health.v1.Health/Check` over
+    /// HTTP/2) asking about this service (`""`: the server as a whole), instead of a GET.
+    pub grpc: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

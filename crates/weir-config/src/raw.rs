@@ -239,6 +239,10 @@ pub struct RawHealth {
     pub expect_body: Option<String>,
     /// Checks over TLS (default: when the pool has `[pool.tls]`).
     pub tls: Option<bool>,
+    /// A gRPC health check (`grpc.health.v1.Health/Check`) instead of an HTTP GET.
+    pub grpc: Option<bool>,
+    /// The service the gRPC check asks about (default `""`: the server as a whole).
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

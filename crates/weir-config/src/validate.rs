@@ -641,11 +641,22 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
         fail_timeout,
         fail_on_status,
     };
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("h2") => UpstreamProtocol::H2,
+        Some(other) => {
+            v.issue(
+                Issue::new(path.key("protocol"), format!("unknown value `{other}`"))
+                    .help("use \"http1\" (HTTP/1.1, the default) or \"h2\" (HTTP/2, e.g. for gRPC)"),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
     let tls = raw.tls.as_ref().map(|t| pool_tls(v, t, &path.key("tls")));
     let health = raw
         .health
         .as_ref()
-        .map(|h| health(v, h, &path.key("health"), tls.is_some()));
+        .map(|h| health(v, h, &path.key("health"), tls.is_some(), protocol));
     let send_proxy = match raw.send_proxy.as_deref() {
         None | Some("off") => None,
         Some("v1") => Some(ProxyVersion::V1),
@@ -656,17 +667,6 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
                     .help("use \"v1\" (text), \"v2\" (binary) or \"off\""),
             );
             None
-        }
-    };
-    let protocol = match raw.protocol.as_deref() {
-        None | Some("http1") => UpstreamProtocol::Http1,
-        Some("h2") => UpstreamProtocol::H2,
-        Some(other) => {
-            v.issue(
-                Issue::new(path.key("protocol"), format!("unknown value `{other}`"))
-                    .help("use \"http1\" (HTTP/1.1, the default) or \"h2\" (HTTP/2, e.g. for gRPC)"),
-            );
-            UpstreamProtocol::Http1
         }
     };
     if protocol == UpstreamProtocol::H2 && send_proxy.is_some() {
@@ -776,7 +776,7 @@ fn pool_tls(v: &mut V<'_>, raw: &RawPoolTls, path: &KeyPath) -> PoolTls {
     }
 }
 
-fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath, pool_tls: bool) -> Health {
+fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath, pool_tls: bool, protocol: UpstreamProtocol) -> Health {
     if raw.tls == Some(true) && !pool_tls {
         v.issue(
             Issue::new(path.key("tls"), "checks over TLS need the pool's [pool.tls] settings")
@@ -804,6 +804,33 @@ fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath, pool_tls: bool) -> Hea
         v.issue(Issue::new(path.key("expect_status"), e).help("e.g. \"200\" or \"200-399\""));
         StatusRange { low: 200, high: 399 }
     });
+    let grpc = raw
+        .grpc
+        .unwrap_or(false)
+        .then(|| raw.grpc_service.clone().unwrap_or_default());
+    if raw.grpc_service.is_some() && grpc.is_none() {
+        v.issue(Issue::new(path.key("grpc_service"), "is for gRPC checks").help("add grpc = true"));
+    }
+    if grpc.is_some() {
+        for (key, set) in [
+            ("path", raw.path.is_some()),
+            ("expect_body", raw.expect_body.is_some()),
+            ("expect_status", raw.expect_status.is_some()),
+        ] {
+            if set {
+                v.issue(
+                    Issue::new(path.key(key), "does not apply to a gRPC check (grpc = true)")
+                        .help("a gRPC check asks grpc.health.v1.Health/Check and passes on SERVING; remove the key"),
+                );
+            }
+        }
+        if raw.tls.unwrap_or(pool_tls) && protocol != UpstreamProtocol::H2 {
+            v.issue(
+                Issue::new(path.key("grpc"), "a gRPC check over TLS needs the pool's protocol = \"h2\"")
+                    .help("gRPC servers require ALPN h2, which [pool.tls] offers only for protocol = \"h2\"; or set tls = false for a plaintext check"),
+            );
+        }
+    }
     let interval = v.duration(path.key("interval"), raw.interval.as_ref(), DEFAULT_HEALTH_INTERVAL);
     let timeout = v.duration(path.key("timeout"), raw.timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT);
     if interval.is_zero() {
@@ -837,6 +864,7 @@ fn health(v: &mut V<'_>, raw: &RawHealth, path: &KeyPath, pool_tls: bool) -> Hea
         expect_status,
         expect_body: raw.expect_body.clone(),
         tls: raw.tls.unwrap_or(pool_tls),
+        grpc,
     }
 }
 

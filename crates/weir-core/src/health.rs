@@ -5,7 +5,8 @@
 //! off the request path, and write one atomic the request path reads. State *changes* are
 //! logged, once. The checkers follow the current generation: restarted after every reload.
 //! A check speaks HTTP/2 where the pool's traffic does (`protocol = "h2"`, on the traffic
-//! port or where TLS agreed on `h2`), HTTP/1.1 otherwise.
+//! port or where TLS agreed on `h2`), HTTP/1.1 otherwise; `grpc = true` asks the gRPC health
+//! service instead of a path (`grpc_health.rs`).
 //! The same task set re-resolves endpoint hostnames every `resolve_interval`.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -198,12 +199,15 @@ async fn probe(
             .map_err(|e| format!("TLS handshake with {addr}: {e}"))?
             .into(),
     };
-    let Some(path) = &health.path else {
-        return Ok(());
-    };
     let host = match name {
         EndpointAddress::Host { host, .. } => format!("{host}:{}", addr.port()),
         EndpointAddress::Socket(_) => addr.to_string(),
+    };
+    if let Some(service) = &health.grpc {
+        return grpc_check(stream, &host, tls.is_some(), service).await;
+    }
+    let Some(path) = &health.path else {
+        return Ok(());
     };
     // HTTP/2 where the traffic speaks it: on the traffic port of a `protocol = "h2"` pool, or
     // where TLS agreed on `h2`. A separate check port without TLS gets HTTP/1.1.
@@ -251,4 +255,42 @@ async fn probe(
         }
     }
     Ok(())
+}
+
+/// `grpc = true`: `grpc.health.v1.Health/Check` for `service` over HTTP/2; passes on an answer
+/// with `grpc-status: 0` and the status SERVING.
+async fn grpc_check(stream: UpStream, authority: &str, https: bool, service: &str) -> Result<(), String> {
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(conn);
+    let scheme = if https { "https" } else { "http" };
+    let req = Request::post(format!("{scheme}://{authority}{}", crate::grpc_health::PATH))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .header(header::USER_AGENT, "weir-health-check")
+        .body(Full::new(crate::grpc_health::request(service)))
+        .map_err(|e| format!("bad check request: {e}"))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("gRPC health check: {e}"))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!("gRPC health check answered HTTP {}", resp.status().as_u16()));
+    }
+    // A trailers-only answer (an error) has grpc-status in its head.
+    let in_head = resp.headers().get("grpc-status").cloned();
+    let reply = Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("gRPC health check: body: {e}"))?;
+    let status = reply.trailers().and_then(|t| t.get("grpc-status").cloned()).or(in_head);
+    match status.as_ref().map(|v| v.as_bytes()) {
+        Some(b"0") => crate::grpc_health::check_reply(&reply.to_bytes()).map_err(|e| format!("gRPC health check: {e}")),
+        Some(code) => Err(format!(
+            "gRPC health check: grpc-status {}",
+            String::from_utf8_lossy(code)
+        )),
+        None => Err("gRPC health check: no grpc-status".into()),
+    }
 }

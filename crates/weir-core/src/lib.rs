@@ -13,6 +13,7 @@ pub mod error;
 pub mod front;
 pub mod gateway;
 pub mod generation;
+pub mod grpc_health;
 pub mod h1client;
 pub mod h2_send;
 mod h2_server;

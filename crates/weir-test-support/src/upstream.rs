@@ -259,6 +259,9 @@ impl Drop for Upstream {
 }
 
 async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> Result<Response<Body>, std::io::Error> {
+    if req.uri().path() == "/grpc.health.v1.Health/Check" {
+        return Ok(grpc_health(req, &c).await);
+    }
     if req.uri().path() == "/upcheck" {
         c.checks.fetch_add(1, Ordering::SeqCst);
         let status = c.upcheck_status.load(Ordering::SeqCst);
@@ -356,6 +359,52 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
         resp.headers_mut().insert("connection", "close".parse().unwrap());
     }
     Ok(resp)
+}
+
+/// The gRPC health service, as a gRPC server answers it: SERVING while `/upcheck` would
+/// answer 200, NOT_SERVING otherwise (never, for 0); the service `unknown` gets a
+/// trailers-only NOT_FOUND. Counted in `checks`.
+async fn grpc_health(req: Request<Incoming>, c: &Counters) -> Response<Body> {
+    c.checks.fetch_add(1, Ordering::SeqCst);
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    // A frame (5 bytes), then field 1 (0x0a), a one-byte length and the name.
+    let service = match body.get(5..7) {
+        Some([0x0a, n]) => String::from_utf8_lossy(body.get(7..7 + *n as usize).unwrap_or_default()).into_owned(),
+        _ => String::new(),
+    };
+    let grpc = |status: &'static str| {
+        let mut r = Response::new(full(Bytes::new()));
+        r.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        r.headers_mut().insert("grpc-status", status.parse().unwrap());
+        r
+    };
+    if service == "unknown" {
+        return grpc("5");
+    }
+    let serving = match c.upcheck_status.load(Ordering::SeqCst) {
+        0 => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return grpc("4");
+        }
+        200 => 1u8,
+        _ => 2,
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = vec![
+        Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![0, 0, 0, 0, 2, 0x08, serving]))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))));
+    resp.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    resp
 }
 
 /// A gRPC-style answer: reads the request to its end (trailers included), then answers 200
