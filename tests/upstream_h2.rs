@@ -464,3 +464,27 @@ async fn grpc_check_settings_that_cannot_work_are_refused() {
     .expect("refused");
     assert!(err.contains("grpc") && err.contains("h2"), "{err}");
 }
+
+/// A drain during a request: the request in flight finishes on its stream, new ones go to the
+/// other endpoint.
+#[tokio::test]
+async fn a_drained_endpoint_finishes_its_streams_and_takes_no_new_ones() {
+    let a = Upstream::start_h2("a").await;
+    let b = Upstream::start_h2("b").await;
+    let gw = TestGateway::start(&h2_pool(&[&a, &b], "")).await;
+    let url = gw.url("client", "/delay/800");
+    let slow = tokio::spawn(async move { get(&url).await });
+    assert!(eventually(Duration::from_secs(5), async || a.requests() + b.requests() == 1).await);
+    let (busy, other) = if a.requests() == 1 { (&a, &b) } else { (&b, &a) };
+    let drain = post(
+        &gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", busy.addr)),
+        b"",
+    )
+    .await;
+    assert_eq!(drain.status, 200, "{}", drain.text());
+    for _ in 0..6 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), other.name);
+    }
+    let r = slow.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, busy.name.clone()));
+}

@@ -31,8 +31,9 @@ use crate::h1client::UpStream;
 use crate::upstream::{ConnectError, Endpoint, coarse_ms};
 use crate::upstream_tls::UpstreamTls;
 
-/// Keep-alive PINGs on an idle connection find an upstream that vanished without a FIN (a
-/// host powered off) before a request waits on it.
+/// Keep-alive PINGs, idle or not, find an upstream that vanished without a FIN (a host
+/// powered off) before a request waits on it: the connection ends, and the next request
+/// opens a new one.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -192,6 +193,7 @@ impl H2Slot {
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_INTERVAL)
             .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake::<_, H2ReqBody>(TokioIo::new(io));
