@@ -1,7 +1,8 @@
 //! A tiny upstream for trying weir: `cargo run --example demo_upstream -- <port> <name> [bytes]`
 //! answers every request with `hello from <name>` and the path it saw, padded with `.` to
 //! `bytes` when given (the load benchmark asks for ~100-byte bodies). A request body is read
-//! and its length answered; `/bytes/<n>` answers n bytes.
+//! and its length answered; `/bytes/<n>` answers n bytes. With `DEMO_H2=1` it speaks HTTP/2
+//! (h2c, prior knowledge) instead of HTTP/1.1, for `protocol = "h2"` pools.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ async fn main() {
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(9081);
     let name = args.next().unwrap_or_else(|| format!("upstream-{port}"));
     let pad: usize = args.next().and_then(|b| b.parse().ok()).unwrap_or(0);
+    let h2 = std::env::var("DEMO_H2").is_ok_and(|v| v == "1");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     eprintln!("demo upstream {name} on 127.0.0.1:{port}");
     loop {
@@ -52,9 +54,15 @@ async fn main() {
                     Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            if h2 {
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            }
         });
     }
 }
