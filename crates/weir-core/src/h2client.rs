@@ -148,7 +148,8 @@ impl H2Stream {
         self.0.retired.store(true, Ordering::Relaxed);
     }
 
-    fn sender(&self) -> H2Sender {
+    /// A handle to send the stream's request on its connection.
+    pub fn sender(&self) -> H2Sender {
         self.0.send.clone()
     }
 }
@@ -178,15 +179,15 @@ impl H2Slot {
         endpoint: &Endpoint,
         connect_timeout: Duration,
         tls: Option<&UpstreamTls>,
-    ) -> Result<(H2Sender, H2Stream, bool), ConnectError> {
+    ) -> Result<(H2Stream, bool), ConnectError> {
         let tls_id = tls.map_or(0, |t| t.id);
         if let Some(stream) = self.claim(tls_id) {
-            return Ok((stream.sender(), stream, true));
+            return Ok((stream, true));
         }
         let _opening = self.connecting.lock().await;
         // Another request may have opened one while this one waited for the lock.
         if let Some(stream) = self.claim(tls_id) {
-            return Ok((stream.sender(), stream, true));
+            return Ok((stream, true));
         }
         let io = endpoint.connect_stream(connect_timeout, None, tls).await?;
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -224,7 +225,7 @@ impl H2Slot {
             }
         });
         let conn = Arc::new(H2Conn {
-            send: send.clone(),
+            send,
             tls_id,
             used_ms: AtomicU64::new(coarse_ms()),
             active: AtomicUsize::new(1),
@@ -236,7 +237,7 @@ impl H2Slot {
             kept.push(conn.clone());
             kept
         });
-        Ok((send, H2Stream(conn), false))
+        Ok((H2Stream(conn), false))
     }
 
     /// Notes how a request went: a failure on a connection that had just opened is logged as a

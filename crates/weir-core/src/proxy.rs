@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
+use weir_config::UpstreamProtocol;
 
 use crate::body::ProxyBody;
 use crate::client_body::ClientBody;
@@ -22,8 +23,6 @@ use crate::h2client::{H2Answer, H2ReqBody, H2Stream};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
-use weir_config::UpstreamProtocol;
-
 use crate::policy::{
     AffinityKey, AttemptInfo, FailureDecision, FailureKind, NO_ENDPOINT, RouteDecision, RouteRequest, RouteTarget,
     Select, SelectCtx,
@@ -836,12 +835,12 @@ impl H2Try<'_> {
         // again, once, on another, as over a stale pooled HTTP/1.1 connection.
         let mut fresh = false;
         loop {
-            let (send, stream, reused) = match self.endpoint.h2.stream(self.endpoint, t.connect, tls).await {
+            let (stream, reused) = match self.endpoint.h2.stream(self.endpoint, t.connect, tls).await {
                 Ok(s) => s,
                 Err(e) => return H2Attempt::Failed(connect_failure(self.endpoint, &e), true),
             };
             let request = self.request(body, tls.is_some());
-            let (error, unsent) = match crate::h2client::exchange(send, request, self.per_try).await {
+            let (error, unsent) = match crate::h2client::exchange(stream.sender(), request, self.per_try).await {
                 H2Answer::Response(resp) => {
                     self.endpoint.h2.note(&self.endpoint.label, None);
                     return H2Attempt::Answer(resp, stream);
