@@ -148,3 +148,34 @@ async fn hostname_endpoints_are_resolved_and_served() {
     let resolved = endpoint["resolved"].as_array().unwrap_or_else(|| panic!("{status}"));
     assert!(resolved.contains(&serde_json::json!(up.addr.to_string())), "{status}");
 }
+
+/// A replica that crashes with requests in flight fails them all at once: one passive-health
+/// outage, logged once, not one per request (it was one per request before).
+#[tokio::test]
+async fn a_crash_with_many_requests_in_flight_is_one_outage_logged_once() {
+    let mut dying = Upstream::start("dying").await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\n[pool.passive]\nmax_fails = 1\nfail_timeout = \"30s\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        dying.addr
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let url = format!("http://127.0.0.1:{port}/hang");
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), async || dying.requests() == 8).await);
+    dying.stop();
+    for w in waiting {
+        assert_eq!(w.await.unwrap().status, 502);
+    }
+    let line = "endpoint unavailable (passive health)";
+    assert!(weir.stderr_eventually_contains(line).await, "{}", weir.stderr_text());
+    assert_eq!(weir.stderr_text().matches(line).count(), 1, "{}", weir.stderr_text());
+}

@@ -250,6 +250,11 @@ impl Endpoint {
             return;
         }
         let now = now_ms();
+        // Already out: the other requests that were in flight when it went (a crashed replica
+        // fails them all at once) say nothing new, and neither extend the outage nor log it again.
+        if self.down_until_ms.load(Ordering::Relaxed) > now {
+            return;
+        }
         let timeout = u64::try_from(passive.fail_timeout.as_millis()).unwrap_or(u64::MAX);
         let probing = self.probation.swap(false, Ordering::AcqRel);
         let start = self.window_start_ms.load(Ordering::Relaxed);
@@ -261,7 +266,10 @@ impl Endpoint {
             self.fails.fetch_add(1, Ordering::Relaxed) + 1
         };
         if probing || fails >= passive.max_fails {
-            self.down_until_ms.store(now + timeout, Ordering::Relaxed);
+            // Two failures racing here: the first takes it out, the other has nothing to add.
+            if self.down_until_ms.fetch_max(now + timeout, Ordering::AcqRel) > now {
+                return;
+            }
             PASSIVE_UNTIL.fetch_max(now + timeout, Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
             self.window_start_ms.store(0, Ordering::Relaxed);
