@@ -3,6 +3,7 @@
 # core 0, wrk on core 1), interleaved wrk rounds, req/s and weir's CPU µs per request each round.
 #   usage: benches/load/ab.sh OLD_WEIR NEW_WEIR [ROUNDS=5] [SECONDS=4]
 #   AB_H2=1: HTTP/2 downstream (h2load -c64 -m10, h2c) instead of wrk's HTTP/1.1.
+#   AB_UP_H2=1: HTTP/2 upstreams (demo upstreams speaking h2c, pools with protocol = "h2").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1; B=$2; R=${3:-5}; S=${4:-4}
@@ -11,6 +12,10 @@ bench_setup wrk:wrk h2load:nghttp2-client
 source benches/load/weir-config.sh
 weir_toml "$W/a.toml" 18181 19911 "$PWD/plugins/dist" 19181 19182
 weir_toml "$W/b.toml" 18182 19912 "$PWD/plugins/dist" 19181 19182
+if [ "${AB_UP_H2:-0}" = 1 ]; then
+  sed -i '/^name = "app"$/a protocol = "h2"' "$W/a.toml" "$W/b.toml"
+  export DEMO_H2=1
+fi
 taskset -c 0 target/release/examples/demo_upstream 19181 a 100 2>/dev/null & pids+=($!)
 taskset -c 0 target/release/examples/demo_upstream 19182 b 100 2>/dev/null & pids+=($!)
 WEIR_LOG=warn taskset -c 0 "$A" run --config "$W/a.toml" & PA=$!; pids+=($PA)
