@@ -24,22 +24,12 @@ for p in 18181 18182; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
   taskset -c 1 wrk -t1 -c64 -d2s "http://127.0.0.1:$p/" >/dev/null
 done
-jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
+load=h1; [ "${AB_H2:-0}" = 1 ] && load=h2c
 for _ in $(seq "$R"); do
   for which in old new; do
     port=18181; pid=$PA; [ $which = new ] && { port=18182; pid=$PB; }
-    c0=$(jiffies $pid)
-    if [ "${AB_H2:-0}" = 1 ]; then
-      out=$(timeout $((S + 30)) taskset -c 1 h2load -c64 -m10 -D "$S" "http://127.0.0.1:$port/")
-      c1=$(jiffies $pid)
-      n=$(echo "$out" | awk '/^requests:/ {print $8}'); rps=$(echo "$out" | awk '/^finished in/ {print $4}')
-    else
-      out=$(taskset -c 1 wrk -t1 -c64 -d"${S}s" "http://127.0.0.1:$port/")
-      c1=$(jiffies $pid)
-      n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    fi
-    echo "$which $rps $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$HZ" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}')"
+    read -r rps cpu _ < <(load_round $load $port $pid "$S")
+    echo "$which $rps $cpu"
   done
 done | tee "$W/res"
 awk '{r[$1] = r[$1] " " $2; c[$1] = c[$1] " " $3} END {for (k in r) print k, "req/s:" r[k], " cpu us/req:" c[k]}' "$W/res"

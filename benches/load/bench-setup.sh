@@ -1,4 +1,4 @@
-# Sourced by the small load scripts (ab.sh, per-request.sh, idle.sh, threads.sh; compare.sh
+# Sourced by the small load scripts (ab.sh, h2-upstream.sh, per-request.sh, idle.sh, threads.sh; compare.sh
 # keeps its own, with per-system accounting): installs the tools they name, builds the demo
 # upstream and the plugins, and gives them a scratch directory $W and a PID list `pids`, whose
 # processes are all stopped (and $W removed) when the script exits.
@@ -14,3 +14,27 @@ bench_setup() {
   trap bench_cleanup EXIT INT TERM
 }
 bench_cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+
+# The CPU time (user + system, in clock ticks) of process $1 so far.
+jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+
+# One round of load on core 1 against 127.0.0.1:PORT for SECONDS: wrk -c64 (HTTP/1.1) or, with
+# LOAD=h2c, h2load -c64 -m10. Prints "req/s CPU-µs-per-request non-2xx", the CPU being that
+# of process PID during the round.
+#   load_round h1|h2c PORT PID SECONDS
+load_round() {
+  local load=$1 port=$2 pid=$3 secs=$4 out c0 c1 n rps bad
+  c0=$(jiffies "$pid")
+  if [ "$load" = h2c ]; then
+    out=$(timeout $((secs + 30)) taskset -c 1 h2load -c64 -m10 -D "$secs" "http://127.0.0.1:$port/")
+    c1=$(jiffies "$pid")
+    n=$(echo "$out" | awk '/^requests:/ {print $8}'); rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    bad=$(echo "$out" | awk '/^status codes:/ {print $5 + $7 + $9}')
+  else
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$port/")
+    c1=$(jiffies "$pid")
+    n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  fi
+  echo "$rps $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}') ${bad:-0}"
+}

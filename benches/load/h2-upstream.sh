@@ -37,25 +37,10 @@ for p in 18281 18282 18283 18284; do
   curl -sf "http://127.0.0.1:$p/" | grep -q "hello from" || { echo "port $p does not proxy" >&2; exit 1; }
   taskset -c 1 wrk -t1 -c64 -d2s "http://127.0.0.1:$p/" >/dev/null
 done
-jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 for _ in $(seq "$R"); do
   for load in h1 h2c; do
     for sys in weir-h2up haproxy-h2up weir-h1up haproxy-h1up; do
-      port=${PORT[$sys]}; pid=${PID[$sys]}
-      c0=$(jiffies $pid)
-      if [ $load = h2c ]; then
-        out=$(timeout $((S + 30)) taskset -c 1 h2load -c64 -m10 -D "$S" "http://127.0.0.1:$port/")
-        c1=$(jiffies $pid)
-        n=$(echo "$out" | awk '/^requests:/ {print $8}'); rps=$(echo "$out" | awk '/^finished in/ {print $4}')
-        bad=$(echo "$out" | awk '/^status codes:/ {print $5 + $7 + $9}')
-      else
-        out=$(taskset -c 1 wrk -t1 -c64 -d"${S}s" "http://127.0.0.1:$port/")
-        c1=$(jiffies $pid)
-        n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-        bad=$(echo "$out" | awk '/Non-2xx/ {print $5}'); bad=${bad:-0}
-      fi
-      echo "$load-$sys $rps $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$HZ" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}') $bad"
+      echo "$load-$sys $(load_round $load "${PORT[$sys]}" "${PID[$sys]}" "$S")"
     done
   done
 done | tee "$W/res"
