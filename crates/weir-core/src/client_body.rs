@@ -158,23 +158,16 @@ impl ClientBodyError {
 
 /// A request failed because the client's HTTP/2 body did (malformed, too large, too slow).
 fn h2_body_status(err: &hyper::Error) -> Option<u16> {
-    use std::error::Error as _;
     if err.is_parse() || err.is_incomplete_message() {
         return Some(400);
     }
-    let mut source = err.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::TimedOut => Some(408),
-                std::io::ErrorKind::InvalidData if io.to_string().contains("too large") => Some(413),
-                std::io::ErrorKind::InvalidData => Some(400),
-                _ => None,
-            };
-        }
-        source = s.source();
+    let io = crate::error::source_of::<std::io::Error>(err)?;
+    match io.kind() {
+        std::io::ErrorKind::TimedOut => Some(408),
+        std::io::ErrorKind::InvalidData if io.to_string().contains("too large") => Some(413),
+        std::io::ErrorKind::InvalidData => Some(400),
+        _ => None,
     }
-    None
 }
 
 impl ClientBody {

@@ -86,3 +86,16 @@ pub fn local_response(status: StatusCode, message: &str, retry_after: bool) -> R
     }
     resp
 }
+
+/// The first error of type `T` in `err`'s chain of sources (not `err` itself): what a hyper
+/// error wraps (an h2 error, an I/O error, a body's own error).
+pub fn source_of<'a, T: std::error::Error + 'static>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut source = err.source();
+    while let Some(s) = source {
+        if let Some(found) = s.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = s.source();
+    }
+    None
+}

@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::body::BoxError;
 use crate::client_body::ClientBody;
+use crate::error::source_of;
 use crate::h1client::UpStream;
 use crate::upstream::{ConnectError, Endpoint, coarse_ms};
 use crate::upstream_tls::UpstreamTls;
@@ -298,14 +299,7 @@ impl H2Slot {
 
 /// The h2 error under a hyper one, if any.
 fn h2_error(err: &hyper::Error) -> Option<&h2::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = s.source();
-    }
-    None
+    source_of::<h2::Error>(err)
 }
 
 /// Whether an HTTP/2 request error proves the upstream did not process the request: it
@@ -326,14 +320,7 @@ pub fn connection_gone(err: &hyper::Error) -> bool {
 
 /// The status a client's body failure gets, when that is what broke the exchange.
 pub fn client_body_status(err: &hyper::Error) -> Option<u16> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(e) = s.downcast_ref::<crate::client_body::ClientBodyError>() {
-            return Some(e.status);
-        }
-        source = s.source();
-    }
-    None
+    source_of::<crate::client_body::ClientBodyError>(err).map(|e| e.status)
 }
 
 /// What one attempt over HTTP/2 gave. Returned once per attempt and taken apart at once, so
