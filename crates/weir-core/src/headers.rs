@@ -67,37 +67,68 @@ pub struct Forwarding<'a> {
     pub http2: bool,
 }
 
+/// Sets the forwarding fields in a request's map (the HTTP/2 upstream path, and requests whose
+/// router set one of the fields itself): the values [`write_forwarding`] writes, every previous
+/// `X-Forwarded-For` and `Forwarded` line folded in.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let ip = f.client_ip.to_canonical();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+    let fresh = !headers.contains_key(&X_FORWARDED_FOR) && !headers.contains_key(header::FORWARDED);
+    let (xff, forwarded) = if fresh {
+        // Nearly every request: no earlier proxy, the same client as the last request on this
+        // thread (a connection's requests), so the last values serve again for the cost of a
+        // reference count, where building them cost five allocations.
+        LAST_FORWARDING.with_borrow_mut(|last| match last {
+            Some(c) if c.ip == ip && c.proto == *f.proto && c.host.as_ref() == f.host => {
+                (c.xff.clone(), c.forwarded.clone())
+            }
+            _ => {
+                let (xff, forwarded) = forwarding_values(headers, ip, f);
+                *last = Some(LastForwarding {
+                    ip,
+                    proto: f.proto.clone(),
+                    host: f.host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok()),
+                    xff: xff.clone(),
+                    forwarded: forwarded.clone(),
+                });
+                (xff, forwarded)
+            }
+        })
+    } else {
+        forwarding_values(headers, ip, f)
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), f.proto.clone());
     if let Some(host) = f.host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={}", f.proto.to_str().unwrap_or("http"));
-    if let Some(host) = f.host.and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=\"");
-        element.push_str(host);
-        element.push('"');
-    }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, v);
-    }
+    headers.insert(header::FORWARDED, forwarded);
     add_via(headers, f.http2);
+}
+
+/// The last forwarding values [`add_forwarding`] built on this thread, and what they were
+/// built from (a copy of the host, so the cache keeps no request buffer alive).
+struct LastForwarding {
+    ip: IpAddr,
+    proto: HeaderValue,
+    host: Option<HeaderValue>,
+    xff: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+thread_local! {
+    static LAST_FORWARDING: std::cell::RefCell<Option<LastForwarding>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The `X-Forwarded-For` and `Forwarded` values for a request with `headers`.
+fn forwarding_values(headers: &HeaderMap, ip: IpAddr, f: &Forwarding<'_>) -> (HeaderValue, HeaderValue) {
+    let mut buf = Vec::with_capacity(64);
+    put_xff(headers, ip, &mut buf);
+    // Built from valid field values and an address: cannot fail, but an empty value beats a panic.
+    let xff = HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""));
+    buf.clear();
+    put_forwarded(headers, ip, f, &mut buf);
+    let forwarded = HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""));
+    (xff, forwarded)
 }
 
 /// Whether weir writes `name` itself when forwarding (its previous values folded in).
@@ -112,11 +143,7 @@ pub fn is_forwarding_field(name: &HeaderName) -> bool {
 pub fn write_forwarding(headers: &HeaderMap, f: &Forwarding<'_>, out: &mut Vec<u8>) {
     let ip = f.client_ip.to_canonical();
     out.extend_from_slice(b"x-forwarded-for: ");
-    for prev in headers.get_all(&X_FORWARDED_FOR) {
-        out.extend_from_slice(prev.as_bytes());
-        out.extend_from_slice(b", ");
-    }
-    put_ip(ip, out);
+    put_xff(headers, ip, out);
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(f.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -126,6 +153,25 @@ pub fn write_forwarding(headers: &HeaderMap, f: &Forwarding<'_>, out: &mut Vec<u
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"forwarded: ");
+    put_forwarded(headers, ip, f, out);
+    out.extend_from_slice(if f.http2 {
+        b"\r\nvia: 2 weir\r\n"
+    } else {
+        b"\r\nvia: 1.1 weir\r\n"
+    });
+}
+
+/// The `X-Forwarded-For` value: the previous lines' values, then the client's address.
+fn put_xff(headers: &HeaderMap, ip: IpAddr, out: &mut Vec<u8>) {
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    put_ip(ip, out);
+}
+
+/// The `Forwarded` value (RFC 7239): the previous lines' elements, then this hop's.
+fn put_forwarded(headers: &HeaderMap, ip: IpAddr, f: &Forwarding<'_>, out: &mut Vec<u8>) {
     for prev in headers.get_all(header::FORWARDED) {
         out.extend_from_slice(prev.as_bytes());
         out.extend_from_slice(b", ");
@@ -148,11 +194,6 @@ pub fn write_forwarding(headers: &HeaderMap, f: &Forwarding<'_>, out: &mut Vec<u
         out.extend_from_slice(host.as_bytes());
         out.push(b'"');
     }
-    out.extend_from_slice(if f.http2 {
-        b"\r\nvia: 2 weir\r\n"
-    } else {
-        b"\r\nvia: 1.1 weir\r\n"
-    });
 }
 
 /// Writes an address in its usual text form; IPv4 (nearly every request) without going through
@@ -288,12 +329,57 @@ mod tests {
                 ip.trim_start_matches("::ffff:")
             );
             assert!(text.starts_with(&xff), "{text}");
-            for name in ["x-forwarded-proto", "x-forwarded-host", "forwarded"] {
+            for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"] {
                 let line = format!("{name}: {}\r\n", h[name].to_str().unwrap_or(""));
                 assert!(text.contains(&line), "{line} not in {text}");
             }
             assert!(text.ends_with("via: 1.1 weir\r\n"), "{text}");
         }
+    }
+
+    /// The values kept for the next request on the thread serve only the same client, scheme
+    /// and host, and only requests that carry no earlier forwarding fields.
+    #[test]
+    fn reused_values_follow_the_request() {
+        let http = HeaderValue::from_static("http");
+        let https = HeaderValue::from_static("https");
+        let a = HeaderValue::from_static("a.example");
+        let b = HeaderValue::from_static("b.example");
+        let check = |ip: &str, proto: &HeaderValue, host: Option<&HeaderValue>, before: &[(&str, &str)]| {
+            let mut h = map(before);
+            let f = Forwarding {
+                client_ip: ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                proto,
+                host,
+                http2: true,
+            };
+            add_forwarding(&mut h, &f);
+            assert_eq!(h.get("x-forwarded-host"), host);
+            let text = |name: &str| h[name].to_str().unwrap_or("").to_owned();
+            (text("x-forwarded-for"), text("forwarded"))
+        };
+        let host_a = "for=10.0.0.1;proto=http;host=\"a.example\"";
+        assert_eq!(
+            check("10.0.0.1", &http, Some(&a), &[]),
+            ("10.0.0.1".into(), host_a.into())
+        );
+        assert_eq!(
+            check("10.0.0.1", &http, Some(&a), &[]),
+            ("10.0.0.1".into(), host_a.into())
+        );
+        let host_b = "for=10.0.0.1;proto=http;host=\"b.example\"";
+        assert_eq!(check("10.0.0.1", &http, Some(&b), &[]).1, host_b);
+        let https_b = "for=10.0.0.1;proto=https;host=\"b.example\"";
+        assert_eq!(check("10.0.0.1", &https, Some(&b), &[]).1, https_b);
+        assert_eq!(check("10.0.0.1", &https, None, &[]).1, "for=10.0.0.1;proto=https");
+        assert_eq!(
+            check("10.0.0.2", &https, None, &[]),
+            ("10.0.0.2".into(), "for=10.0.0.2;proto=https".into())
+        );
+        assert_eq!(
+            check("10.0.0.2", &https, None, &[("x-forwarded-for", "1.1.1.1")]),
+            ("1.1.1.1, 10.0.0.2".into(), "for=10.0.0.2;proto=https".into())
+        );
     }
 
     #[test]
