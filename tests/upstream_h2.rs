@@ -488,3 +488,42 @@ async fn a_drained_endpoint_finishes_its_streams_and_takes_no_new_ones() {
     let r = slow.await.unwrap();
     assert_eq!((r.status.as_u16(), r.upstream()), (200, busy.name.clone()));
 }
+
+/// A client body that breaks off (past `max_body_bytes`, or slower than `body_timeout`) gets
+/// the gateway's 413 or 408, its upstream stream is reset rather than completed, and the
+/// shared connection serves on.
+#[tokio::test]
+async fn a_client_body_that_breaks_off_gets_its_status_and_only_its_stream_is_reset() {
+    let up = Upstream::start_h2("a").await;
+    let toml = one_pool_with(
+        &[&up],
+        "[listener.limits]\nmax_body_bytes = \"64KiB\"\nbody_timeout = \"400ms\"\n",
+    )
+    .replace("name = \"app\"\n", "name = \"app\"\nprotocol = \"h2\"\n");
+    let gw = TestGateway::start(&toml).await;
+    // Streamed without a length: the limit is found on the way, after the stream opened.
+    let r = post_chunked(&gw.url("client", "/upload"), 16, 16 * 1024).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    // A body that stops coming.
+    let mut s = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"POST /slow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out),
+    )
+    .await
+    .expect("never cut");
+    let response = String::from_utf8_lossy(&out);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    // Neither body reached its end upstream: each answer would have been a 200 echo.
+    assert!(up.body_bytes() < 64 * 1024 + 5, "{}", up.body_bytes());
+    let r = get(&gw.url("client", "/after")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.connections(), 1);
+}

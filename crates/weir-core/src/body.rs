@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::h1client::ResponseBody;
-use crate::h2client::H2Stream;
+use crate::h2client::{H2RespBody, H2Stream};
 use crate::upstream::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,7 +28,7 @@ enum Inner {
     Upstream(ResponseBody),
     /// A response stream from an HTTP/2 upstream (`h2client.rs`), trailers included, and its
     /// place on the connection until it ends.
-    H2(hyper::body::Incoming, Option<H2Stream>),
+    H2(H2RespBody, Option<H2Stream>),
     Full(Option<Bytes>),
 }
 
@@ -44,7 +44,7 @@ impl ProxyBody {
         b
     }
 
-    pub fn upstream_h2(body: hyper::body::Incoming, stream: H2Stream, in_flight: InFlight) -> Self {
+    pub fn upstream_h2(body: H2RespBody, stream: H2Stream, in_flight: InFlight) -> Self {
         let end = body.is_end_stream();
         ProxyBody {
             inner: Inner::H2(body, (!end).then_some(stream)),
@@ -101,7 +101,7 @@ impl Body for ProxyBody {
                     this.in_flight = None;
                     *stream = None;
                 }
-                polled.map_err(Into::into)
+                polled
             }
             Inner::Upstream(body) => match body.poll_data(cx) {
                 Poll::Ready(None) => {

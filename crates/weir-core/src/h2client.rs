@@ -2,16 +2,19 @@
 //!
 //! Each endpoint has one connection, opened on first use (prior knowledge on plain TCP, ALPN
 //! `h2` with `[pool.tls]`) and shared by every request to it as streams, as Envoy does; one
-//! more when every open one carries as many streams as the upstream allows. hyper's client
-//! drives each connection in a task of its own, the one channel hop this path takes
-//! (HTTP/2's framing needs a task that reads for every stream); the HTTP/1.1 path keeps its
-//! inline client.
+//! more when every open one carries as many streams as the upstream allows.
+//!
+//! Built on the `h2` crate itself, as pingora is, not on hyper's client: a task of its own
+//! drives each connection's frames (HTTP/2 needs one reader for every stream), and the
+//! request's own task opens its stream, sends its body and awaits its response head. hyper's
+//! client put a channel hop, a spawned task and a oneshot between the two per request.
 //!
 //! A connection that closes (the upstream restarted, or sent GOAWAY) is replaced by the next
 //! request. A request the upstream provably did not process (a stream refused, or one above
 //! a GOAWAY's last stream id, RFC 9113 §8.7) counts as unsent, so even a POST may go again.
 //! Trailers pass both ways, so gRPC's `grpc-status` reaches the client.
 
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,15 +22,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::client::{Connection, SendRequest};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
 
 use crate::body::BoxError;
 use crate::client_body::ClientBody;
-use crate::error::source_of;
 use crate::h1client::UpStream;
 use crate::upstream::{ConnectError, Endpoint, coarse_ms};
 use crate::upstream_tls::UpstreamTls;
@@ -45,9 +47,14 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// `send_timeout` let them go. Each stalled stream holds at most its own window in weir.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
-
-pub type H2Sender = SendRequest<H2ReqBody>;
-type Driver = hyper::client::conn::http2::Connection<TokioIo<UpStream>, H2ReqBody, TokioExecutor>;
+/// Streams opened before the upstream's first SETTINGS says how many it takes (RFC 9113
+/// §6.5.2 recommends at least 100); h2 would assume no limit.
+const INITIAL_MAX_STREAMS: usize = 100;
+/// The largest response head (HPACK-decoded) an upstream may send, as weir's HTTP/1.1 client
+/// allows.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Request body bytes h2 may hold per stream while the upstream's window is shut.
+const MAX_SEND_BUFFER: usize = 1 << 20;
 
 /// A request body on an HTTP/2 stream to an upstream.
 #[derive(Debug)]
@@ -59,36 +66,77 @@ pub enum H2ReqBody {
     Streamed(ClientBody),
 }
 
-impl Body for H2ReqBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            H2ReqBody::Empty => Poll::Ready(None),
-            H2ReqBody::Full(data, trailers) => Poll::Ready(
-                data.take()
-                    .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
-                    .map(Ok),
-            ),
-            H2ReqBody::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
+impl H2ReqBody {
+    fn is_empty(&self) -> bool {
         match self {
             H2ReqBody::Empty => true,
             H2ReqBody::Full(data, trailers) => data.is_none() && trailers.is_none(),
             H2ReqBody::Streamed(b) => b.is_end_stream(),
         }
     }
+}
+
+/// A response body from an HTTP/2 upstream: its DATA frames, then its trailers. Each frame's
+/// bytes are given back to the stream's window as they are taken, so the upstream sends on
+/// as fast as the client reads.
+#[derive(Debug)]
+pub struct H2RespBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `Content-Length` said is left, for the size hint (h2 checks the length itself).
+    remaining: Option<u64>,
+}
+
+impl H2RespBody {
+    fn new(recv: RecvStream, headers: &http::HeaderMap) -> Self {
+        let remaining = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        H2RespBody {
+            recv,
+            data_done: false,
+            remaining,
+        }
+    }
+}
+
+impl Body for H2RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only once the stream is gone, which the next poll reports.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut this.remaining {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => this.data_done = true,
+            }
+        }
+        match std::task::ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            H2ReqBody::Empty => SizeHint::with_exact(0),
-            H2ReqBody::Full(data, _) => SizeHint::with_exact(data.as_ref().map_or(0, |b| b.len() as u64)),
-            H2ReqBody::Streamed(b) => b.size_hint(),
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            None => SizeHint::default(),
         }
     }
 }
@@ -116,7 +164,9 @@ impl std::fmt::Debug for H2Slot {
 }
 
 pub struct H2Conn {
-    send: H2Sender,
+    /// Opens streams; h2 reads the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` through it.
+    /// The connection closes (GOAWAY) once every clone of it and every stream is gone.
+    send: SendRequest<Bytes>,
     /// The `UpstreamTls::id` it was made with (0: plain): a reload that changes the pool's
     /// TLS settings does not reuse it.
     tls_id: u64,
@@ -124,18 +174,15 @@ pub struct H2Conn {
     used_ms: AtomicU64,
     /// Streams of weir's open on it: requests sent whose responses have not ended.
     active: AtomicUsize,
-    /// hyper's end of the connection, driven by a task of its own; asked here for the
-    /// upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` (100 until its first SETTINGS, as hyper
-    /// assumes). hyper applies SETTINGS in an inner task: this is where they can be read.
-    /// Dropped once it ends, which fails the requests still queued for it.
-    driver: Arc<std::sync::Mutex<Option<Pin<Box<Driver>>>>>,
+    /// Set by the task driving the connection when it ends.
+    ended: Arc<AtomicBool>,
     /// Set when a request found it going away: no new stream goes on it.
     retired: AtomicBool,
 }
 
 impl H2Conn {
     fn takes_streams(&self, tls_id: u64) -> bool {
-        self.tls_id == tls_id && !self.retired.load(Ordering::Relaxed) && !self.send.is_closed()
+        self.tls_id == tls_id && !self.retired.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed)
     }
 }
 
@@ -147,11 +194,6 @@ impl H2Stream {
     /// The connection went away under this stream: later requests open a new one.
     pub fn retire(&self) {
         self.0.retired.store(true, Ordering::Relaxed);
-    }
-
-    /// A handle to send the stream's request on its connection.
-    pub fn sender(&self) -> H2Sender {
-        self.0.send.clone()
     }
 }
 
@@ -170,7 +212,11 @@ impl std::fmt::Debug for H2Stream {
 impl H2Slot {
     /// The connections open now (status: what an HTTP/2 endpoint has instead of idle ones).
     pub fn open(&self) -> usize {
-        self.conns.load().iter().filter(|c| !c.send.is_closed()).count()
+        self.conns
+            .load()
+            .iter()
+            .filter(|c| !c.ended.load(Ordering::Relaxed))
+            .count()
     }
 
     /// A stream on one of the endpoint's connections with room for one, and whether that
@@ -191,46 +237,26 @@ impl H2Slot {
             return Ok((stream, true));
         }
         let io = endpoint.connect_stream(connect_timeout, None, tls).await?;
-        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(PING_INTERVAL)
-            .keep_alive_timeout(PING_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(STREAM_WINDOW)
+        let handshake = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, H2ReqBody>(TokioIo::new(io));
+            .initial_max_send_streams(INITIAL_MAX_STREAMS)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io);
         let (send, conn) = tokio::time::timeout(connect_timeout, handshake)
             .await
             .map_err(|_| ConnectError::Timeout)?
             .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
-        let driver = Arc::new(std::sync::Mutex::new(Some(Box::pin(conn))));
-        let driven = driver.clone();
-        let label = endpoint.label.clone();
-        tokio::spawn(async move {
-            let ended = std::future::poll_fn(|cx| {
-                let Ok(mut slot) = driven.lock() else {
-                    return Poll::Ready(Ok(()));
-                };
-                let Some(conn) = slot.as_mut() else {
-                    return Poll::Ready(Ok(()));
-                };
-                let polled = conn.as_mut().poll(cx);
-                if polled.is_ready() {
-                    *slot = None;
-                }
-                polled
-            })
-            .await;
-            if let Err(e) = ended {
-                tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
+        let ended = Arc::new(AtomicBool::new(false));
+        tokio::spawn(drive(conn, ended.clone(), endpoint.label.clone()));
         let conn = Arc::new(H2Conn {
             send,
             tls_id,
             used_ms: AtomicU64::new(coarse_ms()),
             active: AtomicUsize::new(1),
-            driver,
+            ended,
             retired: AtomicBool::new(false),
         });
         self.conns.rcu(|conns| {
@@ -243,7 +269,7 @@ impl H2Slot {
 
     /// Notes how a request went: a failure on a connection that had just opened is logged as a
     /// warning once until a request succeeds again.
-    pub fn note(&self, endpoint: &str, failure_on_new: Option<&hyper::Error>) {
+    pub fn note(&self, endpoint: &str, failure_on_new: Option<&h2::Error>) {
         match failure_on_new {
             Some(error) => {
                 if !self.failing.swap(true, Ordering::Relaxed) {
@@ -262,12 +288,7 @@ impl H2Slot {
     fn claim(&self, tls_id: u64) -> Option<H2Stream> {
         let conns = self.conns.load();
         conns.iter().filter(|c| c.takes_streams(tls_id)).find_map(|c| {
-            let max = c
-                .driver
-                .lock()
-                .ok()
-                .and_then(|d| d.as_ref().map(|d| d.current_max_send_streams()))
-                .unwrap_or(0);
+            let max = c.send.current_max_send_streams();
             c.active
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
                 .ok()?;
@@ -277,7 +298,7 @@ impl H2Slot {
     }
 
     /// Lets go of connections that closed, went away, or carried no stream for
-    /// `idle_timeout`: hyper closes each once the streams still on it end.
+    /// `idle_timeout`: h2 closes each once the streams still on it end.
     pub fn sweep(&self, idle_timeout: Duration) {
         let now = coarse_ms();
         let idle = |c: &H2Conn| {
@@ -297,58 +318,226 @@ impl H2Slot {
     }
 }
 
-/// The h2 error under a hyper one, if any.
-fn h2_error(err: &hyper::Error) -> Option<&h2::Error> {
-    source_of::<h2::Error>(err)
+/// Drives one connection's frames until it ends, with keep-alive PINGs: one every
+/// [`PING_INTERVAL`], and the connection is dropped (failing its streams, so requests go to a
+/// new one) when an answer takes longer than [`PING_TIMEOUT`].
+async fn drive(mut conn: Connection<UpStream, Bytes>, ended: Arc<AtomicBool>, label: String) {
+    let mut ping: Option<PingPong> = conn.ping_pong();
+    let timer = tokio::time::sleep(PING_INTERVAL);
+    tokio::pin!(timer);
+    let mut awaiting_pong = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            r = &mut conn => break r,
+            pong = poll_fn(|cx| match ping.as_mut() {
+                Some(p) => p.poll_pong(cx),
+                None => Poll::Pending,
+            }), if awaiting_pong => match pong {
+                Ok(_) => {
+                    awaiting_pong = false;
+                    timer.as_mut().reset(Instant::now() + PING_INTERVAL);
+                }
+                Err(e) => break Err(e),
+            },
+            () = &mut timer => {
+                if awaiting_pong {
+                    tracing::debug!(endpoint = %label, "upstream HTTP/2 connection: no PING answer within {PING_TIMEOUT:?}; closing it");
+                    break Ok(());
+                }
+                if let Some(p) = ping.as_mut()
+                    && let Err(e) = p.send_ping(Ping::opaque())
+                {
+                    break Err(e);
+                }
+                awaiting_pong = true;
+                timer.as_mut().reset(Instant::now() + PING_TIMEOUT);
+            }
+        }
+    };
+    ended.store(true, Ordering::Relaxed);
+    // Dropping the connection fails the streams still on it.
+    drop(conn);
+    if let Err(e) = result {
+        tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended");
+    }
 }
 
 /// Whether an HTTP/2 request error proves the upstream did not process the request: it
 /// refused the stream (`REFUSED_STREAM`, RFC 9113 §8.7). A GOAWAY alone does not: h2 gives
 /// its error to the streams below its last stream id too when the connection then ends.
-pub fn unprocessed(err: &hyper::Error) -> bool {
-    h2_error(err).is_some_and(|e| e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
+pub fn unprocessed(err: &h2::Error) -> bool {
+    err.is_remote() && err.reason() == Some(Reason::REFUSED_STREAM)
 }
 
 /// Whether the connection itself went away under the request (closed, or a graceful GOAWAY):
 /// a replayable request may go again on a new connection, as over a stale HTTP/1.1 one.
-pub fn connection_gone(err: &hyper::Error) -> bool {
-    if err.is_canceled() || err.is_closed() {
-        return true;
-    }
-    h2_error(err).is_some_and(|e| e.is_io() || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
+pub fn connection_gone(err: &h2::Error) -> bool {
+    err.is_io() || (err.is_go_away() && err.reason() == Some(Reason::NO_ERROR))
 }
 
-/// The status a client's body failure gets, when that is what broke the exchange.
-pub fn client_body_status(err: &hyper::Error) -> Option<u16> {
-    source_of::<crate::client_body::ClientBodyError>(err).map(|e| e.status)
-}
-
-/// What one attempt over HTTP/2 gave. Returned once per attempt and taken apart at once, so
-/// the size of its variants matters little.
-#[allow(clippy::large_enum_variant)]
+/// What one attempt over HTTP/2 gave.
 pub enum H2Answer {
-    Response(http::Response<Incoming>),
-    /// Failed; whether the upstream provably saw nothing of it, and the request back when
-    /// hyper had not taken it.
-    Failed {
-        error: hyper::Error,
-        unsent: bool,
-        request: Option<Request<H2ReqBody>>,
-    },
+    Response(http::Response<H2RespBody>),
+    /// The stream could not be opened (the connection is going or gone): nothing was sent,
+    /// and the body comes back.
+    NotOpened(h2::Error, H2ReqBody),
+    /// Failed after the stream opened; whether the upstream provably saw nothing of it.
+    Failed(h2::Error, bool),
+    /// The client's body broke off: answered with this status.
+    ClientBody(u16),
     TimedOut,
 }
 
-/// Sends `req` on `send` and waits up to `per_try` for the response head.
-pub async fn exchange(mut send: H2Sender, req: Request<H2ReqBody>, per_try: Duration) -> H2Answer {
-    match tokio::time::timeout(per_try, send.try_send_request(req)).await {
-        Ok(Ok(resp)) => H2Answer::Response(resp),
-        Ok(Err(mut e)) => {
-            let request = e.take_message();
-            let error = e.into_error();
-            let unsent = request.is_some() || unprocessed(&error);
-            H2Answer::Failed { error, unsent, request }
+/// Sends a request on `stream` and waits up to `per_try` for the response head. A streamed
+/// body is sent from this task while it waits; what is left of it when the head comes goes on
+/// in a task of its own (the upstream may answer before the upload ends, as gRPC's streaming
+/// calls do).
+pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per_try: Duration) -> H2Answer {
+    let deadline = Instant::now() + per_try;
+    let send = match stream.0.send.clone().ready().await {
+        Ok(send) => send,
+        Err(e) => return H2Answer::NotOpened(e, body),
+    };
+    let mut send = send;
+    let (mut response, mut tx) = match send.send_request(head, body.is_empty()) {
+        Ok(opened) => opened,
+        Err(e) => return H2Answer::NotOpened(e, body),
+    };
+    let mut pump = match body {
+        H2ReqBody::Empty => None,
+        H2ReqBody::Full(data, trailers) => {
+            // Bounded by `retry.buffer_bytes`: h2 holds what the window does not take yet.
+            let sent = match data {
+                Some(data) => tx.send_data(data, trailers.is_none()),
+                None => Ok(()),
+            };
+            if let Err(e) = sent.and_then(|()| trailers.map_or(Ok(()), |t| tx.send_trailers(t))) {
+                return H2Answer::Failed(e, false);
+            }
+            None
         }
-        // Dropping the request's future resets its stream (CANCEL); the connection carries on.
+        H2ReqBody::Streamed(body) => Some(Pump {
+            tx,
+            body,
+            pending: None,
+        }),
+    };
+    let waited = tokio::time::timeout_at(
+        deadline,
+        poll_fn(|cx| {
+            if let Some(p) = pump.as_mut()
+                && let Poll::Ready(pumped) = p.poll_pump(cx)
+            {
+                pump = None;
+                if let Err(Some(status)) = pumped {
+                    return Poll::Ready(Err(status));
+                }
+            }
+            Pin::new(&mut response).poll(cx).map(Ok)
+        }),
+    )
+    .await;
+    match waited {
+        Ok(Ok(Ok(resp))) => {
+            if let Some(mut p) = pump {
+                tokio::spawn(poll_fn(move |cx| p.poll_pump(cx).map(drop)));
+            }
+            let (parts, recv) = resp.into_parts();
+            let body = H2RespBody::new(recv, &parts.headers);
+            H2Answer::Response(http::Response::from_parts(parts, body))
+        }
+        Ok(Ok(Err(e))) => {
+            let unsent = unprocessed(&e);
+            H2Answer::Failed(e, unsent)
+        }
+        Ok(Err(status)) => H2Answer::ClientBody(status),
+        // Dropping the response future and the body's sender resets the stream (CANCEL); the
+        // connection carries on.
         Err(_) => H2Answer::TimedOut,
+    }
+}
+
+/// Passes a client's body onto its upstream stream, frame by frame, as the stream's window
+/// takes it (hyper's `PipeToSendStream`, inline).
+struct Pump {
+    tx: SendStream<Bytes>,
+    body: ClientBody,
+    /// A data frame taken from the body that waits for window.
+    pending: Option<(Bytes, bool)>,
+}
+
+impl Pump {
+    /// Ready when the body is sent, or failed: with the status the client gets when its
+    /// body was at fault (the stream is then reset), `None` when the stream was (the
+    /// response says how).
+    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Option<u16>>> {
+        loop {
+            if let Poll::Ready(reset) = self.tx.poll_reset(cx) {
+                tracing::debug!(?reset, "upstream reset the stream of a request body");
+                return Poll::Ready(Err(None));
+            }
+            if let Some((data, eos)) = self.pending.take() {
+                if self.tx.capacity() == 0 {
+                    match self.tx.poll_capacity(cx) {
+                        Poll::Pending => {
+                            self.pending = Some((data, eos));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Err(None)),
+                    }
+                    if self.tx.capacity() == 0 {
+                        self.pending = Some((data, eos));
+                        continue;
+                    }
+                }
+                if self.tx.send_data(data, eos).is_err() {
+                    return Poll::Ready(Err(None));
+                }
+                if eos {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let frame = match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "client request body failed");
+                    self.tx.send_reset(Reason::CANCEL);
+                    return Poll::Ready(Err(Some(e.status)));
+                }
+                None => {
+                    let sent = self.tx.send_data(Bytes::new(), true);
+                    return Poll::Ready(sent.map_err(|_| None));
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    let eos = self.body.is_end_stream();
+                    if data.is_empty() {
+                        if self.tx.send_data(data, eos).is_err() {
+                            return Poll::Ready(Err(None));
+                        }
+                        if eos {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
+                    }
+                    // A claim on the window, not the whole frame: one that pinned window for
+                    // a body that then waits could stall the connection's other streams
+                    // (hyper#4003); h2 raises it to what is buffered.
+                    self.tx.reserve_capacity(1);
+                    self.pending = Some((data, eos));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.tx.reserve_capacity(0);
+                        let sent = self.tx.send_trailers(trailers);
+                        return Poll::Ready(sent.map_err(|_| None));
+                    }
+                }
+            }
+        }
     }
 }

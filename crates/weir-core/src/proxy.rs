@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::front::{Tunnel, TunnelSlot};
 use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::h1client::{ExchangeError, RequestHead, ResponseBody, ResponseHead, UpBody, UpConn};
-use crate::h2client::{H2Answer, H2ReqBody, H2Stream};
+use crate::h2client::{H2Answer, H2ReqBody, H2RespBody, H2Stream};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
@@ -611,7 +611,7 @@ fn forward<'a>(
 /// An upstream's response head, with what its body is read from.
 enum Answer {
     H1(ResponseHead, UpConn),
-    H2(Response<hyper::body::Incoming>, H2Stream),
+    H2(Response<H2RespBody>, H2Stream),
 }
 
 impl Answer {
@@ -802,7 +802,7 @@ fn connect_failure(endpoint: &Endpoint, e: &ConnectError) -> FailureKind {
 /// What one attempt on an HTTP/2 pool gave.
 enum H2Attempt {
     /// A response head, and the stream it came on.
-    Answer(Response<hyper::body::Incoming>, H2Stream),
+    Answer(Response<H2RespBody>, H2Stream),
     /// The client's body broke off: answered with this status.
     ClientBody(u16),
     /// Failed, and whether the upstream provably saw nothing of the request.
@@ -839,29 +839,29 @@ impl H2Try<'_> {
                 Ok(s) => s,
                 Err(e) => return H2Attempt::Failed(connect_failure(self.endpoint, &e), true),
             };
-            let request = self.request(body, tls.is_some());
-            let (error, unsent) = match crate::h2client::exchange(stream.sender(), request, self.per_try).await {
+            let (head, h2_body) = self.request(body, tls.is_some());
+            let (error, unsent, gone) = match crate::h2client::exchange(&stream, head, h2_body, self.per_try).await {
                 H2Answer::Response(resp) => {
                     self.endpoint.h2.note(&self.endpoint.label, None);
                     return H2Attempt::Answer(resp, stream);
                 }
                 H2Answer::TimedOut => return H2Attempt::Failed(FailureKind::ResponseTimeout, false),
-                H2Answer::Failed { error, unsent, request } => {
-                    // A streamed body hyper handed back unsent can still go.
-                    if let Some(r) = request
-                        && let H2ReqBody::Streamed(b) = r.into_body()
-                    {
+                H2Answer::ClientBody(status) => return H2Attempt::ClientBody(status),
+                H2Answer::NotOpened(error, unsent_body) => {
+                    // The connection is going or gone, and the request left nothing: a
+                    // streamed body can still go.
+                    if let H2ReqBody::Streamed(b) = unsent_body {
                         *body = UpBody::Streamed(b);
                     }
-                    (error, unsent)
+                    (error, true, true)
+                }
+                H2Answer::Failed(error, unsent) => {
+                    let gone = crate::h2client::connection_gone(&error);
+                    (error, unsent, gone)
                 }
             };
-            if let Some(status) = crate::h2client::client_body_status(&error) {
-                tracing::debug!(endpoint = %self.endpoint.label, error = %error, "client request body failed");
-                return H2Attempt::ClientBody(status);
-            }
             if !fresh && body.resendable() {
-                if reused && crate::h2client::connection_gone(&error) && (unsent || self.replayable) {
+                if reused && gone && (unsent || self.replayable) {
                     tracing::debug!(endpoint = %self.endpoint.label, error = %error, "upstream HTTP/2 connection went away; sending on a new one");
                     self.endpoint.count_attempt(AttemptOutcome::StaleConnection);
                     stream.retire();
@@ -889,7 +889,7 @@ impl H2Try<'_> {
     /// ones added and `Host` as `:authority` (the endpoint's address when the client sent
     /// none), and the body: a buffered one copied (it stays for replays), a streamed one
     /// taken (`body` is then spent).
-    fn request(&self, body: &mut UpBody, https: bool) -> Request<H2ReqBody> {
+    fn request(&self, body: &mut UpBody, https: bool) -> (Request<()>, H2ReqBody) {
         let mut headers = self.headers.clone();
         if let Some(f) = self.forwarding {
             crate::headers::add_forwarding(&mut headers, f);
@@ -923,11 +923,11 @@ impl H2Try<'_> {
             UpBody::Streamed(b) => H2ReqBody::Streamed(b),
             UpBody::Spent => H2ReqBody::Empty,
         };
-        let mut r = Request::new(h2_body);
+        let mut r = Request::new(());
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = uri;
         *r.version_mut() = Version::HTTP_2;
         *r.headers_mut() = headers;
-        r
+        (r, h2_body)
     }
 }
