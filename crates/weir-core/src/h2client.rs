@@ -250,7 +250,11 @@ impl H2Slot {
             .map_err(|_| ConnectError::Timeout)?
             .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
         let ended = Arc::new(AtomicBool::new(false));
-        tokio::spawn(drive(conn, ended.clone(), endpoint.label.clone()));
+        let pings = Pings {
+            interval: PING_INTERVAL,
+            timeout: PING_TIMEOUT,
+        };
+        tokio::spawn(drive(conn, ended.clone(), endpoint.label.clone(), pings));
         let conn = Arc::new(H2Conn {
             send,
             tls_id,
@@ -318,12 +322,19 @@ impl H2Slot {
     }
 }
 
+/// How often a connection is PINGed, and how long an answer may take.
+#[derive(Clone, Copy)]
+struct Pings {
+    interval: Duration,
+    timeout: Duration,
+}
+
 /// Drives one connection's frames until it ends, with keep-alive PINGs: one every
-/// [`PING_INTERVAL`], and the connection is dropped (failing its streams, so requests go to a
-/// new one) when an answer takes longer than [`PING_TIMEOUT`].
-async fn drive(mut conn: Connection<UpStream, Bytes>, ended: Arc<AtomicBool>, label: String) {
+/// `pings.interval`, and the connection is dropped (failing its streams, so requests go to a
+/// new one) when an answer takes longer than `pings.timeout`.
+async fn drive(mut conn: Connection<UpStream, Bytes>, ended: Arc<AtomicBool>, label: String, pings: Pings) {
     let mut ping: Option<PingPong> = conn.ping_pong();
-    let timer = tokio::time::sleep(PING_INTERVAL);
+    let timer = tokio::time::sleep(pings.interval);
     tokio::pin!(timer);
     let mut awaiting_pong = false;
     let result = loop {
@@ -336,13 +347,13 @@ async fn drive(mut conn: Connection<UpStream, Bytes>, ended: Arc<AtomicBool>, la
             }), if awaiting_pong => match pong {
                 Ok(_) => {
                     awaiting_pong = false;
-                    timer.as_mut().reset(Instant::now() + PING_INTERVAL);
+                    timer.as_mut().reset(Instant::now() + pings.interval);
                 }
                 Err(e) => break Err(e),
             },
             () = &mut timer => {
                 if awaiting_pong {
-                    tracing::debug!(endpoint = %label, "upstream HTTP/2 connection: no PING answer within {PING_TIMEOUT:?}; closing it");
+                    tracing::debug!(endpoint = %label, "upstream HTTP/2 connection: no PING answer within {:?}; closing it", pings.timeout);
                     break Ok(());
                 }
                 if let Some(p) = ping.as_mut()
@@ -351,7 +362,7 @@ async fn drive(mut conn: Connection<UpStream, Bytes>, ended: Arc<AtomicBool>, la
                     break Err(e);
                 }
                 awaiting_pong = true;
-                timer.as_mut().reset(Instant::now() + PING_TIMEOUT);
+                timer.as_mut().reset(Instant::now() + pings.timeout);
             }
         }
     };
@@ -539,5 +550,52 @@ impl Pump {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A client connection driven with short PINGs to a real h2 server on loopback, whose
+    /// server side answers PINGs only while `answering`; whether the client side ended
+    /// within `within`.
+    async fn ended_within(answering: bool, within: Duration) -> bool {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(tcp).await.unwrap();
+            if answering {
+                // PONGs are written while the connection is polled.
+                while conn.accept().await.is_some() {}
+            } else {
+                // Alive but silent: the socket stays open, nothing is read or answered.
+                std::future::pending::<()>().await;
+            }
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_send, conn) = h2::client::handshake(UpStream::Plain(tcp)).await.unwrap();
+        let ended = Arc::new(AtomicBool::new(false));
+        let pings = Pings {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(150),
+        };
+        tokio::spawn(drive(conn, ended.clone(), "test".into(), pings));
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline && !ended.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.abort();
+        ended.load(Ordering::Relaxed)
+    }
+
+    /// An upstream that vanished without a FIN (no PONG) ends the connection, so the next
+    /// request opens a new one; one that answers keeps it through many PINGs.
+    #[tokio::test]
+    async fn a_silent_upstream_ends_its_connection_an_answering_one_does_not() {
+        assert!(ended_within(false, Duration::from_secs(5)).await);
+        assert!(!ended_within(true, Duration::from_millis(800)).await);
     }
 }
