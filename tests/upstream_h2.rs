@@ -527,3 +527,25 @@ async fn a_client_body_that_breaks_off_gets_its_status_and_only_its_stream_is_re
     assert_eq!(r.status, 200);
     assert_eq!(up.connections(), 1);
 }
+
+/// An HTTP/1.1 client gets an HTTP/2 upstream's trailers (gRPC's status) in the trailer
+/// section of the chunked response.
+#[tokio::test]
+async fn an_http1_client_gets_the_trailers_in_the_chunked_body() {
+    let up = Upstream::start_h2("grpc").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let raw = raw_exchange(
+        gw.addr("client"),
+        b"POST /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    let lower = raw.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{raw}");
+    assert!(lower.contains("\r\ntransfer-encoding: chunked\r\n"), "{raw}");
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(body.starts_with("3\r\nn=5\r\n"), "{body:?}");
+    let trailer_section = body.split_once("0\r\n").map(|(_, t)| t).unwrap_or("");
+    assert!(trailer_section.contains("grpc-status: 0\r\n"), "{body:?}");
+    assert!(trailer_section.contains("grpc-message: served by grpc\r\n"), "{body:?}");
+    assert!(trailer_section.ends_with("\r\n\r\n"), "{body:?}");
+}

@@ -489,6 +489,9 @@ async fn write_body(
         Framing::Length(n) => Some(n),
         _ => None,
     };
+    // A chunked body ends with them (an HTTP/2 upstream's gRPC status, for one); a body with a
+    // length has no place for them.
+    let mut trailers = None;
     loop {
         let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
         let item = match polled {
@@ -508,7 +511,12 @@ async fn write_body(
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => d,
-                Err(_) => continue, // trailers are not forwarded
+                Err(frame) => {
+                    if chunked {
+                        trailers = frame.into_trailers().ok();
+                    }
+                    continue;
+                }
             },
         };
         if data.is_empty() {
@@ -541,9 +549,29 @@ async fn write_body(
         return Err(io::Error::other("response body shorter than its length"));
     }
     if chunked {
-        wbuf.extend_from_slice(b"0\r\n\r\n");
+        wbuf.extend_from_slice(b"0\r\n");
+        if let Some(trailers) = &trailers {
+            put_trailers(trailers, wbuf);
+        }
+        wbuf.extend_from_slice(b"\r\n");
     }
     flush_buf(conn, wbuf, send_timeout).await
+}
+
+/// Writes a body's trailer fields as a chunked body's trailer section (RFC 9112 §7.1.2),
+/// less those a trailer must not carry that a recipient could act on: framing, routing and
+/// connection fields (RFC 9110 §6.5.1). Clients that did not ask for trailers (`TE: trailers`)
+/// may discard them, as HAProxy sends them regardless.
+fn put_trailers(trailers: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in trailers {
+        if crate::headers::HOP_BY_HOP.contains(name) || *name == header::CONTENT_LENGTH || *name == header::HOST {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>, send_timeout: Duration) -> io::Result<()> {
@@ -641,4 +669,29 @@ fn refusal_response(reject: Reject) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Framing, routing and connection fields never reach a client as trailers: a recipient
+    /// that merged them into the head could be misled about the message.
+    #[test]
+    fn trailers_leave_out_framing_routing_and_connection_fields() {
+        let mut t = HeaderMap::new();
+        for (name, value) in [
+            ("grpc-status", "0"),
+            ("content-length", "9"),
+            ("transfer-encoding", "chunked"),
+            ("host", "evil"),
+            ("connection", "close"),
+            ("x-checksum", "abc"),
+        ] {
+            t.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let mut out = Vec::new();
+        put_trailers(&t, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), "grpc-status: 0\r\nx-checksum: abc\r\n");
+    }
 }
