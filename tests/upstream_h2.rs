@@ -549,3 +549,19 @@ async fn an_http1_client_gets_the_trailers_in_the_chunked_body() {
     assert!(trailer_section.contains("grpc-message: served by grpc\r\n"), "{body:?}");
     assert!(trailer_section.ends_with("\r\n\r\n"), "{body:?}");
 }
+
+/// An upstream that answers before the upload ends (here a 413 without reading the body)
+/// gets its answer to the client; what is left of the upload stops, and the connection to
+/// the upstream serves on.
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    let up = Upstream::start_h2("a").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let r = post_chunked(&gw.url("client", "/status/413"), 64, 64 * 1024).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.upstream(), "a");
+    let r = get(&gw.url("client", "/after")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.connections(), 1);
+    assert_eq!(gw.attempts("reset").await, 0);
+}

@@ -411,11 +411,13 @@ pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per
         Err(e) => return H2Answer::NotOpened(e, body),
     };
     let mut send = send;
-    let (mut response, mut tx) = match send.send_request(head, body.is_empty()) {
+    let end_stream = body.is_empty();
+    let (mut response, mut tx) = match send.send_request(head, end_stream) {
         Ok(opened) => opened,
         Err(e) => return H2Answer::NotOpened(e, body),
     };
     let mut pump = match body {
+        _ if end_stream => None,
         H2ReqBody::Empty => None,
         H2ReqBody::Full(data, trailers) => {
             // Bounded by `retry.buffer_bytes`: h2 holds what the window does not take yet.
