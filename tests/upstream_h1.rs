@@ -367,3 +367,36 @@ async fn bytes_right_behind_a_101_reach_the_client() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
 }
+
+/// A chunked response's trailers from an HTTP/1.1 upstream reach an HTTP/1.1 client in the
+/// trailer section and an HTTP/2 client as trailers; framing and connection fields do not.
+#[tokio::test]
+async fn chunked_response_trailers_reach_http1_and_http2_clients() {
+    const WITH_TRAILERS: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\ngrpc-status: 0\r\nContent-Length: 99\r\nx-sum: 42\r\n\r\n";
+    let up = raw_upstream(|_, _| Act::Reply(vec![WITH_TRAILERS])).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    let raw = raw_exchange(
+        gw.addr("client"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-sum: 42\r\n\r\n", "{raw}");
+
+    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://weir.test/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let collected = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers over HTTP/2");
+    assert_eq!(collected.to_bytes(), "abc");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-sum"], "42");
+    assert!(trailers.get("content-length").is_none());
+}

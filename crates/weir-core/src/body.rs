@@ -105,8 +105,9 @@ impl Body for ProxyBody {
             }
             Inner::Upstream(body) => match body.poll_data(cx) {
                 Poll::Ready(None) => {
+                    let trailers = body.take_trailers();
                     this.release();
-                    Poll::Ready(None)
+                    Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.in_flight = None;
@@ -128,7 +129,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
             Inner::H2(body, _) => body.is_end_stream(),
-            Inner::Upstream(body) => body.is_done(),
+            Inner::Upstream(body) => body.is_done() && !body.has_trailers(),
         }
     }
 

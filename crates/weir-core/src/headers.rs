@@ -58,6 +58,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     te_trailers
 }
 
+/// Whether a trailer field may pass on: not a framing, routing or connection field (RFC 9110
+/// §6.5.1), which a recipient merging trailers into the head could be misled by, and which
+/// HTTP/2 refuses in trailers.
+pub fn allowed_in_trailers(name: &HeaderName) -> bool {
+    !(HOP_BY_HOP.contains(name) || name == header::CONTENT_LENGTH || name == header::HOST)
+}
+
 /// What the forwarding headers say about one request.
 pub struct Forwarding<'a> {
     pub client_ip: IpAddr,

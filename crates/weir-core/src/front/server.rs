@@ -559,12 +559,11 @@ async fn write_body(
 }
 
 /// Writes a body's trailer fields as a chunked body's trailer section (RFC 9112 §7.1.2),
-/// less those a trailer must not carry that a recipient could act on: framing, routing and
-/// connection fields (RFC 9110 §6.5.1). Clients that did not ask for trailers (`TE: trailers`)
+/// less framing, routing and connection fields ([`crate::headers::allowed_in_trailers`]). Clients that did not ask for trailers (`TE: trailers`)
 /// may discard them, as HAProxy sends them regardless.
 fn put_trailers(trailers: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in trailers {
-        if crate::headers::HOP_BY_HOP.contains(name) || *name == header::CONTENT_LENGTH || *name == header::HOST {
+        if !crate::headers::allowed_in_trailers(name) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());

@@ -1,6 +1,7 @@
 //! Decodes a chunked response body (RFC 9112 §7.1) straight out of the connection's read buffer:
 //! data comes out as slices of that buffer, framing bytes are skipped. Strict: CRLF line ends,
-//! hex sizes without signs or spaces, bounded extensions and trailers (discarded).
+//! hex sizes without signs or spaces, bounded extensions and trailers (kept by
+//! [`ChunkedDecoder::decode`] for the client, as field lines).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -48,10 +49,17 @@ pub enum Decoded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkedDecoder {
     st: St,
-    trailer_bytes: usize,
+    /// The trailer lines read so far (`name: value\r\n` each), for
+    /// [`ChunkedDecoder::take_trailers`] and the size bound; `None` (no allocation, and 8
+    /// bytes in every response body) for a body without trailers.
+    trailers: Option<Box<TrailerLines>>,
     /// Data bytes the chunk-size lines read so far announced (some may not have arrived).
     declared: u64,
 }
+
+/// The raw trailer lines of a chunked body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TrailerLines(Vec<u8>);
 
 /// What [`ChunkedDecoder::scan`] found in a slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +74,7 @@ impl Default for ChunkedDecoder {
     fn default() -> Self {
         ChunkedDecoder {
             st: St::Size { digits: 0, value: 0 },
-            trailer_bytes: 0,
+            trailers: None,
             declared: 0,
         }
     }
@@ -117,6 +125,32 @@ impl ChunkedDecoder {
         Ok(result)
     }
 
+    /// The trailer fields read, once the body has ended (`None` when it had none), less those
+    /// [`crate::headers::allowed_in_trailers`] leaves out. Their lines passed
+    /// [`ChunkedDecoder::decode`]'s checks (a token, a colon, a valid value).
+    pub fn take_trailers(&mut self) -> Option<http::HeaderMap> {
+        if self.st != St::Done {
+            return None;
+        }
+        let lines = self.trailers.take()?;
+        let mut map = http::HeaderMap::new();
+        for line in lines.0.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value = line[colon + 1..].trim_ascii();
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_bytes(value),
+            ) && crate::headers::allowed_in_trailers(&name)
+            {
+                map.append(name, value);
+            }
+        }
+        (!map.is_empty()).then_some(map)
+    }
+
     /// Follows the framing through `buf` without taking anything from it: the same rules as
     /// [`ChunkedDecoder::decode`], data skipped by its length. The client side checks what
     /// it has buffered of a request body with it before any of the request leaves weir.
@@ -144,6 +178,7 @@ impl ChunkedDecoder {
 
     /// Moves past one framing byte (never called in `Data` or `Done`).
     fn step(&mut self, b: u8) -> Result<(), &'static str> {
+        let before = self.st;
         self.st = match self.st {
             St::Size { digits, value } => match hex(b) {
                 Some(d) => {
@@ -208,14 +243,15 @@ impl ChunkedDecoder {
                 _ => return Err("chunked body not ended by CRLF"),
             },
         };
-        if matches!(
-            self.st,
-            St::TrailerStart | St::TrailerName(_) | St::TrailerValue(_) | St::TrailerLf | St::EndLf
-        ) {
-            self.trailer_bytes += 1;
-            if self.trailer_bytes > MAX_TRAILERS {
+        // A trailer line's bytes, its CRLF included; not the empty line that ends them.
+        if matches!(before, St::TrailerName(_) | St::TrailerValue(_) | St::TrailerLf)
+            || (before == St::TrailerStart && self.st != St::EndLf)
+        {
+            let lines = self.trailers.get_or_insert_with(Box::default);
+            if lines.0.len() >= MAX_TRAILERS {
                 return Err("trailers too large");
             }
+            lines.0.push(b);
         }
         Ok(())
     }
@@ -245,8 +281,8 @@ fn hex(b: u8) -> Option<u64> {
 pub const SIZE_TOO_LARGE: &str = "chunk size too large";
 
 /// The next state after byte `b` of a trailer field's name, `len` bytes into its line: trailers
-/// are discarded, but only after they have been read as field lines (`token ":" value`), as
-/// hyper's client reads them; a line that is not one makes the body malformed.
+/// are read as field lines (`token ":" value`), as hyper's client reads them; a line that is
+/// not one makes the body malformed.
 fn trailer_name(len: usize, b: u8) -> Result<St, &'static str> {
     match b {
         b':' if len > 0 => Ok(St::TrailerValue(len + 1)),
@@ -281,6 +317,44 @@ mod tests {
             }
         }
         Err("incomplete")
+    }
+
+    /// Trailer fields come out whole wherever the reads split them, values trimmed, framing
+    /// and connection fields left out; a body without trailers has none.
+    #[test]
+    fn trailers_are_kept_at_every_split_point() {
+        let input = b"3\r\nabc\r\n0\r\nx-sum: 1 2 \r\ngrpc-status:0\r\ncontent-length: 9\r\nConnection: close\r\nx-sum: 3\r\n\r\n";
+        for step in 1..input.len() {
+            let mut dec = ChunkedDecoder::default();
+            let mut buf = BytesMut::new();
+            let mut done = false;
+            for piece in input.chunks(step) {
+                buf.extend_from_slice(piece);
+                while let Ok(d) = dec.decode(&mut buf) {
+                    match d {
+                        Decoded::Done => done = true,
+                        Decoded::Data(_) => continue,
+                        Decoded::NeedMore => {}
+                    }
+                    break;
+                }
+            }
+            assert!(done, "step {step}");
+            let t = dec.take_trailers().unwrap_or_default();
+            let sums: Vec<_> = t.get_all("x-sum").iter().collect();
+            assert_eq!(sums, ["1 2", "3"], "step {step}");
+            assert_eq!(
+                t.get("grpc-status").map(|v| v.as_bytes()),
+                Some(&b"0"[..]),
+                "step {step}"
+            );
+            assert_eq!(t.len(), 3, "step {step}: {t:?}");
+        }
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\n"[..]);
+        while !matches!(dec.decode(&mut buf), Ok(Decoded::Done) | Err(_)) {}
+        assert!(dec.is_done());
+        assert_eq!(dec.take_trailers(), None);
     }
 
     #[test]

@@ -439,6 +439,9 @@ enum BodyState {
     Chunked(ChunkedDecoder),
     Close,
     Done,
+    /// Done, with a chunked body's trailer fields still to be taken (boxed: the body lives in
+    /// every proxied response, and trailers are rare).
+    Trailers(Box<http::HeaderMap>),
     Failed,
 }
 
@@ -467,14 +470,30 @@ impl ResponseBody {
         }
     }
 
+    /// The trailer fields of a chunked body that has ended, if it had any (once).
+    pub fn take_trailers(&mut self) -> Option<http::HeaderMap> {
+        if !self.has_trailers() {
+            return None;
+        }
+        match std::mem::replace(&mut self.state, BodyState::Done) {
+            BodyState::Trailers(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// Whether trailer fields wait to be taken after the body's data.
+    pub fn has_trailers(&self) -> bool {
+        matches!(self.state, BodyState::Trailers(_))
+    }
+
     pub fn is_done(&self) -> bool {
-        matches!(self.state, BodyState::Done | BodyState::Failed)
+        matches!(self.state, BodyState::Done | BodyState::Trailers(_) | BodyState::Failed)
     }
 
     /// The connection, if the body ended cleanly and the connection can carry another request
     /// (keep-alive, nothing unread left over).
     pub fn take_reusable(&mut self) -> Option<UpConn> {
-        let reusable = matches!(self.state, BodyState::Done)
+        let reusable = matches!(self.state, BodyState::Done | BodyState::Trailers(_))
             && self.keep_alive
             && self.conn.as_ref().is_some_and(|c| c.rbuf.is_empty());
         if !reusable {
@@ -489,7 +508,7 @@ impl ResponseBody {
     pub fn remaining(&self) -> Option<u64> {
         match self.state {
             BodyState::Length(n) => Some(n),
-            BodyState::Done | BodyState::Failed => Some(0),
+            BodyState::Done | BodyState::Trailers(_) | BodyState::Failed => Some(0),
             BodyState::Chunked(_) | BodyState::Close => None,
         }
     }
@@ -507,7 +526,7 @@ impl ResponseBody {
                 return Poll::Ready(None);
             };
             match &mut self.state {
-                BodyState::Done | BodyState::Failed => return Poll::Ready(None),
+                BodyState::Done | BodyState::Trailers(_) | BodyState::Failed => return Poll::Ready(None),
                 BodyState::Length(n) => {
                     if !conn.rbuf.is_empty() {
                         let data = take_fixed(&mut conn.rbuf, n);
@@ -520,7 +539,10 @@ impl ResponseBody {
                 BodyState::Chunked(decoder) => match decoder.decode(&mut conn.rbuf) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
                     Ok(Decoded::Done) => {
-                        self.state = BodyState::Done;
+                        self.state = match decoder.take_trailers() {
+                            Some(t) => BodyState::Trailers(Box::new(t)),
+                            None => BodyState::Done,
+                        };
                         return Poll::Ready(None);
                     }
                     Ok(Decoded::NeedMore) => {}
