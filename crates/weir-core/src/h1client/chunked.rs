@@ -243,15 +243,19 @@ impl ChunkedDecoder {
                 _ => return Err("chunked body not ended by CRLF"),
             },
         };
-        // A trailer line's bytes, its CRLF included; not the empty line that ends them.
-        if matches!(before, St::TrailerName(_) | St::TrailerValue(_) | St::TrailerLf)
-            || (before == St::TrailerStart && self.st != St::EndLf)
-        {
-            let lines = self.trailers.get_or_insert_with(Box::default);
-            if lines.0.len() >= MAX_TRAILERS {
+        // A trailer line's bytes, its CRLF included, are kept; the CR of the empty line that
+        // ends them is not. The bound counts as it always has: the LF ending the last-chunk
+        // line, every line byte, and that final CR.
+        let line_byte = matches!(before, St::TrailerName(_) | St::TrailerValue(_) | St::TrailerLf)
+            || (before == St::TrailerStart && self.st != St::EndLf);
+        if line_byte || self.st == St::EndLf {
+            let held = self.trailers.as_ref().map_or(0, |t| t.0.len());
+            if held + 2 > MAX_TRAILERS {
                 return Err("trailers too large");
             }
-            lines.0.push(b);
+            if line_byte {
+                self.trailers.get_or_insert_with(Box::default).0.push(b);
+            }
         }
         Ok(())
     }
@@ -355,6 +359,31 @@ mod tests {
         while !matches!(dec.decode(&mut buf), Ok(Decoded::Done) | Err(_)) {}
         assert!(dec.is_done());
         assert_eq!(dec.take_trailers(), None);
+    }
+
+    /// The trailer bound counts what it always counted: the last-chunk line's LF, the trailer
+    /// lines and the final CR, at most `MAX_TRAILERS` bytes.
+    #[test]
+    fn the_trailer_bound_is_exact() {
+        let body_with_lines_of = |n: usize| {
+            let mut body = b"0\r\n".to_vec();
+            let mut left = n;
+            while left > 0 {
+                let len = left.clamp(6, 100);
+                let len = if left - len > 0 && left - len < 6 { len - 6 } else { len };
+                body.extend_from_slice(b"x: ");
+                body.extend(std::iter::repeat_n(b'a', len - 5));
+                body.extend_from_slice(b"\r\n");
+                left -= len;
+            }
+            body.extend_from_slice(b"\r\n");
+            body
+        };
+        assert!(decode_in_steps(&body_with_lines_of(MAX_TRAILERS - 2), 4096).is_ok());
+        assert_eq!(
+            decode_in_steps(&body_with_lines_of(MAX_TRAILERS - 1), 4096),
+            Err("trailers too large")
+        );
     }
 
     #[test]
