@@ -406,11 +406,10 @@ pub enum H2Answer {
 /// calls do).
 pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per_try: Duration) -> H2Answer {
     let deadline = Instant::now() + per_try;
-    let send = match stream.0.send.clone().ready().await {
+    let mut send = match stream.0.send.clone().ready().await {
         Ok(send) => send,
         Err(e) => return H2Answer::NotOpened(e, body),
     };
-    let mut send = send;
     let end_stream = body.is_empty();
     let (mut response, mut tx) = match send.send_request(head, end_stream) {
         Ok(opened) => opened,
@@ -491,7 +490,8 @@ impl Pump {
                 return Poll::Ready(Err(None));
             }
             if let Some((data, eos)) = self.pending.take() {
-                if self.tx.capacity() == 0 {
+                // An empty frame (an end-of-stream marker) needs no window.
+                if !data.is_empty() && self.tx.capacity() == 0 {
                     match self.tx.poll_capacity(cx) {
                         Poll::Pending => {
                             self.pending = Some((data, eos));
@@ -527,21 +527,13 @@ impl Pump {
             };
             match frame.into_data() {
                 Ok(data) => {
-                    let eos = self.body.is_end_stream();
-                    if data.is_empty() {
-                        if self.tx.send_data(data, eos).is_err() {
-                            return Poll::Ready(Err(None));
-                        }
-                        if eos {
-                            return Poll::Ready(Ok(()));
-                        }
-                        continue;
-                    }
                     // A claim on the window, not the whole frame: one that pinned window for
                     // a body that then waits could stall the connection's other streams
                     // (hyper#4003); h2 raises it to what is buffered.
-                    self.tx.reserve_capacity(1);
-                    self.pending = Some((data, eos));
+                    if !data.is_empty() {
+                        self.tx.reserve_capacity(1);
+                    }
+                    self.pending = Some((data, self.body.is_end_stream()));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
