@@ -400,3 +400,50 @@ async fn chunked_response_trailers_reach_http1_and_http2_clients() {
     assert_eq!(trailers["x-sum"], "42");
     assert!(trailers.get("content-length").is_none());
 }
+
+/// A request's trailer fields reach an HTTP/1.1 upstream in the last chunk: an HTTP/1.1
+/// client's from its chunked body, an HTTP/2 client's (a body without a length) from its
+/// trailers. Framing and routing fields among them do not.
+#[tokio::test]
+async fn request_trailers_reach_the_upstream_in_the_last_chunk() {
+    let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    let out = raw_exchange(
+        gw.addr("client"),
+        b"POST /h1 HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\ncontent-length: 9\r\nhost: evil\r\nx-other: o\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.request(0).to_ascii_lowercase();
+    assert!(
+        seen.ends_with("\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\nx-other: o\r\n\r\n"),
+        "{seen}"
+    );
+
+    let tcp = TcpStream::connect(gw.addr("client")).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-trailer", http::HeaderValue::from_static("abc"));
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"hello"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let req = http::Request::post("http://weir.test/h2")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.request(1).to_ascii_lowercase();
+    assert!(seen.contains("transfer-encoding: chunked\r\n"), "{seen}");
+    assert!(
+        seen.ends_with("\r\n\r\n5\r\nhello\r\n0\r\nx-trailer: abc\r\n\r\n"),
+        "{seen}"
+    );
+}

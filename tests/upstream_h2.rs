@@ -550,6 +550,22 @@ async fn an_http1_client_gets_the_trailers_in_the_chunked_body() {
     assert!(trailer_section.ends_with("\r\n\r\n"), "{body:?}");
 }
 
+/// An HTTP/1.1 client's chunked request trailers reach an HTTP/2 upstream as trailers.
+#[tokio::test]
+async fn an_http1_clients_request_trailers_reach_the_upstream() {
+    let up = Upstream::start_h2("grpc").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let raw = raw_exchange(
+        gw.addr("client"),
+        b"POST /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nx-trailer: abc\r\n\r\n",
+    )
+    .await;
+    assert!(raw.to_ascii_lowercase().starts_with("http/1.1 200"), "{raw}");
+    let (_, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(body.starts_with("3\r\nn=5\r\n"), "{body:?}");
+    assert!(body.contains("\r\nx-request-trailer: abc\r\n"), "{body:?}");
+}
+
 /// An upstream that answers before the upload ends (here a 413 without reading the body)
 /// gets its answer to the client; what is left of the upload stops, and the connection to
 /// the upstream serves on.

@@ -195,7 +195,7 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
-            ClientBody::H1(b) => b.poll_data(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            ClientBody::H1(b) => b.poll_frame(cx),
             ClientBody::H2(b) => b.poll_timed(cx),
         }
     }

@@ -65,6 +65,23 @@ pub fn allowed_in_trailers(name: &HeaderName) -> bool {
     !(HOP_BY_HOP.contains(name) || name == header::CONTENT_LENGTH || name == header::HOST)
 }
 
+/// Ends a chunked body (RFC 9112 §7.1.2): the last chunk, the trailer fields less those
+/// [`allowed_in_trailers`] leaves out, and the empty line. The same for a response to a client
+/// and a request to an upstream.
+pub fn put_last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        if !allowed_in_trailers(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// What the forwarding headers say about one request.
 pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
@@ -236,6 +253,32 @@ pub fn add_via(headers: &mut HeaderMap, http2: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Framing, routing and connection fields never pass as trailers: a recipient that merged
+    /// them into the head could be misled about the message.
+    #[test]
+    fn trailers_leave_out_framing_routing_and_connection_fields() {
+        let mut t = HeaderMap::new();
+        for (name, value) in [
+            ("grpc-status", "0"),
+            ("content-length", "9"),
+            ("transfer-encoding", "chunked"),
+            ("host", "evil"),
+            ("connection", "close"),
+            ("x-checksum", "abc"),
+        ] {
+            t.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let mut out = Vec::new();
+        put_last_chunk(Some(&t), &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "0\r\ngrpc-status: 0\r\nx-checksum: abc\r\n\r\n"
+        );
+        out.clear();
+        put_last_chunk(None, &mut out);
+        assert_eq!(out, b"0\r\n\r\n");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

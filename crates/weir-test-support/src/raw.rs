@@ -83,9 +83,15 @@ async fn serve_raw(mut stream: TcpStream, script: Arc<Script>, requests: Arc<Mut
         // Read the body the head announces.
         let mut rest = buf.split_off(head_end);
         let body_len = if lower.contains("transfer-encoding: chunked") {
-            match read_until(&mut stream, &mut rest, b"0\r\n\r\n").await {
-                Some(n) => n,
-                None => return,
+            loop {
+                if let Some(n) = chunked_len(&rest) {
+                    break n;
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => rest.extend_from_slice(&chunk[..k]),
+                }
             }
         } else {
             let n = lower
@@ -119,6 +125,33 @@ async fn serve_raw(mut stream: TcpStream, script: Arc<Script>, requests: Arc<Mut
         }
         if close {
             return;
+        }
+    }
+}
+
+/// The length of the chunked body at the start of `buf`, trailer section included, once it
+/// is all there (a test's bodies are well formed).
+fn chunked_len(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line_end = at + buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        let line = String::from_utf8_lossy(&buf[at..line_end]);
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        at = line_end + 2;
+        if size == 0 {
+            // Trailer lines up to the empty one.
+            loop {
+                let end = at + buf[at..].windows(2).position(|w| w == b"\r\n")?;
+                let empty = end == at;
+                at = end + 2;
+                if empty {
+                    return Some(at);
+                }
+            }
+        }
+        at += size + 2;
+        if at > buf.len() {
+            return None;
         }
     }
 }

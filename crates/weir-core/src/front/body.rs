@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::Frame;
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
 
@@ -90,7 +91,7 @@ impl RequestBody {
         match self.state {
             State::Fixed(n) => Some(n),
             State::Done | State::Failed => Some(0),
-            State::Chunked { .. } => None,
+            State::Chunked(_) => None,
         }
     }
 
@@ -98,13 +99,14 @@ impl RequestBody {
         &mut self,
         status: u16,
         why: impl Into<crate::body::BoxError>,
-    ) -> Poll<Option<Result<Bytes, ClientBodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         self.state = State::Failed;
         Poll::Ready(Some(Err(ClientBodyError::new(status, why))))
     }
 
-    /// The next piece of the body, `None` at its end.
-    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ClientBodyError>>> {
+    /// The next piece of the body, then a chunked body's trailer fields (less those
+    /// [`crate::headers::allowed_in_trailers`] leaves out), `None` at its end.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -119,7 +121,7 @@ impl RequestBody {
                             conn.body_done = true;
                         }
                         self.timer.arrived();
-                        return Poll::Ready(Some(Ok(data)));
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
                 State::Chunked(decoder) => match decoder.decode(&mut conn.rbuf) {
@@ -130,12 +132,13 @@ impl RequestBody {
                     }
                     Ok(Decoded::Data(data)) => {
                         self.timer.arrived();
-                        return Poll::Ready(Some(Ok(data)));
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Ok(Decoded::Done) => {
-                        self.state = State::Done;
                         conn.body_done = true;
-                        return Poll::Ready(None);
+                        let trailers = decoder.take_trailers();
+                        self.state = State::Done;
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
                     Ok(Decoded::NeedMore) => {}
                     Err(e) => return self.fail(400, format!("malformed chunked body: {e}")),

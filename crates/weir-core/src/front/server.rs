@@ -549,28 +549,11 @@ async fn write_body(
         return Err(io::Error::other("response body shorter than its length"));
     }
     if chunked {
-        wbuf.extend_from_slice(b"0\r\n");
-        if let Some(trailers) = &trailers {
-            put_trailers(trailers, wbuf);
-        }
-        wbuf.extend_from_slice(b"\r\n");
+        // Clients that did not ask for trailers (`TE: trailers`) may discard them, as HAProxy
+        // sends them regardless.
+        crate::headers::put_last_chunk(trailers.as_ref(), wbuf);
     }
     flush_buf(conn, wbuf, send_timeout).await
-}
-
-/// Writes a body's trailer fields as a chunked body's trailer section (RFC 9112 §7.1.2),
-/// less framing, routing and connection fields ([`crate::headers::allowed_in_trailers`]). Clients that did not ask for trailers (`TE: trailers`)
-/// may discard them, as HAProxy sends them regardless.
-fn put_trailers(trailers: &HeaderMap, out: &mut Vec<u8>) {
-    for (name, value) in trailers {
-        if !crate::headers::allowed_in_trailers(name) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>, send_timeout: Duration) -> io::Result<()> {
@@ -668,29 +651,4 @@ fn refusal_response(reject: Reject) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Framing, routing and connection fields never reach a client as trailers: a recipient
-    /// that merged them into the head could be misled about the message.
-    #[test]
-    fn trailers_leave_out_framing_routing_and_connection_fields() {
-        let mut t = HeaderMap::new();
-        for (name, value) in [
-            ("grpc-status", "0"),
-            ("content-length", "9"),
-            ("transfer-encoding", "chunked"),
-            ("host", "evil"),
-            ("connection", "close"),
-            ("x-checksum", "abc"),
-        ] {
-            t.append(HeaderName::from_static(name), HeaderValue::from_static(value));
-        }
-        let mut out = Vec::new();
-        put_trailers(&t, &mut out);
-        assert_eq!(String::from_utf8_lossy(&out), "grpc-status: 0\r\nx-checksum: abc\r\n");
-    }
 }

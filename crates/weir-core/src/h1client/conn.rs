@@ -358,8 +358,10 @@ enum SendError {
     Io(io::Error),
 }
 
-/// Sends the client's body as it arrives, chunk-encoded when its length is unknown. Small
-/// chunks are framed in one buffer so each goes out in one write.
+/// Sends the client's body as it arrives, chunk-encoded when its length is unknown, its
+/// trailer fields then in the last chunk (a body with a length has no place for them; RFC
+/// 9110 §6.5.1 lets a recipient drop them). Small chunks are framed in one buffer so each goes
+/// out in one write.
 async fn send_body<W: AsyncWrite + Unpin>(
     writer: &mut W,
     mut incoming: ClientBody,
@@ -367,14 +369,14 @@ async fn send_body<W: AsyncWrite + Unpin>(
     scratch: &mut Vec<u8>,
 ) -> Result<(), SendError> {
     let mut gathered = BytesMut::new();
+    let mut trailers = None;
     let mut ended = false;
     while !ended {
         let Some(frame) = incoming.frame().await else {
             break;
         };
-        let frame = frame.map_err(SendError::Client)?;
-        let Ok(mut data) = frame.into_data() else {
-            continue; // Trailers of the client's body are not forwarded.
+        let Some(mut data) = data_or_trailers(frame, &mut trailers)? else {
+            continue;
         };
         // What else of the body has already arrived goes out in the same write.
         while data.len().max(gathered.len()) < GATHER {
@@ -385,7 +387,7 @@ async fn send_body<W: AsyncWrite + Unpin>(
                 ended = true;
                 break;
             };
-            let Ok(more) = next.map_err(SendError::Client)?.into_data() else {
+            let Some(more) = data_or_trailers(next, &mut trailers)? else {
                 continue;
             };
             if gathered.is_empty() {
@@ -417,9 +419,27 @@ async fn send_body<W: AsyncWrite + Unpin>(
         }
     }
     if chunked {
-        writer.write_all(b"0\r\n\r\n").await.map_err(SendError::Io)?;
+        scratch.clear();
+        crate::headers::put_last_chunk(trailers.as_ref(), scratch);
+        writer.write_all(scratch).await.map_err(SendError::Io)?;
     }
     Ok(())
+}
+
+/// A frame of the client's body: its data, or `None` for trailers (kept in `trailers`).
+fn data_or_trailers(
+    frame: Result<http_body::Frame<Bytes>, ClientBodyError>,
+    trailers: &mut Option<http::HeaderMap>,
+) -> Result<Option<Bytes>, SendError> {
+    match frame.map_err(SendError::Client)?.into_data() {
+        Ok(data) => Ok(Some(data)),
+        Err(frame) => {
+            if let Ok(t) = frame.into_trailers() {
+                *trailers = Some(t);
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// Why a response body broke off.
