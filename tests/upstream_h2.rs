@@ -205,16 +205,80 @@ async fn a_response_timeout_resets_one_stream_and_the_connection_serves_on() {
     assert_eq!(gw.attempts("timeout").await, 1);
 }
 
+/// A WebSocket handshake from an HTTP/1.1 client goes to an HTTP/2 upstream as an extended
+/// CONNECT (RFC 8441) on the endpoint's shared connection: the client gets its 101 with the
+/// accept key it checks and the upstream's chosen subprotocol, then messages flow both ways;
+/// plain requests share the connection meanwhile.
 #[tokio::test]
-async fn an_upgrade_request_to_an_h2_pool_is_refused_with_501() {
+async fn a_websocket_to_an_h2_pool_goes_as_an_extended_connect() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
     let up = Upstream::start_h2("a").await;
     let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let mut handshake = format!("ws://{}/ws", gw.addr("client")).into_client_request().unwrap();
+    handshake
+        .headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static("chat, superchat"));
+    let (mut ws, resp) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(handshake))
+        .await
+        .expect("handshake within 10 s")
+        .expect("websocket handshake through weir (the client checks Sec-WebSocket-Accept)");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    // Larger than a DATA frame and the tunnel's write chunk: flow control both ways.
+    let big = vec![7u8; 300_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_data().as_ref(), &big[..]);
+    // A plain request meanwhile shares the connection.
+    let r = get(&gw.url("client", "/plain")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    assert_eq!(up.connections(), 1);
+    ws.close(None).await.unwrap();
+    // The close is answered and the stream ends.
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            break;
+        }
+    }
+    assert!(up.refused().is_empty(), "{:?}", up.refused());
+}
+
+/// An upstream whose SETTINGS do not allow extended CONNECT gets no WebSocket stream: the
+/// client gets a 501 saying why. Upgrades other than WebSocket have no HTTP/2 form: a 501.
+#[tokio::test]
+async fn websockets_an_h2_upstream_does_not_offer_and_other_upgrades_get_501() {
+    // The h2 crate's server, as it comes, does not send SETTINGS_ENABLE_CONNECT_PROTOCOL.
+    let (addr, streams) = resetting_h2_server(h2::Reason::REFUSED_STREAM).await;
+    let gw = TestGateway::start(&format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nprotocol = \"h2\"\n[[pool.endpoint]]\naddress = \"{addr}\"\n"
+    ))
+    .await;
     let reply = raw_exchange(
         gw.addr("client"),
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 501"), "{reply}");
+    assert!(reply.contains("SETTINGS_ENABLE_CONNECT_PROTOCOL"), "{reply}");
+    assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let up = Upstream::start_h2("a").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let reply = raw_exchange(
+        gw.addr("client"),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\nUpgrade: foo/1\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 501"), "{reply}");
+    assert!(reply.contains("only WebSocket"), "{reply}");
     assert_eq!(up.requests(), 0);
 }
 

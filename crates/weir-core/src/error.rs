@@ -27,9 +27,11 @@ pub enum ProxyError {
         status: u16,
     },
     Draining,
-    /// An `Upgrade` (WebSocket) request routed to a `protocol = "h2"` pool: HTTP/2 has no
-    /// `Upgrade`.
+    /// An `Upgrade` request other than WebSocket routed to a `protocol = "h2"` pool: HTTP/2
+    /// has no `Upgrade`, and only WebSocket has an HTTP/2 form (RFC 8441).
     UpgradeOverH2,
+    /// A WebSocket to an HTTP/2 upstream whose SETTINGS do not allow extended CONNECT.
+    WebSocketNotOffered,
 }
 
 impl ProxyError {
@@ -37,7 +39,7 @@ impl ProxyError {
         let code = match self {
             ProxyError::NoEndpoint | ProxyError::ListenerGone | ProxyError::Draining => 503,
             ProxyError::ConnectFailed | ProxyError::UpstreamReset => 502,
-            ProxyError::UpgradeOverH2 => 501,
+            ProxyError::UpgradeOverH2 | ProxyError::WebSocketNotOffered => 501,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => 504,
             ProxyError::ClientBody { status } | ProxyError::Local { status } => status,
         };
@@ -57,7 +59,10 @@ impl ProxyError {
             ProxyError::ListenerGone => "listener is being removed",
             ProxyError::Local { .. } => "",
             ProxyError::Draining => "gateway is shutting down",
-            ProxyError::UpgradeOverH2 => "upgrade requests cannot go to an HTTP/2 upstream pool",
+            ProxyError::UpgradeOverH2 => "only WebSocket upgrades can go to an HTTP/2 upstream pool",
+            ProxyError::WebSocketNotOffered => {
+                "the HTTP/2 upstream does not accept WebSockets (RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL)"
+            }
         }
     }
 

@@ -178,6 +178,10 @@ pub struct H2Conn {
     ended: Arc<AtomicBool>,
     /// Set when a request found it going away: no new stream goes on it.
     retired: AtomicBool,
+    /// Turns true once the upstream answered the connection's first PING: its SETTINGS
+    /// (sent before anything else) have then been applied, so that what they allow
+    /// (`SETTINGS_ENABLE_CONNECT_PROTOCOL`) is known.
+    settled: tokio::sync::watch::Receiver<bool>,
 }
 
 impl H2Conn {
@@ -254,7 +258,8 @@ impl H2Slot {
             interval: PING_INTERVAL,
             timeout: PING_TIMEOUT,
         };
-        tokio::spawn(drive(conn, ended.clone(), endpoint.label.clone(), pings));
+        let (settle, settled) = tokio::sync::watch::channel(false);
+        tokio::spawn(drive(conn, ended.clone(), endpoint.label.clone(), pings, settle));
         let conn = Arc::new(H2Conn {
             send,
             tls_id,
@@ -262,6 +267,7 @@ impl H2Slot {
             active: AtomicUsize::new(1),
             ended,
             retired: AtomicBool::new(false),
+            settled,
         });
         self.conns.rcu(|conns| {
             let mut kept: Vec<Arc<H2Conn>> = conns.iter().filter(|c| c.takes_streams(c.tls_id)).cloned().collect();
@@ -329,12 +335,19 @@ struct Pings {
     timeout: Duration,
 }
 
-/// Drives one connection's frames until it ends, with keep-alive PINGs: one every
+/// Drives one connection's frames until it ends, with keep-alive PINGs: the first at once
+/// (its answer sets `settled`: the upstream's SETTINGS came before it), then one every
 /// `pings.interval`, and the connection is dropped (failing its streams, so requests go to a
 /// new one) when an answer takes longer than `pings.timeout`.
-async fn drive(mut conn: Connection<UpStream, Bytes>, ended: Arc<AtomicBool>, label: String, pings: Pings) {
+async fn drive(
+    mut conn: Connection<UpStream, Bytes>,
+    ended: Arc<AtomicBool>,
+    label: String,
+    pings: Pings,
+    settled: tokio::sync::watch::Sender<bool>,
+) {
     let mut ping: Option<PingPong> = conn.ping_pong();
-    let timer = tokio::time::sleep(pings.interval);
+    let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut awaiting_pong = false;
     let result = loop {
@@ -347,6 +360,7 @@ async fn drive(mut conn: Connection<UpStream, Bytes>, ended: Arc<AtomicBool>, la
             }), if awaiting_pong => match pong {
                 Ok(_) => {
                     awaiting_pong = false;
+                    settled.send_if_modified(|s| !std::mem::replace(s, true));
                     timer.as_mut().reset(Instant::now() + pings.interval);
                 }
                 Err(e) => break Err(e),
@@ -470,6 +484,66 @@ pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per
     }
 }
 
+/// What an extended CONNECT (RFC 8441) gave.
+pub enum TunnelAnswer {
+    /// The upstream took it (a 2xx): its response head, and the stream as a byte stream.
+    Open(http::response::Parts, SendStream<Bytes>, RecvStream),
+    /// The upstream declined with this response, which the client gets.
+    Declined(http::Response<H2RespBody>),
+    /// The upstream's SETTINGS do not allow extended CONNECT.
+    NotOffered,
+    /// The connection went away before the stream opened.
+    Gone,
+    /// Failed after the stream opened; whether the upstream provably saw nothing of it.
+    Failed(h2::Error, bool),
+    TimedOut,
+}
+
+/// Opens a tunnel (a WebSocket) on `stream` with an extended CONNECT, `head` carrying its
+/// `:protocol`, and waits up to `per_try` for the answer. RFC 8441 §3 allows the request only
+/// once the upstream's SETTINGS said so: on a new connection, those are awaited first.
+pub async fn open_tunnel(stream: &H2Stream, head: Request<()>, per_try: Duration) -> TunnelAnswer {
+    let deadline = Instant::now() + per_try;
+    let conn = &stream.0;
+    if !conn.send.is_extended_connect_protocol_enabled() {
+        let mut settled = conn.settled.clone();
+        match tokio::time::timeout_at(deadline, settled.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return TunnelAnswer::Gone,
+            Err(_) => return TunnelAnswer::TimedOut,
+        }
+        if !conn.send.is_extended_connect_protocol_enabled() {
+            return TunnelAnswer::NotOffered;
+        }
+    }
+    let mut send = match conn.send.clone().ready().await {
+        Ok(send) => send,
+        Err(_) => return TunnelAnswer::Gone,
+    };
+    let (response, mut tx) = match send.send_request(head, false) {
+        Ok(opened) => opened,
+        Err(_) => return TunnelAnswer::Gone,
+    };
+    match tokio::time::timeout_at(deadline, response).await {
+        Ok(Ok(resp)) if resp.status().is_success() => {
+            let (parts, recv) = resp.into_parts();
+            TunnelAnswer::Open(parts, tx, recv)
+        }
+        Ok(Ok(resp)) => {
+            // Declined: weir's side of the stream ends; the answer's body still comes.
+            let _ = tx.send_data(Bytes::new(), true);
+            let (parts, recv) = resp.into_parts();
+            let body = H2RespBody::new(recv, &parts.headers);
+            TunnelAnswer::Declined(http::Response::from_parts(parts, body))
+        }
+        Ok(Err(e)) => {
+            let unsent = unprocessed(&e);
+            TunnelAnswer::Failed(e, unsent)
+        }
+        Err(_) => TunnelAnswer::TimedOut,
+    }
+}
+
 /// Passes a client's body onto its upstream stream, frame by frame, as the stream's window
 /// takes it (hyper's `PipeToSendStream`, inline).
 struct Pump {
@@ -576,7 +650,8 @@ mod tests {
             interval: Duration::from_millis(50),
             timeout: Duration::from_millis(150),
         };
-        tokio::spawn(drive(conn, ended.clone(), "test".into(), pings));
+        let (settle, _settled) = tokio::sync::watch::channel(false);
+        tokio::spawn(drive(conn, ended.clone(), "test".into(), pings, settle));
         let deadline = Instant::now() + within;
         while Instant::now() < deadline && !ended.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -34,6 +34,7 @@ pub mod reload;
 pub mod slots;
 pub mod state;
 pub mod tls;
+pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
 pub mod upstream_tls;

@@ -19,7 +19,7 @@ use crate::error::ProxyError;
 use crate::front::{Tunnel, TunnelSlot};
 use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::h1client::{ExchangeError, RequestHead, ResponseBody, ResponseHead, UpBody, UpConn};
-use crate::h2client::{H2Answer, H2ReqBody, H2RespBody, H2Stream};
+use crate::h2client::{H2Answer, H2ReqBody, H2RespBody, H2Stream, TunnelAnswer};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
@@ -28,6 +28,7 @@ use crate::policy::{
     Select, SelectCtx,
 };
 use crate::state::Shared;
+use crate::tunnel::TunnelIo;
 use crate::upstream::{ConnectError, Endpoint, InFlight};
 
 /// What the request path knows of the client connection.
@@ -443,9 +444,15 @@ fn forward<'a>(
             let attempt_start = Instant::now();
             // The response head, or why the attempt failed and whether nothing of it was sent.
             let exchanged: Result<Answer, (FailureKind, bool)> = if pool.config.protocol == UpstreamProtocol::H2 {
-                if upgrade {
-                    return ProxyError::UpgradeOverH2.response();
-                }
+                // Only a WebSocket has an HTTP/2 form (RFC 8441); other upgrades have none.
+                let websocket_key = if upgrade {
+                    match websocket_key(req.headers()) {
+                        Some(key) => Some(key),
+                        None => return ProxyError::UpgradeOverH2.response(),
+                    }
+                } else {
+                    None
+                };
                 let exchange = H2Try {
                     endpoint: &endpoint,
                     pool,
@@ -458,15 +465,31 @@ fn forward<'a>(
                     per_try,
                     replayable,
                 };
-                // Boxed: HTTP/1.1 pools, the common case, carry none of its state.
-                match Box::pin(exchange.run(&mut up_body)).await {
-                    H2Attempt::Answer(resp, stream) => Ok(Answer::H2(resp, stream)),
-                    H2Attempt::ClientBody(status) => return ProxyError::ClientBody { status }.response(),
-                    H2Attempt::Failed(FailureKind::ResponseTimeout, _) => {
-                        endpoint.record_latency(per_try, Instant::now());
-                        Err((FailureKind::ResponseTimeout, false))
+                if let Some(key) = websocket_key {
+                    match Box::pin(exchange.tunnel()).await {
+                        WsAttempt::Open(parts, tunnel) => {
+                            answered(&endpoint, pool, 101, attempt_start, false);
+                            return switched(parts, &key, tunnel, in_flight, set_cookie);
+                        }
+                        WsAttempt::Declined(resp, stream) => Ok(Answer::H2(resp, stream)),
+                        WsAttempt::NotOffered => return ProxyError::WebSocketNotOffered.response(),
+                        WsAttempt::Failed(FailureKind::ResponseTimeout, _) => {
+                            endpoint.record_latency(per_try, Instant::now());
+                            Err((FailureKind::ResponseTimeout, false))
+                        }
+                        WsAttempt::Failed(failure, unsent) => Err((failure, unsent)),
                     }
-                    H2Attempt::Failed(failure, unsent) => Err((failure, unsent)),
+                } else {
+                    // Boxed: HTTP/1.1 pools, the common case, carry none of its state.
+                    match Box::pin(exchange.run(&mut up_body)).await {
+                        H2Attempt::Answer(resp, stream) => Ok(Answer::H2(resp, stream)),
+                        H2Attempt::ClientBody(status) => return ProxyError::ClientBody { status }.response(),
+                        H2Attempt::Failed(FailureKind::ResponseTimeout, _) => {
+                            endpoint.record_latency(per_try, Instant::now());
+                            Err((FailureKind::ResponseTimeout, false))
+                        }
+                        H2Attempt::Failed(failure, unsent) => Err((failure, unsent)),
+                    }
                 }
             } else {
                 // Set when a pooled connection turned out closed by the upstream: the request goes
@@ -747,7 +770,7 @@ fn respond(
         *resp.headers_mut() = head.headers;
         add_via(resp.headers_mut(), false);
         resp.extensions_mut().insert(TunnelSlot::new(Tunnel {
-            upstream,
+            upstream: TunnelIo::H1(upstream),
             early,
             in_flight,
         }));
@@ -797,6 +820,63 @@ fn connect_failure(endpoint: &Endpoint, e: &ConnectError) -> FailureKind {
             FailureKind::ConnectRefused
         }
     }
+}
+
+/// What one WebSocket attempt on an HTTP/2 pool gave.
+enum WsAttempt {
+    /// The upstream took the extended CONNECT: its head, and the stream to join the client to.
+    Open(http::response::Parts, TunnelIo),
+    /// It answered otherwise; the client gets that answer.
+    Declined(Response<H2RespBody>, H2Stream),
+    /// Its SETTINGS do not allow extended CONNECT.
+    NotOffered,
+    /// Failed, and whether the upstream provably saw nothing of the request.
+    Failed(FailureKind, bool),
+}
+
+/// The `Sec-WebSocket-Key` of a WebSocket upgrade request; `None` for any other upgrade.
+fn websocket_key(headers: &HeaderMap) -> Option<HeaderValue> {
+    let websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")));
+    websocket
+        .then(|| headers.get(header::SEC_WEBSOCKET_KEY).cloned())
+        .flatten()
+}
+
+/// The `101` an HTTP/1.1 client's WebSocket handshake asked for, from an HTTP/2 upstream's
+/// 2xx to the extended CONNECT: the upstream's fields (a chosen `Sec-WebSocket-Protocol`,
+/// extensions, cookies), the handshake's own, and the tunnel for the front to join.
+fn switched(
+    parts: http::response::Parts,
+    key: &HeaderValue,
+    upstream: TunnelIo,
+    in_flight: InFlight,
+    set_cookie: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        crate::tunnel::websocket_accept(key.as_bytes()),
+    );
+    add_via(&mut headers, false);
+    if let Some(cookie) = set_cookie {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = headers;
+    resp.extensions_mut().insert(TunnelSlot::new(Tunnel {
+        upstream,
+        early: bytes::BytesMut::new(),
+        in_flight,
+    }));
+    resp
 }
 
 /// What one attempt on an HTTP/2 pool gave.
@@ -882,6 +962,58 @@ impl H2Try<'_> {
             }
             tracing::debug!(endpoint = %self.endpoint.label, error = %error, reused, unsent, "upstream HTTP/2 request failed");
             return H2Attempt::Failed(FailureKind::ResetBeforeResponse, unsent);
+        }
+    }
+
+    /// A WebSocket handshake as an extended CONNECT (RFC 8441): the request's head, less the
+    /// HTTP/1.1 handshake's own fields (`Connection`, `Upgrade`, `Sec-WebSocket-Key`), with
+    /// `:protocol = websocket`. A connection found gone before the stream opened is replaced
+    /// once, as for any request.
+    async fn tunnel(self) -> WsAttempt {
+        let t = &self.pool.config.timeouts;
+        let tls = self.pool.tls.as_deref();
+        let mut fresh = false;
+        loop {
+            let (stream, _reused) = match self.endpoint.h2.stream(self.endpoint, t.connect, tls).await {
+                Ok(s) => s,
+                Err(e) => return WsAttempt::Failed(connect_failure(self.endpoint, &e), true),
+            };
+            let (mut head, _) = self.request(&mut UpBody::Empty, tls.is_some());
+            *head.method_mut() = Method::CONNECT;
+            for name in [
+                header::CONNECTION,
+                header::UPGRADE,
+                header::SEC_WEBSOCKET_KEY,
+                header::CONTENT_LENGTH,
+                header::TRANSFER_ENCODING,
+            ] {
+                head.headers_mut().remove(name);
+            }
+            head.extensions_mut()
+                .insert(h2::ext::Protocol::from_static("websocket"));
+            return match crate::h2client::open_tunnel(&stream, head, self.per_try).await {
+                TunnelAnswer::Open(parts, send, recv) => {
+                    self.endpoint.h2.note(&self.endpoint.label, None);
+                    let tunnel = crate::tunnel::H2Tunnel::new(send, recv, stream);
+                    WsAttempt::Open(parts, TunnelIo::H2(Box::new(tunnel)))
+                }
+                TunnelAnswer::Declined(resp) => WsAttempt::Declined(resp, stream),
+                TunnelAnswer::NotOffered => {
+                    tracing::debug!(endpoint = %self.endpoint.label, "upstream does not allow extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)");
+                    WsAttempt::NotOffered
+                }
+                TunnelAnswer::Gone if !fresh => {
+                    stream.retire();
+                    fresh = true;
+                    continue;
+                }
+                TunnelAnswer::Gone => WsAttempt::Failed(FailureKind::ResetBeforeResponse, true),
+                TunnelAnswer::Failed(error, unsent) => {
+                    tracing::debug!(endpoint = %self.endpoint.label, error = %error, unsent, "upstream WebSocket stream failed");
+                    WsAttempt::Failed(FailureKind::ResetBeforeResponse, unsent)
+                }
+                TunnelAnswer::TimedOut => WsAttempt::Failed(FailureKind::ResponseTimeout, false),
+            };
         }
     }
 

@@ -235,6 +235,7 @@ where
         Some(max_streams) => {
             hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .max_concurrent_streams(max_streams)
+                .enable_connect_protocol()
                 .serve_connection(TokioIo::new(io), svc)
                 .await
         }
@@ -465,13 +466,51 @@ fn stream_bytes(n: u64, name: &str) -> Response<Body> {
     resp
 }
 
+/// Serves a WebSocket that echoes text and binary messages: over HTTP/1.1 after a `101`, over
+/// HTTP/2 on an extended CONNECT's stream (RFC 8441) after a `200`. Either way the first
+/// `Sec-WebSocket-Protocol` offered is chosen.
 fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+    let subprotocol = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|p| p.trim().to_string());
+    let extended_connect = req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str() == "websocket");
+    if extended_connect {
+        echo_websocket(hyper::upgrade::on(req));
+        let mut r = Response::new(full(Bytes::new()));
+        if let Some(p) = subprotocol {
+            r.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        return r;
+    }
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
         let mut r = Response::new(full("not a websocket request"));
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return r;
     };
-    let on_upgrade = hyper::upgrade::on(req);
+    echo_websocket(hyper::upgrade::on(req));
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut r = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(Bytes::new()))
+        .unwrap();
+    if let Some(p) = subprotocol {
+        r.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    r
+}
+
+/// Echoes text and binary messages on the upgraded connection or stream until a close.
+fn echo_websocket(on_upgrade: hyper::upgrade::OnUpgrade) {
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -491,12 +530,4 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
             }
         }
     });
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-accept", accept)
-        .body(full(Bytes::new()))
-        .unwrap()
 }

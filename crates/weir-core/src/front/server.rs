@@ -70,7 +70,7 @@ pub struct Settings {
 /// The upstream side of a `101 Switching Protocols`, handed from the request path to the
 /// server (in the response's extensions) once the client's side is free to join it.
 pub struct Tunnel {
-    pub upstream: crate::h1client::UpStream,
+    pub upstream: crate::tunnel::TunnelIo,
     /// Bytes the upstream sent right behind its 101: the new protocol's first.
     pub early: BytesMut,
     pub in_flight: InFlight,
