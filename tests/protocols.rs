@@ -117,6 +117,59 @@ async fn websocket_echo_through_weir() {
     ws.close(None).await.unwrap();
 }
 
+/// Echoes five text messages and a binary one larger than a DATA frame over `ws`, then closes.
+async fn echo_round<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    let big = vec![9u8; 200_000];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_data().as_ref(), &big[..]);
+    ws.close(None).await.unwrap();
+}
+
+/// An HTTP/2 client's WebSocket (RFC 8441: weir's SETTINGS allow extended CONNECT) reaches an
+/// HTTP/1.1 upstream as the HTTP/1.1 handshake; the client gets its 200 with the upstream's
+/// chosen subprotocol, and messages flow both ways. Other extended CONNECTs get a 501.
+#[tokio::test]
+async fn an_http2_clients_websocket_reaches_an_http1_upstream() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    // weir says it takes extended CONNECT.
+    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let (answer, _) = send
+        .send_request(http::Request::get("http://weir.test/").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    assert!(send.is_extended_connect_protocol_enabled());
+
+    let (head, ws) = h2_websocket(gw.addr("client"), "/ws", Some("chat, superchat")).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.headers["sec-websocket-protocol"], "chat");
+    assert!(head.headers.get("sec-websocket-accept").is_none(), "{head:?}");
+    echo_round(&mut ws.expect("a WebSocket")).await;
+    // The GET above, and the WebSocket.
+    assert_eq!(up.requests(), 2);
+
+    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut req = http::Request::connect("http://weir.test/ws").body(()).unwrap();
+    req.extensions_mut().insert(h2::ext::Protocol::from_static("x-other"));
+    let (answer, _) = send.send_request(req, false).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 501);
+    assert_eq!(up.requests(), 2);
+}
+
 /// An HTTP/2 upload of unknown length reaches the HTTP/1.1 upstream chunked, whole, and with
 /// the DATA frames (at most 16 KiB) that arrived together gathered into larger chunks: one
 /// write upstream per 16 KiB frame was 1,223 `sendto`s for a 20 MB upload (337 gathered).

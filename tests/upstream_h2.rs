@@ -251,6 +251,30 @@ async fn a_websocket_to_an_h2_pool_goes_as_an_extended_connect() {
     assert!(up.refused().is_empty(), "{:?}", up.refused());
 }
 
+/// An HTTP/2 client's WebSocket to an HTTP/2 pool: an extended CONNECT at both ends.
+#[tokio::test]
+async fn an_http2_clients_websocket_goes_to_an_h2_pool_as_an_extended_connect() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let up = Upstream::start_h2("a").await;
+    let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
+    let (head, ws) = h2_websocket(gw.addr("client"), "/ws", Some("chat")).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.headers["sec-websocket-protocol"], "chat");
+    let mut ws = ws.expect("a WebSocket");
+    for i in 0..3 {
+        ws.send(Message::text(format!("hi {i}"))).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
+            format!("hi {i}")
+        );
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(up.requests(), 1);
+    assert_eq!(up.connections(), 1);
+}
+
 /// An upstream whose SETTINGS do not allow extended CONNECT gets no WebSocket stream: the
 /// client gets a 501 saying why. Upgrades other than WebSocket have no HTTP/2 form: a 501.
 #[tokio::test]

@@ -17,6 +17,7 @@ use crate::h2_send::{H2ResponseBody, SendWatch};
 use crate::listener::Conn;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
+use crate::tunnel::{ExtendedConnect, answer_h2_websocket, as_websocket_handshake, extended_connect};
 
 impl Conn {
     pub(crate) async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -29,6 +30,8 @@ impl Conn {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
+            // WebSockets over HTTP/2 (RFC 8441), as browsers open them when offered.
+            .enable_connect_protocol()
             .max_concurrent_streams(100)
             .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
             .max_pending_accept_reset_streams(Some(20))
@@ -103,11 +106,33 @@ impl Conn {
             crate::pin_box::pin_box(|| async move {
                 let busy = busy;
                 let sends = &busy.0.sends;
+                let mut req = req;
                 if let Some(reject) = limits.refusal(&req) {
                     return Ok(refuse_h2(&shared, &info, reject).map(|b| sends.watch(b)));
                 }
+                let websocket = match extended_connect(&req) {
+                    ExtendedConnect::No => None,
+                    ExtendedConnect::WebSocket => {
+                        let client = hyper::upgrade::on(&mut req);
+                        as_websocket_handshake(&mut req);
+                        Some(client)
+                    }
+                    ExtendedConnect::Other => {
+                        let refused = crate::error::local_response(
+                            http::StatusCode::NOT_IMPLEMENTED,
+                            "weir carries only WebSocket over extended CONNECT",
+                            false,
+                        );
+                        return Ok(refused.map(|b| sends.watch(b)));
+                    }
+                };
                 let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout)));
-                Ok(proxy::serve(&shared, &info, req).await.map(|b| sends.watch(b)))
+                let resp = proxy::serve(&shared, &info, req).await;
+                let resp = match websocket {
+                    Some(client) => answer_h2_websocket(resp, client),
+                    None => resp,
+                };
+                Ok(resp.map(|b| sends.watch(b)))
             })
         })
     }

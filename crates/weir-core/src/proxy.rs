@@ -119,8 +119,10 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+/// An HTTP/1.1 client's upgrade, or an HTTP/2 client's WebSocket rewritten as one
+/// ([`crate::tunnel::as_websocket_handshake`]; HTTP/2 itself has no `Connection` field).
 fn is_upgrade(req: &Request<ClientBody>) -> bool {
-    req.version() == Version::HTTP_11
+    matches!(req.version(), Version::HTTP_11 | Version::HTTP_2)
         && req.headers().contains_key(header::UPGRADE)
         && req
             .headers()

@@ -1,7 +1,10 @@
-//! The upstream side of a tunnel after a client's `101 Switching Protocols` (WebSocket): an
-//! HTTP/1.1 upstream connection that switched protocols itself, or an HTTP/2 stream opened with
-//! an extended CONNECT (RFC 8441) on a `protocol = "h2"` pool's shared connection. The front
-//! joins either to the client's socket with one byte copy loop.
+//! Tunnels (WebSockets) through weir. The upstream side: an HTTP/1.1 upstream connection that
+//! switched protocols itself, or an HTTP/2 stream opened with an extended CONNECT (RFC 8441) on
+//! a `protocol = "h2"` pool's shared connection. The client side: an HTTP/1.1 connection after
+//! its `101`, or an HTTP/2 client's own extended CONNECT stream. An HTTP/2 client's WebSocket is
+//! carried through the proxy path as the HTTP/1.1 handshake ([`as_websocket_handshake`]), so
+//! every upstream kind serves it, and its answer turned back into HTTP/2's `200`
+//! ([`answer_h2_websocket`]). Either side is joined to the other with one byte copy loop.
 
 use std::io;
 use std::pin::Pin;
@@ -9,8 +12,11 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::body::ProxyBody;
+use crate::front::{Tunnel, TunnelSlot};
 use crate::h1client::UpStream;
 use crate::h2client::H2Stream;
 
@@ -59,6 +65,103 @@ pub fn websocket_accept(key: &[u8]) -> http::HeaderValue {
     let encoded = base64::engine::general_purpose::STANDARD.encode(ctx.finish());
     // Base64 is always a valid field value.
     http::HeaderValue::from_str(&encoded).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// What an HTTP/2 client's request is to the tunnel code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtendedConnect {
+    /// Not an extended CONNECT: an ordinary request.
+    No,
+    /// An extended CONNECT with `:protocol = websocket`.
+    WebSocket,
+    /// An extended CONNECT for another protocol, which weir does not carry.
+    Other,
+}
+
+pub fn extended_connect<B>(req: &Request<B>) -> ExtendedConnect {
+    if req.method() != Method::CONNECT {
+        return ExtendedConnect::No;
+    }
+    match req.extensions().get::<hyper::ext::Protocol>() {
+        None => ExtendedConnect::No,
+        Some(p) if p.as_str().eq_ignore_ascii_case("websocket") => ExtendedConnect::WebSocket,
+        Some(_) => ExtendedConnect::Other,
+    }
+}
+
+/// Rewrites an HTTP/2 client's WebSocket (an extended CONNECT, RFC 8441 §5) as the HTTP/1.1
+/// handshake the proxy path carries to any upstream: `GET` with `Connection: upgrade`,
+/// `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`; the client's
+/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` stay.
+pub fn as_websocket_handshake<B>(req: &mut Request<B>) {
+    *req.method_mut() = Method::GET;
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+    h.entry(header::SEC_WEBSOCKET_VERSION)
+        .or_insert(HeaderValue::from_static("13"));
+}
+
+/// A `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn websocket_key() -> HeaderValue {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    let mut nonce = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut nonce).is_err() {
+        // The key proves nothing secret; a clock value is nonce enough.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        nonce = t.to_le_bytes();
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="))
+}
+
+/// The answer to an HTTP/2 client's WebSocket: the upstream's `101` (with its tunnel) becomes
+/// the `200` RFC 8441 answers with, less the HTTP/1.1 handshake's fields, and the tunnel is
+/// joined to the client's stream once hyper hands that over. Any other answer goes as it is.
+pub fn answer_h2_websocket(mut resp: Response<ProxyBody>, client: hyper::upgrade::OnUpgrade) -> Response<ProxyBody> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let Some(tunnel) = resp.extensions_mut().remove::<TunnelSlot>().and_then(|t| t.take()) else {
+        return crate::error::ProxyError::UpstreamReset.response();
+    };
+    tokio::spawn(async move {
+        match client.await {
+            Ok(upgraded) => join(hyper_util::rt::TokioIo::new(upgraded), tunnel).await,
+            Err(e) => tracing::debug!(error = %e, "HTTP/2 client's WebSocket stream did not open"),
+        }
+    });
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::CONTENT_LENGTH,
+    ] {
+        h.remove(name);
+    }
+    resp
+}
+
+/// Joins a client to the upstream side of its tunnel: what the upstream sent right behind its
+/// switch goes first, then bytes flow both ways until both have ended.
+pub async fn join<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, t: Tunnel) {
+    let Tunnel {
+        mut upstream,
+        early,
+        in_flight,
+    } = t;
+    let _in_flight = in_flight;
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
 fn h2_io_error(e: h2::Error) -> io::Error {

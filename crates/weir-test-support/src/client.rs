@@ -218,3 +218,43 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A WebSocket over HTTP/2 (RFC 8441, as browsers open one): an extended CONNECT to `path` on
+/// a new h2c connection to `addr`, offering `protocols` as `Sec-WebSocket-Protocol`. The
+/// response head, and on a 200 the WebSocket on that stream.
+pub async fn h2_websocket(
+    addr: SocketAddr,
+    path: &str,
+    protocols: Option<&str>,
+) -> (
+    http::response::Parts,
+    Option<tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::connect(format!("http://{addr}{path}")).header("sec-websocket-version", "13");
+    if let Some(p) = protocols {
+        req = req.header("sec-websocket-protocol", p);
+    }
+    let mut req = req.body(Empty::<Bytes>::new()).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answer within 10 s")
+        .unwrap();
+    if resp.status() != StatusCode::OK {
+        return (resp.into_parts().0, None);
+    }
+    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (resp.into_parts().0, Some(ws))
+}

@@ -85,7 +85,7 @@ impl TunnelSlot {
         TunnelSlot(Arc::new(Mutex::new(Some(t))))
     }
 
-    fn take(&self) -> Option<Tunnel> {
+    pub(crate) fn take(&self) -> Option<Tunnel> {
         self.0.lock().ok().and_then(|mut t| t.take())
     }
 }
@@ -594,21 +594,12 @@ async fn unless_stalled<T>(limit: Duration, write: impl Future<Output = io::Resu
 }
 
 /// Joins the client to the upstream after a `101`: bytes either side already read go first.
-async fn tunnel(mut conn: ConnIo, t: Tunnel) {
-    let Tunnel {
-        mut upstream,
-        early,
-        in_flight,
-    } = t;
-    let _in_flight = in_flight;
-    if !conn.rbuf.is_empty() && upstream.write_all(&conn.rbuf).await.is_err() {
+async fn tunnel(mut conn: ConnIo, mut t: Tunnel) {
+    if !conn.rbuf.is_empty() && t.upstream.write_all(&conn.rbuf).await.is_err() {
         return;
     }
     conn.rbuf = BytesMut::new();
-    if !early.is_empty() && conn.io.write_all(&early).await.is_err() {
-        return;
-    }
-    let _ = tokio::io::copy_bidirectional(&mut conn.io, &mut upstream).await;
+    crate::tunnel::join(&mut conn.io, t).await;
 }
 
 /// Answers a refused head with its 4xx and closes; counts it
