@@ -129,7 +129,8 @@ impl Conn {
                 let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout)));
                 let resp = proxy::serve(&shared, &info, req).await;
                 let resp = match websocket {
-                    Some(client) => answer_h2_websocket(resp, client),
+                    // An open tunnel keeps the connection from counting as idle.
+                    Some(client) => answer_h2_websocket(resp, client, H2Busy::start(&busy.0)),
                     None => resp,
                 };
                 Ok(resp.map(|b| sends.watch(b)))

@@ -122,8 +122,13 @@ fn websocket_key() -> HeaderValue {
 
 /// The answer to an HTTP/2 client's WebSocket: the upstream's `101` (with its tunnel) becomes
 /// the `200` RFC 8441 answers with, less the HTTP/1.1 handshake's fields, and the tunnel is
-/// joined to the client's stream once hyper hands that over. Any other answer goes as it is.
-pub fn answer_h2_websocket(mut resp: Response<ProxyBody>, client: hyper::upgrade::OnUpgrade) -> Response<ProxyBody> {
+/// joined to the client's stream once hyper hands that over; `hold` lives as long as the
+/// tunnel. Any other answer goes as it is.
+pub fn answer_h2_websocket(
+    mut resp: Response<ProxyBody>,
+    client: hyper::upgrade::OnUpgrade,
+    hold: impl Send + 'static,
+) -> Response<ProxyBody> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }
@@ -131,6 +136,7 @@ pub fn answer_h2_websocket(mut resp: Response<ProxyBody>, client: hyper::upgrade
         return crate::error::ProxyError::UpstreamReset.response();
     };
     tokio::spawn(async move {
+        let _hold = hold;
         match client.await {
             Ok(upgraded) => join(hyper_util::rt::TokioIo::new(upgraded), tunnel).await,
             Err(e) => tracing::debug!(error = %e, "HTTP/2 client's WebSocket stream did not open"),
