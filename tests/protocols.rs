@@ -244,27 +244,10 @@ async fn idle_http2_connections_are_closed() {
 
     // Nor is an open WebSocket: the connection takes a new request after twice the idle
     // timeout with only the WebSocket's stream open.
-    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = http::Request::connect("http://weir.test/ws")
-        .header("sec-websocket-version", "13")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let mut resp = send.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        hyper_util::rt::TokioIo::new(upgraded),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
-    )
-    .await;
+    let mut send = h2c_sender(gw.addr("client")).await;
+    let (head, ws) = h2_websocket_on(&mut send, "/ws", None).await;
+    assert_eq!(head.status, 200);
+    let mut ws = ws.expect("a WebSocket");
     // The idle time itself is what is tested here.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let req = http::Request::get("http://weir.test/after")

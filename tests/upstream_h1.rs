@@ -383,12 +383,7 @@ async fn chunked_response_trailers_reach_http1_and_http2_clients() {
     let (_, body) = raw.split_once("\r\n\r\n").unwrap();
     assert_eq!(body, "3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-sum: 42\r\n\r\n", "{raw}");
 
-    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c_sender(gw.addr("client")).await;
     let req = http::Request::get("http://weir.test/")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
@@ -420,12 +415,7 @@ async fn request_trailers_reach_the_upstream_in_the_last_chunk() {
         "{seen}"
     );
 
-    let tcp = TcpStream::connect(gw.addr("client")).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c_sender(gw.addr("client")).await;
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-trailer", http::HeaderValue::from_static("abc"));
     let frames = vec![

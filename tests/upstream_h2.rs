@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use weir_test_support::*;
 
 fn h2_pool(ups: &[&Upstream], extra: &str) -> String {
@@ -56,11 +55,7 @@ async fn concurrent_http1_and_h2_clients_share_one_h2_connection_per_endpoint() 
 async fn trailers_pass_both_ways_as_grpc_needs() {
     let up = Upstream::start_h2("grpc").await;
     let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
-    let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c_sender(gw.addr("client")).await;
     // Streamed (no length), then buffered (small, with a length: kept for a resend).
     for length in [None, Some("5")] {
         let mut request_trailers = HeaderMap::new();

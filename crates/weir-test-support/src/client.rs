@@ -219,9 +219,24 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A WebSocket over HTTP/2 (RFC 8441, as browsers open one): an extended CONNECT to `path` on
-/// a new h2c connection to `addr`, offering `protocols` as `Sec-WebSocket-Protocol`. The
-/// response head, and on a 200 the WebSocket on that stream.
+/// A new h2c connection to `addr` (its frames driven by a task of its own), to send requests
+/// with bodies of type `B` on.
+pub async fn h2c_sender<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2c handshake failed");
+    tokio::spawn(conn);
+    send
+}
+
+/// A WebSocket over HTTP/2 (RFC 8441, as browsers open one) on a new h2c connection to `addr`:
+/// see [`h2_websocket_on`].
 pub async fn h2_websocket(
     addr: SocketAddr,
     path: &str,
@@ -230,12 +245,21 @@ pub async fn h2_websocket(
     http::response::Parts,
     Option<tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>,
 ) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::connect(format!("http://{addr}{path}")).header("sec-websocket-version", "13");
+    h2_websocket_on(&mut h2c_sender(addr).await, path, protocols).await
+}
+
+/// A WebSocket over HTTP/2: an extended CONNECT to `path` on `send`'s connection, offering
+/// `protocols` as `Sec-WebSocket-Protocol`. The response head, and on a 200 the WebSocket on
+/// that stream.
+pub async fn h2_websocket_on(
+    send: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    path: &str,
+    protocols: Option<&str>,
+) -> (
+    http::response::Parts,
+    Option<tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>,
+) {
+    let mut req = Request::connect(format!("http://weir.test{path}")).header("sec-websocket-version", "13");
     if let Some(p) = protocols {
         req = req.header("sec-websocket-protocol", p);
     }
