@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::body::ProxyBody;
@@ -94,8 +94,8 @@ pub fn extended_connect<B>(req: &Request<B>) -> ExtendedConnect {
 /// `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`; the client's
 /// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` stay.
 pub fn as_websocket_handshake<B>(req: &mut Request<B>) {
+    // The version stays: `Via` and `Forwarded` say the client spoke HTTP/2.
     *req.method_mut() = Method::GET;
-    *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
