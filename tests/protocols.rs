@@ -155,6 +155,7 @@ async fn an_http2_clients_websocket_reaches_an_http1_upstream() {
     assert_eq!(head.status, 200, "{head:?}");
     assert_eq!(head.headers["sec-websocket-protocol"], "chat");
     assert!(head.headers.get("sec-websocket-accept").is_none(), "{head:?}");
+    assert_eq!(head.headers["x-request-via"], "2 weir", "the upstream hears of HTTP/2");
     echo_round(&mut ws.expect("a WebSocket")).await;
     // The GET above, and the WebSocket.
     assert_eq!(up.requests(), 2);

@@ -222,6 +222,7 @@ async fn a_websocket_to_an_h2_pool_goes_as_an_extended_connect() {
         .expect("websocket handshake through weir (the client checks Sec-WebSocket-Accept)");
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    assert_eq!(resp.headers()["x-request-via"], "1.1 weir");
     for i in 0..5 {
         ws.send(Message::text(format!("hello {i}"))).await.unwrap();
         let echoed = ws.next().await.unwrap().unwrap();
@@ -257,6 +258,7 @@ async fn an_http2_clients_websocket_goes_to_an_h2_pool_as_an_extended_connect() 
     let (head, ws) = h2_websocket(gw.addr("client"), "/ws", Some("chat")).await;
     assert_eq!(head.status, 200, "{head:?}");
     assert_eq!(head.headers["sec-websocket-protocol"], "chat");
+    assert_eq!(head.headers["x-request-via"], "2 weir");
     let mut ws = ws.expect("a WebSocket");
     for i in 0..3 {
         ws.send(Message::text(format!("hi {i}"))).await.unwrap();

@@ -468,8 +468,10 @@ fn stream_bytes(n: u64, name: &str) -> Response<Body> {
 
 /// Serves a WebSocket that echoes text and binary messages: over HTTP/1.1 after a `101`, over
 /// HTTP/2 on an extended CONNECT's stream (RFC 8441) after a `200`. Either way the first
-/// `Sec-WebSocket-Protocol` offered is chosen.
+/// `Sec-WebSocket-Protocol` offered is chosen, and the request's `Via` comes back as
+/// `x-request-via`.
 fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
+    let via = req.headers().get("via").cloned();
     let subprotocol = req
         .headers()
         .get("sec-websocket-protocol")
@@ -486,6 +488,9 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
         let mut r = Response::new(full(Bytes::new()));
         if let Some(p) = subprotocol {
             r.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        if let Some(v) = via {
+            r.headers_mut().insert("x-request-via", v);
         }
         return r;
     }
@@ -505,6 +510,9 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
         .unwrap();
     if let Some(p) = subprotocol {
         r.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    if let Some(v) = via {
+        r.headers_mut().insert("x-request-via", v);
     }
     r
 }
