@@ -174,6 +174,22 @@ fn buffers(c: &mut Criterion) {
             black_box(body);
         })
     });
+    // With HTTP/2 clients the body waits in the h2 crate's send queue until the connection's
+    // task writes it: the buffer is still shared when the next request takes one.
+    c.bench_function(
+        "bufpool/upstream read buffer, the last body still queued at the take",
+        |b| {
+            let mut queued = None;
+            b.iter(|| {
+                let mut buf = take_read(UPSTREAM_READ);
+                buf.extend_from_slice(black_box(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"));
+                let body = buf.split().freeze();
+                give_read(&mut buf, UPSTREAM_READ);
+                // The last response leaves the send queue only now.
+                drop(queued.replace(body));
+            })
+        },
+    );
 }
 
 /// A request's trip through an endpoint's idle pool: its keep-alive connection taken (checked
