@@ -437,3 +437,22 @@ async fn request_trailers_reach_the_upstream_in_the_last_chunk() {
         "{seen}"
     );
 }
+
+/// An HTTP/2 client's WebSocket goes to an HTTP/1.1 upstream with a key of weir's: a `101`
+/// whose `Sec-WebSocket-Accept` does not answer it is no WebSocket, and the client gets a 502.
+#[tokio::test]
+async fn a_switch_without_the_right_accept_key_is_refused_to_an_http2_client() {
+    let up = raw_upstream(|_, _| {
+        Act::Reply(vec![
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: bm90IHRoZSBhbnN3ZXI=\r\n\r\n",
+        ])
+    })
+    .await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    let (head, ws) = h2_websocket(gw.addr("client"), "/ws", None).await;
+    assert_eq!(head.status, 502, "{head:?}");
+    assert!(ws.is_none());
+    let seen = up.request(0).to_ascii_lowercase();
+    assert!(seen.starts_with("get /ws http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("sec-websocket-key: "), "{seen}");
+}

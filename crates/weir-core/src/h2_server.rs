@@ -115,7 +115,8 @@ impl Conn {
                     ExtendedConnect::WebSocket => {
                         let client = hyper::upgrade::on(&mut req);
                         as_websocket_handshake(&mut req);
-                        Some(client)
+                        let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
+                        Some((client, key))
                     }
                     ExtendedConnect::Other => {
                         let refused = crate::error::local_response(
@@ -130,7 +131,7 @@ impl Conn {
                 let resp = proxy::serve(&shared, &info, req).await;
                 let resp = match websocket {
                     // An open tunnel keeps the connection from counting as idle.
-                    Some(client) => answer_h2_websocket(resp, client, H2Busy::start(&busy.0)),
+                    Some((client, key)) => answer_h2_websocket(resp, key.as_ref(), client, H2Busy::start(&busy.0)),
                     None => resp,
                 };
                 Ok(resp.map(|b| sends.watch(b)))

@@ -123,16 +123,22 @@ fn websocket_key() -> HeaderValue {
 /// The answer to an HTTP/2 client's WebSocket: the upstream's `101` (with its tunnel) becomes
 /// the `200` RFC 8441 answers with, less the HTTP/1.1 handshake's fields, and the tunnel is
 /// joined to the client's stream once hyper hands that over; `hold` lives as long as the
-/// tunnel. Any other answer goes as it is.
+/// tunnel. A `101` whose `Sec-WebSocket-Accept` does not answer `key` (the one weir sent) is
+/// not a WebSocket: a 502. Any other answer goes as it is.
 pub fn answer_h2_websocket(
     mut resp: Response<ProxyBody>,
+    key: Option<&HeaderValue>,
     client: hyper::upgrade::OnUpgrade,
     hold: impl Send + 'static,
 ) -> Response<ProxyBody> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }
-    let Some(tunnel) = resp.extensions_mut().remove::<TunnelSlot>().and_then(|t| t.take()) else {
+    let tunnel = resp.extensions_mut().remove::<TunnelSlot>().and_then(|t| t.take());
+    let accepted =
+        key.is_some_and(|k| resp.headers().get(header::SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(k.as_bytes())));
+    let Some(tunnel) = tunnel.filter(|_| accepted) else {
+        tracing::debug!("upstream switched protocols without the WebSocket accept key weir asked for");
         return crate::error::ProxyError::UpstreamReset.response();
     };
     tokio::spawn(async move {
