@@ -114,8 +114,7 @@ impl Conn {
                     ExtendedConnect::No => None,
                     ExtendedConnect::WebSocket => {
                         let client = hyper::upgrade::on(&mut req);
-                        as_websocket_handshake(&mut req);
-                        let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned();
+                        let key = as_websocket_handshake(&mut req);
                         Some((client, key))
                     }
                     ExtendedConnect::Other => {
@@ -131,7 +130,7 @@ impl Conn {
                 let resp = proxy::serve(&shared, &info, req).await;
                 let resp = match websocket {
                     // An open tunnel keeps the connection from counting as idle.
-                    Some((client, key)) => answer_h2_websocket(resp, key.as_ref(), client, H2Busy::start(&busy.0)),
+                    Some((client, key)) => answer_h2_websocket(resp, &key, client, H2Busy::start(&busy.0)),
                     None => resp,
                 };
                 Ok(resp.map(|b| sends.watch(b)))

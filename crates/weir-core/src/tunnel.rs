@@ -54,8 +54,9 @@ impl H2Tunnel {
     }
 }
 
-/// The `Sec-WebSocket-Accept` answering `key` (RFC 6455 §4.2.2): what weir's HTTP/1.1 client
-/// checks when weir spoke HTTP/2 to the upstream, which then never saw the key.
+/// The `Sec-WebSocket-Accept` answering `key` (RFC 6455 §4.2.2): what weir answers an
+/// HTTP/1.1 client with when the upstream spoke HTTP/2 and never saw the key, and what it
+/// expects of an HTTP/1.1 upstream for the key it sent on an HTTP/2 client's behalf.
 pub fn websocket_accept(key: &[u8]) -> http::HeaderValue {
     use base64::Engine as _;
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -92,20 +93,23 @@ pub fn extended_connect<B>(req: &Request<B>) -> ExtendedConnect {
 /// Rewrites an HTTP/2 client's WebSocket (an extended CONNECT, RFC 8441 §5) as the HTTP/1.1
 /// handshake the proxy path carries to any upstream: `GET` with `Connection: upgrade`,
 /// `Upgrade: websocket` and a fresh `Sec-WebSocket-Key`; the client's
-/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` stay.
-pub fn as_websocket_handshake<B>(req: &mut Request<B>) {
+/// `Sec-WebSocket-Version`, `-Protocol` and `-Extensions` stay. Returns the key, which the
+/// upstream's `Sec-WebSocket-Accept` must answer ([`answer_h2_websocket`]).
+pub fn as_websocket_handshake<B>(req: &mut Request<B>) -> HeaderValue {
     // The version stays: `Via` and `Forwarded` say the client spoke HTTP/2.
     *req.method_mut() = Method::GET;
     let h = req.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+    let key = new_websocket_key();
+    h.insert(header::SEC_WEBSOCKET_KEY, key.clone());
     h.entry(header::SEC_WEBSOCKET_VERSION)
         .or_insert(HeaderValue::from_static("13"));
+    key
 }
 
 /// A `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
-fn websocket_key() -> HeaderValue {
+fn new_websocket_key() -> HeaderValue {
     use base64::Engine as _;
     use ring::rand::SecureRandom as _;
     let mut nonce = [0u8; 16];
@@ -127,7 +131,7 @@ fn websocket_key() -> HeaderValue {
 /// not a WebSocket: a 502. Any other answer goes as it is.
 pub fn answer_h2_websocket(
     mut resp: Response<ProxyBody>,
-    key: Option<&HeaderValue>,
+    key: &HeaderValue,
     client: hyper::upgrade::OnUpgrade,
     hold: impl Send + 'static,
 ) -> Response<ProxyBody> {
@@ -135,8 +139,7 @@ pub fn answer_h2_websocket(
         return resp;
     }
     let tunnel = resp.extensions_mut().remove::<TunnelSlot>().and_then(|t| t.take());
-    let accepted =
-        key.is_some_and(|k| resp.headers().get(header::SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(k.as_bytes())));
+    let accepted = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT) == Some(&websocket_accept(key.as_bytes()));
     let Some(tunnel) = tunnel.filter(|_| accepted) else {
         tracing::debug!("upstream switched protocols without the WebSocket accept key weir asked for");
         return crate::error::ProxyError::UpstreamReset.response();
