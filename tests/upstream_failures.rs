@@ -179,3 +179,169 @@ async fn a_crash_with_many_requests_in_flight_is_one_outage_logged_once() {
     assert!(weir.stderr_eventually_contains(line).await, "{}", weir.stderr_text());
     assert_eq!(weir.stderr_text().matches(line).count(), 1, "{}", weir.stderr_text());
 }
+
+/// One request on a kept-alive HTTP/1.1 connection: status and body.
+async fn exchange_on(client: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    client.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                let status = text[9..12].parse().unwrap();
+                return (status, text[end + 4..end + 4 + length].to_owned());
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "weir closed the connection: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The lowest file descriptor number `pid` has free: with its soft limit set to that, its next
+/// socket fails with EMFILE.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap()
+}
+
+/// `Max open files` of `pid`: soft and hard.
+fn fd_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let mut values = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap());
+    (values.next().unwrap(), values.next().unwrap())
+}
+
+fn set_fd_limit(child: &std::process::Child, soft: u64, hard: u64) {
+    let pid = rustix::process::Pid::from_child(child);
+    let limit = rustix::process::Rlimit {
+        current: Some(soft),
+        maximum: Some(hard),
+    };
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, limit).unwrap();
+}
+
+/// weir out of file descriptors (or ephemeral ports) cannot connect, but that is this host's
+/// state, not the endpoint's: the client gets a 503 saying so, the endpoint is not taken out
+/// by passive health, and the next request once descriptors are free is served. Before, the
+/// connect error counted as the endpoint's failure: with ports exhausted by another proxy's
+/// churn, every endpoint of a pool went out and nearly every request got a 5xx.
+#[tokio::test]
+async fn no_free_descriptor_is_not_the_endpoints_failure() {
+    let up = raw_upstream(|_, _| {
+        Act::ReplyClose(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        ])
+    })
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\n[pool.passive]\nmax_fails = 1\nfail_timeout = \"60s\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
+    let pid = weir.child.id();
+    let (soft, hard) = fd_limits(pid);
+    // A descriptor closed after the limit was set (the upstream connection just answered)
+    // lets a connect through: then the limit is set again, lower.
+    let mut refused = None;
+    for _ in 0..50 {
+        set_fd_limit(&weir.child, lowest_free_fd(pid), hard);
+        match exchange_on(&mut client).await {
+            (200, _) => continue,
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    set_fd_limit(&weir.child, soft, hard);
+    let (status, body) = refused.expect("weir connected every time");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no free port or file descriptor"), "{body}");
+    // Descriptors free again: the endpoint was not taken out (max_fails = 1 would have).
+    assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
+    let metrics = get(&format!("http://127.0.0.1:{admin}/metrics")).await.text();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("weir_upstream_attempts_total")
+            && l.contains("outcome=\"local_error\"")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        weir.stderr_text()
+            .contains("no local resource to open an upstream connection"),
+        "{}",
+        weir.stderr_text()
+    );
+    assert!(
+        !weir.stderr_text().contains("endpoint unavailable (passive health)"),
+        "{}",
+        weir.stderr_text()
+    );
+}
+
+/// A health check weir cannot make for want of a file descriptor is no verdict: the endpoint
+/// stays in (`unhealthy_threshold = 1` would have taken it out at the first such check).
+#[tokio::test]
+async fn a_health_check_without_a_free_descriptor_is_not_a_failure() {
+    let up = Upstream::start("checked").await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\n[pool.health]\npath = \"/upcheck\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\n\
+         healthy_threshold = 1\nunhealthy_threshold = 1\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || exchange_on(&mut client).await.0 == 200).await,
+        "the endpoint never passed its check: {}",
+        weir.stderr_text()
+    );
+    let pid = weir.child.id();
+    let (soft, hard) = fd_limits(pid);
+    let skipped = "health check not made: no local resource to connect with";
+    // Set again and again: each check's connection, closed, leaves a lower descriptor free.
+    let made = eventually(Duration::from_secs(5), async || {
+        set_fd_limit(&weir.child, lowest_free_fd(pid), hard);
+        weir.stderr_text().matches(skipped).count() >= 3
+    })
+    .await;
+    set_fd_limit(&weir.child, soft, hard);
+    assert!(made, "{}", weir.stderr_text());
+    assert!(
+        !weir.stderr_text().contains("endpoint unhealthy"),
+        "{}",
+        weir.stderr_text()
+    );
+    assert_eq!(exchange_on(&mut client).await.0, 200, "{}", weir.stderr_text());
+}

@@ -191,6 +191,10 @@ measure() { # layout phase system round gen-core
     fi
     local n err p50 p99 secs rps cpu
     read -r n err p50 p99 <<< "$res"
+    # Errors are kept with what the tool said of them (status codes, socket errors).
+    if [ "${err:-0}" != 0 ]; then
+      { echo "== $layout $phase $sys round $round: $err errors"; grep -E '^(requests|status codes):|Non-2xx|Socket errors' "$work/tool.out"; tail -n 5 "$work/stderr.log"; } | tee -a "$work/errors.log" >&2
+    fi
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
     rps=$(awk -v n="$n" -v s="$secs" 'BEGIN {printf "%.0f", n / s}')
     cpu=$(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$HZ" 'BEGIN {if (n > 0) printf "%.2f", d * 1e6 / hz / n; else print "-"}')

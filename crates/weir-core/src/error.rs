@@ -32,12 +32,17 @@ pub enum ProxyError {
     UpgradeOverH2,
     /// A WebSocket to an HTTP/2 upstream whose SETTINGS do not allow extended CONNECT.
     WebSocketNotOffered,
+    /// weir had no ephemeral port or file descriptor left to connect with: an overload of
+    /// this host, not of the upstream (503, with `Retry-After`).
+    NoLocalResources,
 }
 
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         let code = match self {
-            ProxyError::NoEndpoint | ProxyError::ListenerGone | ProxyError::Draining => 503,
+            ProxyError::NoEndpoint | ProxyError::ListenerGone | ProxyError::Draining | ProxyError::NoLocalResources => {
+                503
+            }
             ProxyError::ConnectFailed | ProxyError::UpstreamReset => 502,
             ProxyError::UpgradeOverH2 | ProxyError::WebSocketNotOffered => 501,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => 504,
@@ -59,6 +64,7 @@ impl ProxyError {
             ProxyError::ListenerGone => "listener is being removed",
             ProxyError::Local { .. } => "",
             ProxyError::Draining => "gateway is shutting down",
+            ProxyError::NoLocalResources => "gateway has no free port or file descriptor to reach the upstream",
             ProxyError::UpgradeOverH2 => "only WebSocket upgrades can go to an HTTP/2 upstream pool",
             ProxyError::WebSocketNotOffered => {
                 "the HTTP/2 upstream does not accept WebSockets (RFC 8441: SETTINGS_ENABLE_CONNECT_PROTOCOL)"
@@ -67,7 +73,8 @@ impl ProxyError {
     }
 
     pub fn response(self) -> Response<ProxyBody> {
-        local_response(self.status(), self.message(), self == ProxyError::NoEndpoint)
+        let retry_after = matches!(self, ProxyError::NoEndpoint | ProxyError::NoLocalResources);
+        local_response(self.status(), self.message(), retry_after)
     }
 }
 

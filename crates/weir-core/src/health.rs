@@ -136,7 +136,14 @@ async fn check_loop(
         )
         .await
         {
-            Ok(r) => r,
+            Ok(Err(ProbeError::Local(reason))) => {
+                // Not a verdict on the endpoint: this host had no port or file descriptor to
+                // check it with. Neither a pass nor a failure.
+                tracing::warn!(pool = %pool, endpoint = %endpoint.label, %reason, "health check not made: no local resource to connect with");
+                tokio::time::sleep(health.interval + jitter(health.interval, round)).await;
+                continue;
+            }
+            Ok(r) => r.map_err(|(ProbeError::Failed(reason) | ProbeError::Local(reason))| reason),
             Err(_) => Err(format!(
                 "no answer within {}",
                 weir_config::format_duration(health.timeout)
@@ -168,20 +175,39 @@ async fn check_loop(
     }
 }
 
+/// Why a check did not pass.
+enum ProbeError {
+    /// The endpoint failed it.
+    Failed(String),
+    /// It could not be made: no local port or file descriptor to connect with
+    /// ([`crate::upstream::ConnectError::is_local`]).
+    Local(String),
+}
+
+impl From<String> for ProbeError {
+    fn from(reason: String) -> Self {
+        ProbeError::Failed(reason)
+    }
+}
+
 async fn probe(
     endpoint: &Endpoint,
     health: &Health,
     send_proxy: Option<weir_config::ProxyVersion>,
     tls: Option<&UpstreamTls>,
     h2: bool,
-) -> Result<(), String> {
-    let (mut stream, addr) = endpoint
-        .open(health.port, health.timeout)
-        .await
-        .map_err(|e| match health.port {
+) -> Result<(), ProbeError> {
+    let (mut stream, addr) = endpoint.open(health.port, health.timeout).await.map_err(|e| {
+        let reason = match health.port {
             Some(port) => format!("{} (check port {port}): {e}", endpoint.label),
             None => format!("{}: {e}", endpoint.label),
-        })?;
+        };
+        if e.is_local() {
+            ProbeError::Local(reason)
+        } else {
+            ProbeError::Failed(reason)
+        }
+    })?;
     // A check on the traffic port of a `send_proxy` pool speaks as its traffic does, with a
     // header saying the connection is weir's own; a separate check port gets none.
     if let (Some(version), None) = (send_proxy, health.port) {
@@ -204,7 +230,7 @@ async fn probe(
         EndpointAddress::Socket(_) => addr.to_string(),
     };
     if let Some(service) = &health.grpc {
-        return grpc_check(stream, &host, tls.is_some(), service).await;
+        return Ok(grpc_check(stream, &host, tls.is_some(), service).await?);
     }
     let Some(path) = &health.path else {
         return Ok(());
@@ -242,7 +268,7 @@ async fn probe(
     };
     let status = resp.status().as_u16();
     if !health.expect_status.contains(status) {
-        return Err(format!("GET {path} answered {status}"));
+        return Err(format!("GET {path} answered {status}").into());
     }
     if let Some(needle) = &health.expect_body {
         let body = Limited::new(resp.into_body(), MAX_BODY)
@@ -251,7 +277,7 @@ async fn probe(
             .map_err(|e| format!("GET {path}: body: {e}"))?
             .to_bytes();
         if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-            return Err(format!("GET {path}: body does not contain {needle:?}"));
+            return Err(format!("GET {path}: body does not contain {needle:?}").into());
         }
     }
     Ok(())

@@ -114,9 +114,12 @@ pub enum AttemptOutcome {
     StaleConnection,
     /// The TLS handshake with the upstream failed (`[pool.tls]`: certificate, name, protocol).
     TlsError,
+    /// weir had no ephemeral port or file descriptor to connect with; the endpoint is not
+    /// blamed.
+    LocalError,
 }
 
-pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 8] = [
+pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 9] = [
     (AttemptOutcome::Ok, "ok"),
     (AttemptOutcome::ConnectError, "connect_error"),
     (AttemptOutcome::ConnectTimeout, "connect_timeout"),
@@ -125,6 +128,7 @@ pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 8] = [
     (AttemptOutcome::Status5xx, "http_5xx"),
     (AttemptOutcome::StaleConnection, "stale_connection"),
     (AttemptOutcome::TlsError, "tls_error"),
+    (AttemptOutcome::LocalError, "local_error"),
 ];
 
 /// Process-wide counters that outlive generations, keyed by names.

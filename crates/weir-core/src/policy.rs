@@ -147,6 +147,10 @@ pub enum FailureKind {
     ResponseTimeout,
     /// The upstream answered with a status the pool treats as a failure.
     HttpStatus(u16),
+    /// weir had no local resource to connect with (no ephemeral port or file descriptor
+    /// free): nothing was sent, and the endpoint is not blamed (passive health does not count
+    /// it). Plugins see it as `connect-refused`.
+    LocalResources,
 }
 
 /// `AttemptInfo::endpoint_index` when the pool had no endpoint left to try (every one down,

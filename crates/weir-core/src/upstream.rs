@@ -74,6 +74,24 @@ pub enum ConnectError {
     Tls(std::io::Error),
 }
 
+impl ConnectError {
+    /// weir itself had no local port, file descriptor or socket memory to connect with: the
+    /// endpoint was never reached, so this says nothing of its health. Ephemeral ports run
+    /// out when connections to one address are opened and closed faster than TIME_WAIT
+    /// frees them (another proxy on the host churning, a burst far above the pooled
+    /// connections); file descriptors when `ulimit -n` is low for the load.
+    pub fn is_local(&self) -> bool {
+        use rustix::io::Errno;
+        let ConnectError::Io(e) = self else {
+            return false;
+        };
+        matches!(
+            Errno::from_io_error(e),
+            Some(Errno::ADDRNOTAVAIL | Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+        )
+    }
+}
+
 /// One upstream endpoint of a pool. Shared across generations while its address is unchanged,
 /// so health, counters and pooled connections survive reloads.
 #[derive(Debug)]
@@ -667,6 +685,31 @@ mod tests {
 
     fn endpoint(address: EndpointAddress) -> Endpoint {
         Endpoint::new(1, &weir_config::Endpoint::at(address), 1, true)
+    }
+
+    #[test]
+    fn only_this_hosts_own_shortages_are_local_connect_errors() {
+        let io = |errno: rustix::io::Errno| ConnectError::Io(std::io::Error::from_raw_os_error(errno.raw_os_error()));
+        use rustix::io::Errno;
+        for errno in [
+            Errno::ADDRNOTAVAIL,
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+        ] {
+            assert!(io(errno).is_local(), "{errno:?}");
+        }
+        for errno in [
+            Errno::CONNREFUSED,
+            Errno::HOSTUNREACH,
+            Errno::NETUNREACH,
+            Errno::CONNRESET,
+        ] {
+            assert!(!io(errno).is_local(), "{errno:?}");
+        }
+        assert!(!ConnectError::Timeout.is_local());
+        assert!(!ConnectError::Tls(std::io::Error::from_raw_os_error(Errno::MFILE.raw_os_error())).is_local());
     }
 
     /// A `host:port` endpoint; the tests set its lookup's addresses themselves, as no name

@@ -597,7 +597,7 @@ impl FailoverPolicy for WasmFailover {
             pool_id: a.pool_index,
             endpoint_index: a.endpoint_index,
             failure: match a.failure {
-                FailureKind::ConnectRefused => types::FailureKind::ConnectRefused,
+                FailureKind::ConnectRefused | FailureKind::LocalResources => types::FailureKind::ConnectRefused,
                 FailureKind::ConnectTimeout => types::FailureKind::ConnectTimeout,
                 FailureKind::TlsError => types::FailureKind::TlsError,
                 FailureKind::ResetBeforeResponse => types::FailureKind::ResetBeforeResponse,

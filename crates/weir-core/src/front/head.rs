@@ -760,7 +760,9 @@ mod tests {
             /// A broken head gets a verdict and never a panic: partial, accepted with spans
             /// inside it, or refused with a 4xx the gateway answers. The check without spans
             /// (which also validates an origin-form target's characters) refuses whatever the
-            /// one with spans refuses, for the same reason.
+            /// one with spans refuses, with the same status and for the same reason, unless
+            /// the target is broken too: that check looks at it first (a head with a bad target
+            /// and a bad `Content-Length` is refused for its target there).
             #[test]
             fn broken_head_gets_a_verdict(buf in broken(request_head().prop_map(|h| h.bytes))) {
                 let spanned = parse_spanned(&buf, &ROOMY);
@@ -768,7 +770,10 @@ mod tests {
                 match &spanned {
                     Err(r) => {
                         prop_assert!([400, 413, 414, 431].contains(&r.status), "{:?}", r);
-                        prop_assert_eq!(&plain, &spanned);
+                        match &plain {
+                            Err(p) if p.reason == "invalid request target" => prop_assert_eq!(p.status, 400),
+                            _ => prop_assert_eq!(&plain, &spanned),
+                        }
                     }
                     Ok(HeadStatus::Partial) => prop_assert_eq!(&plain, &spanned),
                     Ok(HeadStatus::Complete(_)) => prop_assert!(plain.is_err() || plain == spanned),
