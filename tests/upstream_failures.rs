@@ -345,3 +345,38 @@ async fn a_health_check_without_a_free_descriptor_is_not_a_failure() {
     );
     assert_eq!(exchange_on(&mut client).await.0, 200, "{}", weir.stderr_text());
 }
+
+/// Without a descriptor for a new upstream connection, a request waits (up to the connect
+/// timeout) for one in use to be done, and goes on it: the client never sees the shortage.
+#[tokio::test]
+async fn without_a_free_descriptor_a_request_takes_the_next_pooled_connection() {
+    let up = Upstream::start("pooled").await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    // One upstream connection, pooled by the first request...
+    let mut waiting = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(exchange_on(&mut waiting).await.0, 200);
+    // ...then busy with a slow one.
+    let slow = tokio::spawn(async move { get(&format!("http://127.0.0.1:{port}/delay/400")).await });
+    assert!(eventually(Duration::from_secs(5), async || up.requests() == 2).await);
+    let pid = weir.child.id();
+    let (soft, hard) = fd_limits(pid);
+    set_fd_limit(&weir.child, lowest_free_fd(pid), hard);
+    let (status, body) = exchange_on(&mut waiting).await;
+    set_fd_limit(&weir.child, soft, hard);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(slow.await.unwrap().status, 200);
+    assert!(
+        weir.stderr_text()
+            .contains("no local resource to open an upstream connection"),
+        "{}",
+        weir.stderr_text()
+    );
+}

@@ -821,34 +821,13 @@ fn connect_failure(endpoint: &Endpoint, e: &ConnectError) -> FailureKind {
         // Logged where the handshake failed (once as a warning per failing spell).
         ConnectError::Tls(_) => FailureKind::TlsError,
         e if e.is_local() => {
-            warn_local_resources(endpoint, e);
+            crate::upstream::warn_local_resources(&endpoint.label, e);
             FailureKind::LocalResources
         }
         e => {
             tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
             FailureKind::ConnectRefused
         }
-    }
-}
-
-/// Warns that weir ran out of local ports or file descriptors, at most once a second for the
-/// whole process: it is the host's state, and under load it would fail thousands of
-/// connects a second.
-fn warn_local_resources(endpoint: &Endpoint, e: &ConnectError) {
-    static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = crate::upstream::coarse_ms();
-    let last = LAST_MS.load(std::sync::atomic::Ordering::Relaxed);
-    if (last == 0 || now.saturating_sub(last) >= 1000)
-        && LAST_MS
-            .compare_exchange(
-                last,
-                now.max(1),
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            )
-            .is_ok()
-    {
-        tracing::warn!(endpoint = %endpoint.label, error = %e, "no local resource to open an upstream connection (ephemeral ports or file descriptors exhausted); the endpoint is not blamed");
     }
 }
 

@@ -74,6 +74,22 @@ pub enum ConnectError {
     Tls(std::io::Error),
 }
 
+/// Warns that weir ran out of local ports or file descriptors, at most once a second for the
+/// whole process: it is the host's state, and under load it would fail thousands of
+/// connects a second.
+pub(crate) fn warn_local_resources(endpoint: &str, e: &ConnectError) {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = coarse_ms().max(1);
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= 1000)
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(endpoint = %endpoint, error = %e, "no local resource to open an upstream connection (ephemeral ports or file descriptors exhausted); the endpoint is not blamed");
+    }
+}
+
 impl ConnectError {
     /// weir itself had no local port, file descriptor or socket memory to connect with: the
     /// endpoint was never reached, so this says nothing of its health. Ephemeral ports run
@@ -144,6 +160,10 @@ pub struct Endpoint {
     tls_failing: AtomicBool,
     /// Unbounded, and allocated as it fills (blocks of 31 slots): the sweep bounds it.
     idle: SegQueue<Idle>,
+    /// Requests waiting for a pooled connection because weir had no port or descriptor to
+    /// open one ([`Endpoint::checkout`]); a checkin wakes one of them.
+    idle_waiters: AtomicUsize,
+    idle_returned: tokio::sync::Notify,
     /// The most requests in flight at once since the last sweep.
     peak_in_flight: AtomicU32,
     /// The same for the sweep period before: the pool keeps what either period needed.
@@ -213,6 +233,8 @@ impl Endpoint {
             preferred: AtomicUsize::new(0),
             tls_failing: AtomicBool::new(false),
             idle: SegQueue::new(),
+            idle_waiters: AtomicUsize::new(0),
+            idle_returned: tokio::sync::Notify::new(),
             peak_in_flight: AtomicU32::new(0),
             previous_peak: AtomicU32::new(0),
             max_idle: max_idle.max(1),
@@ -411,7 +433,50 @@ impl Endpoint {
             }
         }
         // Boxed: a new connection is the rare case; its state would sit in every request's.
-        Ok((Box::pin(self.connect(connect_timeout, proxy, tls)).await?, false))
+        match Box::pin(self.connect(connect_timeout, proxy, tls)).await {
+            Ok(conn) => Ok((conn, false)),
+            // No port or descriptor for a new connection: one of those in use, when its
+            // response is done, serves as well (a `send_proxy` pool's are each a client's).
+            Err(e) if e.is_local() && proxy.is_none() => {
+                warn_local_resources(&self.label, &e);
+                match Box::pin(self.idle_within(connect_timeout, idle_timeout, tls_id)).await {
+                    Some(conn) => Ok((conn, true)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A usable pooled connection, waiting up to `budget` for one to be checked in.
+    async fn idle_within(&self, budget: Duration, idle_timeout: Duration, tls_id: u64) -> Option<UpConn> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.idle_waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.idle_waiters);
+        let deadline = tokio::time::Instant::now() + budget;
+        loop {
+            while let Some(mut idle) = self.idle.pop() {
+                if idle.conn.proxied_for.is_none() && idle.conn.tls_id == tls_id && idle.usable(idle_timeout) {
+                    return Some(idle.conn);
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            // A checkin between the look above and this wait is found at the next look, 10 ms
+            // later at most: the checkin path stays free of a fence.
+            let _ = tokio::time::timeout_at(
+                deadline.min(now + Duration::from_millis(10)),
+                self.idle_returned.notified(),
+            )
+            .await;
+        }
     }
 
     /// A usable pooled connection opened for `client`. Looks at each pooled connection at most
@@ -448,6 +513,9 @@ impl Endpoint {
             conn,
             since_ms: coarse_ms(),
         });
+        if self.idle_waiters.load(Ordering::Relaxed) != 0 {
+            self.idle_returned.notify_one();
+        }
     }
 
     /// Called about once a second: drops pooled connections idle for longer than `idle_timeout`
