@@ -149,20 +149,26 @@ async fn hostname_endpoints_are_resolved_and_served() {
     assert!(resolved.contains(&serde_json::json!(up.addr.to_string())), "{status}");
 }
 
+/// The real `weir` binary, ready, with one listener in front of a pool `app` of the one
+/// endpoint `address`; `pool` lines in the pool's table. Its client port and itself.
+async fn weir_in_front_of(address: std::net::SocketAddr, pool: &str) -> (WeirProcess, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
+         [[pool]]\nname = \"app\"\n{pool}[[pool.endpoint]]\naddress = \"{address}\"\n"
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
+    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    (weir, port)
+}
+
 /// A replica that crashes with requests in flight fails them all at once: one passive-health
 /// outage, logged once, not one per request (it was one per request before).
 #[tokio::test]
 async fn a_crash_with_many_requests_in_flight_is_one_outage_logged_once() {
     let mut dying = Upstream::start("dying").await;
-    let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\n[pool.passive]\nmax_fails = 1\nfail_timeout = \"30s\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
-        dying.addr
-    );
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
-    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
-    weir.wait_ready().await;
+    let (weir, port) = weir_in_front_of(dying.addr, "[pool.passive]\nmax_fails = 1\nfail_timeout = \"30s\"\n").await;
     let url = format!("http://127.0.0.1:{port}/hang");
     let waiting: Vec<_> = (0..8)
         .map(|_| {
@@ -254,15 +260,7 @@ async fn no_free_descriptor_is_not_the_endpoints_failure() {
         ])
     })
     .await;
-    let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\n[pool.passive]\nmax_fails = 1\nfail_timeout = \"60s\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
-        up.addr
-    );
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
-    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
-    weir.wait_ready().await;
+    let (weir, port) = weir_in_front_of(up.addr, "[pool.passive]\nmax_fails = 1\nfail_timeout = \"60s\"\n").await;
     let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
     let pid = weir.child.id();
@@ -286,7 +284,7 @@ async fn no_free_descriptor_is_not_the_endpoints_failure() {
     assert!(body.contains("no free port or file descriptor"), "{body}");
     // Descriptors free again: the endpoint was not taken out (max_fails = 1 would have).
     assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
-    let metrics = get(&format!("http://127.0.0.1:{admin}/metrics")).await.text();
+    let metrics = get(&format!("http://{}/metrics", weir.admin)).await.text();
     assert!(
         metrics.lines().any(|l| l.starts_with("weir_upstream_attempts_total")
             && l.contains("outcome=\"local_error\"")
@@ -311,16 +309,8 @@ async fn no_free_descriptor_is_not_the_endpoints_failure() {
 #[tokio::test]
 async fn a_health_check_without_a_free_descriptor_is_not_a_failure() {
     let up = Upstream::start("checked").await;
-    let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\n[pool.health]\npath = \"/upcheck\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\n\
-         healthy_threshold = 1\nunhealthy_threshold = 1\n[[pool.endpoint]]\naddress = \"{}\"\n",
-        up.addr
-    );
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
-    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
-    weir.wait_ready().await;
+    let health = "[pool.health]\npath = \"/upcheck\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
+    let (weir, port) = weir_in_front_of(up.addr, health).await;
     let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     assert!(
         eventually(Duration::from_secs(5), async || exchange_on(&mut client).await.0 == 200).await,
@@ -351,15 +341,7 @@ async fn a_health_check_without_a_free_descriptor_is_not_a_failure() {
 #[tokio::test]
 async fn without_a_free_descriptor_a_request_takes_the_next_pooled_connection() {
     let up = Upstream::start("pooled").await;
-    let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n\
-         [[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
-        up.addr
-    );
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir"));
-    let mut weir = WeirProcess::spawn(bin, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
-    weir.wait_ready().await;
+    let (weir, port) = weir_in_front_of(up.addr, "").await;
     // One upstream connection, pooled by the first request...
     let mut waiting = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     assert_eq!(exchange_on(&mut waiting).await.0, 200);
