@@ -39,13 +39,13 @@ const MAX_POOLED_FIELDS: usize = 64;
 thread_local! {
     static FRONT_BUFS: RefCell<VecDeque<BytesMut>> = const { RefCell::new(VecDeque::new()) };
     static UPSTREAM_BUFS: RefCell<VecDeque<BytesMut>> = const { RefCell::new(VecDeque::new()) };
-    static WRITE_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static HEADER_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    static WRITE_BUFS: RefCell<VecDeque<Vec<u8>>> = const { RefCell::new(VecDeque::new()) };
+    static HEADER_MAPS: RefCell<VecDeque<HeaderMap>> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// An empty header map with room for `fields` fields.
 pub fn take_headers(fields: usize) -> HeaderMap {
-    match HEADER_MAPS.with_borrow_mut(Vec::pop) {
+    match HEADER_MAPS.with_borrow_mut(VecDeque::pop_back) {
         Some(mut map) => {
             map.reserve(fields);
             map
@@ -63,11 +63,12 @@ pub fn give_headers(mut map: HeaderMap) {
     keep(&HEADER_MAPS, map);
 }
 
-/// Puts `item` in this thread's `pool` unless the pool already holds [`POOLED`].
-fn keep<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>, item: T) {
+/// Puts `item` at the back of this thread's `pool` (where takes look first) unless the pool
+/// already holds [`POOLED`]. Queues, so that a read buffer still shared can wait at the front.
+fn keep<T>(pool: &'static std::thread::LocalKey<RefCell<VecDeque<T>>>, item: T) {
     pool.with_borrow_mut(|pool| {
         if pool.len() < POOLED {
-            pool.push(item);
+            pool.push_back(item);
         }
     });
 }
@@ -118,18 +119,13 @@ pub fn give_read(buf: &mut BytesMut, size: usize) {
         *buf = BytesMut::new();
         return;
     }
-    let buf = std::mem::take(buf);
-    read_pool(size).with_borrow_mut(|pool| {
-        if pool.len() < POOLED {
-            pool.push_back(buf);
-        }
-    });
+    keep(read_pool(size), std::mem::take(buf));
 }
 
 /// An empty write buffer.
 pub fn take_write() -> Vec<u8> {
     WRITE_BUFS
-        .with_borrow_mut(Vec::pop)
+        .with_borrow_mut(VecDeque::pop_back)
         .unwrap_or_else(|| Vec::with_capacity(WRITE))
 }
 

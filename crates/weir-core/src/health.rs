@@ -143,7 +143,8 @@ async fn check_loop(
                 tokio::time::sleep(health.interval + jitter(health.interval, round)).await;
                 continue;
             }
-            Ok(r) => r.map_err(|(ProbeError::Failed(reason) | ProbeError::Local(reason))| reason),
+            Ok(Err(ProbeError::Failed(reason))) => Err(reason),
+            Ok(Ok(())) => Ok(()),
             Err(_) => Err(format!(
                 "no answer within {}",
                 weir_config::format_duration(health.timeout)

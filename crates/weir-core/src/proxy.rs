@@ -820,10 +820,8 @@ fn connect_failure(endpoint: &Endpoint, e: &ConnectError) -> FailureKind {
         ConnectError::Timeout => FailureKind::ConnectTimeout,
         // Logged where the handshake failed (once as a warning per failing spell).
         ConnectError::Tls(_) => FailureKind::TlsError,
-        e if e.is_local() => {
-            crate::upstream::warn_local_resources(&endpoint.label, e);
-            FailureKind::LocalResources
-        }
+        // Warned about where it happened (`Endpoint::connect_stream`), at most once a second.
+        e if e.is_local() => FailureKind::LocalResources,
         e => {
             tracing::debug!(endpoint = %endpoint.label, error = %e, "upstream connect failed");
             FailureKind::ConnectRefused

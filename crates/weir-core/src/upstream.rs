@@ -77,7 +77,7 @@ pub enum ConnectError {
 /// Warns that weir ran out of local ports or file descriptors, at most once a second for the
 /// whole process: it is the host's state, and under load it would fail thousands of
 /// connects a second.
-pub(crate) fn warn_local_resources(endpoint: &str, e: &ConnectError) {
+fn warn_local_resources(endpoint: &str, e: &ConnectError) {
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
     let now = coarse_ms().max(1);
     let last = LAST_MS.load(Ordering::Relaxed);
@@ -418,12 +418,8 @@ impl Endpoint {
         let tls_id = tls.map_or(0, |t| t.id);
         match proxy {
             None => {
-                while let Some(mut idle) = self.idle.pop() {
-                    // One a reload left from `send_proxy` days names a client: not for others;
-                    // one made with other TLS settings (or none) is not for this generation.
-                    if idle.conn.proxied_for.is_none() && idle.conn.tls_id == tls_id && idle.usable(idle_timeout) {
-                        return Ok((idle.conn, true));
-                    }
+                if let Some(conn) = self.take_idle(idle_timeout, tls_id) {
+                    return Ok((conn, true));
                 }
             }
             Some(p) => {
@@ -438,7 +434,6 @@ impl Endpoint {
             // No port or descriptor for a new connection: one of those in use, when its
             // response is done, serves as well (a `send_proxy` pool's are each a client's).
             Err(e) if e.is_local() && proxy.is_none() => {
-                warn_local_resources(&self.label, &e);
                 match Box::pin(self.idle_within(connect_timeout, idle_timeout, tls_id)).await {
                     Some(conn) => Ok((conn, true)),
                     None => Err(e),
@@ -446,6 +441,18 @@ impl Endpoint {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A usable pooled connection for any client, dropping the unusable ones it finds first.
+    fn take_idle(&self, idle_timeout: Duration, tls_id: u64) -> Option<UpConn> {
+        while let Some(mut idle) = self.idle.pop() {
+            // One a reload left from `send_proxy` days names a client: not for others;
+            // one made with other TLS settings (or none) is not for this generation.
+            if idle.conn.proxied_for.is_none() && idle.conn.tls_id == tls_id && idle.usable(idle_timeout) {
+                return Some(idle.conn);
+            }
+        }
+        None
     }
 
     /// A usable pooled connection, waiting up to `budget` for one to be checked in.
@@ -460,10 +467,8 @@ impl Endpoint {
         let _waiting = Waiting(&self.idle_waiters);
         let deadline = tokio::time::Instant::now() + budget;
         loop {
-            while let Some(mut idle) = self.idle.pop() {
-                if idle.conn.proxied_for.is_none() && idle.conn.tls_id == tls_id && idle.usable(idle_timeout) {
-                    return Some(idle.conn);
-                }
+            if let Some(conn) = self.take_idle(idle_timeout, tls_id) {
+                return Some(conn);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -698,9 +703,15 @@ impl Endpoint {
                 }
             }
         };
-        tokio::time::timeout(connect_timeout, connect)
+        let connected = tokio::time::timeout(connect_timeout, connect)
             .await
-            .map_err(|_| ConnectError::Timeout)?
+            .map_err(|_| ConnectError::Timeout)?;
+        if let Err(e) = &connected
+            && e.is_local()
+        {
+            warn_local_resources(&self.label, e);
+        }
+        connected
     }
 }
 
