@@ -362,3 +362,30 @@ async fn without_a_free_descriptor_a_request_takes_the_next_pooled_connection() 
         weir.stderr_text()
     );
 }
+
+/// The same for an HTTP/2 pool: an upstream allowing one stream per connection has its one
+/// connection busy; without a descriptor for a second, the request waits for the stream to
+/// end and goes on that connection.
+#[tokio::test]
+async fn without_a_free_descriptor_an_h2_request_takes_the_next_free_stream() {
+    let up = Upstream::start_h2_limited("h2-one-stream", 1).await;
+    let (weir, port) = weir_in_front_of(up.addr, "protocol = \"h2\"\n").await;
+    let mut waiting = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(exchange_on(&mut waiting).await.0, 200);
+    let slow = tokio::spawn(async move { get(&format!("http://127.0.0.1:{port}/delay/400")).await });
+    assert!(eventually(Duration::from_secs(5), async || up.requests() == 2).await);
+    let pid = weir.child.id();
+    let (soft, hard) = fd_limits(pid);
+    set_fd_limit(&weir.child, lowest_free_fd(pid), hard);
+    let (status, body) = exchange_on(&mut waiting).await;
+    set_fd_limit(&weir.child, soft, hard);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(slow.await.unwrap().status, 200);
+    assert_eq!(up.connections(), 1, "every request went on the one connection");
+    assert!(
+        weir.stderr_text()
+            .contains("no local resource to open an upstream connection"),
+        "{}",
+        weir.stderr_text()
+    );
+}

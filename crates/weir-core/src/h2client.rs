@@ -155,6 +155,9 @@ pub struct H2Slot {
     /// Held while a connection is being opened: requests arriving meanwhile wait for it
     /// rather than open one each.
     connecting: tokio::sync::Mutex<()>,
+    /// Requests waiting for a stream to end because weir had no port or descriptor to open
+    /// another connection; shared with every connection, whose ending streams wake one.
+    freed: Arc<crate::freed::Freed>,
 }
 
 impl std::fmt::Debug for H2Slot {
@@ -182,6 +185,8 @@ pub struct H2Conn {
     /// (sent before anything else) have then been applied, so that what they allow
     /// (`SETTINGS_ENABLE_CONNECT_PROTOCOL`) is known.
     settled: tokio::sync::watch::Receiver<bool>,
+    /// Its slot's waiters ([`H2Slot::stream`]).
+    freed: Arc<crate::freed::Freed>,
 }
 
 impl H2Conn {
@@ -204,6 +209,7 @@ impl H2Stream {
 impl Drop for H2Stream {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.wake_one();
     }
 }
 
@@ -224,7 +230,8 @@ impl H2Slot {
     }
 
     /// A stream on one of the endpoint's connections with room for one, and whether that
-    /// connection was open already; a new connection when none has room.
+    /// connection was open already; a new connection when none has room. Without a port or
+    /// descriptor for a new one, a stream ending within `connect_timeout` makes room.
     pub async fn stream(
         &self,
         endpoint: &Endpoint,
@@ -235,12 +242,22 @@ impl H2Slot {
         if let Some(stream) = self.claim(tls_id) {
             return Ok((stream, true));
         }
-        let _opening = self.connecting.lock().await;
+        let opening = self.connecting.lock().await;
         // Another request may have opened one while this one waited for the lock.
         if let Some(stream) = self.claim(tls_id) {
             return Ok((stream, true));
         }
-        let io = endpoint.connect_stream(connect_timeout, None, tls).await?;
+        let io = match endpoint.connect_stream(connect_timeout, None, tls).await {
+            Ok(io) => io,
+            Err(e) if e.is_local() => {
+                drop(opening);
+                return match self.freed.within(connect_timeout, || self.claim(tls_id)).await {
+                    Some(stream) => Ok((stream, true)),
+                    None => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         let handshake = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -268,6 +285,7 @@ impl H2Slot {
             ended,
             retired: AtomicBool::new(false),
             settled,
+            freed: self.freed.clone(),
         });
         self.conns.rcu(|conns| {
             let mut kept: Vec<Arc<H2Conn>> = conns.iter().filter(|c| c.takes_streams(c.tls_id)).cloned().collect();

@@ -10,6 +10,7 @@ pub mod bufpool;
 pub mod client_body;
 pub mod dns;
 pub mod error;
+pub mod freed;
 pub mod front;
 pub mod gateway;
 pub mod generation;

@@ -162,8 +162,7 @@ pub struct Endpoint {
     idle: SegQueue<Idle>,
     /// Requests waiting for a pooled connection because weir had no port or descriptor to
     /// open one ([`Endpoint::checkout`]); a checkin wakes one of them.
-    idle_waiters: AtomicUsize,
-    idle_returned: tokio::sync::Notify,
+    idle_returned: crate::freed::Freed,
     /// The most requests in flight at once since the last sweep.
     peak_in_flight: AtomicU32,
     /// The same for the sweep period before: the pool keeps what either period needed.
@@ -233,8 +232,7 @@ impl Endpoint {
             preferred: AtomicUsize::new(0),
             tls_failing: AtomicBool::new(false),
             idle: SegQueue::new(),
-            idle_waiters: AtomicUsize::new(0),
-            idle_returned: tokio::sync::Notify::new(),
+            idle_returned: crate::freed::Freed::default(),
             peak_in_flight: AtomicU32::new(0),
             previous_peak: AtomicU32::new(0),
             max_idle: max_idle.max(1),
@@ -434,7 +432,10 @@ impl Endpoint {
             // No port or descriptor for a new connection: one of those in use, when its
             // response is done, serves as well (a `send_proxy` pool's are each a client's).
             Err(e) if e.is_local() && proxy.is_none() => {
-                match Box::pin(self.idle_within(connect_timeout, idle_timeout, tls_id)).await {
+                let returned = self
+                    .idle_returned
+                    .within(connect_timeout, || self.take_idle(idle_timeout, tls_id));
+                match Box::pin(returned).await {
                     Some(conn) => Ok((conn, true)),
                     None => Err(e),
                 }
@@ -453,35 +454,6 @@ impl Endpoint {
             }
         }
         None
-    }
-
-    /// A usable pooled connection, waiting up to `budget` for one to be checked in.
-    async fn idle_within(&self, budget: Duration, idle_timeout: Duration, tls_id: u64) -> Option<UpConn> {
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        self.idle_waiters.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.idle_waiters);
-        let deadline = tokio::time::Instant::now() + budget;
-        loop {
-            if let Some(conn) = self.take_idle(idle_timeout, tls_id) {
-                return Some(conn);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            // A checkin between the look above and this wait is found at the next look, 10 ms
-            // later at most: the checkin path stays free of a fence.
-            let _ = tokio::time::timeout_at(
-                deadline.min(now + Duration::from_millis(10)),
-                self.idle_returned.notified(),
-            )
-            .await;
-        }
     }
 
     /// A usable pooled connection opened for `client`. Looks at each pooled connection at most
@@ -518,9 +490,7 @@ impl Endpoint {
             conn,
             since_ms: coarse_ms(),
         });
-        if self.idle_waiters.load(Ordering::Relaxed) != 0 {
-            self.idle_returned.notify_one();
-        }
+        self.idle_returned.wake_one();
     }
 
     /// Called about once a second: drops pooled connections idle for longer than `idle_timeout`
