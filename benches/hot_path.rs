@@ -108,6 +108,7 @@ fn upstream_client(c: &mut Criterion) {
         uri: &uri,
         headers: &headers,
         forwarding: Some(&forwarding),
+        trailers: weir_core::h1client::RequestTrailers::Unknown,
     };
     let mut out = Vec::with_capacity(1024);
     c.bench_function("upstream/encode_request (5 headers + forwarding)", |b| {

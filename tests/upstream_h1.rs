@@ -438,6 +438,58 @@ async fn request_trailers_reach_the_upstream_in_the_last_chunk() {
     );
 }
 
+/// An HTTP/2 client's request with a `content-length` and trailers: the trailers reach an
+/// HTTP/1.1 upstream when weir knows of them before the head goes out, in a chunked body
+/// instead of the length. It knows when it buffered the body (a small idempotent request,
+/// kept for a retry) or when the head announces them (`Trailer`). Otherwise the body goes with
+/// its length and the trailers are dropped, as RFC 9110 §6.5.1 allows.
+#[tokio::test]
+async fn request_trailers_of_a_body_with_a_length_reach_the_upstream_when_known() {
+    let up = raw_upstream(|_, _| Act::Reply(vec![OK])).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    let mut send = h2c_sender(gw.addr("client")).await;
+    let big = "a".repeat(20_000);
+    let cases: [(&str, &str, Option<&str>, &str); 4] = [
+        ("PUT", "/buffered", None, "hello"),
+        ("PUT", "/buffered-big", None, &big),
+        ("POST", "/announced", Some("x-trailer"), "hello"),
+        ("POST", "/unannounced", None, "hello"),
+    ];
+    for (i, (method, path, announced, body)) in cases.into_iter().enumerate() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-trailer", http::HeaderValue::from_static("abc"));
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(body.to_owned()))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://weir.test{path}"))
+            .header("content-length", body.len());
+        if let Some(names) = announced {
+            req = req.header("trailer", names);
+        }
+        let req = req
+            .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let seen = up.request(i).to_ascii_lowercase();
+        if path == "/unannounced" {
+            assert!(seen.contains("content-length: 5\r\n"), "{seen}");
+            assert!(seen.ends_with("\r\n\r\nhello"), "{seen}");
+        } else {
+            assert!(seen.contains("transfer-encoding: chunked\r\n"), "{seen}");
+            assert!(!seen.contains("content-length"), "{seen}");
+            let chunked = format!("\r\n\r\n{:x}\r\n{body}\r\n0\r\nx-trailer: abc\r\n\r\n", body.len());
+            assert!(seen.ends_with(&chunked), "{path}: {}", &seen[..seen.len().min(400)]);
+        }
+    }
+}
+
 /// An HTTP/2 client's WebSocket goes to an HTTP/1.1 upstream with a key of weir's: a `101`
 /// whose `Sec-WebSocket-Accept` does not answer it is no WebSocket, and the client gets a 502.
 #[tokio::test]

@@ -25,19 +25,31 @@ pub static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// What [`strip_hop_by_hop`] removed that still matters to the request.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stripped {
+    /// A `TE` asked for trailers: the one `TE` an HTTP/2 request may carry, which gRPC clients
+    /// send (an HTTP/2 upstream gets it back).
+    pub te_trailers: bool,
+    /// A `Trailer` field announced trailer fields: an HTTP/1.1 upstream gets the body chunked,
+    /// the framing that has a place for them.
+    pub trailer_announced: bool,
+}
+
 /// Removes hop-by-hop fields: the fixed set and every field the `Connection` header names.
-/// Returns whether a removed `TE` asked for trailers: the one `TE` an HTTP/2 request may carry,
-/// which gRPC clients send (an HTTP/2 upstream gets it back).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Stripped {
     // One pass over the names, without hashing: most requests carry none of these, and nine
     // map lookups per request cost more than this scan.
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return false;
+        return Stripped::default();
     }
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-    });
+    let stripped = Stripped {
+        te_trailers: headers.get_all(header::TE).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        }),
+        trailer_announced: headers.contains_key(header::TRAILER),
+    };
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -55,7 +67,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             headers.remove(name);
         }
     }
-    te_trailers
+    stripped
 }
 
 /// Whether a trailer field may pass on: not a framing, routing or connection field (RFC 9110
@@ -293,9 +305,16 @@ mod tests {
 
     #[test]
     fn only_a_te_naming_trailers_is_reported() {
-        assert!(!strip_hop_by_hop(&mut map(&[("te", "gzip"), ("host", "a")])));
-        assert!(strip_hop_by_hop(&mut map(&[("te", "gzip, Trailers")])));
-        assert!(!strip_hop_by_hop(&mut map(&[("connection", "close"), ("host", "a")])));
+        assert!(!strip_hop_by_hop(&mut map(&[("te", "gzip"), ("host", "a")])).te_trailers);
+        assert!(strip_hop_by_hop(&mut map(&[("te", "gzip, Trailers")])).te_trailers);
+        assert!(!strip_hop_by_hop(&mut map(&[("connection", "close"), ("host", "a")])).te_trailers);
+        assert_eq!(
+            strip_hop_by_hop(&mut map(&[("trailer", "x-sum"), ("host", "a")])),
+            Stripped {
+                te_trailers: false,
+                trailer_announced: true
+            }
+        );
     }
 
     #[test]
@@ -310,7 +329,7 @@ mod tests {
             ("x-kept", "yes"),
             ("host", "a"),
         ]);
-        assert!(strip_hop_by_hop(&mut h), "TE: trailers was there");
+        assert!(strip_hop_by_hop(&mut h).te_trailers, "TE: trailers was there");
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["host", "x-kept"]);

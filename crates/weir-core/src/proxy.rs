@@ -18,7 +18,7 @@ use crate::client_body::ClientBody;
 use crate::error::ProxyError;
 use crate::front::{Tunnel, TunnelSlot};
 use crate::generation::{Generation, ListenerRt, PoolRt};
-use crate::h1client::{ExchangeError, RequestHead, ResponseBody, ResponseHead, UpBody, UpConn};
+use crate::h1client::{ExchangeError, RequestHead, RequestTrailers, ResponseBody, ResponseHead, UpBody, UpConn};
 use crate::h2client::{H2Answer, H2ReqBody, H2RespBody, H2Stream, TunnelAnswer};
 use crate::hash::{fnv1a, mix};
 use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
@@ -276,7 +276,7 @@ fn forward<'a>(
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
-        let te_trailers = strip_hop_by_hop(req.headers_mut());
+        let stripped = strip_hop_by_hop(req.headers_mut());
         if !req.headers().contains_key(header::HOST)
             && let Some(h) = &request_host
         {
@@ -327,7 +327,7 @@ fn forward<'a>(
             && !upgrade
             && max_attempts > 1
             && body.size_hint().exact().is_some_and(|n| n <= limit);
-        // A buffered HTTP/2 body's trailers, for an HTTP/2 upstream (boxed: rare).
+        // A buffered body's trailers (boxed: rare).
         let mut trailers: Option<Box<HeaderMap>> = None;
         let mut up_body = if !has_body {
             drop(body);
@@ -463,7 +463,7 @@ fn forward<'a>(
                     headers: req.headers(),
                     trailers: trailers.as_deref(),
                     forwarding: (!routed_forwarding).then_some(&forwarding),
-                    te_trailers,
+                    te_trailers: stripped.te_trailers,
                     per_try,
                     replayable,
                 };
@@ -516,6 +516,11 @@ fn forward<'a>(
                                 uri: req.uri(),
                                 headers: req.headers(),
                                 forwarding: (!routed_forwarding).then_some(&forwarding),
+                                trailers: match trailers.as_deref() {
+                                    Some(t) => RequestTrailers::Buffered(t),
+                                    None if stripped.trailer_announced => RequestTrailers::Announced,
+                                    None => RequestTrailers::Unknown,
+                                },
                             };
                             match conn.exchange_within(per_try, &head, &mut up_body).await {
                                 Ok(Ok(head)) => Ok(Answer::H1(head, conn)),

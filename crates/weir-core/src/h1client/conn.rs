@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::{
-    Framing, HeadError, RequestFraming, RequestHead, ResponseHead, encode_request, parse_response, put_chunk_size,
+    Framing, HeadError, RequestFraming, RequestHead, RequestTrailers, ResponseHead, encode_request, parse_response,
+    put_chunk_size,
 };
 use super::stream::UpStream;
 use super::timer::{ReusedTimer, TimedOut};
@@ -150,16 +151,43 @@ impl UpConn {
             self.wbuf = bufpool::take_write();
         }
         self.wbuf.clear();
+        // A body with trailer fields goes chunked, their only place in HTTP/1.1: a buffered one
+        // whose trailers are known, a streamed one whose head announced them.
+        let buffered_trailers = match head.trailers {
+            RequestTrailers::Buffered(t) => Some(t),
+            _ => None,
+        };
         let framing = match body {
             UpBody::Empty | UpBody::Spent => RequestFraming::Empty,
+            UpBody::Full(_) if buffered_trailers.is_some() => RequestFraming::Chunked,
             UpBody::Full(b) => RequestFraming::Length(b.len() as u64),
             UpBody::Streamed(inc) => match inc.size_hint().exact() {
-                Some(n) => RequestFraming::Length(n),
-                None => RequestFraming::Chunked,
+                Some(n) if !matches!(head.trailers, RequestTrailers::Announced) => RequestFraming::Length(n),
+                _ => RequestFraming::Chunked,
             },
         };
         encode_request(head, framing, &mut self.wbuf);
         match body {
+            UpBody::Full(b) if framing == RequestFraming::Chunked => {
+                // One chunk, then the last one with the trailers; in one write when small.
+                let data_end: &[u8] = if b.is_empty() { b"" } else { b"\r\n" };
+                if !b.is_empty() {
+                    put_chunk_size(b.len(), &mut self.wbuf);
+                }
+                if b.len() <= INLINE_BODY {
+                    self.wbuf.extend_from_slice(b);
+                    self.wbuf.extend_from_slice(data_end);
+                    crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
+                    write_first(&mut self.stream, &self.wbuf).await?;
+                } else {
+                    write_first(&mut self.stream, &self.wbuf).await?;
+                    self.stream.write_all(b).await.map_err(ExchangeError::Io)?;
+                    self.wbuf.clear();
+                    self.wbuf.extend_from_slice(data_end);
+                    crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
+                    self.stream.write_all(&self.wbuf).await.map_err(ExchangeError::Io)?;
+                }
+            }
             UpBody::Full(b) if b.len() <= INLINE_BODY => {
                 self.wbuf.extend_from_slice(b);
                 write_first(&mut self.stream, &self.wbuf).await?;

@@ -66,6 +66,21 @@ pub struct RequestHead<'a> {
     /// The forwarding fields weir writes in place of the map's own; `None` when the map
     /// already holds the final ones.
     pub forwarding: Option<&'a Forwarding<'a>>,
+    /// What weir knows of the body's trailer fields before the head goes out.
+    pub trailers: RequestTrailers<'a>,
+}
+
+/// A request body's trailer fields as known when its head is written. Known ones make the body
+/// go chunked, the framing with a place for them; a body with a length and trailers nobody
+/// announced goes with its length, and its trailers are dropped (RFC 9110 §6.5.1 allows it).
+#[derive(Clone, Copy, Debug, Default)]
+pub enum RequestTrailers<'a> {
+    #[default]
+    Unknown,
+    /// The client's head announced some (`Trailer`): a streamed body goes chunked.
+    Announced,
+    /// Those of a buffered body ([`super::UpBody::Full`]).
+    Buffered(&'a HeaderMap),
 }
 
 /// Writes the request head (origin-form target, HTTP/1.1) into `out`. Framing fields of the
@@ -501,6 +516,7 @@ mod tests {
             uri,
             headers,
             forwarding: None,
+            trailers: RequestTrailers::Unknown,
         };
         encode_request(&head, framing, out);
     }
@@ -524,6 +540,7 @@ mod tests {
             uri: &uri,
             headers: &headers,
             forwarding: Some(&f),
+            trailers: RequestTrailers::Unknown,
         };
         let mut out = Vec::new();
         encode_request(&head, RequestFraming::Empty, &mut out);
