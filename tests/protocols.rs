@@ -104,16 +104,7 @@ async fn websocket_echo_through_weir() {
         .await
         .expect("websocket handshake through weir");
     assert_eq!(resp.status(), 101);
-    for i in 0..5 {
-        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
-    }
-    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap().into_data().as_ref(),
-        &[0u8, 1, 2, 255]
-    );
+    ws_echo(&mut ws, "hello", 5, &[0u8, 1, 2, 255]).await;
     ws.close(None).await.unwrap();
 }
 
@@ -122,14 +113,7 @@ async fn echo_round<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    for i in 0..5 {
-        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
-    }
-    let big = vec![9u8; 200_000];
-    ws.send(Message::binary(big.clone())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_data().as_ref(), &big[..]);
+    ws_echo(ws, "hello", 5, &[9u8; 200_000]).await;
     ws.close(None).await.unwrap();
 }
 

@@ -206,8 +206,7 @@ async fn a_response_timeout_resets_one_stream_and_the_connection_serves_on() {
 /// plain requests share the connection meanwhile.
 #[tokio::test]
 async fn a_websocket_to_an_h2_pool_goes_as_an_extended_connect() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     let up = Upstream::start_h2("a").await;
@@ -223,15 +222,9 @@ async fn a_websocket_to_an_h2_pool_goes_as_an_extended_connect() {
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
     assert_eq!(resp.headers()["x-request-via"], "1.1 weir");
-    for i in 0..5 {
-        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), format!("hello {i}"));
-    }
-    // Larger than a DATA frame and the tunnel's write chunk: flow control both ways.
-    let big = vec![7u8; 300_000];
-    ws.send(Message::binary(big.clone())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_data().as_ref(), &big[..]);
+    // The binary message is larger than a DATA frame and the tunnel's write chunk: flow control
+    // both ways.
+    ws_echo(&mut ws, "hello", 5, &[7u8; 300_000]).await;
     // A plain request meanwhile shares the connection.
     let r = get(&gw.url("client", "/plain")).await;
     assert_eq!(r.status, 200);
@@ -250,9 +243,6 @@ async fn a_websocket_to_an_h2_pool_goes_as_an_extended_connect() {
 /// An HTTP/2 client's WebSocket to an HTTP/2 pool: an extended CONNECT at both ends.
 #[tokio::test]
 async fn an_http2_clients_websocket_goes_to_an_h2_pool_as_an_extended_connect() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let up = Upstream::start_h2("a").await;
     let gw = TestGateway::start(&h2_pool(&[&up], "")).await;
     let (head, ws) = h2_websocket(gw.addr("client"), "/ws", Some("chat")).await;
@@ -260,13 +250,7 @@ async fn an_http2_clients_websocket_goes_to_an_h2_pool_as_an_extended_connect() 
     assert_eq!(head.headers["sec-websocket-protocol"], "chat");
     assert_eq!(head.headers["x-request-via"], "2 weir");
     let mut ws = ws.expect("a WebSocket");
-    for i in 0..3 {
-        ws.send(Message::text(format!("hi {i}"))).await.unwrap();
-        assert_eq!(
-            ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
-            format!("hi {i}")
-        );
-    }
+    ws_echo(&mut ws, "hi", 3, &[]).await;
     ws.close(None).await.unwrap();
     assert_eq!(up.requests(), 1);
     assert_eq!(up.connections(), 1);

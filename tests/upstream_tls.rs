@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 use weir_test_support::*;
 
 fn tls_pool(ups: &[&Upstream], tls: &str, extra: &str) -> String {
@@ -115,11 +113,7 @@ async fn websocket_through_a_tls_upstream() {
         .await
         .expect("websocket handshake through weir");
     assert_eq!(resp.status(), 101);
-    for i in 0..3 {
-        ws.send(Message::text(format!("over tls {i}"))).await.unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), format!("over tls {i}"));
-    }
+    ws_echo(&mut ws, "over tls", 3, &[]).await;
     ws.close(None).await.unwrap();
 }
 

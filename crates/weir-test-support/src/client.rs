@@ -282,3 +282,29 @@ pub async fn h2_websocket_on(
     .await;
     (resp.into_parts().0, Some(ws))
 }
+
+/// Sends `texts` text messages (`"{prefix} {i}"`) and then `binary` (unless empty) over `ws`,
+/// asserting each comes back as sent (the test upstreams' `/ws` echoes). Leaves `ws` open.
+pub async fn ws_echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, prefix: &str, texts: usize, binary: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<S>| {
+        tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an echo within 10 s")
+            .expect("the WebSocket still open")
+            .expect("a message")
+    };
+    for i in 0..texts {
+        let text = format!("{prefix} {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next(ws).await.into_text().unwrap().as_str(), text);
+    }
+    if !binary.is_empty() {
+        ws.send(Message::binary(binary.to_vec())).await.unwrap();
+        assert_eq!(next(ws).await.into_data().as_ref(), binary);
+    }
+}
