@@ -184,6 +184,12 @@ async fn a_crash_with_many_requests_in_flight_is_one_outage_logged_once() {
     let line = "endpoint unavailable (passive health)";
     assert!(weir.stderr_eventually_contains(line).await, "{}", weir.stderr_text());
     assert_eq!(weir.stderr_text().matches(line).count(), 1, "{}", weir.stderr_text());
+    // The warning says what failed.
+    assert!(
+        weir.stderr_text().contains("last_failure=reset"),
+        "{}",
+        weir.stderr_text()
+    );
 }
 
 /// One request on a kept-alive HTTP/1.1 connection: status and body.

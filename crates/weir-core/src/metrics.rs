@@ -119,6 +119,13 @@ pub enum AttemptOutcome {
     LocalError,
 }
 
+impl AttemptOutcome {
+    /// Its `outcome` label.
+    pub fn label(self) -> &'static str {
+        ATTEMPT_OUTCOMES[self as usize].1
+    }
+}
+
 pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 9] = [
     (AttemptOutcome::Ok, "ok"),
     (AttemptOutcome::ConnectError, "connect_error"),
@@ -432,5 +439,18 @@ impl EncodeMetric for HistogramSnapshotCell {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_attempt_outcome_has_its_own_label() {
+        for (i, (outcome, name)) in ATTEMPT_OUTCOMES.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{name} is out of place");
+            assert_eq!(outcome.label(), name);
+        }
     }
 }

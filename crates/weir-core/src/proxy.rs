@@ -577,14 +577,15 @@ fn forward<'a>(
             if failure == FailureKind::LocalResources {
                 endpoint.count_attempt(AttemptOutcome::LocalError);
             } else if !matches!(failure, FailureKind::HttpStatus(_)) {
-                endpoint.record_failure(&pool.config.passive);
-                endpoint.count_attempt(match failure {
+                let outcome = match failure {
                     FailureKind::ConnectRefused => AttemptOutcome::ConnectError,
                     FailureKind::ConnectTimeout => AttemptOutcome::ConnectTimeout,
                     FailureKind::TlsError => AttemptOutcome::TlsError,
                     FailureKind::ResponseTimeout => AttemptOutcome::Timeout,
                     _ => AttemptOutcome::Reset,
-                });
+                };
+                endpoint.record_failure(&pool.config.passive, format_args!("{}", outcome.label()));
+                endpoint.count_attempt(outcome);
             }
             let info = AttemptInfo {
                 request_id,
@@ -812,7 +813,7 @@ fn answered(endpoint: &Endpoint, pool: &PoolRt, status: u16, attempt_start: Inst
         AttemptOutcome::Ok
     });
     if pool.config.passive.fail_on_status.contains(&status) {
-        endpoint.record_failure(&pool.config.passive);
+        endpoint.record_failure(&pool.config.passive, format_args!("status {status}"));
     } else {
         endpoint.record_success();
     }

@@ -282,8 +282,9 @@ impl Endpoint {
         until != 0 && now_ms() < until
     }
 
-    /// A failed attempt (connect error, timeout, reset, or a status the pool counts).
-    pub fn record_failure(&self, passive: &weir_config::Passive) {
+    /// A failed attempt (connect error, timeout, reset, or a status the pool counts); `cause`
+    /// says which, for the warning when it takes the endpoint out.
+    pub fn record_failure(&self, passive: &weir_config::Passive, cause: std::fmt::Arguments<'_>) {
         if passive.max_fails == 0 {
             return;
         }
@@ -314,7 +315,7 @@ impl Endpoint {
             // After the outage, one attempt decides: a failure takes it out again at once.
             self.probation.store(true, Ordering::Release);
             HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
-            tracing::warn!(endpoint = %self.label, fails, fail_timeout_ms = timeout, "endpoint unavailable (passive health)");
+            tracing::warn!(endpoint = %self.label, fails, fail_timeout_ms = timeout, last_failure = %cause, "endpoint unavailable (passive health)");
         }
     }
 
