@@ -20,7 +20,15 @@ async fn main() {
     let name = args.next().unwrap_or_else(|| format!("upstream-{port}"));
     let pad: usize = args.next().and_then(|b| b.parse().ok()).unwrap_or(0);
     let h2 = std::env::var("DEMO_H2").is_ok_and(|v| v == "1");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    // A deep backlog, as production servers have: tokio's default (128 here) overflowed when a
+    // proxy opened a few hundred connections at once while sharing this upstream's core, and
+    // the benchmark then measured the upstream's accept queue instead of the proxy.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     eprintln!("demo upstream {name} on 127.0.0.1:{port}");
     loop {
         let Ok((stream, _)) = listener.accept().await else {

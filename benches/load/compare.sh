@@ -4,7 +4,8 @@
 #   usage: benches/load/compare.sh [ROUNDS=3] [SECONDS=5]
 #   env:   LAYOUTS="A B"  PHASES="throughput fixed h2 tls"  MEMORY=1  OUT=benches/load/RESULTS.md
 #          PGO=1: weir and weir-native run the profile-guided build of scripts/build-pgo.sh
-#          (run first) instead of the plain release build
+#          instead of the plain release build (built first, unless target/pgo/release/weir is
+#          newer than every source)
 #
 # Systems: direct (wrk to one upstream), weir (default Wasm round-robin), weir-native (native
 # round-robin), nginx, HAProxy; each tuned fairly: one worker on the proxy's core, upstream
@@ -47,8 +48,13 @@ bash scripts/build-plugins.sh >/dev/null 2>&1
 cargo build -q --release --example demo_upstream --example idle_conns
 WEIR_BIN=target/release/weir
 if [ "${PGO:-0}" = 1 ]; then
-  bash scripts/build-pgo.sh >/dev/null  # after a first run, rebuilds only what changed
   WEIR_BIN=target/pgo/release/weir
+  # The profile-guided build (~12 minutes) is redone only when a source is newer than it.
+  if [ ! -x "$WEIR_BIN" ] || [ -n "$(find crates src vendor Cargo.toml Cargo.lock -newer "$WEIR_BIN" -type f -print -quit)" ]; then
+    bash scripts/build-pgo.sh >/dev/null
+  else
+    echo "reusing $WEIR_BIN: no source is newer" >&2
+  fi
 else
   cargo build -q --release --bin weir
 fi
@@ -84,6 +90,9 @@ jiffies() { # utime+stime of the given pids and their children processes
 rss_kib() { local total=0 p; for p in $(tree "$1"); do total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$total"; }
 hwm_kib() { local total=0 p; for p in $(tree "$1"); do total=$((total + $(awk '/^VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$total"; }
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# Connections the kernel dropped because a listening socket's accept queue was full (host-wide,
+# TcpExtListenOverflows): a round with some measured the upstreams' accept speed as well.
+listen_overflows() { awk '/^TcpExt:/ {if (!n) {for (i = 1; i <= NF; i++) if ($i == "ListenOverflows") n = i} else print $n}' /proc/net/netstat; }
 HZ=$(getconf CLK_TCK)
 
 spawn() { # core, command...: start pinned in the background, record the PID
@@ -170,15 +179,15 @@ drive() { # phase system core
 measure() { # layout phase system round gen-core
   local layout=$1 phase=$2 sys=$3 round=$4 core=$5 attempt
   for attempt in 1 2 3; do
-    local known proxy_pid=${PID[$sys]} c0 k0 b0 t0 c1 k1 b1 t1 res rss_file=$work/rss.sample
+    local known proxy_pid=${PID[$sys]} c0 k0 b0 t0 o0 c1 k1 b1 t1 o1 res rss_file=$work/rss.sample
     known=$(known_pids)
     echo 0 > "$rss_file"
     ( sleep "$(awk -v s="$SECS" 'BEGIN {print s / 2}')"; rss_kib "$proxy_pid" > "$rss_file" ) &
     local sampler=$!
-    c0=$(jiffies "$proxy_pid"); k0=$(jiffies $known); b0=$(busy); t0=$(date +%s.%N)
+    c0=$(jiffies "$proxy_pid"); k0=$(jiffies $known); b0=$(busy); t0=$(date +%s.%N); o0=$(listen_overflows)
     local times=$work/times
     { TIMEFORMAT='%U %S'; time drive "$phase" "$sys" "$core" > "$work/drive.out"; } 2> "$times"
-    c1=$(jiffies "$proxy_pid"); k1=$(jiffies $known); b1=$(busy); t1=$(date +%s.%N)
+    c1=$(jiffies "$proxy_pid"); k1=$(jiffies $known); b1=$(busy); t1=$(date +%s.%N); o1=$(listen_overflows)
     wait "$sampler" 2>/dev/null || true
     res=$(cat "$work/drive.out")
     local client foreign
@@ -193,14 +202,14 @@ measure() { # layout phase system round gen-core
     read -r n err p50 p99 <<< "$res"
     # Errors are kept with what the tool said of them (status codes, socket errors).
     if [ "${err:-0}" != 0 ]; then
-      { echo "== $layout $phase $sys round $round: $err errors"; grep -E '^(requests|status codes):|Non-2xx|Socket errors' "$work/tool.out"; tail -n 5 "$work/stderr.log"; } | tee -a "$work/errors.log" >&2
+      { echo "== $layout $phase $sys round $round: $err errors; $((o1 - o0)) connections dropped by full accept queues"; grep -E '^(requests|status codes):|Non-2xx|Socket errors' "$work/tool.out"; tail -n 5 "$work/stderr.log"; } | tee -a "$work/errors.log" >&2
     fi
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')
     rps=$(awk -v n="$n" -v s="$secs" 'BEGIN {printf "%.0f", n / s}')
     cpu=$(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$HZ" 'BEGIN {if (n > 0) printf "%.2f", d * 1e6 / hz / n; else print "-"}')
     [ "$sys" = direct ] && cpu=-
     echo "$layout $phase $sys $round $rps $p50 $p99 $cpu $(cat "$rss_file") $err $foreign" >> "$results"
-    echo "  $layout $phase $sys round $round: $rps req/s p50 $p50 ms p99 $p99 ms cpu $cpu us/req errors $err foreign ${foreign}%" >&2
+    echo "  $layout $phase $sys round $round: $rps req/s p50 $p50 ms p99 $p99 ms cpu $cpu us/req errors $err foreign ${foreign}% accept-queue drops $((o1 - o0))" >&2
     return 0
   done
 }

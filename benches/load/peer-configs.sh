@@ -21,7 +21,10 @@ http {
   uwsgi_temp_path $w/nginx; scgi_temp_path $w/nginx;
   keepalive_requests 100000000;
   keepalive_timeout 75s;
-  upstream app { server 127.0.0.1:$4; server 127.0.0.1:$5; keepalive 128; keepalive_requests 100000000; }
+  # keepalive 1024: idle upstream connections kept per worker. It must exceed the most requests in
+  # flight (the h2 phase has 640); with 128, nginx closed every connection above it after its
+  # request, ~25,000 a second, which spent the host's ephemeral ports for the systems after it.
+  upstream app { server 127.0.0.1:$4; server 127.0.0.1:$5; keepalive 1024; keepalive_requests 100000000; }
   server {
     listen 127.0.0.1:$3 reuseport backlog=4096;
 ${6:-}
