@@ -169,23 +169,26 @@ impl UpConn {
         encode_request(head, framing, &mut self.wbuf);
         match body {
             UpBody::Full(b) if framing == RequestFraming::Chunked => {
-                // One chunk, then the last one with the trailers; in one write when small.
-                let data_end: &[u8] = if b.is_empty() { b"" } else { b"\r\n" };
+                // One chunk, then the last one with the trailers; all in one write when small.
+                let large = b.len() > INLINE_BODY;
                 if !b.is_empty() {
                     put_chunk_size(b.len(), &mut self.wbuf);
                 }
-                if b.len() <= INLINE_BODY {
-                    self.wbuf.extend_from_slice(b);
-                    self.wbuf.extend_from_slice(data_end);
-                    crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
-                    write_first(&mut self.stream, &self.wbuf).await?;
-                } else {
+                if large {
                     write_first(&mut self.stream, &self.wbuf).await?;
                     self.stream.write_all(b).await.map_err(ExchangeError::Io)?;
                     self.wbuf.clear();
-                    self.wbuf.extend_from_slice(data_end);
-                    crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
+                } else {
+                    self.wbuf.extend_from_slice(b);
+                }
+                if !b.is_empty() {
+                    self.wbuf.extend_from_slice(b"\r\n");
+                }
+                crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
+                if large {
                     self.stream.write_all(&self.wbuf).await.map_err(ExchangeError::Io)?;
+                } else {
+                    write_first(&mut self.stream, &self.wbuf).await?;
                 }
             }
             UpBody::Full(b) if b.len() <= INLINE_BODY => {
