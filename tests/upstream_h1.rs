@@ -396,6 +396,33 @@ async fn chunked_response_trailers_reach_http1_and_http2_clients() {
     assert!(trailers.get("content-length").is_none());
 }
 
+/// An HTTP/2 client's request body: data, then the trailer field `x-trailer: abc`.
+type DataThenTrailer = http_body_util::StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>>,
+>;
+
+/// Sends `req` with `data` and the trailer `x-trailer: abc` as its body; the response's status.
+async fn send_with_trailer(
+    send: &mut hyper::client::conn::http2::SendRequest<DataThenTrailer>,
+    req: http::request::Builder,
+    data: &[u8],
+) -> http::StatusCode {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-trailer", http::HeaderValue::from_static("abc"));
+    let frames = vec![
+        Ok(hyper::body::Frame::data(Bytes::copy_from_slice(data))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let req = req
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    resp.status()
+}
+
 /// A request's trailer fields reach an HTTP/1.1 upstream in the last chunk: an HTTP/1.1
 /// client's from its chunked body, an HTTP/2 client's (a body without a length) from its
 /// trailers. Framing and routing fields among them do not.
@@ -416,20 +443,8 @@ async fn request_trailers_reach_the_upstream_in_the_last_chunk() {
     );
 
     let mut send = h2c_sender(gw.addr("client")).await;
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("x-trailer", http::HeaderValue::from_static("abc"));
-    let frames = vec![
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"hello"))),
-        Ok(hyper::body::Frame::trailers(trailers)),
-    ];
-    let req = http::Request::post("http://weir.test/h2")
-        .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let status = send_with_trailer(&mut send, http::Request::post("http://weir.test/h2"), b"hello").await;
+    assert_eq!(status, 200);
     let seen = up.request(1).to_ascii_lowercase();
     assert!(seen.contains("transfer-encoding: chunked\r\n"), "{seen}");
     assert!(
@@ -456,12 +471,6 @@ async fn request_trailers_of_a_body_with_a_length_reach_the_upstream_when_known(
         ("POST", "/unannounced", None, "hello"),
     ];
     for (i, (method, path, announced, body)) in cases.into_iter().enumerate() {
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("x-trailer", http::HeaderValue::from_static("abc"));
-        let frames = vec![
-            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(body.to_owned()))),
-            Ok(hyper::body::Frame::trailers(trailers)),
-        ];
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://weir.test{path}"))
@@ -469,14 +478,7 @@ async fn request_trailers_of_a_body_with_a_length_reach_the_upstream_when_known(
         if let Some(names) = announced {
             req = req.header("trailer", names);
         }
-        let req = req
-            .body(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(send_with_trailer(&mut send, req, body.as_bytes()).await, 200, "{path}");
         let seen = up.request(i).to_ascii_lowercase();
         if path == "/unannounced" {
             assert!(seen.contains("content-length: 5\r\n"), "{seen}");
