@@ -208,7 +208,7 @@ measure() { # layout phase system round gen-core
     rps=$(awk -v n="$n" -v s="$secs" 'BEGIN {printf "%.0f", n / s}')
     cpu=$(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$HZ" 'BEGIN {if (n > 0) printf "%.2f", d * 1e6 / hz / n; else print "-"}')
     [ "$sys" = direct ] && cpu=-
-    echo "$layout $phase $sys $round $rps $p50 $p99 $cpu $(cat "$rss_file") $err $foreign" >> "$results"
+    echo "$layout $phase $sys $round $rps $p50 $p99 $cpu $(cat "$rss_file") $err $foreign $((o1 - o0))" >> "$results"
     echo "  $layout $phase $sys round $round: $rps req/s p50 $p50 ms p99 $p99 ms cpu $cpu us/req errors $err foreign ${foreign}% accept-queue drops $((o1 - o0))" >&2
     return 0
   done
@@ -292,6 +292,7 @@ fi
       vals[k "rps"] = vals[k "rps"] " " $5; vals[k "p50"] = vals[k "p50"] " " $6; vals[k "p99"] = vals[k "p99"] " " $7
       vals[k "cpu"] = vals[k "cpu"] " " $8; vals[k "rss"] = vals[k "rss"] " " $9; err[k] += $10
       if ($11 > disturbed[k]) disturbed[k] = $11
+      drops[k] += $12
     }
     END {
       names["A" SUBSEP "throughput"] = "Layout A, throughput (wrk -t1 -c64, keep-alive, HTTP/1.1)"
@@ -305,8 +306,8 @@ fi
       for (o = 1; o <= no; o++) {
         lp = order[o]
         print "## " names[lp]; print ""
-        print "| system | req/s | ×HAProxy | ×nginx | p50 ms | p99 ms | p99 ×HAProxy | p99 ×nginx | CPU µs/req | CPU ×HAProxy | CPU ×nginx | RSS MiB | RSS ×HAProxy | errors | max foreign CPU % |"
-        print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        print "| system | req/s | ×HAProxy | ×nginx | p50 ms | p99 ms | p99 ×HAProxy | p99 ×nginx | CPU µs/req | CPU ×HAProxy | CPU ×nginx | RSS MiB | RSS ×HAProxy | errors | accept-queue drops | max foreign CPU % |"
+        print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         h = lp SUBSEP "haproxy"; g = lp SUBSEP "nginx"
         hr = median(h "rps"); gr = median(g "rps"); hp = median(h "p99"); gp = median(g "p99")
         hc = median(h "cpu"); gc = median(g "cpu"); hm = median(h "rss")
@@ -315,7 +316,7 @@ fi
           k = lp SUBSEP ss[i]
           r = median(k "rps"); p99 = median(k "p99"); c = median(k "cpu"); m = median(k "rss")
           mib = (m == "-" || ss[i] == "direct") ? "-" : sprintf("%.1f", m / 1024)
-          printf "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", ss[i], r, ratio(r, hr), ratio(r, gr), median(k "p50"), p99, ratio(p99, hp), ratio(p99, gp), c, ratio(c, hc), ratio(c, gc), mib, (mib == "-") ? "-" : ratio(m, hm), err[k], disturbed[k]
+          printf "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n", ss[i], r, ratio(r, hr), ratio(r, gr), median(k "p50"), p99, ratio(p99, hp), ratio(p99, gp), c, ratio(c, hc), ratio(c, gc), mib, (mib == "-") ? "-" : ratio(m, hm), err[k], drops[k], disturbed[k]
         }
         print ""
         wr = median(lp SUBSEP "weir" "rps"); nr = median(lp SUBSEP "weir-native" "rps")
@@ -348,7 +349,7 @@ fi
   echo
   echo "Wasm plugin calls that fell back to the native policy (timeout, trap, oom, invalid), per layout: $(tr '\n' ';' < "$work/notes.txt" 2>/dev/null)"
   echo
-  echo "Raw rounds (layout phase system round req/s p50 p99 cpu-us/req rss-KiB errors foreign-cpu-%):"
+  echo "Raw rounds (layout phase system round req/s p50 p99 cpu-us/req rss-KiB errors foreign-cpu-% accept-queue-drops):"
   echo
   echo '```'
   cat "$results"
