@@ -140,18 +140,18 @@ async fn check_loop(
                 // Not a verdict on the endpoint: this host had no port or file descriptor to
                 // check it with. Neither a pass nor a failure.
                 tracing::warn!(pool = %pool, endpoint = %endpoint.label, %reason, "health check not made: no local resource to connect with");
-                tokio::time::sleep(health.interval + jitter(health.interval, round)).await;
-                continue;
+                None
             }
-            Ok(Err(ProbeError::Failed(reason))) => Err(reason),
-            Ok(Ok(())) => Ok(()),
-            Err(_) => Err(format!(
+            Ok(Err(ProbeError::Failed(reason))) => Some(Err(reason)),
+            Ok(Ok(())) => Some(Ok(())),
+            Err(_) => Some(Err(format!(
                 "no answer within {}",
                 weir_config::format_duration(health.timeout)
-            )),
+            ))),
         };
         match verdict {
-            Ok(()) => {
+            None => {}
+            Some(Ok(())) => {
                 endpoint.checks_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 passes += 1;
                 failures = 0;
@@ -160,7 +160,7 @@ async fn check_loop(
                     tracing::info!(pool = %pool, endpoint = %endpoint.label, passes, "endpoint healthy");
                 }
             }
-            Err(reason) => {
+            Some(Err(reason)) => {
                 endpoint
                     .checks_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

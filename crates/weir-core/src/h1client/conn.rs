@@ -168,10 +168,12 @@ impl UpConn {
         };
         encode_request(head, framing, &mut self.wbuf);
         match body {
-            UpBody::Full(b) if framing == RequestFraming::Chunked => {
-                // One chunk, then the last one with the trailers; all in one write when small.
+            UpBody::Full(b) => {
+                // Head and body in one write when the body is small; a body with trailers goes
+                // as one chunk, then the last one carrying them.
+                let chunked = framing == RequestFraming::Chunked;
                 let large = b.len() > INLINE_BODY;
-                if !b.is_empty() {
+                if chunked && !b.is_empty() {
                     put_chunk_size(b.len(), &mut self.wbuf);
                 }
                 if large {
@@ -181,23 +183,17 @@ impl UpConn {
                 } else {
                     self.wbuf.extend_from_slice(b);
                 }
-                if !b.is_empty() {
-                    self.wbuf.extend_from_slice(b"\r\n");
+                if chunked {
+                    if !b.is_empty() {
+                        self.wbuf.extend_from_slice(b"\r\n");
+                    }
+                    crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
                 }
-                crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
-                if large {
-                    self.stream.write_all(&self.wbuf).await.map_err(ExchangeError::Io)?;
-                } else {
+                if !large {
                     write_first(&mut self.stream, &self.wbuf).await?;
+                } else if !self.wbuf.is_empty() {
+                    self.stream.write_all(&self.wbuf).await.map_err(ExchangeError::Io)?;
                 }
-            }
-            UpBody::Full(b) if b.len() <= INLINE_BODY => {
-                self.wbuf.extend_from_slice(b);
-                write_first(&mut self.stream, &self.wbuf).await?;
-            }
-            UpBody::Full(b) => {
-                write_first(&mut self.stream, &self.wbuf).await?;
-                self.stream.write_all(b).await.map_err(ExchangeError::Io)?;
             }
             UpBody::Empty | UpBody::Spent => write_first(&mut self.stream, &self.wbuf).await?,
             UpBody::Streamed(_) => {
