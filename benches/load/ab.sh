@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A/B of two weir binaries (before/after a change): layout A (weir and two demo upstreams on
-# core 0, wrk on core 1), interleaved wrk rounds, req/s and weir's CPU µs per request each round.
+# core 0, wrk on core 1), interleaved wrk rounds, req/s and weir's CPU µs per request (all, and
+# its user part) each round, then each binary's medians.
 #   usage: benches/load/ab.sh OLD_WEIR NEW_WEIR [ROUNDS=5] [SECONDS=4]
 #   AB_H2=1: HTTP/2 downstream (h2load -c64 -m10, h2c) instead of wrk's HTTP/1.1.
 #   AB_UP_H2=1: HTTP/2 upstreams (demo upstreams speaking h2c, pools with protocol = "h2").
@@ -28,8 +29,15 @@ load=h1; [ "${AB_H2:-0}" = 1 ] && load=h2c
 for _ in $(seq "$R"); do
   for which in old new; do
     port=18181; pid=$PA; [ $which = new ] && { port=18182; pid=$PB; }
-    read -r rps cpu _ < <(load_round $load $port $pid "$S")
-    echo "$which $rps $cpu"
+    read -r rps cpu _ user < <(load_round $load $port $pid "$S")
+    echo "$which $rps $cpu $user"
   done
 done | tee "$W/res"
-awk '{r[$1] = r[$1] " " $2; c[$1] = c[$1] " " $3} END {for (k in r) print k, "req/s:" r[k], " cpu us/req:" c[k]}' "$W/res"
+awk '{r[$1] = r[$1] " " $2; c[$1] = c[$1] " " $3; u[$1] = u[$1] " " $4}
+  END {for (k in r) print k, "req/s:" r[k], " cpu us/req:" c[k], " user us/req:" u[k]}' "$W/res"
+med() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+for which in old new; do
+  echo "$which medians: $(awk -v w=$which '$1 == w {print $2}' "$W/res" | med) req/s," \
+    "$(awk -v w=$which '$1 == w {print $3}' "$W/res" | med) cpu us/req," \
+    "$(awk -v w=$which '$1 == w {print $4}' "$W/res" | med) user us/req"
+done

@@ -15,26 +15,28 @@ bench_setup() {
 }
 bench_cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 
-# The CPU time (user + system, in clock ticks) of process $1 so far.
-jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+# The CPU time (user + system, in clock ticks) of process $1 so far, and its user part.
+jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13, $12}' "/proc/$1/stat"; }
 
 # One round of load on core 1 against 127.0.0.1:PORT for SECONDS: wrk -c64 (HTTP/1.1) or, with
-# LOAD=h2c, h2load -c64 -m10. Prints "req/s CPU-µs-per-request non-2xx", the CPU being that
-# of process PID during the round.
+# LOAD=h2c, h2load -c64 -m10. Prints "req/s CPU-µs-per-request non-2xx user-CPU-µs-per-request",
+# the CPU being that of process PID during the round. The user part is what a change to weir's
+# own code moves; the kernel's part is most of the total and moves with the machine's noise.
 #   load_round h1|h2c PORT PID SECONDS
 load_round() {
-  local load=$1 port=$2 pid=$3 secs=$4 out c0 c1 n rps bad
-  c0=$(jiffies "$pid")
+  local load=$1 port=$2 pid=$3 secs=$4 out c0 c1 u0 u1 n rps bad
+  read -r c0 u0 < <(jiffies "$pid")
   if [ "$load" = h2c ]; then
     out=$(timeout $((secs + 30)) taskset -c 1 h2load -c64 -m10 -D "$secs" "http://127.0.0.1:$port/")
-    c1=$(jiffies "$pid")
+    read -r c1 u1 < <(jiffies "$pid")
     n=$(echo "$out" | awk '/^requests:/ {print $8}'); rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     bad=$(echo "$out" | awk '/^status codes:/ {print $5 + $7 + $9}')
   else
     out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$port/")
-    c1=$(jiffies "$pid")
+    read -r c1 u1 < <(jiffies "$pid")
     n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
   fi
-  echo "$rps $(awk -v d=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", d * 1e6 / hz / n}') ${bad:-0}"
+  echo "$rps $(awk -v d=$((c1 - c0)) -v u=$((u1 - u0)) -v n="$n" -v hz="$(getconf CLK_TCK)" -v bad="${bad:-0}" \
+    'BEGIN {printf "%.2f %s %.2f", d * 1e6 / hz / n, bad, u * 1e6 / hz / n}')"
 }
