@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::upstream::now_ms;
+use crate::upstream::coarse_ms;
 
 const BUCKETS: usize = 10;
 const BUCKET_MS: u64 = 1000;
@@ -34,7 +34,9 @@ impl RetryBudget {
     }
 
     fn current(&self) -> (&Bucket, u64) {
-        let second = now_ms() / BUCKET_MS;
+        // Every request passes here: the coarse clock (a few ms) is plenty for seconds, and
+        // cheaper than a precise read.
+        let second = coarse_ms() / BUCKET_MS;
         let b = &self.buckets[(second as usize) % BUCKETS];
         let seen = b.second.load(Ordering::Acquire);
         if seen != second

@@ -60,7 +60,7 @@ pub fn serve<'a>(
         let mut req = req;
         let resp = forward(shared, &generation, conn, &mut req, started, &mut trace).await;
         crate::bufpool::give_headers(std::mem::take(req.headers_mut()));
-        let took = started.elapsed();
+        let took = trace.answered_at.unwrap_or_else(Instant::now) - started;
         if let Some(m) = &trace.route {
             m.record(resp.status().as_u16(), took);
         }
@@ -97,6 +97,9 @@ struct Trace {
     pool: Option<usize>,
     endpoint: Option<Arc<crate::upstream::Endpoint>>,
     attempts: u32,
+    /// When the response head the client gets arrived: the request's duration ends there, and
+    /// one clock read serves both the endpoint's latency and the request's.
+    answered_at: Option<Instant>,
 }
 
 fn host_of(req: &Request<ClientBody>) -> &str {
@@ -444,6 +447,7 @@ fn forward<'a>(
             });
             // For the endpoint's latency EWMA (the time to the response head, connect included).
             let attempt_start = Instant::now();
+            trace.answered_at = None;
             // The response head, or why the attempt failed and whether nothing of it was sent.
             let exchanged: Result<Answer, (FailureKind, bool)> = if pool.config.protocol == UpstreamProtocol::H2 {
                 // Only a WebSocket has an HTTP/2 form (RFC 8441); other upgrades have none.
@@ -470,7 +474,7 @@ fn forward<'a>(
                 if let Some(key) = websocket_key {
                     match Box::pin(exchange.tunnel()).await {
                         WsAttempt::Open(parts, tunnel) => {
-                            answered(&endpoint, pool, 101, attempt_start, false);
+                            answered(&endpoint, pool, 101, attempt_start, false, trace);
                             return switched(parts, &key, tunnel, in_flight, set_cookie);
                         }
                         WsAttempt::Declined(resp, stream) => Ok(Answer::H2(resp, stream)),
@@ -522,7 +526,10 @@ fn forward<'a>(
                                     None => RequestTrailers::Unknown,
                                 },
                             };
-                            match conn.exchange_within(per_try, &head, &mut up_body).await {
+                            // A pooled connection's attempt began when it was taken: its
+                            // response timer starts from that reading instead of another.
+                            let timer_start = if reused { attempt_start } else { Instant::now() };
+                            match conn.exchange_within(timer_start, per_try, &head, &mut up_body).await {
                                 Ok(Ok(head)) => Ok(Answer::H1(head, conn)),
                                 Ok(Err(ExchangeError::ClientBody(e))) => {
                                     tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
@@ -567,6 +574,7 @@ fn forward<'a>(
                         status,
                         attempt_start,
                         attempt < max_attempts && can_replay,
+                        trace,
                     ) {
                         return respond(answer, in_flight, upgrade, http2, set_cookie);
                     }
@@ -804,8 +812,16 @@ fn respond(
 /// Counts an attempt that got a response head (latency, outcome, passive health) and says
 /// whether the client gets it: not when it is a 5xx the failover policy judges and the
 /// request can go again (`can_retry`).
-fn answered(endpoint: &Endpoint, pool: &PoolRt, status: u16, attempt_start: Instant, can_retry: bool) -> bool {
+fn answered(
+    endpoint: &Endpoint,
+    pool: &PoolRt,
+    status: u16,
+    attempt_start: Instant,
+    can_retry: bool,
+    trace: &mut Trace,
+) -> bool {
     let now = Instant::now();
+    trace.answered_at = Some(now);
     endpoint.record_latency(now - attempt_start, now);
     endpoint.count_attempt(if status >= 500 {
         AttemptOutcome::Status5xx

@@ -384,12 +384,16 @@ fn blank_line(bytes: &[u8]) -> bool {
 
 /// The request as the request path sees it, its target and field values sharing `head`.
 fn build_request(head: &Bytes, spans: &Spans, info: &HeadInfo) -> Result<Request<()>, Reject> {
-    let slice = |(at, len): (u32, u32)| head.slice(at as usize..(at + len) as usize);
-    let method = Method::from_bytes(&slice(spans.method)).map_err(|_| Reject::bad("invalid method"))?;
+    // The method and the field names are copied or matched to constants: borrowed, not sliced
+    // (a `Bytes` slice is an atomic count taken and given back).
+    let range = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
+    let slice = |span| head.slice(range(span));
+    let borrow = |span| head.get(range(span)).unwrap_or_default();
+    let method = Method::from_bytes(borrow(spans.method)).map_err(|_| Reject::bad("invalid method"))?;
     let uri = Uri::from_maybe_shared(slice(spans.target)).map_err(|_| Reject::bad("invalid request target"))?;
     let mut headers = bufpool::take_headers(spans.len());
     for f in spans.fields() {
-        let name = HeaderName::from_bytes(&slice(f.name)).map_err(|_| Reject::bad("invalid header field name"))?;
+        let name = HeaderName::from_bytes(borrow(f.name)).map_err(|_| Reject::bad("invalid header field name"))?;
         let value =
             HeaderValue::from_maybe_shared(slice(f.value)).map_err(|_| Reject::bad("invalid header field value"))?;
         headers.append(name, value);

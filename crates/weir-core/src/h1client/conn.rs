@@ -159,15 +159,16 @@ impl ConnState {
         self.rbuf.is_empty()
     }
 
-    /// [`UpConn::exchange`] within `limit`, on this connection's [`ReusedTimer`].
+    /// [`ConnState::exchange`] within `limit` of `start`, on this connection's [`ReusedTimer`].
     pub async fn exchange_within(
         &mut self,
+        start: tokio::time::Instant,
         limit: Duration,
         head: &RequestHead<'_>,
         body: &mut UpBody,
     ) -> Result<Result<ResponseHead, ExchangeError>, TimedOut> {
         let mut timer = std::mem::take(&mut self.timer);
-        let answer = timer.within(limit, self.exchange(head, body)).await;
+        let answer = timer.within_from(start, limit, self.exchange(head, body)).await;
         self.timer = timer;
         answer
     }

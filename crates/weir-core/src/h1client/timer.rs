@@ -23,7 +23,17 @@ pub struct ReusedTimer(Option<Pin<Box<Sleep>>>);
 impl ReusedTimer {
     /// `work`'s output, or [`TimedOut`] when it has not finished `limit` from now.
     pub async fn within<F: Future>(&mut self, limit: Duration, work: F) -> Result<F::Output, TimedOut> {
-        let deadline = Instant::now() + limit;
+        self.within_from(Instant::now(), limit, work).await
+    }
+
+    /// [`ReusedTimer::within`] from `start`, a clock reading the caller already has.
+    pub async fn within_from<F: Future>(
+        &mut self,
+        start: Instant,
+        limit: Duration,
+        work: F,
+    ) -> Result<F::Output, TimedOut> {
+        let deadline = start + limit;
         let timer = match &mut self.0 {
             Some(timer) => {
                 timer.as_mut().reset(deadline);
