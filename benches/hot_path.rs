@@ -225,8 +225,8 @@ fn pool(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..iters {
                         for _ in 0..n {
-                            let (conn, reused) = endpoint.checkout(connect, idle, None, None).await.unwrap();
-                            assert!(reused);
+                            let (conn, taken) = endpoint.checkout(connect, idle, None, None).await.unwrap();
+                            assert_eq!(taken, weir_core::upstream::Taken::Idle);
                             held.push(conn);
                         }
                         held.drain(..).for_each(|c| endpoint.checkin(c));
@@ -277,6 +277,18 @@ fn response_timer(c: &mut Criterion) {
             assert!(matches!(exchange.poll(&mut cx), Poll::Ready(Ok(()))));
         })
     });
+    // What a pooled connection's attempt does: the deadline from a clock reading it has.
+    let start = tokio::time::Instant::now();
+    group.bench_function(
+        "reused timer from the attempt's reading (ReusedTimer::within_from)",
+        |b| {
+            b.iter(|| {
+                let mut exchange = pin!(timer.within_from(start, limit, Answer(false)));
+                assert!(exchange.as_mut().poll(&mut cx).is_pending());
+                assert!(matches!(exchange.poll(&mut cx), Poll::Ready(Ok(()))));
+            })
+        },
+    );
     group.bench_function("tokio::time::timeout per request", |b| {
         b.iter(|| {
             let mut exchange = pin!(tokio::time::timeout(limit, Answer(false)));
@@ -287,8 +299,15 @@ fn response_timer(c: &mut Criterion) {
     group.finish();
 }
 
+/// The retry budget counts every request a pool gets (its clock is read each time).
+fn retry_budget(c: &mut Criterion) {
+    let budget = weir_core::budget::RetryBudget::new(0.2);
+    c.bench_function("budget/record_request", |b| b.iter(|| budget.record_request()));
+}
+
 criterion_group!(
     benches,
+    retry_budget,
     head,
     chunked,
     upstream_client,

@@ -29,7 +29,7 @@ use crate::policy::{
 };
 use crate::state::Shared;
 use crate::tunnel::TunnelIo;
-use crate::upstream::{ConnectError, Endpoint, InFlight};
+use crate::upstream::{ConnectError, Endpoint, InFlight, Taken};
 
 /// What the request path knows of the client connection.
 #[derive(Clone)]
@@ -506,7 +506,7 @@ fn forward<'a>(
                         endpoint
                             .connect_new(t.connect, proxy_out, pool.tls.as_deref())
                             .await
-                            .map(|c| (c, false))
+                            .map(|c| (c, Taken::New))
                     } else {
                         endpoint
                             .checkout(t.connect, t.idle, proxy_out, pool.tls.as_deref())
@@ -514,7 +514,8 @@ fn forward<'a>(
                     };
                     break match checkout {
                         Err(e) => Err((connect_failure(&endpoint, &e), true)),
-                        Ok((mut conn, reused)) => {
+                        Ok((mut conn, taken)) => {
+                            let reused = taken.reused();
                             let head = RequestHead {
                                 method: req.method(),
                                 uri: req.uri(),
@@ -526,9 +527,13 @@ fn forward<'a>(
                                     None => RequestTrailers::Unknown,
                                 },
                             };
-                            // A pooled connection's attempt began when it was taken: its
-                            // response timer starts from that reading instead of another.
-                            let timer_start = if reused { attempt_start } else { Instant::now() };
+                            // A connection taken from the pool at once: the attempt's
+                            // reading is still now, and its response timer starts from it.
+                            let timer_start = if taken == Taken::Idle {
+                                attempt_start
+                            } else {
+                                Instant::now()
+                            };
                             match conn.exchange_within(timer_start, per_try, &head, &mut up_body).await {
                                 Ok(Ok(head)) => Ok(Answer::H1(head, conn)),
                                 Ok(Err(ExchangeError::ClientBody(e))) => {

@@ -61,6 +61,24 @@ impl Idle {
     }
 }
 
+/// Where [`Endpoint::checkout`]'s connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// From the idle pool, at once: no time passed since the caller's last clock reading.
+    Idle,
+    /// From the idle pool, after waiting for one (no port or descriptor for a new one).
+    AfterWait,
+    /// Opened for this request.
+    New,
+}
+
+impl Taken {
+    /// Whether the connection has carried requests before (an unsent request may go again).
+    pub fn reused(self) -> bool {
+        self != Taken::New
+    }
+}
+
 /// Why an upstream connection could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -401,8 +419,8 @@ impl Endpoint {
     }
 
     /// A pooled connection younger than `idle_timeout` and still open, or a new one.
-    /// Returns the connection and whether it was reused (an unsent request may be retried on a
-    /// reused one).
+    /// Returns the connection and where it came from ([`Taken`]: an unsent request may be
+    /// retried on a reused one).
     ///
     /// With `proxy` (a `send_proxy` pool) a connection opens with a PROXY header naming the
     /// client, so only a connection opened for the same client (address and port: in practice
@@ -413,23 +431,23 @@ impl Endpoint {
         idle_timeout: Duration,
         proxy: Option<crate::proxy_protocol::Out>,
         tls: Option<&UpstreamTls>,
-    ) -> Result<(UpConn, bool), ConnectError> {
+    ) -> Result<(UpConn, Taken), ConnectError> {
         let tls_id = tls.map_or(0, |t| t.id);
         match proxy {
             None => {
                 if let Some(conn) = self.take_idle(idle_timeout, tls_id) {
-                    return Ok((conn, true));
+                    return Ok((conn, Taken::Idle));
                 }
             }
             Some(p) => {
                 if let Some(conn) = self.take_idle_for(p.client, idle_timeout, tls_id) {
-                    return Ok((conn, true));
+                    return Ok((conn, Taken::Idle));
                 }
             }
         }
         // Boxed: a new connection is the rare case; its state would sit in every request's.
         match Box::pin(self.connect(connect_timeout, proxy, tls)).await {
-            Ok(conn) => Ok((conn, false)),
+            Ok(conn) => Ok((conn, Taken::New)),
             // No port or descriptor for a new connection: one of those in use, when its
             // response is done, serves as well (a `send_proxy` pool's are each a client's).
             Err(e) if e.is_local() && proxy.is_none() => {
@@ -437,7 +455,7 @@ impl Endpoint {
                     .idle_returned
                     .within(connect_timeout, || self.take_idle(idle_timeout, tls_id));
                 match Box::pin(returned).await {
-                    Some(conn) => Ok((conn, true)),
+                    Some(conn) => Ok((conn, Taken::AfterWait)),
                     None => Err(e),
                 }
             }
