@@ -93,6 +93,53 @@ async fn forwarded_headers_are_right_at_the_upstream() {
     assert_eq!(h["via"][0], "1.1 weir");
 }
 
+/// A listener's `forwarding_headers` name the fields weir writes: here only `X-Forwarded-For`,
+/// as nginx and HAProxy add by default. The others are neither added nor replaced (a client's
+/// own `X-Forwarded-Proto` passes on as it came), and no `Via` goes either way. The same on
+/// HTTP/1.1 and HTTP/2 upstreams, whose heads are built apart.
+#[tokio::test]
+async fn forwarding_headers_limit_what_weir_adds() {
+    for up in [Upstream::start("h1").await, Upstream::start_h2("h2").await] {
+        let protocol = if up.name == "h2" { "protocol = \"h2\"\n" } else { "" };
+        let toml = one_pool_with(&[&up], "forwarding_headers = [\"x-forwarded-for\"]\n").replace(
+            "name = \"app\"\n[[pool.endpoint]]",
+            &format!("name = \"app\"\n{protocol}[[pool.endpoint]]"),
+        );
+        let gw = TestGateway::start(&toml).await;
+        let req = Request::get(gw.url("client", "/"))
+            .header("host", "api.example.com")
+            .header("x-forwarded-proto", "ftp")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = request(req).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(!r.headers.contains_key("via"), "{}: {:?}", up.name, r.headers);
+        let j = r.json();
+        let version = if up.name == "h2" { "HTTP/2.0" } else { "HTTP/1.1" };
+        assert_eq!(j["version"], version);
+        let h = &j["headers"];
+        assert_eq!(h["x-forwarded-for"][0], "127.0.0.1", "{}: {h}", up.name);
+        assert_eq!(h["x-forwarded-proto"][0], "ftp", "{}: {h}", up.name);
+        for absent in ["x-forwarded-host", "forwarded", "via"] {
+            assert!(h.get(absent).is_none(), "{}: {absent} in {h}", up.name);
+        }
+    }
+    // None at all: the request goes on as the client sent it.
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool_with(&[&up], "forwarding_headers = []\n")).await;
+    let r = get(&gw.url("client", "/")).await;
+    let j = r.json();
+    for absent in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "via",
+    ] {
+        assert!(j["headers"].get(absent).is_none(), "{absent} in {}", j["headers"]);
+    }
+}
+
 #[tokio::test]
 async fn advertise_feeds_the_forwarded_headers() {
     let up = Upstream::start("a").await;

@@ -5,6 +5,7 @@
 #   usage: benches/load/ab.sh OLD_WEIR NEW_WEIR [ROUNDS=5] [SECONDS=4]
 #   AB_H2=1: HTTP/2 downstream (h2load -c64 -m10, h2c) instead of wrk's HTTP/1.1.
 #   AB_UP_H2=1: HTTP/2 upstreams (demo upstreams speaking h2c, pools with protocol = "h2").
+#   WEIR_FORWARDING='': no `forwarding_headers` key (binaries older than it refuse it; weir-config.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$1; B=$2; R=${3:-5}; S=${4:-4}

@@ -12,7 +12,8 @@ pub struct ListenerChange {
     pub rebind: bool,
     /// Certificates or SNI entries changed: new handshakes use the new ones.
     pub tls: bool,
-    /// Anything else (pool, router, limits, advertise, proxy_protocol): applies to new requests.
+    /// Anything else (pool, router, limits, advertise, proxy_protocol, forwarding_headers):
+    /// applies to new requests.
     pub settings: bool,
 }
 
@@ -107,6 +108,7 @@ fn listener_change(old: &Listener, new: &Listener) -> Option<ListenerChange> {
             || old.pool != new.pool
             || old.router != new.router
             || old.proxy_protocol != new.proxy_protocol
+            || old.forwarding_headers != new.forwarding_headers
             || old.limits != new.limits,
     })
 }

@@ -97,6 +97,68 @@ pub struct Advertise {
     pub authority: String,
 }
 
+/// The forwarding fields a listener writes on what it forwards (`forwarding_headers`): all five
+/// by default. A field left out is neither added nor replaced: a value the client sent passes
+/// through as it came (as with nginx or HAProxy when they are not told to set it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardingHeaders {
+    /// `X-Forwarded-For`: the client's address appended.
+    pub x_forwarded_for: bool,
+    /// `X-Forwarded-Proto`: the advertised (else the listener's) scheme.
+    pub x_forwarded_proto: bool,
+    /// `X-Forwarded-Host`: the advertised authority, else the request's `Host`.
+    pub x_forwarded_host: bool,
+    /// `Forwarded` (RFC 7239): this hop's `for`, `proto` and `host` appended.
+    pub forwarded: bool,
+    /// `Via` (RFC 9110 §7.6.3), on requests and on responses.
+    pub via: bool,
+}
+
+impl ForwardingHeaders {
+    /// The names `forwarding_headers` accepts, in the order the default lists them.
+    pub const NAMES: [&'static str; 5] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "via",
+    ];
+
+    pub const ALL: ForwardingHeaders = ForwardingHeaders {
+        x_forwarded_for: true,
+        x_forwarded_proto: true,
+        x_forwarded_host: true,
+        forwarded: true,
+        via: true,
+    };
+
+    pub const NONE: ForwardingHeaders = ForwardingHeaders {
+        x_forwarded_for: false,
+        x_forwarded_proto: false,
+        x_forwarded_host: false,
+        forwarded: false,
+        via: false,
+    };
+
+    /// The flag of the field `name` (one of [`Self::NAMES`], any case), or `None`.
+    pub fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => &mut self.x_forwarded_for,
+            "x-forwarded-proto" => &mut self.x_forwarded_proto,
+            "x-forwarded-host" => &mut self.x_forwarded_host,
+            "forwarded" => &mut self.forwarded,
+            "via" => &mut self.via,
+            _ => return None,
+        })
+    }
+}
+
+impl Default for ForwardingHeaders {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PluginRef {
     pub plugin: String,
@@ -123,6 +185,7 @@ pub struct Listener {
     pub pool: String,
     pub router: Option<PluginRef>,
     pub proxy_protocol: bool,
+    pub forwarding_headers: ForwardingHeaders,
     pub tls: Option<Tls>,
     pub limits: Limits,
 }

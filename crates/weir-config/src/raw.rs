@@ -106,6 +106,7 @@ pub struct RawListener {
     pub pool: String,
     pub router: Option<RawPluginRef>,
     pub proxy_protocol: Option<bool>,
+    pub forwarding_headers: Option<Vec<String>>,
     pub tls: Option<RawTls>,
     #[serde(default)]
     pub limits: RawLimits,

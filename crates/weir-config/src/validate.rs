@@ -415,9 +415,34 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
         pool: raw.pool.clone(),
         router: v.plugin_ref(path.key("router"), raw.router.as_ref()),
         proxy_protocol: raw.proxy_protocol.unwrap_or(false),
+        forwarding_headers: forwarding_headers(v, raw.forwarding_headers.as_deref(), &path.key("forwarding_headers")),
         tls,
         limits,
     }
+}
+
+/// The listener's `forwarding_headers`: all five when the key is absent, none for `[]`.
+fn forwarding_headers(v: &mut V<'_>, raw: Option<&[String]>, path: &KeyPath) -> ForwardingHeaders {
+    let Some(names) = raw else {
+        return ForwardingHeaders::ALL;
+    };
+    let mut set = ForwardingHeaders::NONE;
+    for (i, name) in names.iter().enumerate() {
+        match set.flag(name) {
+            Some(flag) => *flag = true,
+            None => v.issue(
+                Issue::new(
+                    path.index(i),
+                    format!("`{name}` is not a forwarding header weir writes"),
+                )
+                .help(format!(
+                    "use some of {}",
+                    ForwardingHeaders::NAMES.map(|n| format!("\"{n}\"")).join(", ")
+                )),
+            ),
+        }
+    }
+    set
 }
 
 fn parse_advertise(text: &str) -> Result<Advertise, String> {

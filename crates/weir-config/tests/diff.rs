@@ -87,3 +87,17 @@ fn global_sections() {
     let d = diff(&cfg(A), &cfg(&b));
     assert!(d.admin_changed && d.runtime_changed && !d.plugins_changed && !d.reload_changed);
 }
+
+#[test]
+fn forwarding_headers_are_a_listener_setting() {
+    let b = A.replacen(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nforwarding_headers = [\"x-forwarded-for\"]\n",
+        1,
+    );
+    let d = diff(&cfg(A), &cfg(&b));
+    assert_eq!(d.listeners_changed.len(), 1);
+    let c = &d.listeners_changed[0];
+    assert_eq!(c.name, "client");
+    assert!(c.settings && !c.rebind && !c.tls);
+}

@@ -460,3 +460,38 @@ fn pool_send_proxy_values() {
         assert!(errors(&src).is_empty(), "{ok}");
     }
 }
+
+#[test]
+fn forwarding_headers_default_to_all_five() {
+    let c = parse(BASE, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners[0].forwarding_headers, weir_config::ForwardingHeaders::ALL);
+}
+
+#[test]
+fn forwarding_headers_take_the_listed_ones_in_any_case() {
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nforwarding_headers = [\"X-Forwarded-For\", \"via\"]\n",
+    );
+    let c = parse(&src, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let f = c.listeners[0].forwarding_headers;
+    assert!(f.x_forwarded_for && f.via);
+    assert!(!f.x_forwarded_proto && !f.x_forwarded_host && !f.forwarded);
+    let none = BASE.replace("pool = \"app\"\n", "pool = \"app\"\nforwarding_headers = []\n");
+    let c = parse(&none, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners[0].forwarding_headers, weir_config::ForwardingHeaders::NONE);
+}
+
+#[test]
+fn bad_forwarding_header() {
+    let src = BASE.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nforwarding_headers = [\n  \"x-forwarded-for\",\n  \"x-real-ip\",\n]\n",
+    );
+    assert_one(
+        &src,
+        "listener[0].forwarding_headers[1]",
+        8,
+        "`x-real-ip` is not a forwarding header",
+    );
+}

@@ -1,10 +1,12 @@
 //! Header rules of a proxy: hop-by-hop fields are removed in both directions (RFC 9110 §7.6.1,
 //! including every field named in `Connection`), and the forwarding fields are written
-//! (`X-Forwarded-For` appended, `X-Forwarded-Proto`/`-Host` and `Forwarded` set, `Via` appended).
+//! (`X-Forwarded-For` appended, `X-Forwarded-Proto`/`-Host` and `Forwarded` set, `Via` appended;
+//! each only when the listener's `forwarding_headers` list it, as all five are by default).
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use weir_config::ForwardingHeaders;
 
 const VIA_H1: HeaderValue = HeaderValue::from_static("1.1 weir");
 const VIA_H2: HeaderValue = HeaderValue::from_static("2 weir");
@@ -101,6 +103,49 @@ pub struct Forwarding<'a> {
     /// The host the client asked for: the advertised authority if configured, else the request's.
     pub host: Option<&'a HeaderValue>,
     pub http2: bool,
+    /// Which of the fields the listener writes.
+    pub fields: ForwardingHeaders,
+}
+
+impl Forwarding<'_> {
+    /// Whether this hop writes `name` itself (its previous values folded in): a request's own
+    /// line of it is then left out of what is forwarded.
+    pub fn writes(&self, name: &HeaderName) -> bool {
+        let f = &self.fields;
+        (f.x_forwarded_for && name == X_FORWARDED_FOR)
+            || (f.x_forwarded_proto && name == X_FORWARDED_PROTO)
+            || (f.x_forwarded_host && name == X_FORWARDED_HOST)
+            || (f.forwarded && name == header::FORWARDED)
+    }
+
+    /// The `Via` this hop adds.
+    pub fn via(&self) -> Via {
+        Via::of(self.fields, self.http2)
+    }
+}
+
+/// The `Via` a listener adds to requests and responses it forwards: none when its
+/// `forwarding_headers` leave it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Off,
+    H1,
+    H2,
+}
+
+impl Via {
+    pub fn of(fields: ForwardingHeaders, http2: bool) -> Via {
+        match (fields.via, http2) {
+            (false, _) => Via::Off,
+            (true, false) => Via::H1,
+            (true, true) => Via::H2,
+        }
+    }
+
+    /// The same, on an HTTP/1.1 message (a `101` to an upgrading client).
+    pub fn h1(self) -> Via {
+        if self == Via::Off { Via::Off } else { Via::H1 }
+    }
 }
 
 /// Sets the forwarding fields in a request's map (the HTTP/2 upstream path, and requests whose
@@ -108,6 +153,7 @@ pub struct Forwarding<'a> {
 /// `X-Forwarded-For` and `Forwarded` line folded in.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let ip = f.client_ip.to_canonical();
+    let fields = f.fields;
     let fresh = !headers.contains_key(&X_FORWARDED_FOR) && !headers.contains_key(header::FORWARDED);
     let (xff, forwarded) = if fresh {
         // Nearly every request: no earlier proxy, the same client as the last request on this
@@ -132,13 +178,21 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     } else {
         forwarding_values(headers, ip, f)
     };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), f.proto.clone());
-    if let Some(host) = f.host {
+    if fields.x_forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    if fields.x_forwarded_proto {
+        headers.insert(X_FORWARDED_PROTO.clone(), f.proto.clone());
+    }
+    if fields.x_forwarded_host
+        && let Some(host) = f.host
+    {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    headers.insert(header::FORWARDED, forwarded);
-    add_via(headers, f.http2);
+    if fields.forwarded {
+        headers.insert(header::FORWARDED, forwarded);
+    }
+    add_via(headers, f.via());
 }
 
 /// The last forwarding values [`add_forwarding`] built on this thread, and what they were
@@ -175,26 +229,37 @@ pub fn is_forwarding_field(name: &HeaderName) -> bool {
 /// Writes the forwarding fields as HTTP/1.1 header lines straight into a request head: the
 /// same values as [`add_forwarding`], without touching the map (no allocation, no rehash).
 /// Every previous `X-Forwarded-For` and `Forwarded` line of `headers` is folded into one; the
-/// caller leaves the fields of [`is_forwarding_field`] out of the lines it copies.
+/// caller leaves the fields [`Forwarding::writes`] out of the lines it copies.
 pub fn write_forwarding(headers: &HeaderMap, f: &Forwarding<'_>, out: &mut Vec<u8>) {
     let ip = f.client_ip.to_canonical();
-    out.extend_from_slice(b"x-forwarded-for: ");
-    put_xff(headers, ip, out);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    out.extend_from_slice(f.proto.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(host) = f.host {
+    let fields = f.fields;
+    if fields.x_forwarded_for {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        put_xff(headers, ip, out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if fields.x_forwarded_proto {
+        out.extend_from_slice(b"x-forwarded-proto: ");
+        out.extend_from_slice(f.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if fields.x_forwarded_host
+        && let Some(host) = f.host
+    {
         out.extend_from_slice(b"x-forwarded-host: ");
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"forwarded: ");
-    put_forwarded(headers, ip, f, out);
-    out.extend_from_slice(if f.http2 {
-        b"\r\nvia: 2 weir\r\n"
-    } else {
-        b"\r\nvia: 1.1 weir\r\n"
-    });
+    if fields.forwarded {
+        out.extend_from_slice(b"forwarded: ");
+        put_forwarded(headers, ip, f, out);
+        out.extend_from_slice(b"\r\n");
+    }
+    match f.via() {
+        Via::Off => {}
+        Via::H1 => out.extend_from_slice(b"via: 1.1 weir\r\n"),
+        Via::H2 => out.extend_from_slice(b"via: 2 weir\r\n"),
+    }
 }
 
 /// The `X-Forwarded-For` value: the previous lines' values, then the client's address.
@@ -258,8 +323,13 @@ fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
     }
 }
 
-pub fn add_via(headers: &mut HeaderMap, http2: bool) {
-    headers.append(header::VIA, if http2 { VIA_H2 } else { VIA_H1 });
+pub fn add_via(headers: &mut HeaderMap, via: Via) {
+    let value = match via {
+        Via::Off => return,
+        Via::H1 => VIA_H1,
+        Via::H2 => VIA_H2,
+    };
+    headers.append(header::VIA, value);
 }
 
 #[cfg(test)]
@@ -351,6 +421,7 @@ mod tests {
                 proto: &proto,
                 host: Some(&host),
                 http2: false,
+                fields: ForwardingHeaders::ALL,
             },
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
@@ -387,6 +458,7 @@ mod tests {
                 proto: &proto,
                 host: Some(&host),
                 http2: false,
+                fields: ForwardingHeaders::ALL,
             };
             let mut out = Vec::new();
             write_forwarding(&before, &f, &mut out);
@@ -421,6 +493,7 @@ mod tests {
                 proto,
                 host,
                 http2: true,
+                fields: ForwardingHeaders::ALL,
             };
             add_forwarding(&mut h, &f);
             assert_eq!(h.get("x-forwarded-host"), host);
@@ -462,9 +535,58 @@ mod tests {
                 proto: &proto,
                 host: None,
                 http2: true,
+                fields: ForwardingHeaders::ALL,
             },
         );
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert_eq!(h["via"], "2 weir");
+    }
+
+    /// The fields a listener's `forwarding_headers` leave out are neither written nor dropped:
+    /// the client's own lines of them pass on, and no `Via` is added.
+    #[test]
+    fn only_the_listed_forwarding_fields_are_written() {
+        let h = map(&[
+            ("x-forwarded-proto", "ftp"),
+            ("forwarded", "for=10.0.0.1"),
+            ("host", "a"),
+        ]);
+        let proto = HeaderValue::from_static("https");
+        let host = HeaderValue::from_static("a");
+        let mut fields = ForwardingHeaders::NONE;
+        fields.x_forwarded_for = true;
+        let f = Forwarding {
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            proto: &proto,
+            host: Some(&host),
+            http2: true,
+            fields,
+        };
+        let mut out = Vec::new();
+        write_forwarding(&h, &f, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), "x-forwarded-for: 127.0.0.1\r\n");
+        let kept: Vec<&str> = h.keys().filter(|k| !f.writes(k)).map(|k| k.as_str()).collect();
+        assert_eq!(kept, ["x-forwarded-proto", "forwarded", "host"]);
+        assert_eq!(f.via(), Via::Off);
+
+        let mut m = h.clone();
+        add_forwarding(&mut m, &f);
+        assert_eq!(m.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"127.0.0.1"[..]));
+        assert_eq!(m.get("x-forwarded-proto").map(|v| v.as_bytes()), Some(&b"ftp"[..]));
+        assert_eq!(m.get("forwarded").map(|v| v.as_bytes()), Some(&b"for=10.0.0.1"[..]));
+        assert!(!m.contains_key("x-forwarded-host") && !m.contains_key(header::VIA));
+
+        let none = Forwarding {
+            fields: ForwardingHeaders::NONE,
+            ..f
+        };
+        out.clear();
+        write_forwarding(&h, &none, &mut out);
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        let mut via_only = ForwardingHeaders::NONE;
+        via_only.via = true;
+        assert_eq!(Via::of(via_only, false), Via::H1);
+        assert_eq!(Via::of(via_only, true).h1(), Via::H1);
+        assert_eq!(Via::Off.h1(), Via::Off);
     }
 }

@@ -21,7 +21,7 @@ use crate::generation::{Generation, ListenerRt, PoolRt};
 use crate::h1client::{ExchangeError, RequestHead, RequestTrailers, ResponseBody, ResponseHead, UpBody, UpConn};
 use crate::h2client::{H2Answer, H2ReqBody, H2RespBody, H2Stream, TunnelAnswer};
 use crate::hash::{fnv1a, mix};
-use crate::headers::{Forwarding, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
+use crate::headers::{Forwarding, Via, add_forwarding, add_via, is_forwarding_field, strip_hop_by_hop};
 use crate::metrics::AttemptOutcome;
 use crate::policy::{
     AffinityKey, AttemptInfo, FailureDecision, FailureKind, NO_ENDPOINT, RouteDecision, RouteRequest, RouteTarget,
@@ -226,7 +226,7 @@ fn route(
             for (k, v) in headers {
                 resp.headers_mut().append(k, v);
             }
-            add_via(resp.headers_mut(), false);
+            add_via(resp.headers_mut(), Via::of(listener.config.forwarding_headers, false));
             Err(Box::new(resp))
         }
     }
@@ -291,7 +291,9 @@ fn forward<'a>(
             proto: &listener.forwarded_proto,
             host,
             http2,
+            fields: listener.config.forwarding_headers,
         };
+        let via = forwarding.via();
         // The forwarding fields are written straight into the upstream head, unless a router set
         // one of them itself: then the map gets them first and the router's value wins.
         let routed_forwarding = target
@@ -427,7 +429,7 @@ fn forward<'a>(
                     }
                 }
                 return match last {
-                    Some((failure, _, held)) => give_up(failure, held, upgrade, http2, set_cookie),
+                    Some((failure, _, held)) => give_up(failure, held, upgrade, via, set_cookie),
                     None => ProxyError::NoEndpoint.response(),
                 };
             };
@@ -475,7 +477,7 @@ fn forward<'a>(
                     match Box::pin(exchange.tunnel()).await {
                         WsAttempt::Open(parts, tunnel) => {
                             answered(&endpoint, pool, 101, attempt_start, false, trace);
-                            return switched(parts, &key, tunnel, in_flight, set_cookie);
+                            return switched(parts, &key, tunnel, in_flight, via.h1(), set_cookie);
                         }
                         WsAttempt::Declined(resp, stream) => Ok(Answer::H2(resp, stream)),
                         WsAttempt::NotOffered => return ProxyError::WebSocketNotOffered.response(),
@@ -581,7 +583,7 @@ fn forward<'a>(
                         attempt < max_attempts && can_replay,
                         trace,
                     ) {
-                        return respond(answer, in_flight, upgrade, http2, set_cookie);
+                        return respond(answer, in_flight, upgrade, via, set_cookie);
                     }
                     (FailureKind::HttpStatus(status), false, Some((answer, in_flight)))
                 }
@@ -645,7 +647,7 @@ fn forward<'a>(
                     tried.clear();
                 }
                 FailureDecision::Failover { .. } | FailureDecision::Fail => {
-                    return give_up(failure, held, upgrade, http2, set_cookie);
+                    return give_up(failure, held, upgrade, via, set_cookie);
                 }
             }
             last = Some((failure, unsent, held));
@@ -678,11 +680,11 @@ fn give_up(
     failure: FailureKind,
     held: Held,
     upgrade: bool,
-    http2: bool,
+    via: Via,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     if let Some((answer, in_flight)) = held {
-        return respond(answer, in_flight, upgrade, http2, set_cookie);
+        return respond(answer, in_flight, upgrade, via, set_cookie);
     }
     let err = match failure {
         FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
@@ -766,7 +768,7 @@ fn respond(
     answer: Answer,
     in_flight: InFlight,
     upgrade: bool,
-    http2: bool,
+    via: Via,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     let (head, conn) = match answer {
@@ -776,7 +778,7 @@ fn respond(
             let mut resp = Response::new(ProxyBody::upstream_h2(body, stream, in_flight));
             *resp.status_mut() = parts.status;
             *resp.headers_mut() = parts.headers;
-            add_via(resp.headers_mut(), http2);
+            add_via(resp.headers_mut(), via);
             if let Some(cookie) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, cookie);
             }
@@ -792,7 +794,7 @@ fn respond(
         let mut resp = Response::new(ProxyBody::full(bytes::Bytes::new()));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers;
-        add_via(resp.headers_mut(), false);
+        add_via(resp.headers_mut(), via.h1());
         resp.extensions_mut().insert(TunnelSlot::new(Tunnel {
             upstream: TunnelIo::H1(upstream),
             early,
@@ -804,7 +806,7 @@ fn respond(
     let ResponseHead {
         status, mut headers, ..
     } = head;
-    add_via(&mut headers, http2);
+    add_via(&mut headers, via);
     if let Some(cookie) = set_cookie {
         headers.append(header::SET_COOKIE, cookie);
     }
@@ -887,6 +889,7 @@ fn switched(
     key: &HeaderValue,
     upstream: TunnelIo,
     in_flight: InFlight,
+    via: Via,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     let mut headers = parts.headers;
@@ -898,7 +901,7 @@ fn switched(
         header::SEC_WEBSOCKET_ACCEPT,
         crate::tunnel::websocket_accept(key.as_bytes()),
     );
-    add_via(&mut headers, false);
+    add_via(&mut headers, via);
     if let Some(cookie) = set_cookie {
         headers.append(header::SET_COOKIE, cookie);
     }

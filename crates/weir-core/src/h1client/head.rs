@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::headers::{Forwarding, HOP_BY_HOP, is_forwarding_field, write_forwarding};
+use crate::headers::{Forwarding, HOP_BY_HOP, write_forwarding};
 
 /// Response heads must be smaller than this (64 KiB), so offsets into one fit in a `u16`.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -97,7 +97,7 @@ pub fn encode_request(head: &RequestHead<'_>, framing: RequestFraming, out: &mut
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
-            || (head.forwarding.is_some() && is_forwarding_field(name))
+            || head.forwarding.is_some_and(|f| f.writes(name))
         {
             continue;
         }
@@ -533,6 +533,7 @@ mod tests {
             proto: &proto,
             host: None,
             http2: false,
+            fields: weir_config::ForwardingHeaders::ALL,
         };
         let uri = Uri::from_static("/");
         let head = RequestHead {
