@@ -102,6 +102,7 @@ fn upstream_client(c: &mut Criterion) {
         proto: &proto,
         host: headers.get("host"),
         http2: false,
+        fields: weir_config::ForwardingHeaders::ALL,
     };
     let head = RequestHead {
         method: &Method::GET,
