@@ -32,6 +32,21 @@ pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+#[cfg(target_os = "linux")]
+pub mod send_batch;
+#[cfg(not(target_os = "linux"))]
+/// io_uring is Linux's: elsewhere every send goes directly.
+pub mod send_batch {
+    pub fn enable() -> bool {
+        false
+    }
+    pub fn enabled() -> bool {
+        false
+    }
+    pub async fn send(_fd: i32, _data: &[u8]) -> Option<std::io::Result<usize>> {
+        None
+    }
+}
 pub mod slots;
 pub mod state;
 pub mod tls;

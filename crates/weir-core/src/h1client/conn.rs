@@ -208,7 +208,7 @@ impl ConnState {
                     put_chunk_size(b.len(), &mut self.wbuf);
                 }
                 if large {
-                    write_first(&mut self.stream, &self.wbuf).await?;
+                    send_first(&mut self.stream, &self.wbuf).await?;
                     self.stream.write_all(b).await.map_err(ExchangeError::Io)?;
                     self.wbuf.clear();
                 } else {
@@ -221,14 +221,14 @@ impl ConnState {
                     crate::headers::put_last_chunk(buffered_trailers, &mut self.wbuf);
                 }
                 if !large {
-                    write_first(&mut self.stream, &self.wbuf).await?;
+                    send_first(&mut self.stream, &self.wbuf).await?;
                 } else if !self.wbuf.is_empty() {
                     self.stream.write_all(&self.wbuf).await.map_err(ExchangeError::Io)?;
                 }
             }
-            UpBody::Empty | UpBody::Spent => write_first(&mut self.stream, &self.wbuf).await?,
+            UpBody::Empty | UpBody::Spent => send_first(&mut self.stream, &self.wbuf).await?,
             UpBody::Streamed(_) => {
-                write_first(&mut self.stream, &self.wbuf).await?;
+                send_first(&mut self.stream, &self.wbuf).await?;
                 let UpBody::Streamed(incoming) = std::mem::replace(body, UpBody::Spent) else {
                     return Err(ExchangeError::Closed);
                 };
@@ -366,6 +366,29 @@ async fn body_and_head<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 /// Writes the first bytes of a request: an error before any byte left proves it unsent.
+/// Writes a request's first bytes (its head, and a small body) to the upstream: with the
+/// thread's batch of sends when there is one (`send_batch`: one system call for all the requests
+/// made ready together), the rest, if the socket took less, the usual way.
+async fn send_first(stream: &mut UpStream, buf: &[u8]) -> Result<(), ExchangeError> {
+    let sent = match stream {
+        UpStream::Plain(tcp) => {
+            use std::os::fd::AsRawFd;
+            match crate::send_batch::send(tcp.as_raw_fd(), buf).await {
+                None => 0,
+                Some(Ok(n)) => n,
+                // Nothing went: as a failed first `write`.
+                Some(Err(e)) => return Err(ExchangeError::Unsent(e)),
+            }
+        }
+        UpStream::Tls(_) => 0,
+    };
+    match sent {
+        0 => write_first(stream, buf).await,
+        n if n == buf.len() => Ok(()),
+        n => stream.write_all(&buf[n..]).await.map_err(ExchangeError::Io),
+    }
+}
+
 async fn write_first<W: AsyncWrite + Unpin>(stream: &mut W, buf: &[u8]) -> Result<(), ExchangeError> {
     let mut written = 0;
     while written < buf.len() {
