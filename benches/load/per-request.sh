@@ -32,7 +32,7 @@ done
 PN=$(pgrep -P "${pids[3]}" | head -1)  # nginx's worker
 HZ=$(getconf CLK_TCK)
 EV=(-e raw_syscalls:sys_enter)
-for s in epoll_wait epoll_ctl recvfrom sendto read write readv writev getsockopt setsockopt futex; do
+for s in epoll_wait epoll_ctl recvfrom sendto read write readv writev getsockopt setsockopt futex io_uring_enter; do
   EV+=(-e "syscalls:sys_enter_$s")
 done
 perf_ok=0

@@ -32,6 +32,12 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 's
     fn into_tcp(self: Box<Self>) -> Option<TcpStream> {
         None
     }
+
+    /// The socket's descriptor, when bytes written to it go straight to the socket (plain TCP):
+    /// a response can then go with the thread's batch of sends ([`crate::send_batch`]).
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 impl ClientIo for TcpStream {
@@ -45,6 +51,10 @@ impl ClientIo for TcpStream {
 
     fn into_tcp(self: Box<Self>) -> Option<TcpStream> {
         Some(*self)
+    }
+
+    fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
 }
 

@@ -560,9 +560,18 @@ async fn write_body(
     flush_buf(conn, wbuf, send_timeout).await
 }
 
+/// Writes what `wbuf` holds: with the thread's batch of sends when the client is on plain TCP
+/// (`send_batch`: a response goes with those of the other requests answered in the same pass,
+/// in one system call), what the socket did not take the usual way.
 async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>, send_timeout: Duration) -> io::Result<()> {
     if !wbuf.is_empty() {
-        send_all(&mut conn.io, wbuf, send_timeout).await?;
+        let sent = match conn.io.plain_fd() {
+            Some(fd) => crate::send_batch::send(fd, wbuf).await.transpose()?.unwrap_or(0),
+            None => 0,
+        };
+        if sent < wbuf.len() {
+            send_all(&mut conn.io, &wbuf[sent..], send_timeout).await?;
+        }
         wbuf.clear();
     }
     unless_stalled(send_timeout, conn.io.flush()).await
