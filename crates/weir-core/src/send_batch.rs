@@ -27,7 +27,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 /// Sends one batch holds at most; a request finding the batch full is sent directly.
-const RING_ENTRIES: u32 = 128;
+const RING_ENTRIES: u32 = 256;
 /// Longest data a batched send takes (a request head, with a small body): longer ones go
 /// directly, as the batch's buffer is copied into.
 pub const MAX_LEN: usize = 4096;
