@@ -101,3 +101,29 @@ async fn metrics_parse_and_match_the_traffic() {
     );
     assert!(text.contains("# TYPE weir_request_duration_seconds histogram"));
 }
+
+/// On a current-thread runtime (a `#[tokio::test]`'s, like `worker_threads = 1`), requests that
+/// arrive together go to the upstreams in batches, and their responses back to the clients:
+/// `weir_batched_sends_total` grows by two sends a request, `weir_send_batches_total` by fewer.
+#[tokio::test]
+async fn requests_that_arrive_together_are_sent_in_batches() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let gw = TestGateway::start(&one_pool(&[&a, &b])).await;
+    let scrape = |text: String| {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let s = prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("unparsable /metrics: {e}"));
+        (
+            value(&s.samples, "weir_send_batches_total", &[]),
+            value(&s.samples, "weir_batched_sends_total", &[]),
+        )
+    };
+    let (batches0, sends0) = scrape(get(&gw.admin_url("/metrics")).await.text());
+    let url = gw.url("client", "/");
+    let replies = futures_util::future::join_all((0..40).map(|_| get(&url))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let (batches1, sends1) = scrape(get(&gw.admin_url("/metrics")).await.text());
+    let (batches, sends) = (batches1 - batches0, sends1 - sends0);
+    // Other tests of this binary may add to both counters, never to one alone.
+    assert!(sends >= 80.0, "40 requests and 40 responses, batched: {sends}");
+    assert!(batches < sends, "{sends} sends in {batches} batches");
+}

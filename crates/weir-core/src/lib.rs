@@ -46,6 +46,8 @@ pub mod send_batch {
     pub async fn send(_fd: i32, _data: &[u8]) -> Option<std::io::Result<usize>> {
         None
     }
+    pub static BATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    pub static SENDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 }
 pub mod slots;
 pub mod state;

@@ -387,6 +387,20 @@ pub fn render(shared: &Shared) -> String {
         "Access-log lines dropped because the file writer fell behind or the file could not be opened",
         dropped,
     );
+    let batches = Counter::<u64>::default();
+    batches.inc_by(crate::send_batch::BATCHES.load(Ordering::Relaxed));
+    reg.register(
+        "weir_send_batches",
+        "System calls (io_uring_enter) that sent a batch of upstream requests and client responses together",
+        batches,
+    );
+    let batched = Counter::<u64>::default();
+    batched.inc_by(crate::send_batch::SENDS.load(Ordering::Relaxed));
+    reg.register(
+        "weir_batched_sends",
+        "Upstream requests and client responses sent in batches (divided by weir_send_batches_total: the mean batch)",
+        batched,
+    );
     reg.register(
         "weir_requests_refused",
         "Requests the gateway answered itself with a 4xx before routing them (malformed, too large, too slow), by listener and status code",

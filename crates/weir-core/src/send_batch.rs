@@ -25,6 +25,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Sends one batch holds at most; a request finding the batch full is sent directly.
 const RING_ENTRIES: u32 = 256;
@@ -35,6 +36,11 @@ pub const MAX_LEN: usize = 4096;
 thread_local! {
     static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
 }
+
+/// Batches sent, over all threads (`weir_send_batches_total`).
+pub static BATCHES: AtomicU64 = AtomicU64::new(0);
+/// Sends that went in them (`weir_batched_sends_total`): over `BATCHES`, the mean batch.
+pub static SENDS: AtomicU64 = AtomicU64::new(0);
 
 /// Sets up this thread's batch, unless `WEIR_SEND_BATCH=0`; false when it stays off (the
 /// reason is logged once per thread). Only for a thread that runs every task it polls to
@@ -151,6 +157,8 @@ impl Batch {
         }
         self.queued.clear();
         self.bytes.clear();
+        BATCHES.fetch_add(1, Ordering::Relaxed);
+        SENDS.fetch_add(pushed as u64, Ordering::Relaxed);
     }
 
     /// Marks the sends of a failed flush as failed: whether they went is not known, so the
@@ -246,7 +254,10 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        BATCH.with_borrow_mut(|b| {
+        // `try_with`: a task dropped while the thread's locals are torn down finds no batch,
+        // and there is nothing left to send then.
+        let _ = BATCH.try_with(|cell| {
+            let Ok(mut b) = cell.try_borrow_mut() else { return };
             let Some(b) = b.as_mut() else { return };
             let Some(slot) = b.slots.get_mut(self.slot) else { return };
             if matches!(slot, Slot::Queued { .. }) {

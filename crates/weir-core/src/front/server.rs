@@ -562,7 +562,10 @@ async fn write_body(
 
 /// Writes what `wbuf` holds: with the thread's batch of sends when the client is on plain TCP
 /// (`send_batch`: a response goes with those of the other requests answered in the same pass,
-/// in one system call), what the socket did not take the usual way.
+/// in one system call), what the socket did not take the usual way. Tried instead: a response
+/// joining a batch only when upstream requests were already queued in it, so as not to hold
+/// it back for a pass on its own; at saturation that cost ~1.1 µs of CPU per request of the
+/// ~1.2 batching saves, and the fixed-rate p99 moved within its noise.
 async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>, send_timeout: Duration) -> io::Result<()> {
     if !wbuf.is_empty() {
         let sent = match conn.io.plain_fd() {
