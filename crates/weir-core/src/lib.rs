@@ -40,9 +40,6 @@ pub mod send_batch {
     pub fn enable() -> bool {
         false
     }
-    pub fn enabled() -> bool {
-        false
-    }
     pub async fn send(_fd: i32, _data: &[u8]) -> Option<std::io::Result<usize>> {
         None
     }

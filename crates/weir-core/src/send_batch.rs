@@ -1,5 +1,6 @@
-//! Request heads to upstreams sent in batches: the heads of the requests a worker made ready
-//! in one pass over its run queue go out in one `io_uring_enter`, not in one `send` each.
+//! Writes sent in batches: the request heads to HTTP/1.1 upstreams and the responses to plain-TCP
+//! HTTP/1 clients that a worker makes ready in one pass over its run queue go out in one
+//! `io_uring_enter`, not in one `send` each.
 //!
 //! Why: where the upstreams share a core with the proxy (a sidecar, a small host, the load
 //! benchmark's layout A), each `send` wakes an upstream, and the scheduler hands it the core
@@ -58,11 +59,6 @@ pub fn enable() -> bool {
         }
         b.is_some()
     })
-}
-
-/// Whether this thread batches its sends.
-pub fn enabled() -> bool {
-    BATCH.with_borrow(|b| b.is_some())
 }
 
 /// Sends `data` on the socket `fd` with this thread's next batch. `Some(Ok(n))`: the first `n`
@@ -130,9 +126,9 @@ impl Batch {
                 // SAFETY: the entry points into `self.bytes`, which is neither changed nor
                 // freed until the kernel has completed it: this function waits below for the
                 // completion of every entry it pushed before returning, and on a ring error
-                // the batch (buffer included) is leaked rather than freed. Its descriptor is
-                // open: the ticket's caller holds the socket until its send returns or is
-                // dropped, and a dropped ticket takes its slot out of `queued`.
+                // the buffer is leaked rather than freed. Its descriptor is open: the ticket's
+                // caller holds the socket until its send returns or is dropped, and a dropped
+                // ticket takes its slot out of `queued`.
                 if unsafe { sq.push(&entry) }.is_err() {
                     break; // cannot happen: `queued` never holds more than the ring does
                 }
@@ -171,8 +167,8 @@ impl Batch {
         }
     }
 
-    /// After a ring error, entries may still be in the kernel's hands: the buffer and the ring
-    /// are kept for good (leaked), a new buffer takes the results' place, and batching stops.
+    /// After a ring error, entries may still be in the kernel's hands: their buffer is kept for
+    /// good (leaked; an empty one takes its place), and this thread batches no more sends.
     fn abandon(&mut self) {
         let bytes = std::mem::take(&mut self.bytes);
         std::mem::forget(bytes);
