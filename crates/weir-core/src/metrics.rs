@@ -380,27 +380,28 @@ pub fn render(shared: &Shared) -> String {
             .get_or_create(&vec![("listener", listener.clone()), ("code", code.to_string())])
             .inc_by(e.value().load(Ordering::Relaxed));
     }
-    let dropped = Counter::<u64>::default();
-    dropped.inc_by(crate::access_log::DROPPED.load(Ordering::Relaxed));
-    reg.register(
-        "weir_access_log_dropped",
-        "Access-log lines dropped because the file writer fell behind or the file could not be opened",
-        dropped,
-    );
-    let batches = Counter::<u64>::default();
-    batches.inc_by(crate::send_batch::BATCHES.load(Ordering::Relaxed));
-    reg.register(
-        "weir_send_batches",
-        "System calls (io_uring_enter) that sent a batch of upstream requests and client responses together",
-        batches,
-    );
-    let batched = Counter::<u64>::default();
-    batched.inc_by(crate::send_batch::SENDS.load(Ordering::Relaxed));
-    reg.register(
-        "weir_batched_sends",
-        "Upstream requests and client responses sent in batches (divided by weir_send_batches_total: the mean batch)",
-        batched,
-    );
+    let plain_counters: [(&str, &str, &AtomicU64); 3] = [
+        (
+            "weir_access_log_dropped",
+            "Access-log lines dropped because the file writer fell behind or the file could not be opened",
+            &crate::access_log::DROPPED,
+        ),
+        (
+            "weir_send_batches",
+            "System calls (io_uring_enter) that sent a batch of upstream requests and client responses together",
+            &crate::send_batch::BATCHES,
+        ),
+        (
+            "weir_batched_sends",
+            "Upstream requests and client responses sent in batches (divided by weir_send_batches_total: the mean batch)",
+            &crate::send_batch::SENDS,
+        ),
+    ];
+    for (name, help, value) in plain_counters {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value.load(Ordering::Relaxed));
+        reg.register(name, help, counter);
+    }
     reg.register(
         "weir_requests_refused",
         "Requests the gateway answered itself with a 4xx before routing them (malformed, too large, too slow), by listener and status code",

@@ -267,6 +267,7 @@ impl Drop for Ticket {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use std::os::fd::AsRawFd;
     use tokio::io::AsyncReadExt;
