@@ -365,7 +365,6 @@ async fn body_and_head<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes the first bytes of a request: an error before any byte left proves it unsent.
 /// Writes a request's first bytes (its head, and a small body) to the upstream: with the
 /// thread's batch of sends when there is one (`send_batch`: one system call for all the requests
 /// made ready together), the rest, if the socket took less, the usual way.
@@ -389,6 +388,7 @@ async fn send_first(stream: &mut UpStream, buf: &[u8]) -> Result<(), ExchangeErr
     }
 }
 
+/// Writes the first bytes of a request: an error before any byte left proves it unsent.
 async fn write_first<W: AsyncWrite + Unpin>(stream: &mut W, buf: &[u8]) -> Result<(), ExchangeError> {
     let mut written = 0;
     while written < buf.len() {
