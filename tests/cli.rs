@@ -323,3 +323,35 @@ async fn a_name_that_does_not_resolve_is_logged_once_not_per_lookup() {
         warned[0]
     );
 }
+
+/// The binary with `worker_threads = 1` runs a current-thread runtime, whose upstream requests
+/// and responses go in batches (what the load benchmark measures); `WEIR_SEND_BATCH=0` turns
+/// that off. Told apart by `weir_batched_sends_total`.
+#[tokio::test]
+async fn one_worker_sends_in_batches_unless_told_not_to() {
+    let up = Upstream::start("a").await;
+    for (env, batched) in [(&[][..], true), (&[("WEIR_SEND_BATCH", "0")][..], false)] {
+        let (port, admin) = (free_port(), free_port());
+        let toml = format!(
+            "[runtime]\nworker_threads = 1\n[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+            up.addr
+        );
+        let mut weir =
+            WeirProcess::spawn_with_env(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap(), &[], env);
+        weir.wait_ready().await;
+        let url = format!("http://127.0.0.1:{port}/");
+        let replies = futures_util::future::join_all((0..20).map(|_| get(&url))).await;
+        assert!(replies.iter().all(|r| r.status == 200));
+        let metrics = get(&format!("http://{}/metrics", weir.admin)).await.text();
+        let sends = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_batched_sends_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no weir_batched_sends_total in\n{metrics}"));
+        if batched {
+            assert!(sends >= 40.0, "20 requests and 20 responses: {sends}");
+        } else {
+            assert_eq!(sends, 0.0, "WEIR_SEND_BATCH=0");
+        }
+    }
+}
