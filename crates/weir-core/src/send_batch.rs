@@ -89,6 +89,8 @@ struct Batch {
     queued: Vec<usize>,
     /// Flushes so far (for tests).
     flushes: u64,
+    /// Set after a ring error: the batch only hands out the results it holds.
+    abandoned: bool,
 }
 
 impl Batch {
@@ -103,6 +105,7 @@ impl Batch {
             free: Vec::new(),
             queued: Vec::with_capacity(RING_ENTRIES as usize),
             flushes: 0,
+            abandoned: false,
         })
     }
 
@@ -141,7 +144,7 @@ impl Batch {
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 tracing::warn!(error = %e, "io_uring submission failed: upstream requests are sent one by one from now on");
-                self.fail_queued(e.raw_os_error().unwrap_or(libc_eio()));
+                self.fail_queued(e.raw_os_error().unwrap_or(rustix::io::Errno::IO.raw_os_error()));
                 return self.abandon();
             }
             for cqe in self.ring.completion() {
@@ -172,17 +175,8 @@ impl Batch {
     fn abandon(&mut self) {
         let bytes = std::mem::take(&mut self.bytes);
         std::mem::forget(bytes);
-        ABANDONED.with(|a| a.set(true));
+        self.abandoned = true;
     }
-}
-
-thread_local! {
-    /// Set after a ring error: the batch only hands out the results it holds.
-    static ABANDONED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn libc_eio() -> i32 {
-    rustix::io::Errno::IO.raw_os_error()
 }
 
 const SEND_FLAGS: i32 = (rustix::net::SendFlags::DONTWAIT.bits() | rustix::net::SendFlags::NOSIGNAL.bits()) as i32;
@@ -195,12 +189,12 @@ struct Ticket {
 
 impl Ticket {
     fn queue(fd: RawFd, data: &[u8]) -> Option<Ticket> {
-        if data.is_empty() || data.len() > MAX_LEN || ABANDONED.with(|a| a.get()) {
+        if data.is_empty() || data.len() > MAX_LEN {
             return None;
         }
         BATCH.with_borrow_mut(|b| {
             let b = b.as_mut()?;
-            if b.queued.len() >= RING_ENTRIES as usize {
+            if b.abandoned || b.queued.len() >= RING_ENTRIES as usize {
                 return None;
             }
             let start = b.bytes.len();
