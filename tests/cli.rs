@@ -324,24 +324,42 @@ async fn a_name_that_does_not_resolve_is_logged_once_not_per_lookup() {
     );
 }
 
-/// The binary with `worker_threads = 1` runs a current-thread runtime, whose upstream requests
-/// and responses go in batches (what the load benchmark measures); `WEIR_SEND_BATCH=0` turns
-/// that off. Told apart by `weir_batched_sends_total`.
-#[tokio::test]
-async fn one_worker_sends_in_batches_unless_told_not_to() {
+/// Upstream requests and responses go in batches, one per worker thread: with one worker (a
+/// current-thread runtime, what the load benchmark measures) and with two, whose tasks move
+/// between the workers; `WEIR_SEND_BATCH=0` turns it off. Told apart by
+/// `weir_batched_sends_total`; every reply must be its own request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_send_in_batches_unless_told_not_to() {
     let up = Upstream::start("a").await;
-    for (env, batched) in [(&[][..], true), (&[("WEIR_SEND_BATCH", "0")][..], false)] {
+    for (workers, env, batched) in [
+        (1, &[][..], true),
+        (2, &[][..], true),
+        (2, &[("WEIR_SEND_BATCH", "0")][..], false),
+    ] {
         let (port, admin) = (free_port(), free_port());
         let toml = format!(
-            "[runtime]\nworker_threads = 1\n[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+            "[runtime]\nworker_threads = {workers}\n[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
             up.addr
         );
         let mut weir =
             WeirProcess::spawn_with_env(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap(), &[], env);
         weir.wait_ready().await;
-        let url = format!("http://127.0.0.1:{port}/");
-        let replies = futures_util::future::join_all((0..20).map(|_| get(&url))).await;
-        assert!(replies.iter().all(|r| r.status == 200));
+        for round in 0..5 {
+            let replies = futures_util::future::join_all((0..40).map(|i| {
+                let url = format!("http://127.0.0.1:{port}/r{round}/{i}");
+                async move { get(&url).await }
+            }))
+            .await;
+            for (i, r) in replies.iter().enumerate() {
+                assert_eq!(r.status, 200, "{workers} workers, request {i}: {}", r.text());
+                let path = format!("\"path\":\"/r{round}/{i}\"");
+                assert!(
+                    r.text().contains(&path),
+                    "{workers} workers, request {i} got {}",
+                    r.text()
+                );
+            }
+        }
         let metrics = get(&format!("http://{}/metrics", weir.admin)).await.text();
         let sends = metrics
             .lines()
@@ -349,7 +367,10 @@ async fn one_worker_sends_in_batches_unless_told_not_to() {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no weir_batched_sends_total in\n{metrics}"));
         if batched {
-            assert!(sends >= 40.0, "20 requests and 20 responses: {sends}");
+            assert!(
+                sends >= 400.0,
+                "{workers} workers, 200 requests and 200 responses: {sends}"
+            );
         } else {
             assert_eq!(sends, 0.0, "WEIR_SEND_BATCH=0");
         }

@@ -22,17 +22,18 @@ jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13, $12}' "/proc/$1/stat"; }
 # LOAD=h2c, h2load -c64 -m10. Prints "req/s CPU-µs-per-request non-2xx user-CPU-µs-per-request",
 # the CPU being that of process PID during the round. The user part is what a change to weir's
 # own code moves; the kernel's part is most of the total and moves with the machine's noise.
-#   load_round h1|h2c PORT PID SECONDS
+#   load_round h1|h2c PORT PID SECONDS   (the load tool on core $LOAD_CPU, default 1; empty: unpinned)
+LOAD_CPU=${LOAD_CPU-1}
 load_round() {
   local load=$1 port=$2 pid=$3 secs=$4 out c0 c1 u0 u1 n rps bad
   read -r c0 u0 < <(jiffies "$pid")
   if [ "$load" = h2c ]; then
-    out=$(timeout $((secs + 30)) taskset -c 1 h2load -c64 -m10 -D "$secs" "http://127.0.0.1:$port/")
+    out=$(timeout $((secs + 30)) ${LOAD_CPU:+taskset -c "$LOAD_CPU"} h2load -c64 -m10 -D "$secs" "http://127.0.0.1:$port/")
     read -r c1 u1 < <(jiffies "$pid")
     n=$(echo "$out" | awk '/^requests:/ {print $8}'); rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     bad=$(echo "$out" | awk '/^status codes:/ {print $5 + $7 + $9}')
   else
-    out=$(taskset -c 1 wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$port/")
+    out=$(${LOAD_CPU:+taskset -c "$LOAD_CPU"} wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$port/")
     read -r c1 u1 < <(jiffies "$pid")
     n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')

@@ -84,11 +84,8 @@ impl Gateway {
         let token = crate::admin::load_token(&config.admin).map_err(StartError::Admin)?;
         let shared = Arc::new(Shared::new(generation));
         let connections = shared.connections.clone();
-        // A current-thread runtime polls every task on this thread: its upstream requests can
-        // go in batches (send_batch.rs). A multi-thread runtime's tasks move between workers.
-        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            crate::send_batch::enable();
-        }
+        // Upstream requests and responses go in batches, one per worker thread (send_batch.rs).
+        crate::send_batch::enable();
 
         // Bind everything before serving anything: a failure leaves nothing half-started.
         let mut bound = Vec::new();

@@ -12,21 +12,24 @@
 //! one wake-up. Elsewhere it still saves one system call per request.
 //!
 //! How: [`send`] copies the bytes into the thread's batch and yields (tokio defers the task
-//! until the run queue has been through once, and the I/O driver polled); the first of the
-//! batch's tasks to run again submits every queued send and waits for their completions,
+//! until the worker has been through its run queue and polled the I/O driver); the first of
+//! the batch's tasks to run again submits every queued send and waits for their completions,
 //! which come at once: each send is `MSG_DONTWAIT`, so a full socket answers `EAGAIN` rather
 //! than waiting. What a send could not take the caller writes the usual way.
 //!
-//! Only on threads that [`enable`] it: those of a current-thread runtime, whose tasks never
-//! move to another thread (a batch is the thread's own). Off where the ring cannot be set up
-//! (an old kernel, a seccomp profile that refuses io_uring) and with `WEIR_SEND_BATCH=0`.
+//! Each worker thread has its own batch, made the first time one of its tasks sends. On a
+//! multi-thread runtime a yielded task may be stolen by another worker: its ticket holds the
+//! batch it is in, behind a mutex that only such a move ever contends, and flushes that batch
+//! from wherever it runs. Off where the ring cannot be set up (an old kernel, a seccomp profile
+//! that refuses io_uring) and with `WEIR_SEND_BATCH=0`.
 
 #![allow(unsafe_code)] // one: pushing a send's entry onto the ring (the SAFETY note in `flush`)
 
-use std::cell::RefCell;
+use std::cell::OnceCell;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Sends one batch holds at most; a request finding the batch full is sent directly.
 const RING_ENTRIES: u32 = 256;
@@ -34,8 +37,13 @@ const RING_ENTRIES: u32 = 256;
 /// directly, as the batch's buffer is copied into.
 pub const MAX_LEN: usize = 4096;
 
+/// Whether sends are batched at all: set by [`enable`], for every thread of the process.
+static WANTED: AtomicBool = AtomicBool::new(false);
+
 thread_local! {
-    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+    /// This thread's batch, made on first use once batching is wanted; `None` for good when
+    /// its ring could not be set up.
+    static BATCH: OnceCell<Option<Arc<Mutex<Batch>>>> = const { OnceCell::new() };
 }
 
 /// Batches sent, over all threads (`weir_send_batches_total`).
@@ -43,22 +51,41 @@ pub static BATCHES: AtomicU64 = AtomicU64::new(0);
 /// Sends that went in them (`weir_batched_sends_total`): over `BATCHES`, the mean batch.
 pub static SENDS: AtomicU64 = AtomicU64::new(0);
 
-/// Sets up this thread's batch, unless `WEIR_SEND_BATCH=0`; false when it stays off (the
-/// reason is logged once per thread). Only for a thread that runs every task it polls to
-/// the end itself: a current-thread runtime's.
+/// Turns batching on for the process, unless `WEIR_SEND_BATCH=0`, and sets up the calling
+/// thread's batch; false when that could not be done (the reason is logged once per thread:
+/// other threads then try their own, and send one by one where that fails too).
 pub fn enable() -> bool {
     if std::env::var_os("WEIR_SEND_BATCH").is_some_and(|v| v == "0") {
         return false;
     }
-    BATCH.with_borrow_mut(|b| {
-        if b.is_none() {
-            match Batch::new() {
-                Ok(batch) => *b = Some(batch),
-                Err(e) => tracing::info!(error = %e, "io_uring unavailable: upstream requests are sent one by one"),
-            }
-        }
-        b.is_some()
-    })
+    WANTED.store(true, Ordering::Relaxed);
+    this_thread().is_some()
+}
+
+/// This thread's batch, set up on first use; `None` while batching is not wanted.
+fn this_thread() -> Option<Arc<Mutex<Batch>>> {
+    if !WANTED.load(Ordering::Relaxed) {
+        return None;
+    }
+    BATCH
+        .try_with(|cell| {
+            cell.get_or_init(|| match Batch::new() {
+                Ok(batch) => Some(Arc::new(Mutex::new(batch))),
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring unavailable: this thread sends one by one");
+                    None
+                }
+            })
+            .clone()
+        })
+        .ok()
+        .flatten()
+}
+
+/// The batch, whatever a panic elsewhere left: its state is consistent between calls, as none
+/// of its methods can panic half-way.
+fn lock(batch: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
+    batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends `data` on the socket `fd` with this thread's next batch. `Some(Ok(n))`: the first `n`
@@ -160,6 +187,16 @@ impl Batch {
         SENDS.fetch_add(pushed as u64, Ordering::Relaxed);
     }
 
+    /// Gives a ticket's slot back; a send still queued leaves the batch unsent.
+    fn release(&mut self, slot: usize) {
+        let Some(s) = self.slots.get_mut(slot) else { return };
+        if matches!(s, Slot::Queued { .. }) {
+            self.queued.retain(|&i| i != slot);
+        }
+        *s = Slot::Free;
+        self.free.push(slot);
+    }
+
     /// Marks the sends of a failed flush as failed: whether they went is not known, so the
     /// caller treats the connection as broken.
     fn fail_queued(&mut self, errno: i32) {
@@ -181,10 +218,12 @@ impl Batch {
 
 const SEND_FLAGS: i32 = (rustix::net::SendFlags::DONTWAIT.bits() | rustix::net::SendFlags::NOSIGNAL.bits()) as i32;
 
-/// One queued send's claim on its slot: the result once flushed, or the slot taken back out of
-/// the batch when dropped unflushed (its data is then never sent).
+/// One queued send's claim on its slot in the batch it went into: the result once flushed, or
+/// the slot taken back out of the batch when dropped unflushed (its data is then never sent).
 struct Ticket {
-    slot: usize,
+    batch: Arc<Mutex<Batch>>,
+    /// `None` once given back ([`Ticket::finish`]).
+    slot: Option<usize>,
 }
 
 impl Ticket {
@@ -192,8 +231,9 @@ impl Ticket {
         if data.is_empty() || data.len() > MAX_LEN {
             return None;
         }
-        BATCH.with_borrow_mut(|b| {
-            let b = b.as_mut()?;
+        let batch = this_thread()?;
+        let slot = {
+            let mut b = lock(&batch);
             if b.abandoned || b.queued.len() >= RING_ENTRIES as usize {
                 return None;
             }
@@ -215,24 +255,28 @@ impl Ticket {
                 }
             };
             b.queued.push(slot);
-            Some(Ticket { slot })
+            slot
+        };
+        Some(Ticket {
+            batch,
+            slot: Some(slot),
         })
     }
 
-    /// The send's result, flushing the batch first if nobody has since it was queued.
-    fn finish(self) -> io::Result<usize> {
-        let result = BATCH.with_borrow_mut(|b| {
-            let b = b.as_mut()?;
-            if matches!(b.slots.get(self.slot), Some(Slot::Queued { .. })) {
+    /// The send's result, flushing its batch first if nobody has since it was queued.
+    fn finish(mut self) -> io::Result<usize> {
+        let result = self.slot.take().and_then(|slot| {
+            let mut b = lock(&self.batch);
+            if matches!(b.slots.get(slot), Some(Slot::Queued { .. })) {
                 b.flush();
             }
-            match b.slots.get(self.slot) {
+            let result = match b.slots.get(slot) {
                 Some(Slot::Done(r)) => Some(*r),
                 _ => None,
-            }
+            };
+            b.release(slot);
+            result
         });
-        // The slot is freed by the drop below.
-        drop(self);
         match result {
             Some(n) if n >= 0 => Ok(n as usize),
             Some(e) if -e == rustix::io::Errno::AGAIN.raw_os_error() => Ok(0),
@@ -244,18 +288,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // `try_with`: a task dropped while the thread's locals are torn down finds no batch,
-        // and there is nothing left to send then.
-        let _ = BATCH.try_with(|cell| {
-            let Ok(mut b) = cell.try_borrow_mut() else { return };
-            let Some(b) = b.as_mut() else { return };
-            let Some(slot) = b.slots.get_mut(self.slot) else { return };
-            if matches!(slot, Slot::Queued { .. }) {
-                b.queued.retain(|&i| i != self.slot);
-            }
-            *slot = Slot::Free;
-            b.free.push(self.slot);
-        });
+        if let Some(slot) = self.slot {
+            lock(&self.batch).release(slot);
+        }
     }
 }
 
@@ -293,11 +328,8 @@ mod tests {
         );
         assert_eq!(r0.unwrap().unwrap(), 19);
         assert_eq!(r1.unwrap().unwrap(), 19);
-        assert_eq!(
-            BATCH.with_borrow(|b| b.as_ref().map(|b| b.flushes)),
-            Some(1),
-            "one flush for both"
-        );
+        let batch = this_thread().unwrap();
+        assert_eq!(lock(&batch).flushes, 1, "one flush for both");
         let mut buf = [0u8; 64];
         let n = pairs[0].1.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"GET /a HTTP/1.1\r\n\r\n");
@@ -307,11 +339,9 @@ mod tests {
         assert_eq!(send(fds[2], b"x").await.unwrap().unwrap(), 1);
         let n = pairs[2].1.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"x");
-        BATCH.with_borrow(|b| {
-            let b = b.as_ref().unwrap();
-            assert!(b.queued.is_empty() && b.bytes.is_empty());
-            assert!(b.slots.iter().all(|s| matches!(s, Slot::Free)), "every slot given back");
-        });
+        let b = lock(&batch);
+        assert!(b.queued.is_empty() && b.bytes.is_empty());
+        assert!(b.slots.iter().all(|s| matches!(s, Slot::Free)), "every slot given back");
     }
 
     /// A socket whose peer is gone answers with its error; one with no room answers 0 bytes
@@ -352,5 +382,30 @@ mod tests {
         };
         assert!(full, "a socket nobody reads fills up");
         assert!(send(a.as_raw_fd(), &[0u8; MAX_LEN + 1]).await.is_none());
+    }
+
+    /// A task that a multi-thread runtime moved to another worker between its send and the
+    /// flush finds its send in the batch of the thread it was queued on, and flushes that one.
+    #[tokio::test]
+    async fn a_send_queued_on_one_thread_is_finished_on_another() {
+        assert!(enable());
+        let (a, mut b) = pair().await;
+        let fd = a.as_raw_fd();
+        let (ticket, other) = std::thread::spawn(move || {
+            let ticket = Ticket::queue(fd, b"moved").unwrap();
+            (ticket, this_thread().unwrap())
+        })
+        .join()
+        .unwrap();
+        let here = this_thread().unwrap();
+        assert!(!Arc::ptr_eq(&here, &other), "each thread has its own batch");
+        assert_eq!(lock(&here).queued.len(), 0);
+        assert_eq!(ticket.finish().unwrap(), 5);
+        let mut buf = [0u8; 16];
+        let n = b.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"moved");
+        let o = lock(&other);
+        assert_eq!(o.flushes, 1);
+        assert!(o.queued.is_empty() && o.slots.iter().all(|s| matches!(s, Slot::Free)));
     }
 }
