@@ -13,16 +13,8 @@ bench_setup wrk:wrk nginx:nginx haproxy:haproxy
 ulimit -n "$(ulimit -Hn)"
 source benches/load/weir-config.sh
 source benches/load/peer-configs.sh
-weir_toml "$W/weir.toml" 18381 19931 "$PWD/plugins/dist" 19381 19382
-nginx_conf "$W/nginx.conf" "$W" 18383 19381 19382
-haproxy_cfg "$W/haproxy.cfg" 18384 19381 19382
-taskset -c 0 target/release/examples/demo_upstream 19381 a 100 2>/dev/null & pids+=($!)
-taskset -c 0 target/release/examples/demo_upstream 19382 b 100 2>/dev/null & pids+=($!)
-WEIR_LOG=warn taskset -c 0 "$WEIR" run --config "$W/weir.toml" & PW=$!; pids+=($PW)
-taskset -c 0 nginx -c "$W/nginx.conf" -e "$W/nginx-error.log" & PN=$!; pids+=($PN)
-taskset -c 0 haproxy -db -f "$W/haproxy.cfg" 2>/dev/null & PH=$!; pids+=($PH)
+start_layout_a 18380 19931 19380 "$WEIR"
 for port in 18381 18383 18384; do
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   taskset -c 1 wrk -t1 -c16 -d1s "http://127.0.0.1:$port/" >/dev/null
 done
 procs() { echo "$1"; pgrep -P "$1" || true; }  # nginx's worker is its master's child

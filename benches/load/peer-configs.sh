@@ -66,3 +66,23 @@ backend app
   server b 127.0.0.1:$4
 HAPROXY
 }
+
+# Layout A for the per-request scripts: two demo upstreams, weir, nginx and HAProxy, all on core
+# 0, with ports BASE+1 (weir), BASE+3 (nginx), BASE+4 (HAProxy), weir's admin on ADMIN, the
+# upstreams on UP+1 and UP+2; waits until each answers. Needs weir-config.sh and bench-setup.sh
+# sourced. Sets PW, PN (nginx's master) and PH.
+#   start_layout_a BASE ADMIN UP [WEIR=target/release/weir]
+start_layout_a() {
+  local base=$1 admin=$2 up=$3 weir=${4:-target/release/weir} port
+  weir_toml "$W/weir.toml" $((base + 1)) "$admin" "$PWD/plugins/dist" $((up + 1)) $((up + 2))
+  nginx_conf "$W/nginx.conf" "$W" $((base + 3)) $((up + 1)) $((up + 2))
+  haproxy_cfg "$W/haproxy.cfg" $((base + 4)) $((up + 1)) $((up + 2))
+  taskset -c 0 target/release/examples/demo_upstream $((up + 1)) a 100 2>/dev/null & pids+=($!)
+  taskset -c 0 target/release/examples/demo_upstream $((up + 2)) b 100 2>/dev/null & pids+=($!)
+  WEIR_LOG=warn taskset -c 0 "$weir" run --config "$W/weir.toml" & PW=$!; pids+=($PW)
+  taskset -c 0 nginx -c "$W/nginx.conf" -e "$W/nginx-error.log" & PN=$!; pids+=($PN)
+  taskset -c 0 haproxy -db -f "$W/haproxy.cfg" 2>/dev/null & PH=$!; pids+=($PH)
+  for port in $((base + 1)) $((base + 3)) $((base + 4)); do
+    for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  done
+}

@@ -17,19 +17,9 @@ bench_setup wrk:wrk h2load:nghttp2-client nginx:nginx haproxy:haproxy nstat:ipro
 cargo build -q --release --bin weir
 ulimit -n "$(ulimit -Hn)"  # as compare.sh: HAProxy (maxconn 12000) asks for as many as it may
 source benches/load/weir-config.sh
-weir_toml "$W/weir.toml" 18281 19921 "$PWD/plugins/dist" 19281 19282
 source benches/load/peer-configs.sh
-nginx_conf "$W/nginx.conf" "$W" 18283 19281 19282
-haproxy_cfg "$W/haproxy.cfg" 18284 19281 19282
-taskset -c 0 target/release/examples/demo_upstream 19281 a 100 2>/dev/null & pids+=($!)
-taskset -c 0 target/release/examples/demo_upstream 19282 b 100 2>/dev/null & pids+=($!)
-WEIR_LOG=warn taskset -c 0 target/release/weir run --config "$W/weir.toml" & PW=$!; pids+=($PW)
-taskset -c 0 nginx -c "$W/nginx.conf" -e "$W/nginx-error.log" & pids+=($!)
-taskset -c 0 haproxy -db -f "$W/haproxy.cfg" & PH=$!; pids+=($PH)
-for port in 18281 18283 18284; do
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-done
-PN=$(pgrep -P "${pids[3]}" | head -1)  # nginx's worker
+start_layout_a 18280 19921 19280
+PN=$(pgrep -P "$PN" | head -1)  # nginx's worker
 HZ=$(getconf CLK_TCK)
 EV=(-e raw_syscalls:sys_enter)
 for s in epoll_wait epoll_ctl recvfrom sendto read write readv writev getsockopt setsockopt futex io_uring_enter; do
