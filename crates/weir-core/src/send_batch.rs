@@ -52,8 +52,8 @@ pub static BATCHES: AtomicU64 = AtomicU64::new(0);
 pub static SENDS: AtomicU64 = AtomicU64::new(0);
 
 /// Turns batching on for the process, unless `WEIR_SEND_BATCH=0`, and sets up the calling
-/// thread's batch; false when that could not be done (the reason is logged once per thread:
-/// other threads then try their own, and send one by one where that fails too).
+/// thread's batch; false when that could not be done (the reason is logged once: other
+/// threads then try their own, and send one by one where that fails too).
 pub fn enable() -> bool {
     if std::env::var_os("WEIR_SEND_BATCH").is_some_and(|v| v == "0") {
         return false;
@@ -72,7 +72,11 @@ fn this_thread() -> Option<Arc<Mutex<Batch>>> {
             cell.get_or_init(|| match Batch::new() {
                 Ok(batch) => Some(Arc::new(Mutex::new(batch))),
                 Err(e) => {
-                    tracing::info!(error = %e, "io_uring unavailable: this thread sends one by one");
+                    // Once per process: every worker thread would say the same.
+                    static SAID: AtomicBool = AtomicBool::new(false);
+                    if !SAID.swap(true, Ordering::Relaxed) {
+                        tracing::info!(error = %e, "io_uring unavailable: sends go one by one");
+                    }
                     None
                 }
             })
