@@ -389,18 +389,23 @@ mod tests {
     }
 
     /// A task that a multi-thread runtime moved to another worker between its send and the
-    /// flush finds its send in the batch of the thread it was queued on, and flushes that one.
+    /// flush finds its send in the batch of the thread it was queued on, and flushes that one;
+    /// one dropped there (a cancelled request) leaves that batch unsent.
     #[tokio::test]
     async fn a_send_queued_on_one_thread_is_finished_on_another() {
         assert!(enable());
         let (a, mut b) = pair().await;
         let fd = a.as_raw_fd();
-        let (ticket, other) = std::thread::spawn(move || {
+        let (ticket, cancelled, other) = std::thread::spawn(move || {
+            let cancelled = Ticket::queue(fd, b"cancelled").unwrap();
             let ticket = Ticket::queue(fd, b"moved").unwrap();
-            (ticket, this_thread().unwrap())
+            (ticket, cancelled, this_thread().unwrap())
         })
         .join()
         .unwrap();
+        assert_eq!(lock(&other).queued.len(), 2);
+        drop(cancelled);
+        assert_eq!(lock(&other).queued.len(), 1, "the dropped send left its batch");
         let here = this_thread().unwrap();
         assert!(!Arc::ptr_eq(&here, &other), "each thread has its own batch");
         assert_eq!(lock(&here).queued.len(), 0);
