@@ -3,7 +3,8 @@
 //! response head parser and chunked decoder, the native balancer's `select`, the per-thread
 //! buffer pool's round trip, the upstream connection pool's checkout and checkin, and an
 //! exchange's response timeout (the connection's reused timer beside a `tokio::time::timeout`
-//! per request).
+//! per request), and sixteen request heads sent in one batch (`send_batch`, io_uring) beside
+//! one `write` each.
 //! Run: `cargo bench --bench hot_path`.
 //! CI runs each once (`cargo bench -- --test`) so they cannot rot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -306,8 +307,82 @@ fn retry_budget(c: &mut Criterion) {
     c.bench_function("budget/record_request", |b| b.iter(|| budget.record_request()));
 }
 
+/// Sixteen 200-byte request heads to sixteen sockets, as one pass over a worker's run queue
+/// makes them: queued in the thread's batch and sent with one `io_uring_enter`
+/// (`send_batch::send`, what weir does), beside one `write` each. Both run in a `block_on`;
+/// the receivers are drained outside the timed part.
+#[cfg(target_os = "linux")]
+fn send_batch(c: &mut Criterion) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Inside the runtime, as weir's gateway does: a current-thread runtime's batch is its own.
+    assert!(
+        rt.block_on(async { weir_core::send_batch::enable() }),
+        "io_uring is not available on this machine: the batch cannot be measured"
+    );
+    let pairs: Vec<(std::net::TcpStream, std::net::TcpStream)> = (0..16)
+        .map(|_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let tx = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (rx, _) = listener.accept().unwrap();
+            tx.set_nodelay(true).unwrap();
+            rx.set_nonblocking(true).unwrap();
+            (tx, rx)
+        })
+        .collect();
+    let fds: Vec<i32> = pairs.iter().map(|(tx, _)| tx.as_raw_fd()).collect();
+    let head = [b'x'; 200];
+    let drain = || {
+        let mut buf = [0u8; 4096];
+        for (_, rx) in &pairs {
+            while matches!((&*rx).read(&mut buf), Ok(n) if n > 0) {}
+        }
+    };
+    let mut group = c.benchmark_group("send_batch: 16 request heads of 200 bytes");
+    group.bench_function("one batch (send_batch::send, one io_uring_enter)", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let sent = rt.block_on(futures_util::future::join_all(
+                    fds.iter().map(|&fd| weir_core::send_batch::send(fd, &head)),
+                ));
+                took += start.elapsed();
+                assert!(sent.iter().all(|r| matches!(r, Some(Ok(200)))));
+                drain();
+            }
+            took
+        })
+    });
+    group.bench_function("one write each", |b| {
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                rt.block_on(async {
+                    for (tx, _) in &pairs {
+                        assert_eq!((&*tx).write(&head).unwrap(), 200);
+                    }
+                });
+                took += start.elapsed();
+                drain();
+            }
+            took
+        })
+    });
+    group.finish();
+}
+#[cfg(not(target_os = "linux"))]
+fn send_batch(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
+    send_batch,
     retry_budget,
     head,
     chunked,

@@ -17,15 +17,16 @@
 //! which come at once: each send is `MSG_DONTWAIT`, so a full socket answers `EAGAIN` rather
 //! than waiting. What a send could not take the caller writes the usual way.
 //!
-//! Each worker thread has its own batch, made the first time one of its tasks sends. On a
-//! multi-thread runtime a yielded task may be stolen by another worker: its ticket holds the
-//! batch it is in, behind a mutex that only such a move ever contends, and flushes that batch
-//! from wherever it runs. Off where the ring cannot be set up (an old kernel, a seccomp profile
-//! that refuses io_uring) and with `WEIR_SEND_BATCH=0`.
+//! Each worker thread has its own batch, made the first time one of its tasks sends. A
+//! current-thread runtime's tasks never leave their thread: its batch is the thread's alone,
+//! with no lock. On a multi-thread runtime a yielded task may be stolen by another worker: its
+//! ticket holds the batch it is in, behind a mutex that only such a move ever contends, and
+//! flushes that batch from wherever it runs. Off where the ring cannot be set up (an old
+//! kernel, a seccomp profile that refuses io_uring) and with `WEIR_SEND_BATCH=0`.
 
 #![allow(unsafe_code)] // one: pushing a send's entry onto the ring (the SAFETY note in `flush`)
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,7 +44,25 @@ static WANTED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// This thread's batch, made on first use once batching is wanted; `None` for good when
     /// its ring could not be set up.
-    static BATCH: OnceCell<Option<Arc<Mutex<Batch>>>> = const { OnceCell::new() };
+    static BATCH: OnceCell<Option<Home>> = const { OnceCell::new() };
+}
+
+/// Where a thread keeps its batch.
+#[allow(clippy::large_enum_variant)] // one per thread, in its locals: boxing buys nothing
+enum Home {
+    /// A current-thread runtime's: only this thread's tasks, which never leave it, use it.
+    Own(RefCell<Batch>),
+    /// A multi-thread runtime worker's (or any other thread's): shared with the tickets, which
+    /// may be finished or dropped on another thread.
+    Shared(Arc<Mutex<Batch>>),
+}
+
+/// The batch a ticket's send is in.
+enum Place {
+    /// The batch of the thread the ticket is used on (it was queued there, and a
+    /// current-thread runtime's task stays there).
+    Own,
+    Shared(Arc<Mutex<Batch>>),
 }
 
 /// Batches sent, over all threads (`weir_send_batches_total`).
@@ -62,15 +81,23 @@ pub fn enable() -> bool {
     this_thread().is_some()
 }
 
-/// This thread's batch, set up on first use; `None` while batching is not wanted.
-fn this_thread() -> Option<Arc<Mutex<Batch>>> {
+/// Where this thread's batch is, set up on first use; `None` while batching is not wanted.
+fn this_thread() -> Option<Place> {
     if !WANTED.load(Ordering::Relaxed) {
         return None;
     }
     BATCH
         .try_with(|cell| {
-            cell.get_or_init(|| match Batch::new() {
-                Ok(batch) => Some(Arc::new(Mutex::new(batch))),
+            let home = cell.get_or_init(|| match Batch::new() {
+                Ok(batch) => Some(
+                    if tokio::runtime::Handle::try_current()
+                        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+                    {
+                        Home::Own(RefCell::new(batch))
+                    } else {
+                        Home::Shared(Arc::new(Mutex::new(batch)))
+                    },
+                ),
                 Err(e) => {
                     // Once per process: every worker thread would say the same.
                     static SAID: AtomicBool = AtomicBool::new(false);
@@ -79,11 +106,29 @@ fn this_thread() -> Option<Arc<Mutex<Batch>>> {
                     }
                     None
                 }
-            })
-            .clone()
+            });
+            match home.as_ref()? {
+                Home::Own(_) => Some(Place::Own),
+                Home::Shared(b) => Some(Place::Shared(b.clone())),
+            }
         })
         .ok()
         .flatten()
+}
+
+/// Runs `f` on the batch at `place`; `None` when it is gone (the thread's locals torn down) or
+/// already in use (cannot happen: nothing here calls back into it).
+fn with_batch<R>(place: &Place, f: impl FnOnce(&mut Batch) -> R) -> Option<R> {
+    match place {
+        Place::Own => BATCH
+            .try_with(|cell| match cell.get() {
+                Some(Some(Home::Own(b))) => b.try_borrow_mut().ok().map(|mut b| f(&mut b)),
+                _ => None,
+            })
+            .ok()
+            .flatten(),
+        Place::Shared(b) => Some(f(&mut lock(b))),
+    }
 }
 
 /// The batch, whatever a panic elsewhere left: its state is consistent between calls, as none
@@ -225,7 +270,7 @@ const SEND_FLAGS: i32 = (rustix::net::SendFlags::DONTWAIT.bits() | rustix::net::
 /// One queued send's claim on its slot in the batch it went into: the result once flushed, or
 /// the slot taken back out of the batch when dropped unflushed (its data is then never sent).
 struct Ticket {
-    batch: Arc<Mutex<Batch>>,
+    place: Place,
     /// `None` once given back ([`Ticket::finish`]).
     slot: Option<usize>,
 }
@@ -235,9 +280,8 @@ impl Ticket {
         if data.is_empty() || data.len() > MAX_LEN {
             return None;
         }
-        let batch = this_thread()?;
-        let slot = {
-            let mut b = lock(&batch);
+        let place = this_thread()?;
+        let slot = with_batch(&place, |b| {
             if b.abandoned || b.queued.len() >= RING_ENTRIES as usize {
                 return None;
             }
@@ -259,10 +303,10 @@ impl Ticket {
                 }
             };
             b.queued.push(slot);
-            slot
-        };
+            Some(slot)
+        })??;
         Some(Ticket {
-            batch,
+            place,
             slot: Some(slot),
         })
     }
@@ -270,16 +314,18 @@ impl Ticket {
     /// The send's result, flushing its batch first if nobody has since it was queued.
     fn finish(mut self) -> io::Result<usize> {
         let result = self.slot.take().and_then(|slot| {
-            let mut b = lock(&self.batch);
-            if matches!(b.slots.get(slot), Some(Slot::Queued { .. })) {
-                b.flush();
-            }
-            let result = match b.slots.get(slot) {
-                Some(Slot::Done(r)) => Some(*r),
-                _ => None,
-            };
-            b.release(slot);
-            result
+            with_batch(&self.place, |b| {
+                if matches!(b.slots.get(slot), Some(Slot::Queued { .. })) {
+                    b.flush();
+                }
+                let result = match b.slots.get(slot) {
+                    Some(Slot::Done(r)) => Some(*r),
+                    _ => None,
+                };
+                b.release(slot);
+                result
+            })
+            .flatten()
         });
         match result {
             Some(n) if n >= 0 => Ok(n as usize),
@@ -293,7 +339,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
-            lock(&self.batch).release(slot);
+            with_batch(&self.place, |b| b.release(slot));
         }
     }
 }
@@ -333,7 +379,11 @@ mod tests {
         assert_eq!(r0.unwrap().unwrap(), 19);
         assert_eq!(r1.unwrap().unwrap(), 19);
         let batch = this_thread().unwrap();
-        assert_eq!(lock(&batch).flushes, 1, "one flush for both");
+        assert!(
+            matches!(batch, Place::Own),
+            "a current-thread runtime's batch is its own"
+        );
+        assert_eq!(with_batch(&batch, |b| b.flushes), Some(1), "one flush for both");
         let mut buf = [0u8; 64];
         let n = pairs[0].1.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"GET /a HTTP/1.1\r\n\r\n");
@@ -343,9 +393,11 @@ mod tests {
         assert_eq!(send(fds[2], b"x").await.unwrap().unwrap(), 1);
         let n = pairs[2].1.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"x");
-        let b = lock(&batch);
-        assert!(b.queued.is_empty() && b.bytes.is_empty());
-        assert!(b.slots.iter().all(|s| matches!(s, Slot::Free)), "every slot given back");
+        with_batch(&batch, |b| {
+            assert!(b.queued.is_empty() && b.bytes.is_empty());
+            assert!(b.slots.iter().all(|s| matches!(s, Slot::Free)), "every slot given back");
+        })
+        .unwrap();
     }
 
     /// A socket whose peer is gone answers with its error; one with no room answers 0 bytes
@@ -390,7 +442,8 @@ mod tests {
 
     /// A task that a multi-thread runtime moved to another worker between its send and the
     /// flush finds its send in the batch of the thread it was queued on, and flushes that one;
-    /// one dropped there (a cancelled request) leaves that batch unsent.
+    /// one dropped there (a cancelled request) leaves that batch unsent. (The sends are queued
+    /// on a thread outside any runtime, whose batch is shared as a multi-thread worker's is.)
     #[tokio::test]
     async fn a_send_queued_on_one_thread_is_finished_on_another() {
         assert!(enable());
@@ -403,12 +456,18 @@ mod tests {
         })
         .join()
         .unwrap();
+        let Place::Shared(other) = other else {
+            panic!("a thread outside a current-thread runtime shares its batch");
+        };
         assert_eq!(lock(&other).queued.len(), 2);
         drop(cancelled);
         assert_eq!(lock(&other).queued.len(), 1, "the dropped send left its batch");
         let here = this_thread().unwrap();
-        assert!(!Arc::ptr_eq(&here, &other), "each thread has its own batch");
-        assert_eq!(lock(&here).queued.len(), 0);
+        assert_eq!(
+            with_batch(&here, |b| b.queued.len()),
+            Some(0),
+            "each thread has its own batch"
+        );
         assert_eq!(ticket.finish().unwrap(), 5);
         let mut buf = [0u8; 16];
         let n = b.read(&mut buf).await.unwrap();
