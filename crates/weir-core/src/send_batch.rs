@@ -219,7 +219,7 @@ impl Batch {
             if let Err(e) = self.ring.submit_and_wait(pushed - done)
                 && e.kind() != io::ErrorKind::Interrupted
             {
-                tracing::warn!(error = %e, "io_uring submission failed: upstream requests are sent one by one from now on");
+                tracing::warn!(error = %e, "io_uring submission failed: this thread's requests and responses are sent one by one from now on");
                 self.fail_queued(e.raw_os_error().unwrap_or(rustix::io::Errno::IO.raw_os_error()));
                 return self.abandon();
             }
