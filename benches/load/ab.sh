@@ -6,6 +6,8 @@
 #   AB_H2=1: HTTP/2 downstream (h2load -c64 -m10, h2c) instead of wrk's HTTP/1.1.
 #   AB_UP_H2=1: HTTP/2 upstreams (demo upstreams speaking h2c, pools with protocol = "h2").
 #   WEIR_FORWARDING='': no `forwarding_headers` key (binaries older than it refuse it; weir-config.sh).
+#   LAYOUT=B: weir alone on core 0, the upstreams beside the load tool on core 1 (compare.sh's
+#     layout B) instead of layout A.
 #   WORKERS=N: weir with `worker_threads = N` (a multi-thread runtime for N > 1), and nothing
 #     pinned (weir, the upstreams, the load tool): the shape of a default multi-core install.
 set -euo pipefail
@@ -16,17 +18,18 @@ bench_setup wrk:wrk h2load:nghttp2-client
 source benches/load/weir-config.sh
 weir_toml "$W/a.toml" 18181 19911 "$PWD/plugins/dist" 19181 19182
 weir_toml "$W/b.toml" 18182 19912 "$PWD/plugins/dist" 19181 19182
-pin=(taskset -c 0)
+pin=(taskset -c 0); up_pin=(taskset -c 0)
+[ "${LAYOUT:-A}" = B ] && up_pin=(taskset -c 1)
 if [ -n "${WORKERS:-}" ]; then
   sed -i "s/^worker_threads = 1\$/worker_threads = $WORKERS/" "$W/a.toml" "$W/b.toml"
-  pin=(); export LOAD_CPU=
+  pin=(); up_pin=(); export LOAD_CPU=
 fi
 if [ "${AB_UP_H2:-0}" = 1 ]; then
   sed -i '/^name = "app"$/a protocol = "h2"' "$W/a.toml" "$W/b.toml"
   export DEMO_H2=1
 fi
-"${pin[@]}" target/release/examples/demo_upstream 19181 a 100 2>/dev/null & pids+=($!)
-"${pin[@]}" target/release/examples/demo_upstream 19182 b 100 2>/dev/null & pids+=($!)
+"${up_pin[@]}" target/release/examples/demo_upstream 19181 a 100 2>/dev/null & pids+=($!)
+"${up_pin[@]}" target/release/examples/demo_upstream 19182 b 100 2>/dev/null & pids+=($!)
 WEIR_LOG=warn "${pin[@]}" "$A" run --config "$W/a.toml" & PA=$!; pids+=($PA)
 WEIR_LOG=warn "${pin[@]}" "$B" run --config "$W/b.toml" & PB=$!; pids+=($PB)
 for p in 18181 18182; do

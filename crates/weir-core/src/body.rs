@@ -15,6 +15,11 @@ use crate::upstream::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Longest upstream body copied out whole ([`ProxyBody::upstream`]): a copy this size is an
+/// allocation from the allocator's per-thread cache, cheaper than the 8 KiB read buffer the
+/// bytes would otherwise hold.
+pub const WHOLE_MAX: usize = 1024;
+
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub struct ProxyBody {
@@ -33,13 +38,20 @@ enum Inner {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: ResponseBody, in_flight: InFlight) -> Self {
+    /// The body of an HTTP/1 upstream's response. A small body already read whole is copied
+    /// out ([`ResponseBody::take_whole`]) and the exchange ends here: the connection goes back
+    /// to its pool and its read buffer to the thread's, before the client has the bytes.
+    pub fn upstream(mut body: ResponseBody, in_flight: InFlight) -> Self {
+        let whole = body.take_whole(WHOLE_MAX);
         let mut b = ProxyBody {
             inner: Inner::Upstream(body),
             in_flight: Some(in_flight),
         };
         if b.is_end_stream() {
             b.release();
+        }
+        if let Some(data) = whole {
+            b.inner = Inner::Full(Some(data));
         }
         b
     }

@@ -14,6 +14,12 @@
 //! A body waiting for its upstream is not stalled: the upstream's slowness is the request
 //! timeouts' business. Local answers and bodies already complete hold nothing and are not
 //! watched.
+//!
+//! A small piece of an upstream's body is handed to hyper as a copy ([`own_small`]): the
+//! piece is a view into the upstream connection's 8 KiB read buffer, and the h2 crate keeps
+//! it queued until the connection's task writes it. While it is queued that buffer cannot be
+//! reused (`bufpool.rs`), so with hundreds of streams in flight every upstream read took a
+//! fresh 8 KiB (`malloc` past glibc's per-thread cache, on every request).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,6 +112,21 @@ impl SendWatch {
     }
 }
 
+/// Pieces of body at most this long are copied before they are queued (the module's doc):
+/// a small allocation, served from the allocator's per-thread cache, instead of pinning a
+/// read buffer.
+pub const OWN_SMALL: usize = 1024;
+
+/// `data` itself when it is long (copying it would cost more than the buffer it pins) or
+/// already the only view of its memory; otherwise a copy, which lets the buffer it came from
+/// be reused at once.
+pub fn own_small(data: Bytes) -> Bytes {
+    if data.len() > OWN_SMALL || data.is_unique() {
+        return data;
+    }
+    Bytes::copy_from_slice(&data)
+}
+
 /// A response body of the HTTP/2 server.
 pub struct H2ResponseBody(Repr);
 
@@ -138,7 +159,7 @@ impl Body for H2ResponseBody {
             _ => 0,
         };
         slot.waiting_since.store(since, Ordering::Release);
-        polled
+        polled.map(|frame| frame.map(|frame| frame.map(|f| f.map_data(own_small))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -159,5 +180,33 @@ impl Body for H2ResponseBody {
                 _ => SizeHint::default(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use bytes::BytesMut;
+
+    use super::*;
+
+    /// A small piece cut from a read buffer is handed on as a copy, and the buffer can be
+    /// reclaimed whole at once; a long piece, or one that owns its memory, goes as it is.
+    #[test]
+    fn small_shared_pieces_are_copied_and_free_their_buffer() {
+        for (len, copied) in [(100, true), (OWN_SMALL + 1, false)] {
+            let mut buf = BytesMut::with_capacity(8192);
+            buf.resize(len, b'x');
+            let piece = buf.split_to(len).freeze();
+            let at = piece.as_ptr();
+            let handed = own_small(piece);
+            assert_eq!(handed.len(), len);
+            assert_eq!(handed.as_ptr() != at, copied, "{len}");
+            assert_eq!(buf.try_reclaim(8192), copied, "{len}");
+        }
+        let owned = Bytes::from(vec![1u8; 10]);
+        let at = owned.as_ptr();
+        assert_eq!(own_small(owned).as_ptr(), at);
     }
 }

@@ -599,6 +599,25 @@ impl ResponseBody {
         Some(conn)
     }
 
+    /// The whole body as its own bytes, when it is at most `max` long and already read: all of
+    /// it, and nothing after it, sits in the connection's read buffer. The body is then done,
+    /// and the buffer empty and free for the next response read on this thread: otherwise a
+    /// small body's bytes keep the whole 8 KiB buffer until the client has taken them, and with
+    /// many responses on their way (an HTTP/2 client's streams) every read took a new one.
+    pub fn take_whole(&mut self, max: usize) -> Option<Bytes> {
+        let BodyState::Length(n) = self.state else {
+            return None;
+        };
+        let conn = self.conn.as_mut()?;
+        if n > max as u64 || conn.rbuf.len() as u64 != n {
+            return None;
+        }
+        let data = Bytes::copy_from_slice(&conn.rbuf);
+        conn.rbuf.clear();
+        self.state = BodyState::Done;
+        Some(data)
+    }
+
     /// Exact bytes still to come, when the framing says.
     pub fn remaining(&self) -> Option<u64> {
         match self.state {
@@ -666,7 +685,54 @@ impl ResponseBody {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
+
+    /// A small body that came with its head is copied out whole: the body is done and the
+    /// connection reusable, its buffer empty. A body longer than asked for, one not all read
+    /// yet, or one followed by more bytes stays where it is.
+    #[tokio::test]
+    async fn a_small_body_read_with_its_head_is_taken_whole() {
+        let hello: &[u8] = b"hello";
+        let cases = [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 1024, Some(hello)),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 4, None),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello", 1024, None),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200", 1024, None),
+        ];
+        for (answer, max, whole) in cases {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let upstream = tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    s.read_exact(&mut byte).await.unwrap();
+                    head.push(byte[0]);
+                }
+                s.write_all(answer.as_bytes()).await.unwrap();
+                s
+            });
+            let mut conn = UpConn::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (uri, headers) = (http::Uri::from_static("/"), http::HeaderMap::new());
+            let request = RequestHead {
+                method: &Method::GET,
+                uri: &uri,
+                headers: &headers,
+                forwarding: None,
+                trailers: Default::default(),
+            };
+            let head = conn.exchange(&request, &mut UpBody::Empty).await.unwrap();
+            let mut body = ResponseBody::new(conn, &head);
+            let taken = body.take_whole(max);
+            assert_eq!(taken.as_deref(), whole, "{max} {answer:?}");
+            assert_eq!(body.is_done(), whole.is_some());
+            assert_eq!(body.take_reusable().is_some(), whole.is_some());
+            drop(upstream.await.unwrap());
+        }
+    }
 
     /// A body read that has grown asks for its full size even when the last read's bytes were
     /// all handed on (the buffer has no capacity left); small sizes come from the pool.
