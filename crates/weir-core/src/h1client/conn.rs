@@ -699,7 +699,11 @@ mod tests {
             ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 1024, Some(hello)),
             ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 4, None),
             ("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello", 1024, None),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200", 1024, None),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200",
+                1024,
+                None,
+            ),
         ];
         for (answer, max, whole) in cases {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
