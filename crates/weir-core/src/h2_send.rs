@@ -18,8 +18,9 @@
 //! A small piece of an upstream's body is handed to hyper as a copy ([`own_small`]): the
 //! piece is a view into the upstream connection's 8 KiB read buffer, and the h2 crate keeps
 //! it queued until the connection's task writes it. While it is queued that buffer cannot be
-//! reused (`bufpool.rs`), so with hundreds of streams in flight every upstream read took a
-//! fresh 8 KiB (`malloc` past glibc's per-thread cache, on every request).
+//! reused (`bufpool.rs`), and with hundreds of streams in flight the next upstream read takes a
+//! fresh 8 KiB instead. (A small response's head and whole body are copied out earlier, in
+//! `h1client`; this covers the pieces of a streamed body.)
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
