@@ -15,11 +15,6 @@ use crate::upstream::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Longest upstream body copied out whole ([`ProxyBody::upstream`]): a copy this size is an
-/// allocation from the allocator's per-thread cache, cheaper than the 8 KiB read buffer the
-/// bytes would otherwise hold.
-pub const WHOLE_MAX: usize = 1024;
-
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub struct ProxyBody {
@@ -42,7 +37,7 @@ impl ProxyBody {
     /// out ([`ResponseBody::take_whole`]) and the exchange ends here: the connection goes back
     /// to its pool and its read buffer to the thread's, before the client has the bytes.
     pub fn upstream(mut body: ResponseBody, in_flight: InFlight) -> Self {
-        let whole = body.take_whole(WHOLE_MAX);
+        let whole = body.take_whole(crate::bufpool::COPY_MAX);
         let mut b = ProxyBody {
             inner: Inner::Upstream(body),
             in_flight: Some(in_flight),

@@ -28,6 +28,12 @@ pub const FRONT_READ: usize = 4 * 1024;
 pub const UPSTREAM_READ: usize = 8 * 1024;
 /// Size of a fresh write buffer.
 const WRITE: usize = 4 * 1024;
+/// Pieces of a read buffer this long or shorter are copied out rather than shared with it
+/// (a response head, a small body, a small piece of a streamed one), when they may outlive the
+/// read: a view keeps the whole buffer from the pool for as long as it lives, and an HTTP/2
+/// client's response waits in the h2 crate's queue. A copy this size is an allocation from
+/// glibc's per-thread cache (up to 1,032 bytes); a new 8 KiB buffer is not.
+pub const COPY_MAX: usize = 1024;
 /// Buffers kept per thread and kind; beyond this they are freed.
 const POOLED: usize = 64;
 /// Write buffers larger than this are not kept.

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BoxError, ProxyBody};
+use crate::bufpool::COPY_MAX;
 use crate::upstream::coarse_ms;
 
 /// The streaming response bodies of one HTTP/2 connection.
@@ -113,16 +114,11 @@ impl SendWatch {
     }
 }
 
-/// Pieces of body at most this long are copied before they are queued (the module's doc):
-/// a small allocation, served from the allocator's per-thread cache, instead of pinning a
-/// read buffer.
-pub const OWN_SMALL: usize = 1024;
-
-/// `data` itself when it is long (copying it would cost more than the buffer it pins) or
-/// already the only view of its memory; otherwise a copy, which lets the buffer it came from
-/// be reused at once.
+/// `data` itself when it is longer than [`COPY_MAX`] (copying it would cost more than the
+/// buffer it pins) or already the only view of its memory; otherwise a copy, which lets the
+/// buffer it came from be reused at once.
 pub fn own_small(data: Bytes) -> Bytes {
-    if data.len() > OWN_SMALL || data.is_unique() {
+    if data.len() > COPY_MAX || data.is_unique() {
         return data;
     }
     Bytes::copy_from_slice(&data)
@@ -196,7 +192,7 @@ mod tests {
     /// reclaimed whole at once; a long piece, or one that owns its memory, goes as it is.
     #[test]
     fn small_shared_pieces_are_copied_and_free_their_buffer() {
-        for (len, copied) in [(100, true), (OWN_SMALL + 1, false)] {
+        for (len, copied) in [(100, true), (COPY_MAX + 1, false)] {
             let mut buf = BytesMut::with_capacity(8192);
             buf.resize(len, b'x');
             let piece = buf.split_to(len).freeze();

@@ -6,6 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::bufpool::COPY_MAX;
 use crate::headers::{Forwarding, HOP_BY_HOP, write_forwarding};
 
 /// Response heads must be smaller than this (64 KiB), so offsets into one fit in a `u16`.
@@ -164,14 +165,11 @@ struct Field {
     value: (u16, u16),
 }
 
-/// Longest response head copied out of the read buffer ([`parse_response`]).
-const HEAD_COPY_MAX: usize = 1024;
-
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete, read more. On success
 /// the head's bytes leave `buf` and the header values share them; whatever follows (the start
 /// of the body) stays in `buf`.
 ///
-/// A head of up to [`HEAD_COPY_MAX`] bytes is copied (one small allocation, from the
+/// A head of up to [`COPY_MAX`] bytes is copied (one small allocation, from the
 /// allocator's per-thread cache); a longer one is split off, no copy. Sharing the read buffer
 /// itself would keep all its 8 KiB for as long as the header values live: an HTTP/2 client's
 /// response head waits in the h2 crate's queue until the connection's task writes it, so with
@@ -213,7 +211,7 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
         }
         (len, status, version, resp.headers.len())
     };
-    let head = if len <= HEAD_COPY_MAX {
+    let head = if len <= COPY_MAX {
         let head = Bytes::copy_from_slice(&buf[..len]);
         bytes::Buf::advance(buf, len);
         head
@@ -376,7 +374,7 @@ mod tests {
     /// waits in a queue). A long head is split off and shares it, and still parses the same.
     #[test]
     fn a_small_head_leaves_the_read_buffer_free_and_a_long_one_parses_too() {
-        for (pad, copied) in [(10, true), (2 * HEAD_COPY_MAX, false)] {
+        for (pad, copied) in [(10, true), (2 * COPY_MAX, false)] {
             let raw = format!(
                 "HTTP/1.1 200 OK\r\nX-Pad: {}\r\nContent-Length: 5\r\n\r\nhello",
                 "p".repeat(pad)
