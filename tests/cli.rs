@@ -324,6 +324,46 @@ async fn a_name_that_does_not_resolve_is_logged_once_not_per_lookup() {
     );
 }
 
+/// An endpoint whose checks have never passed takes no traffic, and the log says why, once: it
+/// was never "healthy", so it never "became unhealthy" (that line alone left an operator with a
+/// misconfigured check and nothing in the log). Once healthy, a failing check logs that change.
+#[tokio::test]
+async fn an_endpoint_that_never_passes_its_checks_is_logged_once_with_the_reason() {
+    let up = Upstream::start("a").await;
+    up.set_upcheck(503);
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[pool.health]\npath = \"/upcheck\"\ninterval = \"30ms\"\nunhealthy_threshold = 2\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let mut weir = WeirProcess::spawn(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let status = format!("http://{}/api/v1/status", weir.admin);
+    let failed = async || get(&status).await.json()["pools"][0]["endpoints"][0]["checks"]["failed"].as_u64();
+    assert!(eventually(Duration::from_secs(10), async || failed().await >= Some(8)).await);
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 503);
+    let log = weir.stderr_text();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains("not in rotation yet")).collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("answered 503"),
+        "{}",
+        warned[0]
+    );
+    assert!(!log.contains("endpoint unhealthy"), "{log}");
+    // Healthy, then failing: that change is logged.
+    up.set_upcheck(200);
+    let url = format!("http://127.0.0.1:{port}/");
+    assert!(eventually(Duration::from_secs(10), async || get(&url).await.status == 200).await);
+    up.set_upcheck(503);
+    assert!(
+        weir.stderr_eventually_contains("endpoint unhealthy").await,
+        "{}",
+        weir.stderr_text()
+    );
+    assert_eq!(weir.stderr_text().matches("not in rotation yet").count(), 1);
+}
+
 /// Upstream requests and responses go in batches, one per worker thread: with one worker (a
 /// current-thread runtime, what the load benchmark measures) and with two, whose tasks move
 /// between the workers; `WEIR_SEND_BATCH=0` turns it off. Told apart by

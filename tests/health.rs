@@ -171,6 +171,39 @@ async fn an_endpoint_added_with_checks_gets_no_request_before_its_first_pass() {
 }
 
 #[tokio::test]
+async fn the_status_says_why_an_endpoint_fails_its_checks() {
+    let hp = shared_free_port();
+    let (a, ha) = replica("127.0.0.1", hp, "a").await;
+    ha.set_upcheck(503);
+    let gw = TestGateway::start(&health_pool(hp, &[&a])).await;
+    // Never passed: out of rotation from the start, and the status says what the check got.
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            endpoint_status(&gw, a.addr).await["checks"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("/upcheck answered 503"))
+        })
+        .await,
+        "{}",
+        endpoint_status(&gw, a.addr).await
+    );
+    assert_eq!(endpoint_status(&gw, a.addr).await["healthy"], false);
+    // A pass clears it.
+    ha.set_upcheck(200);
+    assert!(
+        eventually(
+            Duration::from_secs(3),
+            async || endpoint_status(&gw, a.addr).await["healthy"] == true
+        )
+        .await
+    );
+    assert_eq!(
+        endpoint_status(&gw, a.addr).await["checks"]["last_error"],
+        serde_json::Value::Null
+    );
+}
+
+#[tokio::test]
 async fn a_long_interval_does_not_delay_the_first_check() {
     // With an hourly check, spreading the first one over a tenth of the interval (as later
     // ones are) kept a new endpoint out of rotation for up to six minutes.

@@ -272,7 +272,7 @@ impl Admin {
                             "id": e.id,
                             "healthy": e.is_healthy(),
                             "passively_down": e.passively_down(),
-                            "checks": { "ok": e.checks_ok.load(std::sync::atomic::Ordering::Relaxed), "failed": e.checks_failed.load(std::sync::atomic::Ordering::Relaxed) },
+                            "checks": { "ok": e.checks_ok.load(std::sync::atomic::Ordering::Relaxed), "failed": e.checks_failed.load(std::sync::atomic::Ordering::Relaxed), "last_error": e.check_error().map(|r| r.to_string()) },
                             "drained": e.is_drained(),
                             "weight": e.weight(),
                             "backup": e.is_backup(),

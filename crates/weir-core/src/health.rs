@@ -128,6 +128,10 @@ async fn check_loop(
     // traffic before it passes, so a tenth of a long interval would keep it out that long.
     tokio::time::sleep(health.initial_delay + jitter(health.interval.min(Duration::from_secs(1)), round)).await;
     let (mut passes, mut failures) = (0u32, 0u32);
+    // Whether this endpoint's failing checks have been logged since it was last healthy: one
+    // that never passed (it starts out of rotation) is not "becoming unhealthy", but an
+    // operator still needs to read why it takes no traffic.
+    let mut failing_logged = false;
     loop {
         round += 1;
         let verdict = match tokio::time::timeout(
@@ -155,8 +159,10 @@ async fn check_loop(
                 endpoint.checks_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 passes += 1;
                 failures = 0;
+                endpoint.set_check_error(None);
                 if !endpoint.actively_healthy() && passes >= health.healthy_threshold {
                     endpoint.set_healthy(true);
+                    failing_logged = false;
                     tracing::info!(pool = %pool, endpoint = %endpoint.label, passes, "endpoint healthy");
                 }
             }
@@ -166,10 +172,17 @@ async fn check_loop(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 failures += 1;
                 passes = 0;
-                if endpoint.actively_healthy() && failures >= health.unhealthy_threshold {
-                    endpoint.set_healthy(false);
-                    tracing::warn!(pool = %pool, endpoint = %endpoint.label, failures, %reason, "endpoint unhealthy");
+                if failures >= health.unhealthy_threshold {
+                    if endpoint.actively_healthy() {
+                        endpoint.set_healthy(false);
+                        failing_logged = true;
+                        tracing::warn!(pool = %pool, endpoint = %endpoint.label, failures, %reason, "endpoint unhealthy");
+                    } else if !failing_logged {
+                        failing_logged = true;
+                        tracing::warn!(pool = %pool, endpoint = %endpoint.label, failures, %reason, "endpoint not in rotation yet: its health checks fail");
+                    }
                 }
+                endpoint.set_check_error(Some(reason));
             }
         }
         tokio::time::sleep(health.interval + jitter(health.interval, round)).await;

@@ -167,6 +167,9 @@ pub struct Endpoint {
     requests: AtomicU64,
     pub checks_ok: AtomicU64,
     pub checks_failed: AtomicU64,
+    /// Why the last active check failed; cleared by a pass. The admin API shows it, so an
+    /// endpoint kept out by a check it never passed (a wrong path, port or `expect_body`) says why.
+    check_error: arc_swap::ArcSwapOption<String>,
     attempts: [AtomicU64; crate::metrics::ATTEMPT_OUTCOMES.len()],
     /// The last good lookup of a `host:port` endpoint (every address, in the resolver's order),
     /// refreshed every `resolve_interval`.
@@ -245,6 +248,7 @@ impl Endpoint {
             requests: AtomicU64::new(0),
             checks_ok: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
+            check_error: arc_swap::ArcSwapOption::empty(),
             attempts: Default::default(),
             resolved: arc_swap::ArcSwapOption::empty(),
             preferred: AtomicUsize::new(0),
@@ -359,6 +363,15 @@ impl Endpoint {
     /// The active checks' verdict alone.
     pub fn actively_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Why the last active check failed, unless one passed since.
+    pub fn check_error(&self) -> Option<Arc<String>> {
+        self.check_error.load_full()
+    }
+
+    pub fn set_check_error(&self, reason: Option<String>) {
+        self.check_error.store(reason.map(Arc::new));
     }
 
     pub fn set_healthy(&self, v: bool) {
