@@ -11,6 +11,7 @@
 #   SPREAD=1: the same rate without bursts: h2load opens one connection a millisecond, and each
 #     client asks 99 times a second, so the 50 clients' timers fall ~0.2 ms apart (4,950 req/s,
 #     evenly spaced). Prints only each run's p50/p90/p99 (there are no bursts to group).
+#   LAYOUT=B: the upstreams on core 1 with h2load, the proxy alone on core 0.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=${1:-2}; S=${2:-4}
@@ -20,6 +21,7 @@ cargo build -q --release --bin weir
 ulimit -n "$(ulimit -Hn)"
 source benches/load/weir-config.sh
 source benches/load/peer-configs.sh
+[ "${LAYOUT:-A}" = B ] && export UPCORE=1
 start_layout_a 18580 19951 19580
 declare -A port=([direct]=19581 [weir]=18581 [nginx]=18583 [haproxy]=18584)
 systems="direct weir nginx haproxy"

@@ -72,13 +72,14 @@ HAPROXY
 # upstreams on UP+1 and UP+2; waits until each answers. Needs weir-config.sh and bench-setup.sh
 # sourced. Sets PW, PN (nginx's master) and PH.
 #   start_layout_a BASE ADMIN UP [WEIR=target/release/weir]
+#   UPCORE=1: the upstreams on core 1 instead (layout B: the proxy alone on core 0)
 start_layout_a() {
-  local base=$1 admin=$2 up=$3 weir=${4:-target/release/weir} port
+  local base=$1 admin=$2 up=$3 weir=${4:-target/release/weir} port upcore=${UPCORE:-0}
   weir_toml "$W/weir.toml" $((base + 1)) "$admin" "$PWD/plugins/dist" $((up + 1)) $((up + 2))
   nginx_conf "$W/nginx.conf" "$W" $((base + 3)) $((up + 1)) $((up + 2))
   haproxy_cfg "$W/haproxy.cfg" $((base + 4)) $((up + 1)) $((up + 2))
-  taskset -c 0 target/release/examples/demo_upstream $((up + 1)) a 100 2>/dev/null & pids+=($!)
-  taskset -c 0 target/release/examples/demo_upstream $((up + 2)) b 100 2>/dev/null & pids+=($!)
+  taskset -c "$upcore" target/release/examples/demo_upstream $((up + 1)) a 100 2>/dev/null & pids+=($!)
+  taskset -c "$upcore" target/release/examples/demo_upstream $((up + 2)) b 100 2>/dev/null & pids+=($!)
   WEIR_LOG=warn taskset -c 0 "$weir" run --config "$W/weir.toml" & PW=$!; pids+=($PW)
   taskset -c 0 nginx -c "$W/nginx.conf" -e "$W/nginx-error.log" & PN=$!; pids+=($PN)
   taskset -c 0 haproxy -db -f "$W/haproxy.cfg" 2>/dev/null & PH=$!; pids+=($PH)
