@@ -424,6 +424,41 @@ async fn readiness_can_be_flipped_and_mutations_need_the_token() {
     assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
 }
 
+/// A known admin path with the wrong method is a 405 naming the right one (`Allow`), an unknown
+/// path a 404; HEAD answers where GET does (load balancers probe with it), without a body.
+#[tokio::test]
+async fn the_admin_api_answers_a_wrong_method_with_405_and_allow() {
+    let a = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&a])).await;
+    let call = async |method: &str, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(gw.admin_url(path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        request(req).await
+    };
+    for (method, path, allow) in [
+        ("GET", "/api/v1/reload", "POST"),
+        ("DELETE", "/api/v1/readiness", "PUT"),
+        ("GET", "/api/v1/pools/app/endpoints/127.0.0.1:1/drain", "POST"),
+        ("POST", "/api/v1/pools/app/endpoints/127.0.0.1:1/weight", "PUT"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("PUT", "/readyz", "GET, HEAD"),
+    ] {
+        let r = call(method, path).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.headers["allow"], allow, "{method} {path}");
+    }
+    assert_eq!(call("GET", "/api/v1/nothing").await.status, 404);
+    assert_eq!(call("POST", "/nothing").await.status, 404);
+    for path in ["/livez", "/readyz", "/startupz", "/metrics", "/api/v1/status"] {
+        let r = call("HEAD", path).await;
+        assert_eq!(r.status, 200, "HEAD {path}");
+        assert!(r.body.is_empty(), "HEAD {path}");
+    }
+}
+
 #[tokio::test]
 async fn weight_and_drain_survive_a_reload() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);

@@ -99,6 +99,16 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse
     r
 }
 
+/// The method a path of the admin API answers (for a 405's `Allow`), `None` for no such path.
+fn allowed_method(path: &[&str]) -> Option<&'static str> {
+    match path {
+        ["livez" | "readyz" | "startupz" | "metrics"] | ["api", "v1", "status"] => Some("GET, HEAD"),
+        ["api", "v1", "reload"] | ["api", "v1", "pools", _, "endpoints", _, "drain" | "enable"] => Some("POST"),
+        ["api", "v1", "readiness"] | ["api", "v1", "pools", _, "endpoints", _, "weight"] => Some("PUT"),
+        _ => None,
+    }
+}
+
 impl Admin {
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = &self.token else {
@@ -115,7 +125,13 @@ impl Admin {
     async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> AdminResponse {
         let path = req.uri().path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (req.method(), segments.as_slice()) {
+        // HEAD is GET without the body (hyper leaves the body out): load balancers probe so.
+        let method = if req.method() == Method::HEAD {
+            &Method::GET
+        } else {
+            req.method()
+        };
+        match (method, segments.as_slice()) {
             (&Method::GET, ["livez"]) => text(StatusCode::OK, "ok"),
             (&Method::GET, ["readyz"]) => {
                 if self.shared.is_ready() {
@@ -213,10 +229,18 @@ impl Admin {
                     &json!({ "pool": pool, "endpoint": address, "drained": drained }),
                 )
             }
-            (_, ["livez" | "readyz" | "startupz"]) | (_, ["api", "v1", "status"]) => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
-            _ => text(StatusCode::NOT_FOUND, "not found"),
+            (_, path) => match allowed_method(path) {
+                Some(allow) => {
+                    let mut r = text(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        &format!("method not allowed: use {allow}"),
+                    );
+                    r.headers_mut()
+                        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "not found"),
+            },
         }
     }
 
