@@ -714,7 +714,8 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
     }
     let mut seen = HashSet::new();
     for (i, e) in endpoints.iter().enumerate() {
-        if !seen.insert(&e.address) {
+        // An address that did not parse has had its error; its placeholder is no duplicate.
+        if e.address != unparsed_address() && !seen.insert(&e.address) {
             v.issue(
                 Issue::new(
                     path.key("endpoint").index(i).key("address"),
@@ -913,13 +914,18 @@ fn parse_status_range(text: &str) -> Result<StatusRange, String> {
     Ok(StatusRange { low, high })
 }
 
+/// What an endpoint address that did not parse stands as: port 0, which no valid address has.
+fn unparsed_address() -> EndpointAddress {
+    EndpointAddress::Socket(SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
 fn endpoint(v: &mut V<'_>, raw: &RawEndpoint, path: &KeyPath) -> Endpoint {
     let address = parse_endpoint_address(&raw.address).unwrap_or_else(|e| {
         v.issue(
             Issue::new(path.key("address"), e)
                 .help("write ip:port (\"10.0.1.10:9080\", \"[::1]:9080\") or host:port (\"api.internal:9080\")"),
         );
-        EndpointAddress::Socket(SocketAddr::from(([0, 0, 0, 0], 0)))
+        unparsed_address()
     });
     let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
     if weight == 0 || weight > 10_000 {

@@ -244,6 +244,16 @@ fn duplicate_endpoint() {
     assert_one(&src, "pool[0].endpoint[1].address", 12, "listed twice");
 }
 
+/// Two addresses that do not parse are two errors, not also a "listed twice" between them.
+#[test]
+fn bad_endpoint_addresses_are_not_duplicates_of_each_other() {
+    let src = format!("{BASE}[[pool.endpoint]]\naddress = \"nowhere\"\n[[pool.endpoint]]\naddress = \"10.0.0.1:0\"\n");
+    let errs = errors(&src);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs[0].message.contains("has no port"), "{}", errs[0]);
+    assert!(errs[1].message.contains("port 0"), "{}", errs[1]);
+}
+
 #[test]
 fn weight_zero() {
     let src = format!("{BASE}weight = 0\n");
