@@ -321,3 +321,22 @@ async fn a_stalled_http2_stream_is_let_go_after_send_timeout() {
     }
     assert_eq!(got, 4 * 1024 * 1024);
 }
+
+/// A plain CONNECT over HTTP/2 (no `:protocol`: not a WebSocket) gets the gateway's 501, as
+/// over HTTP/1.1, and reaches no upstream; the connection's other streams carry on.
+#[tokio::test]
+async fn a_plain_http2_connect_gets_501_and_reaches_no_upstream() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let mut send = h2c_sender(gw.addr("client")).await;
+    let req = http::Request::connect("elsewhere.example:443")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("an answer");
+    assert_eq!(resp.status(), 501);
+    assert_eq!(up.requests(), 0);
+    let req = http::Request::get("http://weir.test/after")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+}

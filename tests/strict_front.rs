@@ -94,6 +94,12 @@ const CASES: &[(&str, &str, u16)] = &[
     ("fragment", "GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("invalid target byte", "GET /a<b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("invalid query byte", "GET /a?b=<c> HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    // Not malformed, but no tunnel is opened to wherever a client names (a forward proxy's job).
+    (
+        "CONNECT",
+        "CONNECT elsewhere.example:443 HTTP/1.1\r\nHost: elsewhere.example:443\r\n\r\n",
+        501,
+    ),
 ];
 
 #[tokio::test]

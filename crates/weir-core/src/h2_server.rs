@@ -111,6 +111,11 @@ impl Conn {
                     return Ok(refuse_h2(&shared, &info, reject).map(|b| sends.watch(b)));
                 }
                 let websocket = match extended_connect(&req) {
+                    ExtendedConnect::No if req.method() == http::Method::CONNECT => {
+                        return Ok(
+                            refuse_h2(&shared, &info, crate::front::head::CONNECT_REFUSED).map(|b| sends.watch(b))
+                        );
+                    }
                     ExtendedConnect::No => None,
                     ExtendedConnect::WebSocket => {
                         let client = hyper::upgrade::on(&mut req);

@@ -362,15 +362,24 @@ fn check_with<'b>(
     }))
 }
 
-/// The request target must be origin-form, `*` for OPTIONS, absolute-form, or authority-form for
-/// CONNECT; never with a fragment. An origin-form target's characters are checked only with
+/// What a (non-extended) CONNECT gets, from both fronts.
+pub const CONNECT_REFUSED: Reject = Reject {
+    status: 501,
+    reason: "weir does not carry CONNECT tunnels",
+};
+
+/// The request target must be origin-form, `*` for OPTIONS, or absolute-form (CONNECT is
+/// refused); never with a fragment. An origin-form target's characters are checked only with
 /// `check_origin` (`http::uri::PathAndQuery::try_from` copies the target).
 fn check_target(method: &str, path: &str, check_origin: bool) -> Result<(), Reject> {
     if path.contains('#') {
         return Err(Reject::bad("fragment in the request target"));
     }
     let ok = if method == "CONNECT" {
-        http::uri::Authority::try_from(path).is_ok()
+        // A tunnel to wherever the client names is a forward proxy's job; forwarding the
+        // request as an ordinary one would leave the client believing in a tunnel that an
+        // upstream's `2xx` never opened.
+        return Err(CONNECT_REFUSED);
     } else if path == "*" {
         method == "OPTIONS"
     } else if path.starts_with('/') {
