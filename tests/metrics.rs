@@ -93,6 +93,11 @@ async fn metrics_parse_and_match_the_traffic() {
     let under_a_second = histogram.iter().find(|b| b.less_than == 1.0).map(|b| b.count);
     assert_eq!(under_a_second, Some(8.0), "{histogram:?}");
     assert_eq!(histogram.last().map(|b| b.count), Some(8.0));
+    // No retry yet, and the pool's retry counter is there at 0 (rate() and alerts need it).
+    assert!(
+        text.contains("\nweir_retries_total{pool=\"metrics-pool\"} 0\n"),
+        "{text}"
+    );
     assert_eq!(value(s, "weir_config_generation", &[]), 1.0);
     assert!(text.contains("weir_reloads_total{result=\"error\"} 0"), "{text}");
     assert!(

@@ -341,6 +341,11 @@ impl Generation {
             });
         }
         if errors.is_empty() {
+            // Every pool's retry counter exists from the start, at 0: `rate()` over it and alerts
+            // on it work before the first retry (a series that appears later reads as absent).
+            for p in &pools {
+                crate::metrics::global().retries(&p.name);
+            }
             Ok(Generation {
                 id,
                 config,
