@@ -89,6 +89,57 @@ fn a_broken_config_names_file_line_and_key_and_exits_1() {
     }
 }
 
+/// Files that exist but do not load (a key that is not the certificate's, a CA file without a
+/// certificate, an SNI certificate that is not PEM) are config errors too: file, line and key,
+/// from `check` and from `run`.
+#[test]
+fn tls_files_that_do_not_load_are_reported_at_their_key() {
+    let certs = TestCerts::new();
+    let (cert, _) = certs.leaf("a", &["a.test"]);
+    let (_, other_key) = certs.leaf("b", &["b.test"]);
+    let garbage = certs.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:{port}\"\npool = \"p\"\n[listener.tls]\ncert = \"{cert}\"\nkey = \"{other_key}\"\n[[listener.tls.sni]]\nserver_name = \"c.test\"\ncert = \"{garbage}\"\nkey = \"{other_key}\"\n[[pool]]\nname = \"p\"\n[pool.tls]\nca = \"{garbage}\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:2\"\n",
+            admin = free_port(),
+            port = free_port(),
+            cert = cert.display(),
+            other_key = other_key.display(),
+            garbage = garbage.display(),
+        ),
+    )
+    .unwrap();
+    let shown = path.display().to_string();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (at, what) in [
+        ("9:7: key `listener[0].tls.key`", "does not match key"),
+        ("12:8: key `listener[0].tls.sni[0].cert`", "no certificate found"),
+        ("17:6: key `pool[0].tls.ca`", "no certificate found in CA file"),
+    ] {
+        let line = format!("error: {shown}:{at}: ");
+        assert!(
+            err.lines().any(|l| l.starts_with(&line) && l.contains(what)),
+            "no `{line}... {what}` in:\n{err}"
+        );
+    }
+    // `run` refuses to start on the first of them, said the same way.
+    let out = Command::new(weir())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{shown}:")) && err.contains(": key `"), "{err}");
+}
+
 #[test]
 fn syntax_errors_and_unknown_keys_exit_1_with_the_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -190,10 +190,73 @@ pub struct Listener {
     pub limits: Limits,
 }
 
+/// A file the config names (a certificate, a key, a CA), resolved, with where it is named, so
+/// that what goes wrong when it is loaded (not PEM, no certificate in it, a key that does not
+/// match) is reported as config errors are: `weir.toml:12:8: key `listener[0].tls.key``.
+/// Equal when the paths are: moving the key to another line changes nothing.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    pub path: PathBuf,
+    /// `FILE:LINE:COLUMN: key `PATH``.
+    pub at: String,
+}
+
+impl FileRef {
+    /// `at: message`, the form every config error takes.
+    pub fn error(&self, message: impl std::fmt::Display) -> String {
+        format!("{}: {message}", self.at)
+    }
+}
+
+/// Whether an error already says where in the config it is (`FILE:LINE:COLUMN: key `PATH`: ...`,
+/// as [`FileRef::error`] and the validation's errors begin); one that does not needs its context
+/// (`listener `client`: ...`) from the caller.
+pub fn is_located(error: &str) -> bool {
+    error.split_once(": key `").is_some_and(|(at, _)| {
+        let mut parts = at.rsplitn(3, ':');
+        let column = parts.next().unwrap_or("");
+        let line = parts.next().unwrap_or("");
+        parts.next().is_some_and(|file| !file.is_empty())
+            && [line, column]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// `error` as is when it says where in the config it is, else after `context`.
+pub fn in_context(context: &str, error: String) -> String {
+    if is_located(&error) {
+        error
+    } else {
+        format!("{context}: {error}")
+    }
+}
+
+impl PartialEq for FileRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for FileRef {}
+
+impl std::hash::Hash for FileRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path.hash(state);
+    }
+}
+
+impl std::ops::Deref for FileRef {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: FileRef,
+    pub key: FileRef,
     pub sni: Vec<SniCert>,
 }
 
@@ -201,8 +264,8 @@ pub struct Tls {
 pub struct SniCert {
     /// Exact name or `*.suffix` wildcard, lower-case.
     pub server_name: String,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: FileRef,
+    pub key: FileRef,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,12 +312,12 @@ pub struct Pool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolTls {
     /// CAs to trust; `None`: the system's roots.
-    pub ca: Option<PathBuf>,
+    pub ca: Option<FileRef>,
     /// SNI and the name verified; `None`: the endpoint's hostname, or its IP address.
     pub server_name: Option<String>,
     pub verify: bool,
     /// Client certificate chain and key (mutual TLS).
-    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub client_cert: Option<(FileRef, FileRef)>,
 }
 
 /// The HTTP version a pool's upstreams speak.
@@ -371,5 +434,35 @@ impl Endpoint {
             backup: false,
             max_in_flight: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn located_errors_keep_their_place_and_others_get_context() {
+        let at = "conf/weir.toml:12:8: key `listener[0].tls.key`: no items found";
+        assert!(is_located(at));
+        assert_eq!(in_context("listener `a`", at.to_string()), at);
+        for loose in [
+            "TLS setup: no protocol",
+            "server_name `x`: key `y`: bad",
+            "weir.toml:x:8: key `a`: bad",
+            ":1:2: key `a`: bad",
+        ] {
+            assert!(!is_located(loose), "{loose}");
+        }
+        assert_eq!(
+            in_context("listener `a`", "TLS setup: no protocol".into()),
+            "listener `a`: TLS setup: no protocol"
+        );
+        // Equal by path alone: a key moved to another line is the same file.
+        let f = |at: &str| FileRef {
+            path: PathBuf::from("certs/lb.pem"),
+            at: at.into(),
+        };
+        assert_eq!(f("a.toml:1:1: key `x`"), f("a.toml:9:1: key `x`"));
     }
 }

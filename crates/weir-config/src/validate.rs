@@ -87,6 +87,15 @@ impl V<'_> {
         v
     }
 
+    /// [`V::file`] with where it is named, for files loaded after validation (TLS).
+    fn file_ref(&mut self, path: KeyPath, value: &str, what: &str) -> FileRef {
+        let at = self.at(&path);
+        FileRef {
+            path: self.file(path, value, what),
+            at,
+        }
+    }
+
     fn file(&mut self, path: KeyPath, value: &str, what: &str) -> PathBuf {
         let resolved = resolve(self.ctx.base_dir, value);
         if !resolved.is_file() {
@@ -353,14 +362,14 @@ fn listener(v: &mut V<'_>, raw: &RawListener, path: &KeyPath) -> Listener {
                 }
                 SniCert {
                     server_name: name,
-                    cert: v.file(sp.key("cert"), &s.cert, "certificate"),
-                    key: v.file(sp.key("key"), &s.key, "private key"),
+                    cert: v.file_ref(sp.key("cert"), &s.cert, "certificate"),
+                    key: v.file_ref(sp.key("key"), &s.key, "private key"),
                 }
             })
             .collect();
         Tls {
-            cert: v.file(tp.key("cert"), &t.cert, "certificate"),
-            key: v.file(tp.key("key"), &t.key, "private key"),
+            cert: v.file_ref(tp.key("cert"), &t.cert, "certificate"),
+            key: v.file_ref(tp.key("key"), &t.key, "private key"),
             sni,
         }
     });
@@ -764,11 +773,11 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
 }
 
 fn pool_tls(v: &mut V<'_>, raw: &RawPoolTls, path: &KeyPath) -> PoolTls {
-    let ca = raw.ca.as_ref().map(|c| v.file(path.key("ca"), c, "CA file"));
+    let ca = raw.ca.as_ref().map(|c| v.file_ref(path.key("ca"), c, "CA file"));
     let client_cert = match (&raw.cert, &raw.key) {
         (Some(c), Some(k)) => Some((
-            v.file(path.key("cert"), c, "client certificate"),
-            v.file(path.key("key"), k, "client key"),
+            v.file_ref(path.key("cert"), c, "client certificate"),
+            v.file_ref(path.key("key"), k, "client key"),
         )),
         (None, None) => None,
         (Some(_), None) | (None, Some(_)) => {

@@ -25,7 +25,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("listener `{name}`: {message}")]
+    #[error("{}", weir_config::in_context(&format!("listener `{name}`"), message.clone()))]
     Tls { name: String, message: String },
     #[error("admin: {0}")]
     Admin(String),
@@ -57,7 +57,8 @@ pub fn check(config: &Config, factory: Arc<dyn PolicyFactory>) -> Vec<String> {
         if let Some(tls) = &l.tls
             && let Err(e) = crate::tls::server_config(tls)
         {
-            errors.push(format!("listener `{}`: {e}", l.name));
+            let context = format!("listener `{}`", l.name);
+            errors.extend(e.into_iter().map(|e| weir_config::in_context(&context, e)));
         }
     }
     if let Err(e) = crate::admin::load_token(&config.admin) {
@@ -91,9 +92,9 @@ impl Gateway {
         let mut bound = Vec::new();
         for l in &config.listeners {
             let tls = match &l.tls {
-                Some(t) => Some(crate::tls::server_config(t).map_err(|message| StartError::Tls {
+                Some(t) => Some(crate::tls::server_config(t).map_err(|errors| StartError::Tls {
                     name: l.name.clone(),
-                    message,
+                    message: errors.join("\n"),
                 })?),
                 None => None,
             };

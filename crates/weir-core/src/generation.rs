@@ -295,7 +295,7 @@ impl Generation {
                 .and_then(|p| p.tls.as_ref());
             let tls = pc.tls.as_ref().and_then(|t| {
                 crate::upstream_tls::UpstreamTls::build_or_keep(t, pc.protocol, prev_tls)
-                    .map_err(|e| errors.push(format!("pool `{}`: [pool.tls]: {e}", pc.name)))
+                    .map_err(|e| errors.push(weir_config::in_context(&format!("pool `{}`: [pool.tls]", pc.name), e)))
                     .ok()
             });
             pools.push(Arc::new(PoolRt {

@@ -184,7 +184,8 @@ impl Controller {
                 Some(t) => match crate::tls::server_config(t) {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        errors.push(format!("listener `{name}`: {e}"));
+                        let context = format!("listener `{name}`");
+                        errors.extend(e.into_iter().map(|e| weir_config::in_context(&context, e)));
                         continue;
                     }
                 },
@@ -200,7 +201,10 @@ impl Controller {
             if let Some(t) = config.listener(name).and_then(|l| l.tls.as_ref()) {
                 match crate::tls::server_config(t) {
                     Ok(c) => rotated.push((name.clone(), c)),
-                    Err(e) => errors.push(format!("listener `{name}`: {e}")),
+                    Err(e) => {
+                        let context = format!("listener `{name}`");
+                        errors.extend(e.into_iter().map(|e| weir_config::in_context(&context, e)));
+                    }
                 }
             }
         }
@@ -276,20 +280,20 @@ pub(crate) fn watched_files(config: &Config) -> Vec<PathBuf> {
     files.extend(config.admin.token_file.clone());
     for p in &config.pools {
         if let Some(t) = &p.tls {
-            files.extend(t.ca.clone());
+            files.extend(t.ca.as_ref().map(|f| f.path.clone()));
             if let Some((cert, key)) = &t.client_cert {
-                files.push(cert.clone());
-                files.push(key.clone());
+                files.push(cert.path.clone());
+                files.push(key.path.clone());
             }
         }
     }
     for l in &config.listeners {
         if let Some(t) = &l.tls {
-            files.push(t.cert.clone());
-            files.push(t.key.clone());
+            files.push(t.cert.path.clone());
+            files.push(t.key.path.clone());
             for s in &t.sni {
-                files.push(s.cert.clone());
-                files.push(s.key.clone());
+                files.push(s.cert.path.clone());
+                files.push(s.key.path.clone());
             }
         }
     }

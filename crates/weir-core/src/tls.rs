@@ -4,7 +4,6 @@
 //! for new handshakes without touching established connections.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -13,6 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use weir_config::FileRef;
 
 #[derive(Debug)]
 struct SniResolver {
@@ -44,57 +44,69 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A PEM certificate chain (`what` names it in errors); at least one certificate.
-pub(crate) fn load_chain(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
+/// A PEM certificate chain (`what` names it in errors, which say where the config names it);
+/// at least one certificate.
+pub(crate) fn load_chain(file: &FileRef, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&file.path)
+        .map_err(|e| file.error(format_args!("cannot read {what} {}: {e}", file.display())))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse {what} {}: {e}", path.display()))?;
+        .map_err(|e| file.error(format_args!("cannot parse {what} {}: {e}", file.display())))?;
     if certs.is_empty() {
-        return Err(format!("no certificate found in {}", path.display()));
+        return Err(file.error(format_args!("no certificate found in {}", file.display())));
     }
     Ok(certs)
 }
 
 /// A PEM private key (`what` names it in errors).
-pub(crate) fn load_key(path: &Path, what: &str) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+pub(crate) fn load_key(file: &FileRef, what: &str) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(&file.path)
+        .map_err(|e| file.error(format_args!("cannot read {what} {}: {e}", file.display())))
 }
 
-fn load_key_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
+fn load_key_pair(cert: &FileRef, key: &FileRef, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
     let certs = load_chain(cert, "certificate")?;
     let key_der = load_key(key, "private key")?;
     let signing = provider
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| format!("unusable private key {}: {e}", key.display()))?;
+        .map_err(|e| key.error(format_args!("unusable private key {}: {e}", key.display())))?;
     let ck = CertifiedKey::new(certs, signing);
     ck.keys_match().map_err(|e| {
-        format!(
+        key.error(format_args!(
             "certificate {} does not match key {}: {e}",
             cert.display(),
             key.display()
-        )
+        ))
     })?;
     Ok(Arc::new(ck))
 }
 
-/// Builds the server config of a listener from its `[listener.tls]` table.
-pub fn server_config(tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, String> {
+/// Builds the server config of a listener from its `[listener.tls]` table; every certificate
+/// and key that does not load is an error (`weir check` lists them all).
+pub fn server_config(tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, Vec<String>> {
     let provider = provider();
-    let default = load_key_pair(&tls.cert, &tls.key, &provider)?;
+    let mut errors = Vec::new();
+    let default = load_key_pair(&tls.cert, &tls.key, &provider).map_err(|e| errors.push(e));
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     for sni in &tls.sni {
-        let key = load_key_pair(&sni.cert, &sni.key, &provider)?;
+        let Ok(key) = load_key_pair(&sni.cert, &sni.key, &provider).map_err(|e| errors.push(e)) else {
+            continue;
+        };
         match sni.server_name.strip_prefix("*.") {
             Some(suffix) => wildcard.insert(suffix.to_string(), key),
             None => exact.insert(sni.server_name.clone(), key),
         };
     }
+    let Ok(default) = default else {
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(|e| vec![format!("TLS setup: {e}")])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver {
             default,

@@ -85,10 +85,14 @@ impl UpstreamTls {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
                 let chain = crate::tls::load_chain(cert, "client certificate")?;
-                let key = crate::tls::load_key(key, "client key")?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| format!("client certificate {}: {e}", cert.display()))?
+                let key_der = crate::tls::load_key(key, "client key")?;
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    key.error(format_args!(
+                        "client certificate {} and key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?
             }
         };
         config.alpn_protocols = vec![match protocol {
@@ -143,7 +147,7 @@ fn files_hash(tls: &PoolTls) -> Option<u64> {
         .into_iter()
         .flatten()
     {
-        std::fs::read(path).ok()?.hash(&mut h);
+        std::fs::read(&path.path).ok()?.hash(&mut h);
     }
     Some(h.finish())
 }
@@ -152,14 +156,16 @@ fn roots(tls: &PoolTls) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     match &tls.ca {
         Some(ca) => {
-            for cert in
-                CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?
+            for cert in CertificateDer::pem_file_iter(&ca.path)
+                .map_err(|e| ca.error(format_args!("cannot read CA file {}: {e}", ca.display())))?
             {
-                let cert = cert.map_err(|e| format!("cannot parse CA file {}: {e}", ca.display()))?;
-                roots.add(cert).map_err(|e| format!("CA file {}: {e}", ca.display()))?;
+                let cert = cert.map_err(|e| ca.error(format_args!("cannot parse CA file {}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ca.error(format_args!("CA file {}: {e}", ca.display())))?;
             }
             if roots.is_empty() {
-                return Err(format!("no certificate found in CA file {}", ca.display()));
+                return Err(ca.error(format_args!("no certificate found in CA file {}", ca.display())));
             }
         }
         None => {
