@@ -215,7 +215,10 @@ async fn serve(
         Ok(g) => g,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            eprintln!("error: {e}");
+            // One line per error (a listener's TLS files can be several).
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
             return ExitCode::from(1);
         }
     };

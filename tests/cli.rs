@@ -128,16 +128,31 @@ fn tls_files_that_do_not_load_are_reported_at_their_key() {
             "no `{line}... {what}` in:\n{err}"
         );
     }
-    // `run` refuses to start on the first of them, said the same way.
-    let out = Command::new(weir())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{shown}:")) && err.contains(": key `"), "{err}");
+    // `run` refuses to start at the first stage that fails (the pools, then the listeners),
+    // said the same way, an error a line.
+    let run = |expected: &[&str]| {
+        let out = Command::new(weir())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for at in expected {
+            let line = format!("error: {shown}:{at}: ");
+            assert!(err.lines().any(|l| l.starts_with(&line)), "no `{line}` in:\n{err}");
+        }
+    };
+    run(&["17:6: key `pool[0].tls.ca`"]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (head, tail) = text.split_once("[pool.tls]\n").unwrap();
+    let without_ca = tail.split_once('\n').unwrap().1;
+    std::fs::write(&path, format!("{head}{without_ca}")).unwrap();
+    run(&[
+        "9:7: key `listener[0].tls.key`",
+        "12:8: key `listener[0].tls.sni[0].cert`",
+    ]);
 }
 
 #[test]
