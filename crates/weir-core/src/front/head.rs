@@ -375,12 +375,13 @@ fn check_target(method: &str, path: &str, check_origin: bool) -> Result<(), Reje
     if path.contains('#') {
         return Err(Reject::bad("fragment in the request target"));
     }
-    let ok = if method == "CONNECT" {
+    if method == "CONNECT" {
         // A tunnel to wherever the client names is a forward proxy's job; forwarding the
         // request as an ordinary one would leave the client believing in a tunnel that an
         // upstream's `2xx` never opened.
         return Err(CONNECT_REFUSED);
-    } else if path == "*" {
+    }
+    let ok = if path == "*" {
         method == "OPTIONS"
     } else if path.starts_with('/') {
         !check_origin || http::uri::PathAndQuery::try_from(path).is_ok()
