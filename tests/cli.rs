@@ -198,19 +198,35 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     weir.wait_ready().await;
     assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
 
+    // One request in flight over HTTP/1.1 and one over HTTP/2 (h2c): both finish.
     let url = format!("http://127.0.0.1:{port}/delay/2000");
-    let in_flight = tokio::spawn(async move {
+    let h1 = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let r = get(&url).await;
+            (r.status, start.elapsed())
+        })
+    };
+    let h2 = tokio::spawn(async move {
         let start = Instant::now();
-        let r = get(&url).await;
-        (r.status, start.elapsed())
+        let r = h2c_get(&url).await;
+        (r.status, r.version, start.elapsed())
     });
-    assert!(eventually(Duration::from_secs(5), async || up.requests() == 2).await);
+    assert!(eventually(Duration::from_secs(5), async || up.requests() == 3).await);
     weir.signal("TERM");
-    // Draining: readiness is off while the request finishes.
+    // Draining: readiness is off while the requests finish.
     let readyz = format!("http://127.0.0.1:{admin}/readyz");
     assert!(eventually(Duration::from_secs(2), async || get(&readyz).await.status == 503).await);
-    let (status, elapsed) = in_flight.await.unwrap();
+    let (status, elapsed) = h1.await.unwrap();
     assert_eq!(status, 200, "the in-flight request was cut");
+    assert!(elapsed >= Duration::from_millis(1900));
+    let (status, version, elapsed) = h2.await.unwrap();
+    assert_eq!(
+        (status, version),
+        (http::StatusCode::OK, http::Version::HTTP_2),
+        "the in-flight HTTP/2 stream was cut"
+    );
     assert!(elapsed >= Duration::from_millis(1900));
     assert_eq!(
         weir.wait_exit(Duration::from_secs(10)).await,
