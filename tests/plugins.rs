@@ -573,4 +573,23 @@ async fn the_readme_example_plugin_builds_and_loads() {
     }
     let s = status_json(&gw).await;
     assert_eq!(plugin_calls(&s, "first-healthy", "select", "ok"), 4);
+    // With `a` drained it fails over to `b`, and says so through its `metrics` import, which
+    // weir's /metrics shows.
+    let drain = http::Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/drain", a.addr)))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(request(drain).await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "b");
+    }
+    let metrics = get(&gw.admin_url("/metrics")).await.text();
+    let labels = "{plugin=\"first-healthy\",name=";
+    for line in [
+        format!("weir_plugin_counter_total{labels}\"failovers\"}} 3"),
+        format!("weir_plugin_observations_count{labels}\"skipped\"}} 3"),
+        format!("weir_plugin_observations_sum{labels}\"skipped\"}} 3.0"),
+        "weir_plugin_metrics_dropped_total{plugin=\"first-healthy\"} 0".to_string(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    }
 }

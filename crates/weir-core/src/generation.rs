@@ -51,6 +51,29 @@ pub trait PolicyFactory: Send + Sync {
     fn call_durations(&self) -> Vec<CallDuration> {
         Vec::new()
     }
+    /// The plugins' own metrics (their `metrics` import): `weir_plugin_counter_total`,
+    /// `weir_plugin_observations`, `weir_plugin_metrics_dropped_total`.
+    fn plugin_metrics(&self) -> Vec<PluginMetric> {
+        Vec::new()
+    }
+}
+
+/// One metric a plugin keeps through its `metrics` import.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginMetric {
+    pub plugin: String,
+    pub value: PluginMetricValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginMetricValue {
+    /// `counter-inc(name, delta)`: the sum of the deltas.
+    Counter { name: String, total: u64 },
+    /// `histogram-record(name, value)`: how many values, and their sum.
+    Observations { name: String, count: u64, sum: f64 },
+    /// Values the host refused: a name too long or past the plugin's bound of names, a value
+    /// that is not finite.
+    Dropped(u64),
 }
 
 /// Calls of one plugin hook with one result.

@@ -333,6 +333,47 @@ pub fn render(shared: &Shared) -> String {
         plugin_time,
     );
 
+    let counters = Family::<Labels, Counter>::default();
+    let observations = Family::<Labels, HistogramSnapshotCell>::new_with_constructor(HistogramSnapshotCell::default);
+    let dropped = Family::<Labels, Counter>::default();
+    for m in generation.policies.plugin_metrics() {
+        use crate::generation::PluginMetricValue as V;
+        match m.value {
+            V::Counter { name, total } => {
+                counters
+                    .get_or_create(&vec![("plugin", m.plugin), ("name", name)])
+                    .inc_by(total);
+            }
+            V::Observations { name, count, sum } => {
+                observations
+                    .get_or_create(&vec![("plugin", m.plugin), ("name", name)])
+                    .set(HistogramSnapshot {
+                        sum,
+                        count,
+                        buckets: vec![(f64::INFINITY, count)],
+                    });
+            }
+            V::Dropped(n) => {
+                dropped.get_or_create(&vec![("plugin", m.plugin)]).inc_by(n);
+            }
+        }
+    }
+    reg.register(
+        "weir_plugin_counter",
+        "Counters plugins keep (metrics.counter-inc), by plugin and name",
+        counters,
+    );
+    reg.register(
+        "weir_plugin_observations",
+        "Values plugins record (metrics.histogram-record), by plugin and name: their count and sum",
+        observations,
+    );
+    reg.register(
+        "weir_plugin_metrics_dropped",
+        "Plugin metric values refused: a name over 128 bytes or past 256 names per kind, a value that is not finite",
+        dropped,
+    );
+
     let gen_gauge = Gauge::<i64, AtomicI64>::default();
     gen_gauge.set(i64::try_from(generation.id).unwrap_or(i64::MAX));
     reg.register(

@@ -326,6 +326,31 @@ impl PolicyFactory for WasmPolicies {
         out
     }
 
+    fn plugin_metrics(&self) -> Vec<weir_core::generation::PluginMetric> {
+        use weir_core::generation::{PluginMetric, PluginMetricValue};
+        let mut out = Vec::new();
+        for e in self.ctx.iter() {
+            let m = e.value().shared.metrics();
+            let plugin = e.key();
+            let metric = |value| PluginMetric {
+                plugin: plugin.clone(),
+                value,
+            };
+            out.extend(
+                m.counters
+                    .into_iter()
+                    .map(|(name, total)| metric(PluginMetricValue::Counter { name, total })),
+            );
+            out.extend(
+                m.observations
+                    .into_iter()
+                    .map(|(name, count, sum)| metric(PluginMetricValue::Observations { name, count, sum })),
+            );
+            out.push(metric(PluginMetricValue::Dropped(m.dropped)));
+        }
+        out
+    }
+
     fn status(&self) -> serde_json::Value {
         let mut out = Vec::new();
         for e in self.loaded.iter() {

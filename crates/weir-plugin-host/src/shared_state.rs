@@ -15,6 +15,12 @@ const STICKY_SWEEP_EVERY_MS: u64 = 1000;
 /// A sticky entry: the endpoint id, when it expires, and its ttl (renewed on every hit).
 type StickyEntry = (u32, Instant, u32);
 
+/// Distinct metric names a plugin may use (counters and observations each): a plugin that
+/// makes a name per request must not grow the host's memory, or `/metrics`, without bound.
+const MAX_METRIC_NAMES: usize = 256;
+/// Longest metric name taken.
+const MAX_METRIC_NAME: usize = 128;
+
 #[derive(Default)]
 pub struct PluginShared {
     counters: DashMap<String, i64>,
@@ -22,8 +28,20 @@ pub struct PluginShared {
     /// When the sticky table was last swept (`weir_core::upstream::now_ms`).
     sticky_swept_ms: AtomicU64,
     kv: DashMap<String, (Vec<u8>, u64)>,
-    pub metric_counters: DashMap<String, AtomicU64>,
-    pub metric_histograms: DashMap<String, (u64, f64)>,
+    /// The plugin's own metrics (the `metrics` import), exported as
+    /// `weir_plugin_counter_total` and `weir_plugin_observations`.
+    metric_counters: DashMap<String, AtomicU64>,
+    metric_histograms: DashMap<String, (u64, f64)>,
+    /// Values refused: a name too long or one too many, a value that is not finite.
+    metrics_dropped: AtomicU64,
+}
+
+/// A plugin's own metrics as they stand: counters, observations (name, count, sum), and the
+/// values refused.
+pub struct PluginMetrics {
+    pub counters: Vec<(String, u64)>,
+    pub observations: Vec<(String, u64, f64)>,
+    pub dropped: u64,
 }
 
 impl PluginShared {
@@ -95,22 +113,83 @@ impl PluginShared {
     }
 
     pub fn metric_inc(&self, name: String, delta: u64) {
-        self.metric_counters
-            .entry(name)
-            .or_default()
-            .fetch_add(delta, Ordering::Relaxed);
+        if let Some(c) = self.metric_counters.get(&name) {
+            c.fetch_add(delta, Ordering::Relaxed);
+        } else if self.takes_name(&name, self.metric_counters.len()) {
+            self.metric_counters
+                .entry(name)
+                .or_default()
+                .fetch_add(delta, Ordering::Relaxed);
+        }
     }
 
     pub fn metric_record(&self, name: String, value: f64) {
+        if !value.is_finite() {
+            self.metrics_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !self.metric_histograms.contains_key(&name) && !self.takes_name(&name, self.metric_histograms.len()) {
+            return;
+        }
         let mut e = self.metric_histograms.entry(name).or_insert((0, 0.0));
         e.0 += 1;
         e.1 += value;
+    }
+
+    /// Whether a new metric name fits (`names` are in use already); counts it dropped if not.
+    fn takes_name(&self, name: &str, names: usize) -> bool {
+        let fits = !name.is_empty() && name.len() <= MAX_METRIC_NAME && names < MAX_METRIC_NAMES;
+        if !fits {
+            self.metrics_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        fits
+    }
+
+    pub fn metrics(&self) -> PluginMetrics {
+        PluginMetrics {
+            counters: self
+                .metric_counters
+                .iter()
+                .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+                .collect(),
+            observations: self
+                .metric_histograms
+                .iter()
+                .map(|e| (e.key().clone(), e.value().0, e.value().1))
+                .collect(),
+            dropped: self.metrics_dropped.load(Ordering::Relaxed),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_names_are_bounded_and_values_finite() {
+        let s = PluginShared::default();
+        s.metric_inc("picks".into(), 2);
+        s.metric_inc("picks".into(), 3);
+        s.metric_record("spread".into(), 1.5);
+        s.metric_record("spread".into(), 2.5);
+        s.metric_record("spread".into(), f64::NAN);
+        s.metric_inc("x".repeat(MAX_METRIC_NAME + 1), 1);
+        s.metric_inc(String::new(), 1);
+        for i in 0..MAX_METRIC_NAMES + 10 {
+            s.metric_inc(format!("n{i}"), 1);
+        }
+        let m = s.metrics();
+        assert_eq!(m.counters.len(), MAX_METRIC_NAMES);
+        assert!(m.counters.contains(&("picks".to_string(), 5)));
+        assert_eq!(m.observations, vec![("spread".to_string(), 2, 4.0)]);
+        // NaN, the long name, the empty one, and the 11 names past the bound (one slot went
+        // to `picks`).
+        assert_eq!(m.dropped, 1 + 1 + 1 + 11);
+        // A name already in use still counts.
+        s.metric_inc("picks".into(), 1);
+        assert!(s.metrics().counters.contains(&("picks".to_string(), 6)));
+    }
 
     #[test]
     fn kv_compare_and_swap() {

@@ -15,7 +15,16 @@ impl Plugin for FirstHealthy {
 
     fn select(&self, pool: PoolView, key: SelectKey) -> SelectDecision {
         match (0..pool.health.len()).find(|&i| eligible(&pool, &key, i)) {
-            Some(i) => SelectDecision::Endpoint(i as u32),
+            Some(i) => {
+                // Past the first endpoint: a failover, counted in weir's /metrics as
+                // weir_plugin_counter_total{plugin="first-healthy",name="failovers"}, and how
+                // far down the list it went as weir_plugin_observations{...,name="skipped"}.
+                if i > 0 {
+                    metrics::counter_inc("failovers", 1);
+                    metrics::histogram_record("skipped", i as f64);
+                }
+                SelectDecision::Endpoint(i as u32)
+            }
             None => SelectDecision::Unavailable,
         }
     }
