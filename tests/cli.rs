@@ -446,6 +446,56 @@ async fn an_endpoint_that_never_passes_its_checks_is_logged_once_with_the_reason
     assert_eq!(weir.stderr_text().matches("not in rotation yet").count(), 1);
 }
 
+/// A plugin that logs on every call (`fault-chatty`, 10 kB a line) does not flood weir's log:
+/// 20 lines a second per plugin, each cut to 1 KiB, and the count of the dropped ones logged
+/// with the next line that fits. Every request is still served.
+#[tokio::test]
+async fn a_plugin_logging_on_every_call_gets_twenty_lines_a_second() {
+    let up = Upstream::start("a").await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[plugins]\ndir = \"{}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\nbalancer = {{ plugin = \"fault-chatty\" }}\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        plugins_dist().display(),
+        up.addr
+    );
+    let mut weir = WeirProcess::spawn(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let start = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(get(&url).await.status, 200);
+    }
+    // Into the next second and on: its first line reports what the budget dropped.
+    let reported = eventually(Duration::from_secs(10), async || {
+        assert_eq!(get(&url).await.status, 200);
+        weir.stderr_text().contains("plugin log lines dropped")
+    })
+    .await;
+    let seconds = start.elapsed().as_secs() + 1;
+    let log = weir.stderr_text();
+    assert!(reported, "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("chatty select")).collect();
+    assert!(
+        !lines.is_empty() && lines.len() as u64 <= 20 * (seconds + 1),
+        "{} plugin lines in {seconds} s",
+        lines.len()
+    );
+    assert!(
+        lines.iter().all(|l| l.len() < 1_300 && l.contains("… (10")),
+        "lines were not cut: {:?}",
+        lines.first()
+    );
+    let dropped = log
+        .lines()
+        .find(|l| l.contains("plugin log lines dropped"))
+        .unwrap_or("");
+    assert!(
+        dropped.contains("plugin=\"fault-chatty\"") || dropped.contains("plugin=fault-chatty"),
+        "{dropped}"
+    );
+    assert!(!dropped.contains("suppressed=0"), "{dropped}");
+}
+
 /// Upstream requests and responses go in batches, one per worker thread: with one worker (a
 /// current-thread runtime, what the load benchmark measures) and with two, whose tasks move
 /// between the workers; `WEIR_SEND_BATCH=0` turns it off. Told apart by

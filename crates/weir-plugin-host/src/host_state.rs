@@ -9,6 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::weir::policy::{host, metrics, pools, shared, types};
+use crate::log_budget::{LINES_PER_SECOND, Verdict, bounded};
 use crate::shared_state::PluginShared;
 use crate::ticker::CallWatch;
 
@@ -69,7 +70,28 @@ impl types::Host for HostState {}
 
 impl host::Host for HostState {
     fn log(&mut self, level: host::Level, msg: String) {
+        let enabled = match level {
+            host::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            host::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            host::Level::Info => tracing::enabled!(tracing::Level::INFO),
+            host::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            host::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
+        }
         let plugin = self.plugin.name.as_str();
+        let now_ms = crate::ticker::now_ns() / 1_000_000;
+        match self.plugin.shared.log_budget.take(now_ms) {
+            Verdict::Drop => return,
+            Verdict::Write { suppressed: 0 } => {}
+            Verdict::Write { suppressed } => tracing::warn!(
+                plugin,
+                suppressed,
+                "plugin log lines dropped: over {LINES_PER_SECOND} a second"
+            ),
+        }
+        let msg = bounded(&msg);
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{msg}"),
             host::Level::Debug => tracing::debug!(plugin, "{msg}"),

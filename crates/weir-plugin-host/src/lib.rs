@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod engine;
 pub mod host_state;
 pub mod loader;
+pub mod log_budget;
 pub mod policies;
 pub mod quiet_io;
 pub mod shared_state;

@@ -34,6 +34,8 @@ pub struct PluginShared {
     metric_histograms: DashMap<String, (u64, f64)>,
     /// Values refused: a name too long or one too many, a value that is not finite.
     metrics_dropped: AtomicU64,
+    /// What of weir's log the plugin may still write this second.
+    pub log_budget: crate::log_budget::LogBudget,
 }
 
 /// A plugin's own metrics as they stand: counters, observations (name, count, sum), and the
