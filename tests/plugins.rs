@@ -589,6 +589,7 @@ async fn the_readme_example_plugin_builds_and_loads() {
         format!("weir_plugin_observations_count{labels}\"skipped\"}} 3"),
         format!("weir_plugin_observations_sum{labels}\"skipped\"}} 3.0"),
         "weir_plugin_metrics_dropped_total{plugin=\"first-healthy\"} 0".to_string(),
+        "weir_plugin_shared_refused_total{plugin=\"first-healthy\"} 0".to_string(),
     ] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }

@@ -52,7 +52,8 @@ pub trait PolicyFactory: Send + Sync {
         Vec::new()
     }
     /// The plugins' own metrics (their `metrics` import): `weir_plugin_counter_total`,
-    /// `weir_plugin_observations`, `weir_plugin_metrics_dropped_total`.
+    /// `weir_plugin_observations`, `weir_plugin_metrics_dropped_total`; and
+    /// `weir_plugin_shared_refused_total`.
     fn plugin_metrics(&self) -> Vec<PluginMetric> {
         Vec::new()
     }
@@ -74,6 +75,9 @@ pub enum PluginMetricValue {
     /// Values the host refused: a name too long or past the plugin's bound of names, a value
     /// that is not finite.
     Dropped(u64),
+    /// Writes to the plugin's `shared` state refused by its bounds (counters, sticky entries,
+    /// kv bytes).
+    SharedRefused(u64),
 }
 
 /// Calls of one plugin hook with one result.

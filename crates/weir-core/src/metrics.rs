@@ -336,6 +336,7 @@ pub fn render(shared: &Shared) -> String {
     let counters = Family::<Labels, Counter>::default();
     let observations = Family::<Labels, HistogramSnapshotCell>::new_with_constructor(HistogramSnapshotCell::default);
     let dropped = Family::<Labels, Counter>::default();
+    let refused = Family::<Labels, Counter>::default();
     for m in generation.policies.plugin_metrics() {
         use crate::generation::PluginMetricValue as V;
         match m.value {
@@ -356,6 +357,9 @@ pub fn render(shared: &Shared) -> String {
             V::Dropped(n) => {
                 dropped.get_or_create(&vec![("plugin", m.plugin)]).inc_by(n);
             }
+            V::SharedRefused(n) => {
+                refused.get_or_create(&vec![("plugin", m.plugin)]).inc_by(n);
+            }
         }
     }
     reg.register(
@@ -372,6 +376,11 @@ pub fn render(shared: &Shared) -> String {
         "weir_plugin_metrics_dropped",
         "Plugin metric values refused: a name over 128 bytes or past 256 names per kind, a value that is not finite",
         dropped,
+    );
+    reg.register(
+        "weir_plugin_shared_refused",
+        "Writes to a plugin's shared state refused by its bounds (65,536 counters, 1,000,000 sticky entries, 16 MiB of kv, 64 KiB a value)",
+        refused,
     );
 
     let gen_gauge = Gauge::<i64, AtomicI64>::default();

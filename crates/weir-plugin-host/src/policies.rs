@@ -253,7 +253,7 @@ impl PolicyFactory for WasmPolicies {
                 .or_insert_with(|| {
                     Arc::new(PluginCtx {
                         name: r.plugin.clone(),
-                        shared: Arc::new(PluginShared::default()),
+                        shared: Arc::new(PluginShared::new(&r.plugin)),
                     })
                 })
                 .clone();
@@ -347,6 +347,9 @@ impl PolicyFactory for WasmPolicies {
                     .map(|(name, count, sum)| metric(PluginMetricValue::Observations { name, count, sum })),
             );
             out.push(metric(PluginMetricValue::Dropped(m.dropped)));
+            out.push(metric(PluginMetricValue::SharedRefused(
+                e.value().shared.shared_refused(),
+            )));
         }
         out
     }
