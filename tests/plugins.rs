@@ -594,3 +594,59 @@ async fn the_readme_example_plugin_builds_and_loads() {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }
 }
+
+/// The `respond` decisions (`local-answer` fixture): a router's answer is served as the
+/// plugin made it, less the framing and connection fields the front sets itself (HTTP/2 would
+/// refuse them); a failover policy's answer replaces the gateway's 502; a non-final status is
+/// an invalid answer, served as if the plugin had said nothing.
+#[tokio::test]
+async fn routers_and_failover_policies_can_answer_themselves() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let toml = format!(
+        r#"
+[[listener]]
+name = "client"
+bind = "127.0.0.1:0"
+pool = "app"
+router = {{ plugin = "local-answer" }}
+[[pool]]
+name = "app"
+failover = {{ plugin = "local-answer" }}
+[[pool.endpoint]]
+address = "{dead}"
+"#
+    );
+    let gw = TestGateway::start(&toml).await;
+    for (how, r) in [
+        ("HTTP/1.1", get(&gw.url("client", "/local/418")).await),
+        ("h2c", h2c_get(&gw.url("client", "/local/418")).await),
+    ] {
+        assert_eq!(r.status, 418, "{how}");
+        assert_eq!(r.text(), "answered by the plugin\n", "{how}");
+        assert_eq!(r.headers["x-answered-by"], "local-answer", "{how}");
+        assert!(r.headers.get("transfer-encoding").is_none(), "{how}: {:?}", r.headers);
+        assert_ne!(
+            r.headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{how}"
+        );
+        if let Some(length) = r.headers.get("content-length") {
+            assert_eq!(length, "23", "{how}");
+        }
+    }
+    // Every attempt on the dead endpoint fails: the failover policy's page, not weir's 502.
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), "down for maintenance\n");
+    assert_eq!(r.headers["retry-after"], "30");
+    // A 1xx is no final answer: counted invalid, and the request takes the default route
+    // (where the failover policy answers again).
+    let r = get(&gw.url("client", "/local/102")).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (503, "down for maintenance\n"));
+    let s = status_json(&gw).await;
+    assert_eq!(plugin_calls(&s, "local-answer", "route", "invalid"), 1, "{s}");
+    assert!(plugin_calls(&s, "local-answer", "on-failure", "ok") >= 2, "{s}");
+}

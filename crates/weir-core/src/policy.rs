@@ -175,7 +175,7 @@ pub struct AttemptInfo {
     pub unsent: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureDecision {
     /// Try again in the same pool (select runs again) after the backoff.
     Retry { backoff: Duration },
@@ -183,6 +183,13 @@ pub enum FailureDecision {
     Failover { pool: usize },
     /// Give up: pass the upstream response through if any, else 502/504.
     Fail,
+    /// Give up and answer with this response instead (a maintenance page, a custom 503); the
+    /// upstream's own answer, if one is held, is dropped.
+    Respond {
+        status: u16,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: bytes::Bytes,
+    },
 }
 
 /// Decides what happens after a failed attempt. The core only acts on `Retry` / `Failover`

@@ -219,17 +219,38 @@ fn route(
         RouteDecision::Default => Ok(default),
         RouteDecision::Upstream(t) if t.pool < generation.pools.len() => Ok(t),
         RouteDecision::Upstream(_) => Ok(default),
-        RouteDecision::Respond { status, headers, body } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            let mut resp = Response::new(ProxyBody::full(body));
-            *resp.status_mut() = status;
-            for (k, v) in headers {
-                resp.headers_mut().append(k, v);
-            }
-            add_via(resp.headers_mut(), Via::of(listener.config.forwarding_headers, false));
-            Err(Box::new(resp))
+        RouteDecision::Respond { status, headers, body } => Err(Box::new(plugin_response(
+            status,
+            headers,
+            body,
+            Via::of(listener.config.forwarding_headers, false),
+        ))),
+    }
+}
+
+/// A response a plugin made (a router's or a failover policy's `respond`): its status when
+/// that is a final one (200-599; the plugin host counts any other as an invalid answer, and
+/// 502 stands in here), its fields less the hop-by-hop and framing ones (the front frames the
+/// body itself, and HTTP/2 refuses connection fields), and the body.
+fn plugin_response(
+    status: u16,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
+    body: bytes::Bytes,
+    via: Via,
+) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| (200..600).contains(&s.as_u16()))
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    for (k, v) in headers {
+        if !crate::headers::HOP_BY_HOP.contains(&k) && k != header::CONTENT_LENGTH {
+            resp.headers_mut().append(k, v);
         }
     }
+    add_via(resp.headers_mut(), via);
+    resp
 }
 
 /// An async block rather than an `async fn`, whose arguments would be stored twice in the
@@ -648,6 +669,16 @@ fn forward<'a>(
                 }
                 FailureDecision::Failover { .. } | FailureDecision::Fail => {
                     return give_up(failure, held, upgrade, via, set_cookie);
+                }
+                FailureDecision::Respond { status, headers, body } => {
+                    // The upstream's held answer (if any) is let go: its connection closes
+                    // unread, its slot in flight is given back.
+                    drop(held);
+                    let mut resp = plugin_response(status, headers, body, via.h1());
+                    if let Some(c) = set_cookie {
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                    }
+                    return resp;
                 }
             }
             last = Some((failure, unsent, held));

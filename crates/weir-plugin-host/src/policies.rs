@@ -535,6 +535,12 @@ fn ip(addr: IpAddr) -> types::IpAddr {
     }
 }
 
+/// A status a plugin may answer with: a final one. An interim (1xx) status would leave the
+/// client waiting for the real answer, and 600 and up are not HTTP.
+fn final_status(status: u16) -> bool {
+    (200..600).contains(&status)
+}
+
 fn headers_out(list: Vec<types::Header>) -> Vec<(HeaderName, HeaderValue)> {
     list.into_iter()
         .filter_map(|h| {
@@ -596,11 +602,16 @@ impl RoutePolicy for WasmRouter {
                     RouteDecision::Default
                 }
             },
-            Some(types::RouteDecision::Respond(r)) => RouteDecision::Respond {
+            Some(types::RouteDecision::Respond(r)) if final_status(r.status) => RouteDecision::Respond {
                 status: r.status,
                 headers: headers_out(r.headers),
                 body: r.body.into(),
             },
+            Some(types::RouteDecision::Respond(r)) => {
+                self.version
+                    .invalid(Hook::Route, format!("respond with status {} (200-599 only)", r.status));
+                RouteDecision::Default
+            }
             None if self.fail_closed => RouteDecision::Respond {
                 status: 503,
                 headers: Vec::new(),
@@ -654,7 +665,19 @@ impl FailoverPolicy for WasmFailover {
                     FailureDecision::Fail
                 }
             },
-            Some(types::FailureDecision::Fail) | Some(types::FailureDecision::Respond(_)) => FailureDecision::Fail,
+            Some(types::FailureDecision::Fail) => FailureDecision::Fail,
+            Some(types::FailureDecision::Respond(r)) if final_status(r.status) => FailureDecision::Respond {
+                status: r.status,
+                headers: headers_out(r.headers),
+                body: r.body.into(),
+            },
+            Some(types::FailureDecision::Respond(r)) => {
+                self.version.invalid(
+                    Hook::OnFailure,
+                    format!("respond with status {} (200-599 only)", r.status),
+                );
+                FailureDecision::Fail
+            }
             None => RetrySafe.on_failure(a),
         }
     }
