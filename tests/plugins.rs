@@ -605,6 +605,7 @@ async fn routers_and_failover_policies_can_answer_themselves() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let live = Upstream::start("live").await;
     let toml = format!(
         r#"
 [[listener]]
@@ -617,7 +618,12 @@ name = "app"
 failover = {{ plugin = "local-answer" }}
 [[pool.endpoint]]
 address = "{dead}"
-"#
+[[pool]]
+name = "live"
+[[pool.endpoint]]
+address = "{}"
+"#,
+        live.addr
     );
     let gw = TestGateway::start(&toml).await;
     for (how, r) in [
@@ -646,7 +652,10 @@ address = "{dead}"
     // (where the failover policy answers again).
     let r = get(&gw.url("client", "/local/102")).await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (503, "down for maintenance\n"));
+    // A zero per-try timeout is not applied (every attempt would time out): the pool's serves.
+    let r = get(&gw.url("client", "/zero-timeout/delay/50")).await;
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, "live".to_string()));
     let s = status_json(&gw).await;
-    assert_eq!(plugin_calls(&s, "local-answer", "route", "invalid"), 1, "{s}");
+    assert_eq!(plugin_calls(&s, "local-answer", "route", "invalid"), 2, "{s}");
     assert!(plugin_calls(&s, "local-answer", "on-failure", "ok") >= 2, "{s}");
 }

@@ -594,7 +594,16 @@ impl RoutePolicy for WasmRouter {
                     pool,
                     rewrite_path: t.rewrite_path,
                     set_headers: headers_out(t.set_headers),
-                    timeout: t.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms))),
+                    // A zero timeout would fail every attempt at once: the pool's own serves,
+                    // and the answer is counted as invalid.
+                    timeout: match t.timeout_ms {
+                        Some(0) => {
+                            self.version
+                                .invalid(Hook::Route, "timeout-ms 0 (the pool's timeout serves)".into());
+                            None
+                        }
+                        ms => ms.map(|ms| Duration::from_millis(u64::from(ms))),
+                    },
                     cookie: t.cookie,
                 }),
                 None => {

@@ -1,7 +1,7 @@
 //! `local-answer`: a test fixture for the `respond` decisions. As a router it answers
 //! `/local/<status>` itself (with an `x-answered-by` field, and framing and connection fields
 //! that the host must not pass on); as a failover policy it answers every failed attempt with a
-//! 503 maintenance page.
+//! 503 maintenance page. `/zero-timeout/PATH` goes to the pool `live` as `/PATH` with a per-try timeout of 0.
 
 use weir_plugin_sdk::*;
 
@@ -22,6 +22,17 @@ impl Plugin for LocalAnswer {
     }
 
     fn route(&self, req: ReqInfo) -> RouteDecision {
+        if let Some(rest) = req.path_and_query.strip_prefix("/zero-timeout") {
+            // To the `live` pool, as `rest`, with a per-try timeout of zero: the host must not
+            // apply it.
+            return RouteDecision::Upstream(UpstreamTarget {
+                pool: "live".to_string(),
+                rewrite_path: Some(rest.to_string()),
+                set_headers: Vec::new(),
+                timeout_ms: Some(0),
+                cookie: 0,
+            });
+        }
         let Some(status) = req.path_and_query.strip_prefix("/local/") else {
             return RouteDecision::DefaultRoute;
         };
