@@ -331,6 +331,22 @@ async fn sticky_sessions_follow_the_cookie() {
         }
     }
     assert!(seen.len() >= 2, "new sessions should spread: {seen:?}");
+    // Over plain HTTP the cookie cannot be `Secure` (the browser would never send it back).
+    let first = get(&gw.url("client", "/")).await;
+    assert!(!first.headers["set-cookie"].to_str().unwrap().contains("Secure"));
+}
+
+/// Where clients speak https (here a listener that advertises it: TLS ends in front of weir),
+/// the sticky cookie weir issues is `Secure`.
+#[tokio::test]
+async fn the_sticky_cookie_is_secure_where_clients_speak_https() {
+    let a = Upstream::start("a").await;
+    let toml = one_pool_with(&[&a], "advertise = \"https://lb.example.com\"\n")
+        + "[pool.balancer]\nplugin = \"sticky\"\nconfig = { cookie = \"sid\", ttl = \"1h\" }\n";
+    let gw = TestGateway::start(&toml).await;
+    let r = get(&gw.url("client", "/")).await;
+    let cookie = r.headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("sid=") && cookie.ends_with("; Secure"), "{cookie}");
 }
 
 #[tokio::test]

@@ -155,14 +155,22 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 /// The affinity hash the pool's balancer asked for, and a `Set-Cookie` when a sticky cookie
-/// had to be issued.
-fn affinity(pool: &PoolRt, req: &Request<ClientBody>, peer: IpAddr, request_id: u64) -> (u64, Option<HeaderValue>) {
+/// had to be issued: `Secure` when the clients' scheme is https (the listener's TLS, or its
+/// `advertise`d scheme when TLS ends in front of weir), so the browser never sends it in clear.
+fn affinity(
+    pool: &PoolRt,
+    req: &Request<ClientBody>,
+    peer: IpAddr,
+    request_id: u64,
+    https: bool,
+) -> (u64, Option<HeaderValue>) {
     if let Some(name) = pool.balancer.sticky_cookie() {
         if let Some(v) = cookie_value(req.headers(), name) {
             return (fnv1a(v.as_bytes()), None);
         }
         let value = format!("{:016x}", mix(request_id ^ process_seed()));
-        let set = HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax")).ok();
+        let secure = if https { "; Secure" } else { "" };
+        let set = HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}")).ok();
         return (fnv1a(value.as_bytes()), set);
     }
     let hash = pool
@@ -278,7 +286,8 @@ fn forward<'a>(
             return ProxyError::NoEndpoint.response();
         };
         trace.route = listener.routes.get(target.pool).cloned();
-        let (affinity_hash, set_cookie) = affinity(first_pool, req, conn.peer.ip(), request_id);
+        let https = conn.https || listener.forwarded_proto.as_bytes() == b"https";
+        let (affinity_hash, set_cookie) = affinity(first_pool, req, conn.peer.ip(), request_id, https);
 
         let upgrade = is_upgrade(req);
         let replayable_method = idempotent(req);
