@@ -25,8 +25,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{}", weir_config::in_context(&format!("listener `{name}`"), message.clone()))]
-    Tls { name: String, message: String },
+    /// The listener's TLS errors, a line each, each saying where it is.
+    #[error("{0}")]
+    Tls(String),
     #[error("admin: {0}")]
     Admin(String),
 }
@@ -55,10 +56,9 @@ pub fn check(config: &Config, factory: Arc<dyn PolicyFactory>) -> Vec<String> {
     }
     for l in &config.listeners {
         if let Some(tls) = &l.tls
-            && let Err(e) = crate::tls::server_config(tls)
+            && let Err(e) = crate::tls::listener_config(&l.name, tls)
         {
-            let context = format!("listener `{}`", l.name);
-            errors.extend(e.into_iter().map(|e| weir_config::in_context(&context, e)));
+            errors.extend(e);
         }
     }
     if let Err(e) = crate::admin::load_token(&config.admin) {
@@ -92,10 +92,9 @@ impl Gateway {
         let mut bound = Vec::new();
         for l in &config.listeners {
             let tls = match &l.tls {
-                Some(t) => Some(crate::tls::server_config(t).map_err(|errors| StartError::Tls {
-                    name: l.name.clone(),
-                    message: errors.join("\n"),
-                })?),
+                Some(t) => {
+                    Some(crate::tls::listener_config(&l.name, t).map_err(|errors| StartError::Tls(errors.join("\n")))?)
+                }
                 None => None,
             };
             let socket =

@@ -181,11 +181,10 @@ impl Controller {
         for name in &to_bind {
             let Some(l) = config.listener(name) else { continue };
             let tls = match &l.tls {
-                Some(t) => match crate::tls::server_config(t) {
+                Some(t) => match crate::tls::listener_config(name, t) {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        let context = format!("listener `{name}`");
-                        errors.extend(e.into_iter().map(|e| weir_config::in_context(&context, e)));
+                        errors.extend(e);
                         continue;
                     }
                 },
@@ -199,12 +198,9 @@ impl Controller {
         let mut rotated = Vec::new();
         for name in &rotate {
             if let Some(t) = config.listener(name).and_then(|l| l.tls.as_ref()) {
-                match crate::tls::server_config(t) {
+                match crate::tls::listener_config(name, t) {
                     Ok(c) => rotated.push((name.clone(), c)),
-                    Err(e) => {
-                        let context = format!("listener `{name}`");
-                        errors.extend(e.into_iter().map(|e| weir_config::in_context(&context, e)));
-                    }
+                    Err(e) => errors.extend(e),
                 }
             }
         }

@@ -81,9 +81,20 @@ fn load_key_pair(cert: &FileRef, key: &FileRef, provider: &CryptoProvider) -> Re
     Ok(Arc::new(ck))
 }
 
-/// Builds the server config of a listener from its `[listener.tls]` table; every certificate
-/// and key that does not load is an error (`weir check` lists them all).
-pub fn server_config(tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, Vec<String>> {
+/// Builds the server config of the listener `name` from its `[listener.tls]` table; every
+/// certificate and key that does not load is an error (`weir check` lists them all), said where
+/// the config names the file, or after `listener `name`` when no file is to blame.
+pub fn listener_config(name: &str, tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, Vec<String>> {
+    server_config(tls).map_err(|errors| {
+        let context = format!("listener `{name}`");
+        errors
+            .into_iter()
+            .map(|e| weir_config::in_context(&context, e))
+            .collect()
+    })
+}
+
+fn server_config(tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, Vec<String>> {
     let provider = provider();
     let mut errors = Vec::new();
     let default = load_key_pair(&tls.cert, &tls.key, &provider).map_err(|e| errors.push(e));
