@@ -192,6 +192,12 @@ pub enum FailureDecision {
     },
 }
 
+/// Whether a plugin's `respond` may answer with `status`: a final one. An interim (1xx) status
+/// would leave the client waiting for the real answer, and 600 and up are not HTTP.
+pub fn is_final_status(status: u16) -> bool {
+    (200..600).contains(&status)
+}
+
 /// Decides what happens after a failed attempt. The core only acts on `Retry` / `Failover`
 /// when attempts and the retry budget allow it and the request is replayable or unsent.
 pub trait FailoverPolicy: Send + Sync + 'static {

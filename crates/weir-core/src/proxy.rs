@@ -248,7 +248,7 @@ fn plugin_response(
 ) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(status)
         .ok()
-        .filter(|s| (200..600).contains(&s.as_u16()))
+        .filter(|s| crate::policy::is_final_status(s.as_u16()))
         .unwrap_or(StatusCode::BAD_GATEWAY);
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;

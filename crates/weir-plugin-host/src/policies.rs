@@ -18,7 +18,7 @@ use weir_config::{Config, OnError, PluginRef};
 use weir_core::generation::native_round_robin;
 use weir_core::policy::{
     AffinityKey, AttemptInfo, BalancePolicy, FailoverPolicy, FailureDecision, FailureKind, RetrySafe, RouteDecision,
-    RoutePolicy, RouteRequest, RouteTarget, Select, SelectCtx,
+    RoutePolicy, RouteRequest, RouteTarget, Select, SelectCtx, is_final_status,
 };
 use weir_core::upstream::Endpoint;
 use weir_core::{PolicyFactory, PoolCtx};
@@ -535,12 +535,6 @@ fn ip(addr: IpAddr) -> types::IpAddr {
     }
 }
 
-/// A status a plugin may answer with: a final one. An interim (1xx) status would leave the
-/// client waiting for the real answer, and 600 and up are not HTTP.
-fn final_status(status: u16) -> bool {
-    (200..600).contains(&status)
-}
-
 fn headers_out(list: Vec<types::Header>) -> Vec<(HeaderName, HeaderValue)> {
     list.into_iter()
         .filter_map(|h| {
@@ -611,7 +605,7 @@ impl RoutePolicy for WasmRouter {
                     RouteDecision::Default
                 }
             },
-            Some(types::RouteDecision::Respond(r)) if final_status(r.status) => RouteDecision::Respond {
+            Some(types::RouteDecision::Respond(r)) if is_final_status(r.status) => RouteDecision::Respond {
                 status: r.status,
                 headers: headers_out(r.headers),
                 body: r.body.into(),
@@ -675,7 +669,7 @@ impl FailoverPolicy for WasmFailover {
                 }
             },
             Some(types::FailureDecision::Fail) => FailureDecision::Fail,
-            Some(types::FailureDecision::Respond(r)) if final_status(r.status) => FailureDecision::Respond {
+            Some(types::FailureDecision::Respond(r)) if is_final_status(r.status) => FailureDecision::Respond {
                 status: r.status,
                 headers: headers_out(r.headers),
                 body: r.body.into(),
