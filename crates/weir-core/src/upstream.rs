@@ -54,10 +54,13 @@ struct Idle {
 }
 
 impl Idle {
-    /// Younger than `idle_timeout` and not closed by the upstream.
+    /// Younger than `idle_timeout` and than the upstream's own idle timeout where it announced
+    /// one, and not closed by the upstream.
     fn usable(&mut self, idle_timeout: Duration) -> bool {
         let idle_ms = coarse_ms().saturating_sub(self.since_ms);
-        u128::from(idle_ms) < idle_timeout.as_millis() && self.conn.is_idle_usable()
+        u128::from(idle_ms) < idle_timeout.as_millis()
+            && idle_ms < u64::from(self.conn.idle_limit_ms())
+            && self.conn.is_idle_usable()
     }
 }
 

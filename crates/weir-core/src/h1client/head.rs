@@ -36,6 +36,9 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The connection may carry another request once this response's body has been read.
     pub keep_alive: bool,
+    /// The idle time after which the upstream said it closes this connection (`Keep-Alive:
+    /// timeout=N`, sent by Node.js, Apache and others), in seconds.
+    pub idle_hint_secs: Option<u32>,
 }
 
 /// A response head weir refuses: the connection is closed and the attempt fails with a 502.
@@ -228,6 +231,7 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
     let mut close = false;
     let mut keep_alive_token = false;
     let mut connection_named = false;
+    let mut idle_hint_secs = None;
     for f in fields {
         let name = bytes_of(f.name);
         let value = bytes_of(f.value);
@@ -261,6 +265,8 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
                     connection_named = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            idle_hint_secs = keep_alive_timeout(value).or(idle_hint_secs);
         }
     }
     if transfer_encoding && version == Version::HTTP_10 {
@@ -319,7 +325,22 @@ pub fn parse_response(buf: &mut BytesMut, request_method: &Method) -> Result<Opt
         headers,
         framing,
         keep_alive,
+        idle_hint_secs,
     }))
+}
+
+/// The `timeout` parameter of a `Keep-Alive` field value (`timeout=5, max=100`): whole
+/// seconds, as every server that sends it writes them; anything else is ignored.
+fn keep_alive_timeout(value: &[u8]) -> Option<u32> {
+    value.split(|b| *b == b',').find_map(|param| {
+        let (name, secs) = param.trim_ascii().split_at_checked(8)?;
+        if !name.eq_ignore_ascii_case(b"timeout=") {
+            return None;
+        }
+        let secs = secs.trim_ascii().strip_prefix(b"\"").unwrap_or(secs.trim_ascii());
+        let secs = secs.strip_suffix(b"\"").unwrap_or(secs);
+        u32::try_from(parse_length(secs)?).ok()
+    })
 }
 
 /// Digits only (no sign, no spaces inside), at most 18 of them so it cannot overflow.
@@ -514,6 +535,29 @@ mod tests {
             err("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
             HeadError::Malformed(_)
         ));
+    }
+
+    #[test]
+    fn the_upstreams_keep_alive_timeout_is_read() {
+        let hint = |field: &str| ok(&format!("HTTP/1.1 200 OK\r\n{field}content-length: 0\r\n\r\n")).idle_hint_secs;
+        assert_eq!(hint("Keep-Alive: timeout=5\r\n"), Some(5));
+        assert_eq!(hint("keep-alive: max=100, Timeout = 5\r\n"), None);
+        assert_eq!(hint("keep-alive: max=100, timeout=15\r\n"), Some(15));
+        assert_eq!(hint("keep-alive: timeout=\"2\"\r\n"), Some(2));
+        assert_eq!(hint("keep-alive: timeout=0\r\n"), Some(0));
+        assert_eq!(hint(""), None);
+        for junk in [
+            "timeout=",
+            "timeout=-1",
+            "timeout=1.5",
+            "timeout=99999999999",
+            "max=5",
+            "timeouts=3",
+        ] {
+            assert_eq!(hint(&format!("keep-alive: {junk}\r\n")), None, "{junk}");
+        }
+        // A later field that says nothing usable does not erase an earlier one.
+        assert_eq!(hint("keep-alive: timeout=4\r\nkeep-alive: max=3\r\n"), Some(4));
     }
 
     #[test]
