@@ -102,7 +102,7 @@ fn upstream_client(c: &mut Criterion) {
         client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         proto: &proto,
         host: headers.get("host"),
-        http2: false,
+        version: http::Version::HTTP_11,
         fields: weir_config::ForwardingHeaders::ALL,
     };
     let head = RequestHead {

@@ -93,6 +93,20 @@ async fn forwarded_headers_are_right_at_the_upstream() {
     assert_eq!(h["via"][0], "1.1 weir");
 }
 
+/// `Via` names the protocol of the message weir received (RFC 9110 §7.6.3): on a request the
+/// client's, on a response the upstream's.
+#[tokio::test]
+async fn via_names_the_protocol_each_message_came_in() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let r10 = raw_exchange(gw.addr("client"), b"GET /v HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(r10.contains("via: 1.1 weir\r\n"), "the upstream answered in 1.1: {r10}");
+    assert!(r10.contains(r#""via":["1.0 weir"]"#), "the client asked in 1.0: {r10}");
+    let r2 = h2c_get(&gw.url("client", "/v")).await;
+    assert_eq!(r2.json()["headers"]["via"][0], "2 weir");
+    assert_eq!(r2.headers["via"], "1.1 weir");
+}
+
 /// A listener's `forwarding_headers` name the fields weir writes: here only `X-Forwarded-For`,
 /// as nginx and HAProxy add by default. The others are neither added nor replaced (a client's
 /// own `X-Forwarded-Proto` passes on as it came), and no `Via` goes either way. The same on

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use weir_config::ForwardingHeaders;
 
+const VIA_H10: HeaderValue = HeaderValue::from_static("1.0 weir");
 const VIA_H1: HeaderValue = HeaderValue::from_static("1.1 weir");
 const VIA_H2: HeaderValue = HeaderValue::from_static("2 weir");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -102,7 +103,8 @@ pub struct Forwarding<'a> {
     pub proto: &'a HeaderValue,
     /// The host the client asked for: the advertised authority if configured, else the request's.
     pub host: Option<&'a HeaderValue>,
-    pub http2: bool,
+    /// The client's protocol version, which `Via` names.
+    pub version: http::Version,
     /// Which of the fields the listener writes.
     pub fields: ForwardingHeaders,
 }
@@ -120,7 +122,7 @@ impl Forwarding<'_> {
 
     /// The `Via` this hop adds.
     pub fn via(&self) -> Via {
-        Via::of(self.fields, self.http2)
+        Via::of(self.fields, self.version)
     }
 }
 
@@ -129,16 +131,34 @@ impl Forwarding<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
     Off,
+    H10,
     H1,
     H2,
 }
 
 impl Via {
-    pub fn of(fields: ForwardingHeaders, http2: bool) -> Via {
-        match (fields.via, http2) {
-            (false, _) => Via::Off,
-            (true, false) => Via::H1,
-            (true, true) => Via::H2,
+    /// The `Via` of a listener with `fields` for a client speaking `version`.
+    pub fn of(fields: ForwardingHeaders, version: http::Version) -> Via {
+        if !fields.via {
+            Via::Off
+        } else if version == http::Version::HTTP_2 {
+            Via::H2
+        } else if version <= http::Version::HTTP_10 {
+            Via::H10
+        } else {
+            Via::H1
+        }
+    }
+
+    /// The same listener's `Via` on a message received in `version`: a response names the
+    /// protocol weir got it in from the upstream (RFC 9110 §7.6.3), as a request names the
+    /// client's.
+    pub fn received(self, version: http::Version) -> Via {
+        match self {
+            Via::Off => Via::Off,
+            _ if version == http::Version::HTTP_2 => Via::H2,
+            _ if version <= http::Version::HTTP_10 => Via::H10,
+            _ => Via::H1,
         }
     }
 
@@ -257,6 +277,7 @@ pub fn write_forwarding(headers: &HeaderMap, f: &Forwarding<'_>, out: &mut Vec<u
     }
     match f.via() {
         Via::Off => {}
+        Via::H10 => out.extend_from_slice(b"via: 1.0 weir\r\n"),
         Via::H1 => out.extend_from_slice(b"via: 1.1 weir\r\n"),
         Via::H2 => out.extend_from_slice(b"via: 2 weir\r\n"),
     }
@@ -326,6 +347,7 @@ fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
 pub fn add_via(headers: &mut HeaderMap, via: Via) {
     let value = match via {
         Via::Off => return,
+        Via::H10 => VIA_H10,
         Via::H1 => VIA_H1,
         Via::H2 => VIA_H2,
     };
@@ -420,7 +442,7 @@ mod tests {
                 client_ip: "127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
                 proto: &proto,
                 host: Some(&host),
-                http2: false,
+                version: http::Version::HTTP_11,
                 fields: ForwardingHeaders::ALL,
             },
         );
@@ -457,7 +479,7 @@ mod tests {
                 client_ip: ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
                 proto: &proto,
                 host: Some(&host),
-                http2: false,
+                version: http::Version::HTTP_11,
                 fields: ForwardingHeaders::ALL,
             };
             let mut out = Vec::new();
@@ -492,7 +514,7 @@ mod tests {
                 client_ip: ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
                 proto,
                 host,
-                http2: true,
+                version: http::Version::HTTP_2,
                 fields: ForwardingHeaders::ALL,
             };
             add_forwarding(&mut h, &f);
@@ -534,7 +556,7 @@ mod tests {
                 client_ip: "::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
                 proto: &proto,
                 host: None,
-                http2: true,
+                version: http::Version::HTTP_2,
                 fields: ForwardingHeaders::ALL,
             },
         );
@@ -559,7 +581,7 @@ mod tests {
             client_ip: IpAddr::from([127, 0, 0, 1]),
             proto: &proto,
             host: Some(&host),
-            http2: true,
+            version: http::Version::HTTP_2,
             fields,
         };
         let mut out = Vec::new();
@@ -585,8 +607,13 @@ mod tests {
         assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
         let mut via_only = ForwardingHeaders::NONE;
         via_only.via = true;
-        assert_eq!(Via::of(via_only, false), Via::H1);
-        assert_eq!(Via::of(via_only, true).h1(), Via::H1);
+        assert_eq!(Via::of(via_only, http::Version::HTTP_11), Via::H1);
+        assert_eq!(Via::of(via_only, http::Version::HTTP_10), Via::H10);
+        assert_eq!(Via::of(via_only, http::Version::HTTP_2).h1(), Via::H1);
         assert_eq!(Via::Off.h1(), Via::Off);
+        assert_eq!(Via::H2.received(http::Version::HTTP_11), Via::H1);
+        assert_eq!(Via::H10.received(http::Version::HTTP_2), Via::H2);
+        assert_eq!(Via::H1.received(http::Version::HTTP_10), Via::H10);
+        assert_eq!(Via::Off.received(http::Version::HTTP_2), Via::Off);
     }
 }

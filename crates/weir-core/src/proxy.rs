@@ -231,7 +231,7 @@ fn route(
             status,
             headers,
             body,
-            Via::of(listener.config.forwarding_headers, false),
+            Via::of(listener.config.forwarding_headers, http::Version::HTTP_11),
         ))),
     }
 }
@@ -291,7 +291,6 @@ fn forward<'a>(
 
         let upgrade = is_upgrade(req);
         let replayable_method = idempotent(req);
-        let http2 = req.version() == Version::HTTP_2;
         // The request is used in place (moving it into parts would keep a second copy in this
         // future's state): its body is taken out, its head becomes the upstream's.
         let body = std::mem::replace(req.body_mut(), ClientBody::Empty);
@@ -320,7 +319,7 @@ fn forward<'a>(
             client_ip: conn.peer.ip(),
             proto: &listener.forwarded_proto,
             host,
-            http2,
+            version: req.version(),
             fields: listener.config.forwarding_headers,
         };
         let via = forwarding.via();
@@ -818,7 +817,7 @@ fn respond(
             let mut resp = Response::new(ProxyBody::upstream_h2(body, stream, in_flight));
             *resp.status_mut() = parts.status;
             *resp.headers_mut() = parts.headers;
-            add_via(resp.headers_mut(), via);
+            add_via(resp.headers_mut(), via.received(Version::HTTP_2));
             if let Some(cookie) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, cookie);
             }
@@ -844,9 +843,12 @@ fn respond(
     }
     let body = ResponseBody::new(conn, &head);
     let ResponseHead {
-        status, mut headers, ..
+        status,
+        version,
+        mut headers,
+        ..
     } = head;
-    add_via(&mut headers, via);
+    add_via(&mut headers, via.received(version));
     if let Some(cookie) = set_cookie {
         headers.append(header::SET_COOKIE, cookie);
     }

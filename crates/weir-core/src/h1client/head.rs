@@ -616,7 +616,7 @@ mod tests {
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             proto: &proto,
             host: None,
-            http2: false,
+            version: http::Version::HTTP_11,
             fields: weir_config::ForwardingHeaders::ALL,
         };
         let uri = Uri::from_static("/");
