@@ -13,6 +13,12 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+/// `d` in milliseconds, to the microsecond: what the logs print (`1.186`, not the
+/// `1.1856410000000002` of a float scaled from nanoseconds).
+pub fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1e3
+}
+
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
     pub ts_ms: u128,
@@ -183,4 +189,15 @@ pub fn refused(shared: &crate::state::Shared, info: &crate::proxy::ConnInfo, sta
             bytes_out: Some(bytes_out),
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_to_the_microsecond() {
+        assert_eq!(millis(Duration::from_nanos(1_185_641)).to_string(), "1.185");
+        assert_eq!(millis(Duration::from_millis(30_000)).to_string(), "30000");
+    }
 }

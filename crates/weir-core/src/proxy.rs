@@ -79,7 +79,7 @@ pub fn serve<'a>(
                     method: method.as_str(),
                     path: &path,
                     status: resp.status().as_u16(),
-                    duration_ms: took.as_secs_f64() * 1e3,
+                    duration_ms: crate::access_log::millis(took),
                     attempts: trace.attempts,
                     generation: generation.id,
                     bytes_out: resp.body().size_hint().exact(),

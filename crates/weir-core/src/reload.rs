@@ -91,7 +91,7 @@ impl Controller {
                 ok: result.is_ok(),
                 generation: self.shared.generation.load().id,
                 errors: result.as_ref().err().cloned().unwrap_or_default(),
-                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                duration_ms: crate::access_log::millis(started.elapsed()),
                 at_unix_ms: SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis()),
@@ -250,7 +250,11 @@ impl Controller {
             }
         }
         for h in retiring {
-            tracing::info!(listener = %h.name, "listener removed: it stops accepting, its connections drain");
+            if to_bind.iter().any(|n| **n == *h.name) {
+                tracing::info!(listener = %h.name, old_bind = %h.local_addr, "listener rebound: its old socket stops accepting, its connections drain");
+            } else {
+                tracing::info!(listener = %h.name, "listener removed: it stops accepting, its connections drain");
+            }
             h.stop();
             tokio::spawn(h.join());
         }

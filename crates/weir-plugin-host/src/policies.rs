@@ -82,7 +82,7 @@ impl WasmPolicies {
             }
         }
         let loaded = loader::load(&self.engine, name, path, Some(&self.cache_dir))?;
-        tracing::info!(plugin = name, sha256 = %loaded.sha256, cached = loaded.from_cache, load_ms = loaded.load_time.as_secs_f64() * 1e3, "plugin loaded");
+        tracing::info!(plugin = name, sha256 = %loaded.sha256, cached = loaded.from_cache, load_ms = loaded.load_time.as_micros() as f64 / 1e3, "plugin loaded");
         Ok(Arc::new(loaded))
     }
 
@@ -380,7 +380,7 @@ impl PolicyFactory for WasmPolicies {
                 "file": l.path.display().to_string(),
                 "sha256": l.sha256,
                 "from_cache": l.from_cache,
-                "load_ms": l.load_time.as_secs_f64() * 1e3,
+                "load_ms": l.load_time.as_micros() as f64 / 1e3,
                 "in_backoff": stats.as_ref().is_some_and(|s| s.in_backoff()),
                 "last_error": stats.as_ref().and_then(|s| s.last_error.lock().ok().and_then(|e| e.clone())),
                 "refused": self.refused.get(name).map(|e| e.value().clone()),
