@@ -424,6 +424,40 @@ async fn readiness_can_be_flipped_and_mutations_need_the_token() {
     assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
 }
 
+/// A rotated token (the file rewritten, as a mounted secret is) applies on the next reload,
+/// which the file's change itself starts; a token file that cannot be used fails the reload
+/// and the last good token stays.
+#[tokio::test]
+async fn a_rotated_admin_token_applies_on_reload_and_a_bad_one_is_refused() {
+    let a = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
+        token.display(),
+        one_pool(&[&a])
+    );
+    let gw = TestGateway::start(&toml).await;
+    let enable = |bearer: &str| {
+        let path = format!("/api/v1/pools/app/endpoints/{}/enable", a.addr);
+        Request::post(gw.admin_url(&path))
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(request(enable("s3cret")).await.status, 200);
+    std::fs::write(&token, "n3w\n").unwrap();
+    gw.reload().await.unwrap();
+    assert_eq!(request(enable("s3cret")).await.status, 401, "the old token is refused");
+    assert_eq!(request(enable("n3w")).await.status, 200);
+    std::fs::write(&token, "  \n").unwrap();
+    let errors = gw.reload().await.unwrap_err();
+    assert!(errors.iter().any(|e| e.contains("is empty")), "{errors:?}");
+    assert_eq!(request(enable("n3w")).await.status, 200, "the last good token stays");
+    assert_eq!(request(enable("")).await.status, 401);
+}
+
 /// A known admin path with the wrong method is a 405 naming the right one (`Allow`), an unknown
 /// path a 404; HEAD answers where GET does (load balancers probe with it), without a body.
 #[tokio::test]

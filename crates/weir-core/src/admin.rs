@@ -39,16 +39,11 @@ pub fn load_token(admin: &weir_config::Admin) -> Result<Option<String>, String> 
 
 pub struct Admin {
     shared: Arc<Shared>,
-    token: Option<String>,
 }
 
-pub fn spawn(
-    listener: Arc<TcpListener>,
-    shared: Arc<Shared>,
-    token: Option<String>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let admin = Arc::new(Admin { shared, token });
+/// Serves the admin API on `listener`; mutating calls need the token in `shared.admin_token`.
+pub fn spawn(listener: Arc<TcpListener>, shared: Arc<Shared>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let admin = Arc::new(Admin { shared });
     tokio::spawn(async move {
         loop {
             let (stream, peer) = tokio::select! {
@@ -111,7 +106,8 @@ fn allowed_method(path: &[&str]) -> Option<&'static str> {
 
 impl Admin {
     fn authorized(&self, req: &Request<Incoming>) -> bool {
-        let Some(token) = &self.token else {
+        let token = self.shared.admin_token.load();
+        let Some(token) = token.as_deref() else {
             return true;
         };
         let Some(given) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {

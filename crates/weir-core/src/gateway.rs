@@ -131,7 +131,8 @@ impl Gateway {
             listeners.push(handle);
         }
         let admin_stop = CancellationToken::new();
-        let admin_task = crate::admin::spawn(admin_socket.clone(), shared.clone(), token, admin_stop.clone());
+        shared.admin_token.store(token.map(Arc::new));
+        let admin_task = crate::admin::spawn(admin_socket.clone(), shared.clone(), admin_stop.clone());
         tracing::info!(bind = %admin_addr, "admin API listening");
 
         let background_stop = CancellationToken::new();

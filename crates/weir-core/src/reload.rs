@@ -139,12 +139,12 @@ impl Controller {
             return Err(vec!["the running config was not read from a file".to_string()]);
         };
         let policies = old.policies.clone();
-        let config = tokio::task::spawn_blocking(move || load(&path, policies.as_ref()))
+        let (config, token) = tokio::task::spawn_blocking(move || load(&path, policies.as_ref()))
             .await
             .map_err(|e| vec![format!("reload task failed: {e}")])??;
         let diff = weir_config::diff(&old.config, &config);
-        if diff.admin_changed {
-            tracing::warn!("[admin] changed: it applies after a restart");
+        if diff.admin_changed && old.config.admin.bind != config.admin.bind {
+            tracing::warn!("[admin] bind changed: it applies after a restart");
         }
         if diff.runtime_changed {
             tracing::warn!("[runtime] changed: worker_threads applies after a restart");
@@ -231,6 +231,11 @@ impl Controller {
                     tracing::info!(listener = %name, "certificates rotated for new handshakes");
                 }
             }
+            let token_changed = self.shared.admin_token.load().as_deref() != token.as_ref();
+            self.shared.admin_token.store(token.map(Arc::new));
+            if token_changed {
+                tracing::info!("admin token changed: mutating admin calls need the new one");
+            }
             self.shared.install(generation);
             for (l, socket, tls) in bound {
                 match listener::spawn(
@@ -262,11 +267,16 @@ impl Controller {
     }
 }
 
-/// Reads and validates the config file and prepares its policies (blocking).
-fn load(path: &std::path::Path, policies: &dyn crate::PolicyFactory) -> Result<Config, Vec<String>> {
+/// Reads and validates the config file, reads the admin token it names, and prepares its
+/// policies (blocking). A token that cannot be read fails the reload: the last good one stays.
+fn load(path: &std::path::Path, policies: &dyn crate::PolicyFactory) -> Result<(Config, Option<String>), Vec<String>> {
     let config = weir_config::load(path).map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    policies.prepare(&config)?;
-    Ok(config)
+    let token = crate::admin::load_token(&config.admin).map_err(|e| vec![format!("admin: {e}")]);
+    let prepared = policies.prepare(&config);
+    match (token, prepared) {
+        (Ok(token), Ok(())) => Ok((config, token)),
+        (token, prepared) => Err(token.err().into_iter().chain(prepared.err()).flatten().collect()),
+    }
 }
 
 /// How long the watcher waits for quiet after a change before reloading.

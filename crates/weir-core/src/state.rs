@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +35,10 @@ pub struct Shared {
     /// for. Here rather than in every connection's state: a parked connection takes its token
     /// from it.
     pub connections: TaskTracker,
+    /// The bearer token mutating admin calls need (`[admin] token_file` or `token_env`), `None`
+    /// without one: read at start and again on every reload, so a rotated secret applies
+    /// without a restart.
+    pub admin_token: ArcSwapOption<String>,
 }
 
 impl Shared {
@@ -53,6 +57,7 @@ impl Shared {
             unready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             connections: TaskTracker::new(),
+            admin_token: ArcSwapOption::empty(),
         }
     }
 
