@@ -93,6 +93,36 @@ async fn forwarded_headers_are_right_at_the_upstream() {
     assert_eq!(h["via"][0], "1.1 weir");
 }
 
+/// The host a request is routed by is the host the upstream hears of: an absolute-form
+/// target's authority replaces the Host field (RFC 9112 §3.2.2), and HTTP/2's `:authority` is
+/// preferred to one (RFC 9113 §8.3.1). Before, the router saw the target's host and the
+/// upstream the Host field's.
+#[tokio::test]
+async fn the_target_authority_names_the_host_over_a_host_field() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let raw = b"GET http://user@routed.example:8443/p HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n";
+    let r = raw_exchange(gw.addr("client"), raw).await;
+    let json = r.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
+    let j: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {r}"));
+    assert_eq!(j["headers"]["host"], serde_json::json!(["routed.example:8443"]), "{r}");
+    assert_eq!(j["headers"]["x-forwarded-host"][0], "routed.example:8443");
+    assert_eq!(j["path"], "/p");
+
+    let mut send = h2c_sender::<Full<Bytes>>(gw.addr("client")).await;
+    let req = Request::get("http://routed.example/h2")
+        .header("host", "other.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(j["headers"]["host"], serde_json::json!(["routed.example"]));
+}
+
 /// `Via` names the protocol of the message weir received (RFC 9110 §7.6.3): on a request the
 /// client's, on a response the upstream's.
 #[tokio::test]

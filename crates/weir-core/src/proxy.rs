@@ -301,16 +301,22 @@ fn forward<'a>(
         } else {
             None
         };
-        let request_host = match req.headers().get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        // The target's authority, where the request has one, names the host, as it did for
+        // routing (`host_of`): an HTTP/1.1 absolute-form target, whose Host a proxy must replace
+        // with it (RFC 9112 §3.2.2), or HTTP/2's `:authority`, preferred to a Host field (RFC
+        // 9113 §8.3.1). Else the Host field. The upstream then hears of the host the request
+        // was routed by.
+        let (request_host, from_target) = match req.uri().authority() {
+            Some(a) => {
+                let a = a.as_str();
+                let host = a.rsplit_once('@').map_or(a, |(_, host)| host);
+                (HeaderValue::from_str(host).ok(), true)
+            }
+            None => (req.headers().get(header::HOST).cloned(), false),
         };
         let stripped = strip_hop_by_hop(req.headers_mut());
-        if !req.headers().contains_key(header::HOST)
-            && let Some(h) = &request_host
+        if let Some(h) = &request_host
+            && (from_target || !req.headers().contains_key(header::HOST))
         {
             req.headers_mut().insert(header::HOST, h.clone());
         }
