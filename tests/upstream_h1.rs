@@ -280,6 +280,27 @@ async fn a_connection_is_not_reused_once_it_nears_the_upstreams_announced_idle_t
     );
 }
 
+/// An upstream that stops sending inside a body (a hung process, a lost network path with no
+/// FIN) would hold the client's response, and both connections, for as long as the client
+/// waits: `timeouts.body` cuts the response after that long without a byte, as nginx's
+/// `proxy_read_timeout` does.
+#[tokio::test]
+async fn an_upstream_stalling_inside_its_body_is_cut_off_after_timeouts_body() {
+    let up = raw_upstream(|_, _| Act::Reply(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"])).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "[pool.timeouts]\nbody = \"300ms\"\n")).await;
+    let started = std::time::Instant::now();
+    // Reads until weir closes the connection (or 10 s pass).
+    let r = raw_exchange(gw.addr("client"), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("\r\n\r\nhalf"), "{r}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let status = get(&gw.admin_url("/api/v1/status")).await.json();
+    assert_eq!(status["pools"][0]["endpoints"][0]["in_flight"], 0, "{status}");
+}
+
 #[tokio::test]
 async fn truncated_body_breaks_the_client_response_instead_of_completing_it() {
     let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"])).await;

@@ -650,3 +650,22 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
     assert_eq!(up.connections(), 1);
     assert_eq!(gw.attempts("reset").await, 0);
 }
+
+/// An HTTP/2 upstream whose stream goes quiet inside its body is cut off after `timeouts.body`
+/// (its stream reset), as an HTTP/1.1 one is; the connection serves on.
+#[tokio::test]
+async fn a_stream_stalling_inside_its_body_is_cut_off_after_timeouts_body() {
+    let a = Upstream::start_h2("a").await;
+    let gw = TestGateway::start(&h2_pool(&[&a], "[pool.timeouts]\nbody = \"300ms\"\n")).await;
+    let started = std::time::Instant::now();
+    let r = raw_exchange(gw.addr("client"), b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 200") && r.contains("half"), "{r}");
+    assert!(!r.ends_with("0\r\n\r\n"), "the chunked body was not completed: {r}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(get(&gw.url("client", "/after")).await.status, 200);
+    assert_eq!(a.connections(), 1, "the connection serves on");
+}

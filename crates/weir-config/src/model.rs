@@ -348,6 +348,9 @@ pub struct Timeouts {
     pub max_idle_per_endpoint: usize,
     /// How long a request waits when every endpoint it could go to is at its `max_in_flight`.
     pub queue: Duration,
+    /// The longest gap between two reads of a response body (an upstream that stalls
+    /// mid-body); zero: no limit.
+    pub body: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

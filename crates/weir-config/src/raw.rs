@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_IDLE_PER_ENDPOINT: u64 = 64;
 /// How long a request waits for an endpoint below its `max_in_flight` (HAProxy's `timeout
 /// queue`, which defaults to its connect timeout; so does this one to ours).
 pub const DEFAULT_QUEUE_TIMEOUT: &str = "1s";
+/// The longest wait for the next bytes of an upstream's response body: Envoy's stream idle
+/// timeout. Long enough for server-sent events and gRPC streams that go quiet for minutes.
+pub const DEFAULT_UPSTREAM_BODY_TIMEOUT: &str = "5m";
 pub const DEFAULT_RETRY_MAX_ATTEMPTS: u64 = 3;
 pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 pub const DEFAULT_RETRY_BUFFER_BYTES: &str = "64KiB";
@@ -206,6 +209,7 @@ pub struct RawTimeouts {
     pub idle: Option<String>,
     pub max_idle_per_endpoint: Option<u64>,
     pub queue: Option<String>,
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

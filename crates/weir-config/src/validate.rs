@@ -596,6 +596,11 @@ fn pool(v: &mut V<'_>, raw: &RawPool, path: &KeyPath) -> Pool {
             .max_idle_per_endpoint
             .unwrap_or(DEFAULT_MAX_IDLE_PER_ENDPOINT) as usize,
         queue: v.duration(tp.key("queue"), raw.timeouts.queue.as_ref(), DEFAULT_QUEUE_TIMEOUT),
+        body: v.duration(
+            tp.key("body"),
+            raw.timeouts.body.as_ref(),
+            DEFAULT_UPSTREAM_BODY_TIMEOUT,
+        ),
     };
     for (key, d) in [("connect", timeouts.connect), ("request", timeouts.request)] {
         if d.is_zero() {

@@ -505,3 +505,17 @@ fn bad_forwarding_header() {
         "`x-real-ip` is not a forwarding header",
     );
 }
+
+#[test]
+fn response_body_timeout_defaults_to_five_minutes_and_zero_lifts_it() {
+    let c = parse(BASE, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pools[0].timeouts.body, std::time::Duration::from_secs(300));
+    let c = parse(
+        &format!("{BASE}[pool.timeouts]\nbody = \"0\"\n"),
+        Path::new("test.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pools[0].timeouts.body, std::time::Duration::ZERO);
+    let src = format!("{BASE}[pool.timeouts]\nbody = \"5 minutes\"\n");
+    assert_one(&src, "pool[0].timeouts.body", 12, "duration");
+}

@@ -99,6 +99,11 @@ impl Body for ProxyBody {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::H2(body, stream) => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                if let (Poll::Ready(Some(Err(e))), Some(f)) = (&polled, &this.in_flight)
+                    && e.is::<crate::h1client::BodyError>()
+                {
+                    tracing::warn!(endpoint = %f.endpoint().label, error = %e, "response cut: the upstream stalled inside its body");
+                }
                 let ended = match &polled {
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
                     Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
@@ -117,6 +122,9 @@ impl Body for ProxyBody {
                     Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    if let (crate::h1client::BodyError::Stalled(_), Some(f)) = (&e, &this.in_flight) {
+                        tracing::warn!(endpoint = %f.endpoint().label, error = %e, "response cut: the upstream stalled inside its body");
+                    }
                     this.in_flight = None;
                     Poll::Ready(Some(Err(e.into())))
                 }

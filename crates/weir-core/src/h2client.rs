@@ -85,6 +85,11 @@ pub struct H2RespBody {
     data_done: bool,
     /// What `Content-Length` said is left, for the size hint (h2 checks the length itself).
     remaining: Option<u64>,
+    /// The longest wait for the next frame (the pool's `timeouts.body`; zero: none), its
+    /// timer (made at the first wait), and whether a wait is under way.
+    stall_limit: Duration,
+    timer: crate::h1client::ReusedTimer,
+    waiting: bool,
 }
 
 impl H2RespBody {
@@ -97,6 +102,36 @@ impl H2RespBody {
             recv,
             data_done: false,
             remaining,
+            stall_limit: Duration::ZERO,
+            timer: Default::default(),
+            waiting: false,
+        }
+    }
+
+    /// Sets the longest wait for the next frame of the body (`timeouts.body`).
+    pub fn set_body_timeout(&mut self, limit: Duration) {
+        self.stall_limit = limit;
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only once the stream is gone, which the next poll reports.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut self.remaining {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
         }
     }
 }
@@ -107,24 +142,19 @@ impl Body for H2RespBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if !this.data_done {
-            match std::task::ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Fails only once the stream is gone, which the next poll reports.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = &mut this.remaining {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+        match this.poll_next(cx) {
+            Poll::Pending => {
+                let limit = this.stall_limit;
+                if this.timer.poll_stalled(&mut this.waiting, limit, cx).is_ready() {
+                    // The stream is reset (CANCEL) when the body is dropped.
+                    return Poll::Ready(Some(Err(Box::new(crate::h1client::BodyError::Stalled(limit)))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => this.data_done = true,
+                Poll::Pending
             }
-        }
-        match std::task::ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
+            ready => {
+                this.waiting = false;
+                ready
+            }
         }
     }
 

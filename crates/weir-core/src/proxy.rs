@@ -552,6 +552,7 @@ fn forward<'a>(
                     break match checkout {
                         Err(e) => Err((connect_failure(&endpoint, &e), true)),
                         Ok((mut conn, taken)) => {
+                            conn.set_body_timeout(t.body);
                             let reused = taken.reused();
                             let head = RequestHead {
                                 method: req.method(),
@@ -1006,8 +1007,9 @@ impl H2Try<'_> {
             };
             let (head, h2_body) = self.request(body, tls.is_some());
             let (error, unsent, gone) = match crate::h2client::exchange(&stream, head, h2_body, self.per_try).await {
-                H2Answer::Response(resp) => {
+                H2Answer::Response(mut resp) => {
                     self.endpoint.h2.note(&self.endpoint.label, None);
+                    resp.body_mut().set_body_timeout(t.body);
                     return H2Attempt::Answer(resp, stream);
                 }
                 H2Answer::TimedOut => return H2Attempt::Failed(FailureKind::ResponseTimeout, false),
@@ -1082,7 +1084,10 @@ impl H2Try<'_> {
                     let tunnel = crate::tunnel::H2Tunnel::new(send, recv, stream);
                     WsAttempt::Open(parts, TunnelIo::H2(Box::new(tunnel)))
                 }
-                TunnelAnswer::Declined(resp) => WsAttempt::Declined(resp, stream),
+                TunnelAnswer::Declined(mut resp) => {
+                    resp.body_mut().set_body_timeout(t.body);
+                    WsAttempt::Declined(resp, stream)
+                }
                 TunnelAnswer::NotOffered => {
                     tracing::debug!(endpoint = %self.endpoint.label, "upstream does not allow extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)");
                     WsAttempt::NotOffered

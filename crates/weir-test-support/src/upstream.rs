@@ -3,7 +3,8 @@
 //! and requests.
 //!
 //! Paths: `/delay/<ms>` answers after a delay; `/status/<code>` answers that status; `/bytes/<n>`
-//! streams `n` bytes; `/hang` never answers; `/ws` is a WebSocket echo; `/trailers` reads the
+//! streams `n` bytes; `/hang` never answers; `/stall` answers 200 with `half` of its body and
+//! never sends the rest; `/ws` is a WebSocket echo; `/trailers` reads the
 //! request to its end and answers as a gRPC server does, `grpc-status` in trailers (see
 //! [`trailers`]); anything else echoes the request as JSON (`method`, `path`, `version`,
 //! `headers`, `body_len`, `max_frame`: the largest piece of body hyper handed over,
@@ -302,6 +303,12 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
         ["bytes", n] => {
             let n: u64 = n.parse().unwrap_or(0);
             return Ok(stream_bytes(n, &name));
+        }
+        ["stall"] => {
+            let first =
+                futures_util::stream::once(async { Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"half"))) });
+            let stream = first.chain(futures_util::stream::pending());
+            return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
         }
         _ => {}
     }

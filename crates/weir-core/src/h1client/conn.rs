@@ -125,6 +125,9 @@ pub struct ConnState {
     /// How long it may idle before it is not reused, in milliseconds: a little less than the
     /// upstream's last `Keep-Alive: timeout` ([`reuse_window_ms`]); `u32::MAX` without one.
     idle_limit_ms: u32,
+    /// The longest wait for the next bytes of the current response's body (the pool's
+    /// `timeouts.body`); zero: no limit.
+    body_timeout: Duration,
 }
 
 impl UpConn {
@@ -138,6 +141,7 @@ impl UpConn {
             proxied_for: None,
             tls_id: 0,
             idle_limit_ms: u32::MAX,
+            body_timeout: Duration::ZERO,
         }))
     }
 
@@ -155,6 +159,12 @@ impl ConnState {
     /// sent bytes nobody asked for), and cannot carry a request ([`UpStream::is_idle_usable`]).
     pub fn is_idle_usable(&mut self) -> bool {
         self.rbuf.is_empty() && self.stream.is_idle_usable()
+    }
+
+    /// Sets the longest wait for the next bytes of a response body (`timeouts.body`), for the
+    /// requests that follow.
+    pub fn set_body_timeout(&mut self, limit: Duration) {
+        self.body_timeout = limit;
     }
 
     /// How long this connection may idle in the pool and still be reused, in milliseconds
@@ -548,6 +558,8 @@ pub enum BodyError {
     Chunked(&'static str),
     #[error("upstream connection failed inside the response body: {0}")]
     Io(#[from] io::Error),
+    #[error("upstream sent nothing of the response body for {0:?} (timeouts.body)")]
+    Stalled(Duration),
 }
 
 #[derive(Debug)]
@@ -571,6 +583,9 @@ pub struct ResponseBody {
     state: BodyState,
     keep_alive: bool,
     idle_hint_secs: Option<u32>,
+    /// A wait for body bytes is under way (its timer runs), and whether any was.
+    waiting: bool,
+    waited: bool,
 }
 
 impl ResponseBody {
@@ -586,6 +601,8 @@ impl ResponseBody {
             state,
             keep_alive: head.keep_alive,
             idle_hint_secs: head.idle_hint_secs,
+            waiting: false,
+            waited: false,
         }
     }
 
@@ -619,6 +636,9 @@ impl ResponseBody {
             return None;
         }
         let mut conn = self.conn.take()?;
+        if self.waited {
+            conn.timer.quiet();
+        }
         if let Some(secs) = self.idle_hint_secs {
             conn.idle_limit_ms = reuse_window_ms(secs);
             if conn.idle_limit_ms == 0 {
@@ -699,7 +719,21 @@ impl ResponseBody {
                     }
                 }
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => {
+                    self.waiting = false;
+                    filled
+                }
+                Poll::Pending => {
+                    self.waited = true;
+                    let limit = conn.body_timeout;
+                    if conn.timer.poll_stalled(&mut self.waiting, limit, cx).is_ready() {
+                        return self.fail(BodyError::Stalled(limit));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match filled {
                 Ok(0) if matches!(self.state, BodyState::Close) => {
                     self.state = BodyState::Done;
                     self.keep_alive = false;

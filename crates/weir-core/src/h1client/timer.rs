@@ -60,6 +60,35 @@ impl ReusedTimer {
         }
         answer
     }
+
+    /// For a body read that found nothing to read: `Ready` once the wait has lasted `limit`
+    /// (zero: never). `waiting` says whether this wait already started (the timer then runs
+    /// from its start); the caller clears it when bytes come. A body that arrives whole never
+    /// gets here, so only a body that waits pays a clock read.
+    pub fn poll_stalled(&mut self, waiting: &mut bool, limit: Duration, cx: &mut Context<'_>) -> Poll<()> {
+        if limit.is_zero() {
+            return Poll::Pending;
+        }
+        let timer = match &mut self.0 {
+            Some(timer) => {
+                if !*waiting {
+                    timer.as_mut().reset(Instant::now() + limit);
+                }
+                timer
+            }
+            none => none.insert(Box::pin(tokio::time::sleep(limit))),
+        };
+        *waiting = true;
+        timer.as_mut().poll(cx)
+    }
+
+    /// Takes the waker of the task that last polled the timer out of the wheel (see
+    /// [`ReusedTimer::within_from`]): for a connection going back to its pool.
+    pub fn quiet(&mut self) {
+        if let Some(timer) = &mut self.0 {
+            let _ = timer.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +144,42 @@ mod tests {
         let output = timer.within(TENTH, std::future::pending::<()>()).await;
         assert_eq!(output, Err(TimedOut));
         assert!(started.elapsed() < 100 * TENTH, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_stall_is_timed_from_the_start_of_its_wait_and_a_quiet_timer_keeps_no_waker() {
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let task = std::sync::Arc::new(Task);
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut timer = ReusedTimer::default();
+        let mut waiting = false;
+        assert!(
+            timer.poll_stalled(&mut waiting, Duration::ZERO, &mut cx).is_pending(),
+            "zero: no limit"
+        );
+        assert!(!waiting);
+        let started = Instant::now();
+        assert!(timer.poll_stalled(&mut waiting, TENTH, &mut cx).is_pending());
+        assert!(waiting);
+        assert_eq!(
+            std::sync::Arc::strong_count(&task),
+            3,
+            "the waiting timer holds the task's waker"
+        );
+        // Polled again within the same wait: the deadline stays where it was.
+        tokio::time::sleep(TENTH / 2).await;
+        assert!(timer.poll_stalled(&mut waiting, TENTH, &mut cx).is_pending());
+        tokio::time::sleep_until(started + TENTH + TENTH / 10).await;
+        assert!(timer.poll_stalled(&mut waiting, TENTH, &mut cx).is_ready());
+        // Bytes came (the caller clears `waiting`): the next wait counts afresh.
+        waiting = false;
+        assert!(timer.poll_stalled(&mut waiting, TENTH, &mut cx).is_pending());
+        timer.quiet();
+        assert_eq!(std::sync::Arc::strong_count(&task), 2, "a quiet timer holds no waker");
     }
 
     #[tokio::test]
