@@ -301,6 +301,61 @@ async fn an_upstream_stalling_inside_its_body_is_cut_off_after_timeouts_body() {
     assert_eq!(status["pools"][0]["endpoints"][0]["in_flight"], 0, "{status}");
 }
 
+/// `timeouts.request` bounds the wait for a response once the request has gone: a slow upload
+/// (here 1.2 s of body against a 400 ms limit) is not cut off while the upstream takes it, and
+/// its time waiting for the client is the client's (`body_timeout`). Before, the limit ran
+/// from the first byte sent and such an upload got a 504.
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_off_by_the_response_timeout() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&pool_config(up.addr, "[pool.timeouts]\nrequest = \"400ms\"\n")).await;
+    let r = post_trickle(&gw.url("client", "/upload"), 8, Duration::from_millis(150)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body_len"], 8 * 1024);
+}
+
+/// An upstream that stops taking a request body (and never answers) still gets a 504 about
+/// `timeouts.request` after it last took some.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_a_body_times_out() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            kept.push(s);
+        }
+    });
+    let gw = TestGateway::start(&pool_config(
+        addr,
+        "[pool.timeouts]\nrequest = \"300ms\"\n[pool.retry]\nmax_attempts = 1\n",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\ncontent-length: 268435456\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let piece = vec![b'b'; 64 * 1024];
+        while wr.write_all(&piece).await.is_ok() {}
+    });
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    writer.abort();
+    held.abort();
+}
+
 #[tokio::test]
 async fn truncated_body_breaks_the_client_response_instead_of_completing_it() {
     let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"])).await;

@@ -669,3 +669,14 @@ async fn a_stream_stalling_inside_its_body_is_cut_off_after_timeouts_body() {
     assert_eq!(get(&gw.url("client", "/after")).await.status, 200);
     assert_eq!(a.connections(), 1, "the connection serves on");
 }
+
+/// As over HTTP/1.1: a slow upload to an HTTP/2 upstream is not cut off by `timeouts.request`,
+/// which bounds the wait once the request has gone.
+#[tokio::test]
+async fn a_slow_upload_to_an_h2_upstream_is_not_cut_off_by_the_response_timeout() {
+    let a = Upstream::start_h2("a").await;
+    let gw = TestGateway::start(&h2_pool(&[&a], "[pool.timeouts]\nrequest = \"400ms\"\n")).await;
+    let r = post_trickle(&gw.url("client", "/upload"), 8, Duration::from_millis(150)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body_len"], 8 * 1024);
+}

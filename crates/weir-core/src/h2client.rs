@@ -467,7 +467,9 @@ pub enum H2Answer {
 /// in a task of its own (the upstream may answer before the upload ends, as gRPC's streaming
 /// calls do).
 pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per_try: Duration) -> H2Answer {
-    let deadline = Instant::now() + per_try;
+    // As over HTTP/1.1 (`Deadline`): a streamed body's time waiting for its client does not
+    // count, and the head is due `per_try` after the upstream last took some of it.
+    let deadline = crate::h1client::Deadline::new(Instant::now(), per_try);
     let mut send = match stream.0.send.clone().ready().await {
         Ok(send) => send,
         Err(e) => return H2Answer::NotOpened(e, body),
@@ -495,22 +497,42 @@ pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per
             tx,
             body,
             pending: None,
+            waiting_on_client: false,
+            progressed: false,
         }),
     };
-    let waited = tokio::time::timeout_at(
-        deadline,
-        poll_fn(|cx| {
-            if let Some(p) = pump.as_mut()
-                && let Poll::Ready(pumped) = p.poll_pump(cx)
-            {
-                pump = None;
-                if let Err(Some(status)) = pumped {
-                    return Poll::Ready(Err(status));
+    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut due = deadline.due();
+    let timer = tokio::time::sleep_until(due.unwrap_or_else(far));
+    tokio::pin!(timer);
+    let waited = poll_fn(|cx| {
+        if let Some(p) = pump.as_mut() {
+            match p.poll_pump(cx) {
+                Poll::Ready(pumped) => {
+                    pump = None;
+                    deadline.restart();
+                    if let Err(Some(status)) = pumped {
+                        return Poll::Ready(Ok(Err(status)));
+                    }
                 }
+                Poll::Pending if p.waiting_on_client => deadline.hold(),
+                Poll::Pending if std::mem::take(&mut p.progressed) => deadline.restart(),
+                Poll::Pending => {}
             }
-            Pin::new(&mut response).poll(cx).map(Ok)
-        }),
-    )
+        }
+        if let Poll::Ready(resp) = Pin::new(&mut response).poll(cx) {
+            return Poll::Ready(Ok(Ok(resp)));
+        }
+        let now_due = deadline.due();
+        if now_due != due {
+            due = now_due;
+            timer.as_mut().reset(due.unwrap_or_else(far));
+        }
+        match due {
+            Some(_) => timer.as_mut().poll(cx).map(|()| Err(())),
+            None => Poll::Pending,
+        }
+    })
     .await;
     match waited {
         Ok(Ok(Ok(resp))) => {
@@ -599,6 +621,10 @@ struct Pump {
     body: ClientBody,
     /// A data frame taken from the body that waits for window.
     pending: Option<(Bytes, bool)>,
+    /// Whether the last poll ended waiting for the client's next bytes, and whether it sent
+    /// some to the upstream (read by `exchange`, to move the response's deadline).
+    waiting_on_client: bool,
+    progressed: bool,
 }
 
 impl Pump {
@@ -606,6 +632,7 @@ impl Pump {
     /// body was at fault (the stream is then reset), `None` when the stream was (the
     /// response says how).
     fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Option<u16>>> {
+        self.waiting_on_client = false;
         loop {
             if let Poll::Ready(reset) = self.tx.poll_reset(cx) {
                 tracing::debug!(?reset, "upstream reset the stream of a request body");
@@ -630,12 +657,15 @@ impl Pump {
                 if self.tx.send_data(data, eos).is_err() {
                     return Poll::Ready(Err(None));
                 }
+                self.progressed = true;
                 if eos {
                     return Poll::Ready(Ok(()));
                 }
                 continue;
             }
-            let frame = match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let polled = Pin::new(&mut self.body).poll_frame(cx);
+            self.waiting_on_client = polled.is_pending();
+            let frame = match std::task::ready!(polled) {
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "client request body failed");

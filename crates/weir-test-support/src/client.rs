@@ -68,6 +68,29 @@ pub async fn request(req: Request<Full<Bytes>>) -> Reply {
     collect(resp).await
 }
 
+/// POST over HTTP/1.1 of a body without a length, sent in `pieces` pieces of 1 KiB with
+/// `gap` before each: a slow upload (a large file over a slow link).
+pub async fn post_trickle(url: &str, pieces: usize, gap: Duration) -> Reply {
+    let frames = futures_util::stream::unfold(0, move |sent| async move {
+        if sent == pieces {
+            return None;
+        }
+        tokio::time::sleep(gap).await;
+        let frame = hyper::body::Frame::data(Bytes::from(vec![b'u'; 1024]));
+        Some((Ok::<_, std::io::Error>(frame), sent + 1))
+    });
+    let body = http_body_util::StreamBody::new(Box::pin(frames));
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::StreamBody<_>>();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(Request::post(url).body(body).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
+    collect(resp).await
+}
+
 /// POST of `body` (with its length) over HTTP/1.1.
 pub async fn post(url: &str, body: &'static [u8]) -> Reply {
     request(Request::post(url).body(Full::new(Bytes::from_static(body))).unwrap()).await

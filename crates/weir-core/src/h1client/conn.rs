@@ -20,7 +20,7 @@ use super::head::{
     put_chunk_size,
 };
 use super::stream::UpStream;
-use super::timer::{ReusedTimer, TimedOut};
+use super::timer::{Deadline, ReusedTimer, TimedOut};
 use crate::bufpool::{self, UPSTREAM_READ as READ_CHUNK};
 use crate::client_body::{ClientBody, ClientBodyError};
 
@@ -188,7 +188,10 @@ impl ConnState {
         body: &mut UpBody,
     ) -> Result<Result<ResponseHead, ExchangeError>, TimedOut> {
         let mut timer = std::mem::take(&mut self.timer);
-        let answer = timer.within_from(start, limit, self.exchange(head, body)).await;
+        let deadline = Deadline::new(start, limit);
+        let answer = timer
+            .within_deadline(&deadline, self.exchange_by(head, body, &deadline))
+            .await;
         self.timer = timer;
         answer
     }
@@ -197,6 +200,17 @@ impl ConnState {
     /// A streamed body is sent while the head is awaited, so an upstream that answers early
     /// (a 413, a redirect) is heard; the connection is then not reused.
     pub async fn exchange(&mut self, head: &RequestHead<'_>, body: &mut UpBody) -> Result<ResponseHead, ExchangeError> {
+        let unbounded = Deadline::new(tokio::time::Instant::now(), Duration::from_secs(86_400));
+        self.exchange_by(head, body, &unbounded).await
+    }
+
+    /// [`ConnState::exchange`], moving `deadline` as a streamed body goes (see [`Deadline`]).
+    async fn exchange_by(
+        &mut self,
+        head: &RequestHead<'_>,
+        body: &mut UpBody,
+        deadline: &Deadline,
+    ) -> Result<ResponseHead, ExchangeError> {
         let method = head.method;
         if self.wbuf.capacity() == 0 {
             self.wbuf = bufpool::take_write();
@@ -253,9 +267,8 @@ impl ConnState {
                     return Err(ExchangeError::Closed);
                 };
                 // Boxed: only requests with a streamed body need this state.
-                let head =
-                    Box::pin(self.stream_body_and_read_head(incoming, framing == RequestFraming::Chunked, method))
-                        .await;
+                let chunked = framing == RequestFraming::Chunked;
+                let head = Box::pin(self.stream_body_and_read_head(incoming, chunked, method, deadline)).await;
                 bufpool::give_write(std::mem::take(&mut self.wbuf));
                 return head;
             }
@@ -273,13 +286,19 @@ impl ConnState {
         incoming: ClientBody,
         chunked: bool,
         method: &Method,
+        deadline: &Deadline,
     ) -> Result<ResponseHead, ExchangeError> {
         // The halves differ in type: TCP splits without a lock, TLS through tokio's split.
         macro_rules! on {
             ($halves:expr) => {{
                 let (mut reader, mut writer) = $halves;
                 let (rbuf, wbuf) = (&mut self.rbuf, &mut self.wbuf);
-                body_and_head(&mut reader, &mut writer, rbuf, wbuf, incoming, chunked, method).await
+                let sending = Sending {
+                    incoming,
+                    chunked,
+                    deadline,
+                };
+                body_and_head(&mut reader, &mut writer, rbuf, wbuf, sending, method).await
             }};
         }
         match &mut self.stream {
@@ -356,6 +375,14 @@ pub(crate) fn take_fixed(buf: &mut BytesMut, left: &mut u64) -> Bytes {
     buf.split_to(take as usize).freeze()
 }
 
+/// A streamed request body on its way to the upstream: where it comes from, whether it goes
+/// chunked, and the response deadline its sending moves.
+struct Sending<'a> {
+    incoming: ClientBody,
+    chunked: bool,
+    deadline: &'a Deadline,
+}
+
 /// Sends a streamed request body while awaiting the response head: an upstream that answers
 /// early (a 413, a redirect) is heard, and the connection is then not reused.
 async fn body_and_head<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -363,11 +390,10 @@ async fn body_and_head<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     writer: &mut W,
     rbuf: &mut BytesMut,
     wbuf: &mut Vec<u8>,
-    incoming: ClientBody,
-    chunked: bool,
+    sending: Sending<'_>,
     method: &Method,
 ) -> Result<ResponseHead, ExchangeError> {
-    let send = send_body(writer, incoming, chunked, wbuf);
+    let send = send_body(writer, sending, wbuf);
     let recv = read_head(reader, rbuf, method);
     tokio::pin!(send, recv);
     let mut sending = true;
@@ -471,14 +497,20 @@ enum SendError {
 /// out in one write.
 async fn send_body<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    mut incoming: ClientBody,
-    chunked: bool,
+    sending: Sending<'_>,
     scratch: &mut Vec<u8>,
 ) -> Result<(), SendError> {
+    let Sending {
+        mut incoming,
+        chunked,
+        deadline,
+    } = sending;
     let mut gathered = BytesMut::new();
     let mut trailers = None;
     let mut ended = false;
     while !ended {
+        // Waiting for the client is the client's time (its `body_timeout`), not the upstream's.
+        deadline.hold();
         let Some(frame) = incoming.frame().await else {
             break;
         };
@@ -509,6 +541,7 @@ async fn send_body<W: AsyncWrite + Unpin>(
         if data.is_empty() {
             continue;
         }
+        deadline.restart();
         if !chunked {
             writer.write_all(&data).await.map_err(SendError::Io)?;
         } else if data.len() <= INLINE_BODY {
@@ -525,6 +558,7 @@ async fn send_body<W: AsyncWrite + Unpin>(
             writer.write_all_buf(&mut framed).await.map_err(SendError::Io)?;
         }
     }
+    deadline.restart();
     if chunked {
         scratch.clear();
         crate::headers::put_last_chunk(trailers.as_ref(), scratch);

@@ -2,6 +2,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -10,6 +11,55 @@ use tokio::time::{Instant, Sleep};
 /// The response head did not arrive within the attempt's timeout.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TimedOut;
+
+/// When a response head is due: `limit` after the request has gone, so the time a request body
+/// takes to send is not counted (a 300 MB upload at 10 MB/s takes 30 s, the default limit)
+/// except where the upstream holds it up. The body's sending moves it: [`Deadline::hold`]
+/// while it waits for the client's next bytes (the listener's `body_timeout` bounds that),
+/// [`Deadline::restart`] when it hands bytes to the upstream and when the body is done, so
+/// an upstream that stops taking the body gets `limit` from then.
+#[derive(Debug)]
+pub struct Deadline {
+    base: Instant,
+    limit: Duration,
+    /// Nanoseconds after `base`; [`Deadline::HELD`] while held.
+    at: AtomicU64,
+}
+
+impl Deadline {
+    const HELD: u64 = u64::MAX;
+
+    /// Due `limit` after `start`.
+    pub fn new(start: Instant, limit: Duration) -> Self {
+        Deadline {
+            base: start,
+            limit,
+            at: AtomicU64::new(u64::try_from(limit.as_nanos()).unwrap_or(Self::HELD - 1)),
+        }
+    }
+
+    /// Not due while the request waits for its client.
+    pub fn hold(&self) {
+        self.at.store(Self::HELD, Ordering::Relaxed);
+    }
+
+    /// Due `limit` from now.
+    pub fn restart(&self) {
+        let at = Instant::now().saturating_duration_since(self.base) + self.limit;
+        self.at.store(
+            u64::try_from(at.as_nanos()).unwrap_or(Self::HELD - 1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// When it is due; `None` while held.
+    pub fn due(&self) -> Option<Instant> {
+        match self.at.load(Ordering::Relaxed) {
+            Self::HELD => None,
+            at => Some(self.base + Duration::from_nanos(at)),
+        }
+    }
+}
 
 /// A timeout timer that lives as long as its connection. Each request moves its deadline later,
 /// which for a timer still in tokio's wheel is an atomic store (tokio files the entry again
@@ -33,13 +83,21 @@ impl ReusedTimer {
         limit: Duration,
         work: F,
     ) -> Result<F::Output, TimedOut> {
-        let deadline = start + limit;
+        self.within_deadline(&Deadline::new(start, limit), work).await
+    }
+
+    /// `work`'s output, or [`TimedOut`] when it has not finished by `deadline`, which `work`
+    /// may move or hold as it goes.
+    pub async fn within_deadline<F: Future>(&mut self, deadline: &Deadline, work: F) -> Result<F::Output, TimedOut> {
+        let mut due = deadline.due();
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let first = due.unwrap_or_else(far);
         let timer = match &mut self.0 {
             Some(timer) => {
-                timer.as_mut().reset(deadline);
+                timer.as_mut().reset(first);
                 timer
             }
-            none => none.insert(Box::pin(tokio::time::sleep_until(deadline))),
+            none => none.insert(Box::pin(tokio::time::sleep_until(first))),
         };
         let mut work = pin!(work);
         let mut armed = false;
@@ -48,7 +106,15 @@ impl ReusedTimer {
                 return Poll::Ready(Ok(output));
             }
             armed = true;
-            timer.as_mut().poll(cx).map(|()| Err(TimedOut))
+            let now_due = deadline.due();
+            if now_due != due {
+                due = now_due;
+                timer.as_mut().reset(due.unwrap_or_else(far));
+            }
+            match due {
+                Some(_) => timer.as_mut().poll(cx).map(|()| Err(TimedOut)),
+                None => Poll::Pending,
+            }
         })
         .await;
         if armed {
@@ -144,6 +210,31 @@ mod tests {
         let output = timer.within(TENTH, std::future::pending::<()>()).await;
         assert_eq!(output, Err(TimedOut));
         assert!(started.elapsed() < 100 * TENTH, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_held_deadline_does_not_fire_and_a_restarted_one_counts_from_then() {
+        let mut timer = ReusedTimer::default();
+        let deadline = Deadline::new(Instant::now(), TENTH);
+        // Held for three limits (a body waiting for its client), then done: in time.
+        let work = async {
+            deadline.hold();
+            tokio::time::sleep(3 * TENTH).await;
+            deadline.restart();
+            tokio::time::sleep(TENTH / 2).await;
+        };
+        assert_eq!(timer.within_deadline(&deadline, work).await, Ok(()));
+        // Restarted, then nothing more: it fires a limit after the restart.
+        let deadline = Deadline::new(Instant::now(), TENTH);
+        let started = Instant::now();
+        let work = async {
+            deadline.hold();
+            tokio::time::sleep(2 * TENTH).await;
+            deadline.restart();
+            std::future::pending::<()>().await;
+        };
+        assert_eq!(timer.within_deadline(&deadline, work).await, Err(TimedOut));
+        assert!(started.elapsed() >= 3 * TENTH, "{:?}", started.elapsed());
     }
 
     #[tokio::test]
