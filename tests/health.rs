@@ -389,18 +389,24 @@ async fn draining_lets_the_request_in_flight_finish_and_takes_no_new_ones() {
     assert_eq!(r.upstream(), busy.name);
 }
 
-#[tokio::test]
-async fn readiness_can_be_flipped_and_mutations_need_the_token() {
-    let a = Upstream::start("a").await;
+/// A gateway in front of `a` whose admin token is in a file (its path, and the folder that
+/// holds it) with `contents`.
+async fn with_admin_token(a: &Upstream, contents: &str) -> (TestGateway, std::path::PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::write(&token, contents).unwrap();
     let toml = format!(
         "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
         token.display(),
-        one_pool(&[&a])
+        one_pool(&[a])
     );
-    let gw = TestGateway::start(&toml).await;
+    (TestGateway::start(&toml).await, token, dir)
+}
+
+#[tokio::test]
+async fn readiness_can_be_flipped_and_mutations_need_the_token() {
+    let a = Upstream::start("a").await;
+    let (gw, _token, _dir) = with_admin_token(&a, "s3cret\n").await;
     let put = |auth: Option<&str>, ready: bool| {
         let mut b = Request::put(gw.admin_url("/api/v1/readiness"));
         if let Some(a) = auth {
@@ -430,15 +436,7 @@ async fn readiness_can_be_flipped_and_mutations_need_the_token() {
 #[tokio::test]
 async fn a_rotated_admin_token_applies_on_reload_and_a_bad_one_is_refused() {
     let a = Upstream::start("a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
-    let toml = format!(
-        "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
-        token.display(),
-        one_pool(&[&a])
-    );
-    let gw = TestGateway::start(&toml).await;
+    let (gw, token, _dir) = with_admin_token(&a, "s3cret\n").await;
     let enable = |bearer: &str| {
         let path = format!("/api/v1/pools/app/endpoints/{}/enable", a.addr);
         Request::post(gw.admin_url(&path))

@@ -79,8 +79,16 @@ pub async fn post_trickle(url: &str, pieces: usize, gap: Duration) -> Reply {
         let frame = hyper::body::Frame::data(Bytes::from(vec![b'u'; 1024]));
         Some((Ok::<_, std::io::Error>(frame), sent + 1))
     });
-    let body = http_body_util::StreamBody::new(Box::pin(frames));
-    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::StreamBody<_>>();
+    post_streamed(url, http_body_util::StreamBody::new(Box::pin(frames))).await
+}
+
+/// POST over HTTP/1.1 of a streamed `body`.
+async fn post_streamed<B>(url: &str, body: B) -> Reply
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = Client::builder(TokioExecutor::new()).build_http::<B>();
     let resp = tokio::time::timeout(
         Duration::from_secs(30),
         client.request(Request::post(url).body(body).unwrap()),
@@ -100,16 +108,7 @@ pub async fn post(url: &str, body: &'static [u8]) -> Reply {
 pub async fn post_chunked(url: &str, pieces: usize, size: usize) -> Reply {
     let frames = (0..pieces)
         .map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'x'; size]))));
-    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let resp = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.request(Request::post(url).body(body).unwrap()),
-    )
-    .await
-    .expect("request timed out")
-    .expect("request failed");
-    collect(resp).await
+    post_streamed(url, http_body_util::StreamBody::new(futures_util::stream::iter(frames))).await
 }
 
 /// GET over HTTP/2 with prior knowledge (h2c).

@@ -164,6 +164,16 @@ mod tests {
 
     const TENTH: Duration = Duration::from_millis(100);
 
+    /// A waker whose task is an `Arc` the test holds: its strong count tells who keeps it.
+    fn counted_waker() -> (std::sync::Arc<impl std::task::Wake>, Waker) {
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let task = std::sync::Arc::new(Task);
+        (task.clone(), Waker::from(task))
+    }
+
     #[tokio::test]
     async fn work_that_ends_in_time_gives_its_output_and_the_timer_serves_again() {
         let mut timer = ReusedTimer::default();
@@ -239,12 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stall_is_timed_from_the_start_of_its_wait_and_a_quiet_timer_keeps_no_waker() {
-        struct Task;
-        impl std::task::Wake for Task {
-            fn wake(self: std::sync::Arc<Self>) {}
-        }
-        let task = std::sync::Arc::new(Task);
-        let waker = Waker::from(task.clone());
+        let (task, waker) = counted_waker();
         let mut cx = Context::from_waker(&waker);
         let mut timer = ReusedTimer::default();
         let mut waiting = false;
@@ -275,12 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_timer_holds_no_waker_of_the_task_that_last_used_it() {
-        struct Task;
-        impl std::task::Wake for Task {
-            fn wake(self: std::sync::Arc<Self>) {}
-        }
-        let task = std::sync::Arc::new(Task);
-        let waker = Waker::from(task.clone());
+        let (task, waker) = counted_waker();
         let mut cx = Context::from_waker(&waker);
         let mut timer = ReusedTimer::default();
         {
