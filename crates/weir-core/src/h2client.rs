@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::body::BoxError;
 use crate::client_body::ClientBody;
-use crate::h1client::UpStream;
+use crate::h1client::{Due, UpStream};
 use crate::upstream::{ConnectError, Endpoint, coarse_ms};
 use crate::upstream_tls::UpstreamTls;
 

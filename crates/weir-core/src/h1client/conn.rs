@@ -188,10 +188,15 @@ impl ConnState {
         body: &mut UpBody,
     ) -> Result<Result<ResponseHead, ExchangeError>, TimedOut> {
         let mut timer = std::mem::take(&mut self.timer);
+        // Only a streamed body moves the deadline; the others keep the fixed one.
+        let streamed = matches!(body, UpBody::Streamed(_));
         let deadline = Deadline::new(start, limit);
-        let answer = timer
-            .within_deadline(&deadline, self.exchange_by(head, body, &deadline))
-            .await;
+        let work = self.exchange_by(head, body, &deadline);
+        let answer = if streamed {
+            timer.within_deadline(&deadline, work).await
+        } else {
+            timer.within_deadline(&(start + limit), work).await
+        };
         self.timer = timer;
         answer
     }

@@ -19,4 +19,4 @@ pub use chunked::{ChunkedDecoder, Decoded};
 pub use conn::{BodyError, ExchangeError, ResponseBody, UpBody, UpConn};
 pub use head::{Framing, HeadError, RequestHead, RequestTrailers, ResponseHead};
 pub use stream::UpStream;
-pub use timer::{Deadline, ReusedTimer, TimedOut};
+pub use timer::{Deadline, Due, ReusedTimer, TimedOut};

@@ -26,6 +26,27 @@ pub struct Deadline {
     at: AtomicU64,
 }
 
+/// When a response is due: `None` while not due at all.
+pub trait Due {
+    fn due(&self) -> Option<Instant>;
+}
+
+impl Due for Instant {
+    #[inline]
+    fn due(&self) -> Option<Instant> {
+        Some(*self)
+    }
+}
+
+impl Due for Deadline {
+    fn due(&self) -> Option<Instant> {
+        match self.at.load(Ordering::Relaxed) {
+            Self::HELD => None,
+            at => Some(self.base + Duration::from_nanos(at)),
+        }
+    }
+}
+
 impl Deadline {
     const HELD: u64 = u64::MAX;
 
@@ -51,14 +72,6 @@ impl Deadline {
             Ordering::Relaxed,
         );
     }
-
-    /// When it is due; `None` while held.
-    pub fn due(&self) -> Option<Instant> {
-        match self.at.load(Ordering::Relaxed) {
-            Self::HELD => None,
-            at => Some(self.base + Duration::from_nanos(at)),
-        }
-    }
 }
 
 /// A timeout timer that lives as long as its connection. Each request moves its deadline later,
@@ -83,12 +96,12 @@ impl ReusedTimer {
         limit: Duration,
         work: F,
     ) -> Result<F::Output, TimedOut> {
-        self.within_deadline(&Deadline::new(start, limit), work).await
+        self.within_deadline(&(start + limit), work).await
     }
 
-    /// `work`'s output, or [`TimedOut`] when it has not finished by `deadline`, which `work`
-    /// may move or hold as it goes.
-    pub async fn within_deadline<F: Future>(&mut self, deadline: &Deadline, work: F) -> Result<F::Output, TimedOut> {
+    /// `work`'s output, or [`TimedOut`] when it has not finished by `deadline`: a fixed
+    /// instant, or a [`Deadline`] that `work` may move or hold as it goes.
+    pub async fn within_deadline<F: Future>(&mut self, deadline: &impl Due, work: F) -> Result<F::Output, TimedOut> {
         let mut due = deadline.due();
         let far = || Instant::now() + Duration::from_secs(86_400 * 365);
         let first = due.unwrap_or_else(far);
