@@ -356,6 +356,36 @@ async fn an_upstream_that_stops_reading_a_body_times_out() {
     held.abort();
 }
 
+/// An upgrade to h2c is not carried: tunnelled, it would let the client speak HTTP/2 straight
+/// to the upstream on that connection, past routing and every policy ("h2c smuggling"). The
+/// request goes on as a plain one, without `Upgrade`, `Connection` or `HTTP2-Settings`, here to
+/// an upstream that would have switched. A WebSocket offered beside h2c is still carried.
+#[tokio::test]
+async fn an_upgrade_to_h2c_is_not_carried() {
+    const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+    let up = raw_upstream(|_, head| {
+        if head.to_ascii_lowercase().contains("upgrade: h2c") {
+            Act::ReplyClose(vec![SWITCH])
+        } else {
+            Act::Reply(vec![OK])
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    let smuggle = b"GET /admin HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+                    HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nConnection: close\r\n\r\n";
+    let r = raw_exchange(gw.addr("client"), smuggle).await;
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("ok"), "{r}");
+    let seen = up.request(0).to_ascii_lowercase();
+    for gone in ["upgrade", "http2-settings"] {
+        assert!(!seen.contains(gone), "{gone} reached the upstream: {seen}");
+    }
+    let both = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(2), raw_exchange(gw.addr("client"), both)).await;
+    let seen = up.request(1).to_ascii_lowercase();
+    assert!(seen.contains("upgrade: websocket\r\n"), "{seen}");
+}
+
 #[tokio::test]
 async fn truncated_body_breaks_the_client_response_instead_of_completing_it() {
     let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"])).await;

@@ -28,6 +28,30 @@ pub static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Whether an `Upgrade` value offers a protocol weir carries: any but `h2c`. An upgrade to
+/// h2c forwarded and then tunnelled would let the client speak HTTP/2 straight to the
+/// upstream on that connection, past routing and every policy ("h2c smuggling"); refused,
+/// the request goes on as a plain one (a server may always decline an upgrade), with
+/// `Upgrade`, `Connection` and `HTTP2-Settings` left behind as hop-by-hop fields.
+pub fn offers_upgrade(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|token| !token.is_empty() && !token.eq_ignore_ascii_case(b"h2c"))
+}
+
+/// An `Upgrade` value as forwarded: without the `h2c` offer ([`offers_upgrade`]).
+pub fn without_h2c(value: &HeaderValue) -> HeaderValue {
+    let tokens = value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+    if !tokens.clone().any(|t| t.eq_ignore_ascii_case(b"h2c")) {
+        return value.clone();
+    }
+    let kept: Vec<&[u8]> = tokens
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"h2c"))
+        .collect();
+    HeaderValue::from_bytes(&kept.join(&b", "[..])).unwrap_or_else(|_| value.clone())
+}
+
 /// What [`strip_hop_by_hop`] removed that still matters to the request.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stripped {
@@ -357,6 +381,18 @@ pub fn add_via(headers: &mut HeaderMap, via: Via) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_to_h2c_is_not_offered_on() {
+        assert!(offers_upgrade(b"websocket"));
+        assert!(offers_upgrade(b"h2c, websocket"));
+        assert!(!offers_upgrade(b"h2c"));
+        assert!(!offers_upgrade(b" H2C ,"));
+        assert!(!offers_upgrade(b""));
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(without_h2c(&v("h2c, websocket")), v("websocket"));
+        assert_eq!(without_h2c(&v("websocket")), v("websocket"));
+    }
 
     /// Framing, routing and connection fields never pass as trailers: a recipient that merged
     /// them into the head could be misled about the message.

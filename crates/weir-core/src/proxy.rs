@@ -126,7 +126,11 @@ fn strip_port(host: &str) -> &str {
 /// ([`crate::tunnel::as_websocket_handshake`]; HTTP/2 itself has no `Connection` field).
 fn is_upgrade(req: &Request<ClientBody>) -> bool {
     matches!(req.version(), Version::HTTP_11 | Version::HTTP_2)
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| crate::headers::offers_upgrade(v.as_bytes()))
         && req
             .headers()
             .get_all(header::CONNECTION)
@@ -297,7 +301,7 @@ fn forward<'a>(
 
         // Upstream request head: origin-form target, HTTP/1.1, hop-by-hop removed, forwarding added.
         let upgrade_value = if upgrade {
-            req.headers().get(header::UPGRADE).cloned()
+            req.headers().get(header::UPGRADE).map(crate::headers::without_h2c)
         } else {
             None
         };

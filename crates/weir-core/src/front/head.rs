@@ -307,7 +307,7 @@ fn check_with<'b>(
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue |= http11 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("upgrade") {
-            has_upgrade = true;
+            has_upgrade |= crate::headers::offers_upgrade(h.value);
         }
         if h.value.iter().any(|&b| b == 0x7f || (b < 0x20 && b != b'\t')) {
             return Err(Reject::bad("control character in a header value"));
