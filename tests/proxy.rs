@@ -78,12 +78,17 @@ async fn forwarded_headers_are_right_at_the_upstream() {
     let req = Request::get(gw.url("client", "/path?q=1"))
         .header("host", "api.example.com")
         .header("x-forwarded-for", "10.1.2.3")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("x_custom", "kept")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let r = request(req).await;
     assert_eq!(r.status, 200);
     let j = r.json();
     let h = &j["headers"];
+    // A CGI-style server reads `X_Forwarded_For` as `X-Forwarded-For`: the spoof is dropped.
+    assert!(h.get("x_forwarded_for").is_none(), "{h}");
+    assert_eq!(h["x_custom"][0], "kept");
     assert_eq!(j["path"], "/path?q=1");
     assert_eq!(h["host"][0], "api.example.com", "Host is preserved");
     assert_eq!(h["x-forwarded-for"][0], "10.1.2.3, 127.0.0.1");

@@ -65,9 +65,35 @@ pub struct Stripped {
 
 /// Removes hop-by-hop fields: the fixed set and every field the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Stripped {
+    strip_request(headers, ForwardingHeaders::NONE)
+}
+
+/// [`strip_hop_by_hop`] for a request this hop writes `fields` into, which also removes the
+/// underscore spellings of the `X-Forwarded-*` fields among them (`X_Forwarded_For`): CGI,
+/// WSGI and Rack servers read both spellings as one variable, so a client's `X_Forwarded_For`
+/// could stand in for the `X-Forwarded-For` weir writes (nginx drops every field with an
+/// underscore by default).
+pub fn strip_request(headers: &mut HeaderMap, fields: ForwardingHeaders) -> Stripped {
     // One pass over the names, without hashing: most requests carry none of these, and nine
     // map lookups per request cost more than this scan.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    let (mut hop, mut twin) = (false, false);
+    for k in headers.keys() {
+        hop |= HOP_BY_HOP.contains(k);
+        twin |= k.as_str().starts_with("x_forwarded_");
+    }
+    if twin {
+        let spoofing = |k: &HeaderName| match k.as_str() {
+            "x_forwarded_for" => fields.x_forwarded_for,
+            "x_forwarded_proto" => fields.x_forwarded_proto,
+            "x_forwarded_host" => fields.x_forwarded_host,
+            _ => false,
+        };
+        let named: Vec<HeaderName> = headers.keys().filter(|k| spoofing(k)).cloned().collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    if !hop {
         return Stripped::default();
     }
     let stripped = Stripped {
@@ -381,6 +407,25 @@ pub fn add_via(headers: &mut HeaderMap, via: Via) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscore_spellings_of_the_forwarding_fields_this_hop_writes_are_dropped() {
+        let mut h = map(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_forwarded_host", "evil"),
+            ("x_forwarded_other", "kept"),
+            ("x_request_id", "kept"),
+        ]);
+        let mut only_xff = ForwardingHeaders::NONE;
+        only_xff.x_forwarded_for = true;
+        strip_request(&mut h, only_xff);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x_forwarded_host", "x_forwarded_other", "x_request_id"]);
+        strip_request(&mut h, ForwardingHeaders::ALL);
+        assert!(!h.contains_key("x_forwarded_host"));
+        assert!(h.contains_key("x_forwarded_other"));
+    }
 
     #[test]
     fn an_upgrade_to_h2c_is_not_offered_on() {

@@ -318,7 +318,7 @@ fn forward<'a>(
             }
             None => (req.headers().get(header::HOST).cloned(), false),
         };
-        let stripped = strip_hop_by_hop(req.headers_mut());
+        let stripped = crate::headers::strip_request(req.headers_mut(), listener.config.forwarding_headers);
         if let Some(h) = &request_host
             && (from_target || !req.headers().contains_key(header::HOST))
         {
