@@ -80,6 +80,7 @@ async fn forwarded_headers_are_right_at_the_upstream() {
         .header("x-forwarded-for", "10.1.2.3")
         .header("x_forwarded_for", "6.6.6.6")
         .header("x_custom", "kept")
+        .header("proxy", "http://evil.example:8080")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let r = request(req).await;
@@ -88,6 +89,8 @@ async fn forwarded_headers_are_right_at_the_upstream() {
     let h = &j["headers"];
     // A CGI-style server reads `X_Forwarded_For` as `X-Forwarded-For`: the spoof is dropped.
     assert!(h.get("x_forwarded_for").is_none(), "{h}");
+    // Nor `Proxy`, which such a server makes its outbound proxy (httpoxy).
+    assert!(h.get("proxy").is_none(), "{h}");
     assert_eq!(h["x_custom"][0], "kept");
     assert_eq!(j["path"], "/path?q=1");
     assert_eq!(h["host"][0], "api.example.com", "Host is preserved");

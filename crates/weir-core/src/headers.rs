@@ -68,24 +68,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Stripped {
     strip_request(headers, ForwardingHeaders::NONE)
 }
 
-/// [`strip_hop_by_hop`] for a request this hop writes `fields` into, which also removes the
-/// underscore spellings of the `X-Forwarded-*` fields among them (`X_Forwarded_For`): CGI,
-/// WSGI and Rack servers read both spellings as one variable, so a client's `X_Forwarded_For`
-/// could stand in for the `X-Forwarded-For` weir writes (nginx drops every field with an
-/// underscore by default).
+/// [`strip_hop_by_hop`] for a request this hop writes `fields` into, which also removes what a
+/// CGI-style server (CGI, FastCGI, WSGI, Rack: request fields become `HTTP_*` variables) would
+/// misread: the underscore spellings of the `X-Forwarded-*` fields among `fields`
+/// (`X_Forwarded_For` and `X-Forwarded-For` are one variable there, so a client's could stand
+/// in for weir's; nginx drops every field with an underscore by default), and `Proxy`, which
+/// becomes `HTTP_PROXY`, the outbound proxy of the application's own requests ("httpoxy",
+/// CVE-2016-5385); no standard field has that name.
 pub fn strip_request(headers: &mut HeaderMap, fields: ForwardingHeaders) -> Stripped {
     // One pass over the names, without hashing: most requests carry none of these, and nine
     // map lookups per request cost more than this scan.
-    let (mut hop, mut twin) = (false, false);
+    let (mut hop, mut misread) = (false, false);
     for k in headers.keys() {
         hop |= HOP_BY_HOP.contains(k);
-        twin |= k.as_str().starts_with("x_forwarded_");
+        misread |= k.as_str().starts_with("x_forwarded_") || k.as_str() == "proxy";
     }
-    if twin {
+    if misread {
         let spoofing = |k: &HeaderName| match k.as_str() {
             "x_forwarded_for" => fields.x_forwarded_for,
             "x_forwarded_proto" => fields.x_forwarded_proto,
             "x_forwarded_host" => fields.x_forwarded_host,
+            "proxy" => true,
             _ => false,
         };
         let named: Vec<HeaderName> = headers.keys().filter(|k| spoofing(k)).cloned().collect();
@@ -415,6 +418,7 @@ mod tests {
             ("x_forwarded_host", "evil"),
             ("x_forwarded_other", "kept"),
             ("x_request_id", "kept"),
+            ("proxy", "http://evil:8080"),
         ]);
         let mut only_xff = ForwardingHeaders::NONE;
         only_xff.x_forwarded_for = true;
