@@ -1,13 +1,14 @@
 //! `weir`: the command line. Thin on purpose: parse arguments, set up logging and the runtime,
 //! hand over to weir-core. See DESIGN §4 for the contract.
 
+mod fd_limit;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
 use weir_core::{Gateway, PolicyFactory};
 use weir_plugin_host::WasmPolicies;
 
@@ -160,6 +161,7 @@ fn run(path: &std::path::Path, upgrade: Upgrade) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    fd_limit::prepare(&config);
     // One worker: a current-thread runtime, without the work-stealing scheduler's queues and
     // wake-ups (DESIGN §10 measured multi_thread with one worker 2-5% slower).
     let mut builder = if config.runtime.worker_threads == 1 {

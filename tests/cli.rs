@@ -548,3 +548,40 @@ async fn workers_send_in_batches_unless_told_not_to() {
         }
     }
 }
+
+/// Started with systemd's default soft limit of descriptors (here 256, under a hard one of 4096),
+/// weir raises it to the hard one, as Go's runtime and HAProxy do; and as 4096 is still short of
+/// what the default `max_connections = 10000` may take, a warning says so. Before, weir kept the
+/// soft limit and failed to accept past it.
+#[tokio::test]
+async fn the_descriptor_limit_is_raised_to_the_hard_one_and_a_short_one_is_named() {
+    let up = Upstream::start("a").await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("weir-low-limit");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -Sn 256 && ulimit -Hn 4096 && exec {} \"$@\"\n",
+            weir().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut weir = WeirProcess::spawn(&wrapper, &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", weir.child.id())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+    let log = weir.stderr_text();
+    assert!(
+        log.contains("file descriptor limit is below") && log.contains("limit=4096") && log.contains("needed=20064"),
+        "{log}"
+    );
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
+}
