@@ -315,13 +315,17 @@ async fn backups_serve_when_primaries_are_down_and_503_when_everything_is() {
         &format!("address = \"{}\"\nbackup = true\n", bk.addr),
     );
     let gw = TestGateway::start(&toml).await;
-    assert!(
-        eventually(
-            Duration::from_secs(3),
-            async || endpoint_status(&gw, bk.addr).await["healthy"] == true
-        )
-        .await
-    );
+    // Every endpoint starts out of rotation until a check passes, and the checks are jittered:
+    // the primaries too must have passed theirs, or the backup serves meanwhile, as it should.
+    for addr in [p1.addr, p2.addr, bk.addr] {
+        assert!(
+            eventually(
+                Duration::from_secs(3),
+                async || endpoint_status(&gw, addr).await["healthy"] == true
+            )
+            .await
+        );
+    }
     for _ in 0..6 {
         assert_ne!(get(&gw.url("client", "/")).await.upstream(), "backup");
     }
