@@ -119,6 +119,40 @@ async fn interim_responses_are_skipped() {
     assert_eq!(r.text(), "ok");
 }
 
+/// An upstream's `103 Early Hints` reaches an HTTP/1.1 client before the final response, as RFC
+/// 9110 §15.2 asks of a proxy; its `100 Continue` does not (weir answers `Expect` itself). An
+/// HTTP/1.0 client (no 1xx in its protocol) and a request with a body (whose connection the body
+/// holds) get the final response alone.
+#[tokio::test]
+async fn early_hints_reach_http11_clients_before_the_response() {
+    let up = raw_upstream(|_, _| {
+        Act::Reply(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n",
+            OK,
+        ])
+    })
+    .await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    let r = raw_exchange(
+        gw.addr("client"),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{r}"
+    );
+    assert!(r.ends_with("\r\n\r\nok") && !r.contains("100 Continue"), "{r}");
+    let r10 = raw_exchange(gw.addr("client"), b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(r10.starts_with("HTTP/1.1 200 OK\r\n") && r10.ends_with("ok"), "{r10}");
+    let post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+    let with_body = raw_exchange(gw.addr("client"), post).await;
+    assert!(with_body.starts_with("HTTP/1.1 200 OK\r\n"), "{with_body}");
+    let h2 = h2c_get(&gw.url("client", "/")).await;
+    assert_eq!((h2.status.as_u16(), h2.text()), (200, "ok".to_string()));
+}
+
 #[tokio::test]
 async fn bodiless_responses_do_not_wait_for_a_body_and_keep_the_connection() {
     let up = raw_upstream(|i, _| match i % 3 {

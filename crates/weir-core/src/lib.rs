@@ -24,6 +24,7 @@ pub mod headers;
 pub mod health;
 #[cfg(test)]
 mod http1_gen;
+pub mod interim;
 pub mod listener;
 pub mod metrics;
 pub mod parking;

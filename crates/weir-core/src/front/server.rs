@@ -258,7 +258,7 @@ fn exchange<'a>(
                 Some(BodyFramingOut::Chunked)
             }
         };
-        let (held, request) = match framing {
+        let (mut held, request) = match framing {
             None => {
                 conn.body_done = true;
                 (Held::Here(conn), request.map(|()| ClientBody::Empty))
@@ -275,7 +275,11 @@ fn exchange<'a>(
                 (Held::Lent(rx), request.map(|()| ClientBody::H1(body)))
             }
         };
-        let response = proxy::serve(shared, info, request).await;
+        let served = proxy::serve(shared, info, request);
+        let response = match &mut held {
+            Held::Here(c) if !meta.http10 => passing_interim(c, served, settings.send_timeout).await,
+            _ => served.await,
+        };
         conn = match held {
             Held::Here(c) => c,
             // The request path has dropped the body by now; its drop hands the connection back.
@@ -583,6 +587,35 @@ async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>, send_timeout: Duration
 /// Writes all of `buf`, giving up when the client takes none of it for `limit`
 /// (`send_timeout`, nginx's semantics: between two writes that make progress, not for the
 /// whole response).
+/// `served`'s response, with the interim responses (`103 Early Hints`) an upstream sends
+/// meanwhile written to the client as they come ([`crate::interim`]). A client that cannot take
+/// them is left to the response's own write to find out.
+async fn passing_interim<F: Future>(conn: &mut ConnIo, served: F, send_timeout: Duration) -> F::Output {
+    let mut served = std::pin::pin!(served);
+    loop {
+        let step = poll_fn(|cx| {
+            let polled = {
+                let _collecting = crate::interim::Collecting::start();
+                served.as_mut().poll(cx)
+            };
+            match polled {
+                Poll::Ready(response) => Poll::Ready(Some(response)),
+                Poll::Pending if crate::interim::pending() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        // Heads that came in the poll that finished go out before the final one too.
+        if crate::interim::pending() {
+            let heads = crate::interim::take();
+            let _ = send_all(&mut conn.io, &heads, send_timeout).await;
+        }
+        if let Some(response) = step {
+            return response;
+        }
+    }
+}
+
 async fn send_all(io: &mut Box<dyn super::io::ClientIo>, buf: &[u8], limit: Duration) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {

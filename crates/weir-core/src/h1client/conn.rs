@@ -476,6 +476,7 @@ async fn read_head<R: AsyncRead + Unpin>(
             && let Some(head) = parse_response(rbuf, method)?
         {
             if head.status.is_informational() && head.status != http::StatusCode::SWITCHING_PROTOCOLS {
+                crate::interim::offer(head.status, &head.headers);
                 continue;
             }
             return Ok(head);

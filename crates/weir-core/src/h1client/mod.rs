@@ -6,7 +6,7 @@
 //! What it enforces on responses: one framing per message (chunked wins over a length, and the
 //! connection is then closed), equal repeated lengths only, chunked only as the final coding,
 //! no `Transfer-Encoding` in HTTP/1.0, bounded heads (64 KiB, 128 fields), strict chunk framing
-//! and bounded trailers (passed on to the client), no body for HEAD/1xx/204/304, interim 1xx skipped, and a
+//! and bounded trailers (passed on to the client), no body for HEAD/1xx/204/304, interim 1xx offered to the client ([`crate::interim`]), and a
 //! connection reused only after a complete body with nothing unread behind it.
 
 pub mod chunked;
