@@ -81,6 +81,13 @@ impl ProxyBody {
     }
 }
 
+/// A response cut because its upstream sent nothing of the body for `timeouts.body`.
+fn warn_stalled(in_flight: &Option<InFlight>, error: &dyn std::fmt::Display) {
+    if let Some(f) = in_flight {
+        tracing::warn!(endpoint = %f.endpoint().label, %error, "response cut: the upstream stalled inside its body");
+    }
+}
+
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         // A body dropped after its last byte still leaves a reusable connection; one dropped
@@ -99,10 +106,10 @@ impl Body for ProxyBody {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::H2(body, stream) => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(e))), Some(f)) = (&polled, &this.in_flight)
+                if let Poll::Ready(Some(Err(e))) = &polled
                     && e.is::<crate::h1client::BodyError>()
                 {
-                    tracing::warn!(endpoint = %f.endpoint().label, error = %e, "response cut: the upstream stalled inside its body");
+                    warn_stalled(&this.in_flight, e);
                 }
                 let ended = match &polled {
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
@@ -122,8 +129,8 @@ impl Body for ProxyBody {
                     Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    if let (crate::h1client::BodyError::Stalled(_), Some(f)) = (&e, &this.in_flight) {
-                        tracing::warn!(endpoint = %f.endpoint().label, error = %e, "response cut: the upstream stalled inside its body");
+                    if let crate::h1client::BodyError::Stalled(_) = &e {
+                        warn_stalled(&this.in_flight, &e);
                     }
                     this.in_flight = None;
                     Poll::Ready(Some(Err(e.into())))

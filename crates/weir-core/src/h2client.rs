@@ -501,9 +501,8 @@ pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per
             progressed: false,
         }),
     };
-    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
     let mut due = deadline.due();
-    let timer = tokio::time::sleep_until(due.unwrap_or_else(far));
+    let timer = tokio::time::sleep_until(due.unwrap_or_else(crate::h1client::timer::far_off));
     tokio::pin!(timer);
     let waited = poll_fn(|cx| {
         if let Some(p) = pump.as_mut() {
@@ -523,15 +522,7 @@ pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per
         if let Poll::Ready(resp) = Pin::new(&mut response).poll(cx) {
             return Poll::Ready(Ok(Ok(resp)));
         }
-        let now_due = deadline.due();
-        if now_due != due {
-            due = now_due;
-            timer.as_mut().reset(due.unwrap_or_else(far));
-        }
-        match due {
-            Some(_) => timer.as_mut().poll(cx).map(|()| Err(())),
-            None => Poll::Pending,
-        }
+        crate::h1client::timer::poll_due(timer.as_mut(), &mut due, &deadline, cx).map(|()| Err(()))
     })
     .await;
     match waited {

@@ -192,14 +192,10 @@ pub enum Via {
 impl Via {
     /// The `Via` of a listener with `fields` for a client speaking `version`.
     pub fn of(fields: ForwardingHeaders, version: http::Version) -> Via {
-        if !fields.via {
-            Via::Off
-        } else if version == http::Version::HTTP_2 {
-            Via::H2
-        } else if version <= http::Version::HTTP_10 {
-            Via::H10
+        if fields.via {
+            Via::H1.received(version)
         } else {
-            Via::H1
+            Via::Off
         }
     }
 

@@ -587,9 +587,6 @@ async fn flush_buf(conn: &mut ConnIo, wbuf: &mut Vec<u8>, send_timeout: Duration
     unless_stalled(send_timeout, conn.io.flush()).await
 }
 
-/// Writes all of `buf`, giving up when the client takes none of it for `limit`
-/// (`send_timeout`, nginx's semantics: between two writes that make progress, not for the
-/// whole response).
 /// `served`'s response, with the interim responses (`103 Early Hints`) an upstream sends
 /// meanwhile written to the client as they come ([`crate::interim`]). A client that cannot take
 /// them is left to the response's own write to find out.
@@ -618,6 +615,9 @@ async fn passing_interim<F: Future>(conn: &mut ConnIo, mut served: Pin<&mut F>, 
     }
 }
 
+/// Writes all of `buf`, giving up when the client takes none of it for `limit`
+/// (`send_timeout`, nginx's semantics: between two writes that make progress, not for the
+/// whole response).
 async fn send_all(io: &mut Box<dyn super::io::ClientIo>, buf: &[u8], limit: Duration) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {

@@ -47,6 +47,30 @@ impl Due for Deadline {
     }
 }
 
+/// Polls `timer` for `deadline`: moves it when the deadline has moved since `due` (the one it
+/// was last set for, kept by the caller), `Ready` once it has passed, never while it is held.
+pub fn poll_due(
+    mut timer: Pin<&mut Sleep>,
+    due: &mut Option<Instant>,
+    deadline: &impl Due,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let now_due = deadline.due();
+    if now_due != *due {
+        *due = now_due;
+        timer.as_mut().reset(due.unwrap_or_else(far_off));
+    }
+    match due {
+        Some(_) => timer.poll(cx),
+        None => Poll::Pending,
+    }
+}
+
+/// Where a timer for a held deadline is set: a year from now.
+pub fn far_off() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
 impl Deadline {
     const HELD: u64 = u64::MAX;
 
@@ -55,8 +79,15 @@ impl Deadline {
         Deadline {
             base: start,
             limit,
-            at: AtomicU64::new(u64::try_from(limit.as_nanos()).unwrap_or(Self::HELD - 1)),
+            at: AtomicU64::new(Self::nanos(limit)),
         }
+    }
+
+    /// `d` as stored: nanoseconds, just short of [`Deadline::HELD`] at most.
+    fn nanos(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos())
+            .unwrap_or(Self::HELD - 1)
+            .min(Self::HELD - 1)
     }
 
     /// Not due while the request waits for its client.
@@ -67,10 +98,7 @@ impl Deadline {
     /// Due `limit` from now.
     pub fn restart(&self) {
         let at = Instant::now().saturating_duration_since(self.base) + self.limit;
-        self.at.store(
-            u64::try_from(at.as_nanos()).unwrap_or(Self::HELD - 1),
-            Ordering::Relaxed,
-        );
+        self.at.store(Self::nanos(at), Ordering::Relaxed);
     }
 }
 
@@ -103,8 +131,7 @@ impl ReusedTimer {
     /// instant, or a [`Deadline`] that `work` may move or hold as it goes.
     pub async fn within_deadline<F: Future>(&mut self, deadline: &impl Due, work: F) -> Result<F::Output, TimedOut> {
         let mut due = deadline.due();
-        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
-        let first = due.unwrap_or_else(far);
+        let first = due.unwrap_or_else(far_off);
         let timer = match &mut self.0 {
             Some(timer) => {
                 timer.as_mut().reset(first);
@@ -119,15 +146,7 @@ impl ReusedTimer {
                 return Poll::Ready(Ok(output));
             }
             armed = true;
-            let now_due = deadline.due();
-            if now_due != due {
-                due = now_due;
-                timer.as_mut().reset(due.unwrap_or_else(far));
-            }
-            match due {
-                Some(_) => timer.as_mut().poll(cx).map(|()| Err(TimedOut)),
-                None => Poll::Pending,
-            }
+            poll_due(timer.as_mut(), &mut due, deadline, cx).map(|()| Err(TimedOut))
         })
         .await;
         if armed {
