@@ -143,7 +143,7 @@ impl Controller {
             .await
             .map_err(|e| vec![format!("reload task failed: {e}")])??;
         let diff = weir_config::diff(&old.config, &config);
-        if diff.admin_changed && old.config.admin.bind != config.admin.bind {
+        if old.config.admin.bind != config.admin.bind {
             tracing::warn!("[admin] bind changed: it applies after a restart");
         }
         if diff.runtime_changed {
