@@ -532,3 +532,83 @@ async fn small_idempotent_bodies_are_buffered_and_replayed() {
         bad.requests()
     );
 }
+
+/// The streams of one HTTP/2 connection hold at most 1 MiB of request bodies for retries
+/// together: while sixteen unfinished 64 KiB bodies are held, a seventeenth small one streams
+/// to its upstream and a resetting endpoint's failure reaches its client, while a request on
+/// another connection is still buffered and replayed; once the sixteen are gone, the first
+/// connection's requests are buffered again.
+#[tokio::test]
+async fn an_http2_connection_holds_at_most_a_mebibyte_of_bodies_for_retries() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.set_resetting(true);
+    // Every request meets the resetting endpoint first and may be retried.
+    let config = one_pool(&[&bad, &good])
+        + "[pool.balancer]\nplugin = \"first-healthy\"\n[pool.passive]\nmax_fails = 0\n[pool.retry]\nbudget = 1.0\n";
+    let gw = TestGateway::start(&config).await;
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(gw.addr("client")).await.unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        send
+    };
+    /// A PUT of `body` whole, or of all but the last byte of a 64 KiB body (the stream kept).
+    async fn put(
+        send: &mut h2::client::SendRequest<Bytes>,
+        whole: bool,
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+        let len = if whole { 7 } else { 65_536 };
+        let req = Request::put("http://weir.test/doc")
+            .header("content-length", len)
+            .body(())
+            .unwrap();
+        let mut send = send.clone().ready().await.unwrap();
+        let (resp, mut body) = send.send_request(req, false).unwrap();
+        if whole {
+            body.send_data(Bytes::from_static(b"payload"), true).unwrap();
+        } else {
+            body.send_data(Bytes::from(vec![b'x'; len - 1]), false).unwrap();
+        }
+        (resp, body)
+    }
+    async fn status(send: &mut h2::client::SendRequest<Bytes>) -> u16 {
+        let (resp, _body) = put(send, true).await;
+        resp.await.unwrap().status().as_u16()
+    }
+    let mut first = connect().await;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(put(&mut first, false).await);
+    }
+    // The held bodies reach weir's request path in their own time: until they do, a small body
+    // is still buffered and the client gets the good endpoint's answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match status(&mut first).await {
+            502 => break,
+            200 => assert!(Instant::now() < deadline, "a small body was still buffered after 10 s"),
+            other => panic!("status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = connect().await;
+    for _ in 0..3 {
+        assert_eq!(
+            status(&mut second).await,
+            200,
+            "another connection's bodies are buffered"
+        );
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&mut first).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the held bodies' allowance was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(status(&mut first).await, 200);
+    }
+}

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -76,6 +78,8 @@ impl BodyTimer {
 #[derive(Debug)]
 pub struct H2Body {
     body: Incoming,
+    /// The connection's allowance for bodies held for a retry.
+    retained: Arc<RetainedBodies>,
     /// Bytes still allowed; `u64::MAX` when unlimited.
     allowed: u64,
     timer: BodyTimer,
@@ -84,9 +88,10 @@ pub struct H2Body {
 
 impl H2Body {
     /// `max_body` 0 = unlimited.
-    pub fn new(body: Incoming, max_body: u64, body_timeout: Duration) -> Self {
+    pub fn new(body: Incoming, max_body: u64, body_timeout: Duration, retained: Arc<RetainedBodies>) -> Self {
         H2Body {
             body,
+            retained,
             allowed: if max_body == 0 { u64::MAX } else { max_body },
             timer: BodyTimer::new(body_timeout),
             failed: false,
@@ -134,6 +139,46 @@ impl H2Body {
     }
 }
 
+/// The request bodies an HTTP/2 connection's streams hold in memory for a retry
+/// (`retry.buffer_bytes` each): at most [`RetainedBodies::LIMIT`] bytes together, besides the
+/// first one held, so that a client cannot make its 100 streams hold 100 bodies it never
+/// finishes. A body past the allowance streams to its upstream instead and is replayed only
+/// while nothing of it has left weir, as a larger one is. An HTTP/1 connection holds one
+/// request's body at a time and needs none.
+#[derive(Debug, Default)]
+pub struct RetainedBodies {
+    bytes: AtomicU64,
+}
+
+impl RetainedBodies {
+    /// What hyper's HTTP/2 server already lets a connection's client send unread (its
+    /// connection window, 1 MiB): the allowance at most doubles what a connection may hold.
+    pub const LIMIT: u64 = 1 << 20;
+
+    /// Reserves `len` bytes, if the connection holds nothing yet or stays within the limit.
+    fn reserve(self: &Arc<Self>, len: u64) -> Option<Retained> {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held == 0 || held.saturating_add(len) <= Self::LIMIT).then(|| held.saturating_add(len))
+            })
+            .ok()?;
+        Some(Retained(Some((self.clone(), len))))
+    }
+}
+
+/// A body's share of its connection's [`RetainedBodies`], given back when dropped (nothing
+/// for an HTTP/1 body).
+#[derive(Debug)]
+pub struct Retained(Option<(Arc<RetainedBodies>, u64)>);
+
+impl Drop for Retained {
+    fn drop(&mut self) {
+        if let Some((bodies, len)) = self.0.take() {
+            bodies.bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Why a client's body broke off, with the status the client is answered with.
 #[derive(Debug, thiserror::Error)]
 #[error("request body failed ({status}): {source}")]
@@ -171,6 +216,15 @@ fn h2_body_status(err: &hyper::Error) -> Option<u16> {
 }
 
 impl ClientBody {
+    /// Leave to hold a body of `len` bytes in memory until the request is answered: always
+    /// for an HTTP/1 body, within its connection's [`RetainedBodies`] for an HTTP/2 one.
+    pub fn retain(&self, len: u64) -> Option<Retained> {
+        match self {
+            ClientBody::H2(b) => b.retained.reserve(len),
+            _ => Some(Retained(None)),
+        }
+    }
+
     /// The next piece of an HTTP/2 body if it is already here, without waiting: `None` when it
     /// is not (or for an HTTP/1 body, whose reads are already as large as what has arrived, and
     /// whose body timer must not start while weir itself is busy writing upstream).

@@ -11,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::client_body::{ClientBody, H2Body};
+use crate::client_body::{ClientBody, H2Body, RetainedBodies};
 use crate::front::head::Reject;
 use crate::h2_send::{H2ResponseBody, SendWatch};
 use crate::listener::Conn;
@@ -131,7 +131,8 @@ impl Conn {
                         return Ok(refused.map(|b| sends.watch(b)));
                     }
                 };
-                let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout)));
+                let retained = busy.0.retained.clone();
+                let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout, retained)));
                 let resp = proxy::serve(&shared, &info, req).await;
                 let resp = match websocket {
                     // An open tunnel keeps the connection from counting as idle.
@@ -155,6 +156,8 @@ struct H2Activity {
     since: std::sync::OnceLock<tokio::time::Instant>,
     /// The response bodies streaming from upstreams, for `send_timeout`.
     sends: SendWatch,
+    /// The request bodies held for a retry.
+    retained: Arc<RetainedBodies>,
 }
 
 impl H2Activity {

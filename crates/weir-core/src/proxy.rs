@@ -366,11 +366,21 @@ fn forward<'a>(
         // so is any small one to an HTTP/2 pool, so that a stream the upstream refused unread can
         // go again. Anything else streams and is replayable only while it has not left weir.
         let limit = first_pool.config.retry.buffer_bytes;
-        let buffer = has_body
+        let retained = if has_body
             && (replayable_method || first_pool.config.protocol == UpstreamProtocol::H2)
             && !upgrade
             && max_attempts > 1
-            && body.size_hint().exact().is_some_and(|n| n <= limit);
+            && let Some(len) = body.size_hint().exact().filter(|&n| n <= limit)
+        {
+            let retained = body.retain(len);
+            if retained.is_none() {
+                tracing::debug!(peer = %conn.peer, len, "request body not held for a retry: its HTTP/2 connection holds enough already");
+            }
+            retained
+        } else {
+            None
+        };
+        let buffer = retained.is_some();
         // A buffered body's trailers (boxed: rare).
         let mut trailers: Option<Box<HeaderMap>> = None;
         let mut up_body = if !has_body {
