@@ -95,6 +95,35 @@ async fn sni_selects_the_certificate() {
     assert_ne!(api_leaf, wild_leaf);
 }
 
+/// TLS sessions resume by ticket: after 150 other clients' handshakes (rustls's default cache
+/// held 256 sessions, two per client), and after a reload that rotated the certificate, whose
+/// new clients get the new one.
+#[tokio::test]
+async fn tls_sessions_resume_past_many_clients_and_across_a_reload() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let up = Upstream::start("a").await;
+    let certs = TestCerts::new();
+    let gw = TestGateway::start(&tls_config(&certs, &up)).await;
+    let addr = gw.addr("tls");
+    let client = tls_client(&certs.ca_der, &[b"http/1.1"]);
+    let (kind, first_leaf) = tls_handshake(addr, "default.test", &client).await;
+    assert_eq!(kind, Full);
+    assert_eq!(tls_handshake(addr, "default.test", &client).await.0, Resumed);
+    for _ in 0..150 {
+        let other = tls_client(&certs.ca_der, &[b"http/1.1"]);
+        assert_eq!(tls_handshake(addr, "default.test", &other).await.0, Full);
+    }
+    assert_eq!(tls_handshake(addr, "default.test", &client).await.0, Resumed);
+
+    certs.leaf("default", &["default.test"]);
+    gw.reload().await.unwrap();
+    let newcomer = tls_client(&certs.ca_der, &[b"http/1.1"]);
+    let (kind, new_leaf) = tls_handshake(addr, "default.test", &newcomer).await;
+    assert_eq!(kind, Full);
+    assert_ne!(new_leaf, first_leaf, "the reload rotated the certificate");
+    assert_eq!(tls_handshake(addr, "default.test", &client).await.0, Resumed);
+}
+
 #[tokio::test]
 async fn websocket_echo_through_weir() {
     let up = Upstream::start("a").await;

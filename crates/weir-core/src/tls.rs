@@ -2,15 +2,19 @@
 //! chosen by SNI (exact names first, then `*.suffix` wildcards, then the listener's default).
 //! A listener keeps its `ServerConfig` behind an `ArcSwap`, so a reload can rotate certificates
 //! for new handshakes without touching established connections.
+//!
+//! Sessions resume with stateless tickets ([`ticketer`]), one key set per listener, kept across
+//! reloads: rustls's default is a cache of 256 sessions per `ServerConfig`, which a gateway with
+//! more than about a hundred clients (two tickets each) outgrows, and which a reload emptied.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use weir_config::FileRef;
 
@@ -85,7 +89,7 @@ fn load_key_pair(cert: &FileRef, key: &FileRef, provider: &CryptoProvider) -> Re
 /// certificate and key that does not load is an error (`weir check` lists them all), said where
 /// the config names the file, or after `listener `name`` when no file is to blame.
 pub fn listener_config(name: &str, tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, Vec<String>> {
-    server_config(tls).map_err(|errors| {
+    server_config(tls, name).map_err(|errors| {
         let context = format!("listener `{name}`");
         errors
             .into_iter()
@@ -94,7 +98,24 @@ pub fn listener_config(name: &str, tls: &weir_config::Tls) -> Result<Arc<ServerC
     })
 }
 
-fn server_config(tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, Vec<String>> {
+/// The session ticket keys of the listener `name`: rustls's rotating ChaCha20-Poly1305 keys
+/// (a new one every 6 hours, the previous one still accepted), the same for every config a
+/// reload builds for that listener, so that clients resume across certificate rotations and
+/// reloads. One per listener: a ticket of one listener does not resume at another.
+fn ticketer(name: &str) -> Result<Arc<dyn ProducesTickets>, String> {
+    static TICKETERS: LazyLock<Mutex<HashMap<String, Arc<dyn ProducesTickets>>>> = LazyLock::new(Default::default);
+    let mut ticketers = TICKETERS
+        .lock()
+        .map_err(|_| "TLS setup: session ticket keys unavailable".to_string())?;
+    if let Some(t) = ticketers.get(name) {
+        return Ok(t.clone());
+    }
+    let t = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS setup: session ticket keys: {e}"))?;
+    ticketers.insert(name.to_string(), t.clone());
+    Ok(t)
+}
+
+fn server_config(tls: &weir_config::Tls, name: &str) -> Result<Arc<ServerConfig>, Vec<String>> {
     let provider = provider();
     let mut errors = Vec::new();
     let default = load_key_pair(&tls.cert, &tls.key, &provider).map_err(|e| errors.push(e));
@@ -125,5 +146,6 @@ fn server_config(tls: &weir_config::Tls) -> Result<Arc<ServerConfig>, Vec<String
             wildcard,
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = ticketer(name).map_err(|e| vec![e])?;
     Ok(Arc::new(config))
 }

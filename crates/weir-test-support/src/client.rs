@@ -186,16 +186,7 @@ pub async fn tls_get_over(
     alpn: &[&[u8]],
     path: &str,
 ) -> (Reply, Option<Vec<u8>>, CertificateDer<'static>) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(tls_client(ca, alpn));
     let tls = connector
         .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
         .await
@@ -230,6 +221,47 @@ pub async fn tls_get_over(
         .unwrap()
     };
     (collect(resp).await, negotiated, leaf)
+}
+
+/// A TLS client trusting `ca` and offering `alpn`, with a session store of its own: a
+/// connection made with it resumes the session of an earlier one when the server lets it.
+pub fn tls_client(ca: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// One HTTP/1.1 request over a new TLS connection to `addr` made with `client`, read to its
+/// end (so that the session tickets sent after the handshake reach the client's store); how
+/// the handshake went, and the server's leaf certificate.
+pub async fn tls_handshake(
+    addr: SocketAddr,
+    server_name: &str,
+    client: &Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, CertificateDer<'static>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+        .connect(ServerName::try_from(server_name.to_string()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake failed");
+    let head = format!("GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+        .await
+        .expect("no response within 10 s")
+        .unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    let conn = tls.get_ref().1;
+    let leaf = conn.peer_certificates().and_then(|c| c.first().cloned()).unwrap();
+    (conn.handshake_kind().unwrap(), leaf)
 }
 
 /// Writes `bytes` to `addr` and reads until the server closes (or 10 s pass).

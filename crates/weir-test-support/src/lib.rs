@@ -19,7 +19,7 @@ pub mod upstream;
 pub use certs::TestCerts;
 pub use client::{
     Reply, collect, get, h1_get_over, h2_websocket, h2_websocket_on, h2c_get, h2c_get_over, h2c_sender, post,
-    post_chunked, post_trickle, raw_exchange, request, tls_get, tls_get_over, ws_echo,
+    post_chunked, post_trickle, raw_exchange, request, tls_client, tls_get, tls_get_over, tls_handshake, ws_echo,
 };
 pub use launch::{
     TestGateway, WeirProcess, app_pool, free_port, one_pool, one_pool_with, plugin_file, plugins_dist, pool_config,
