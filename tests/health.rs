@@ -393,6 +393,63 @@ async fn draining_lets_the_request_in_flight_finish_and_takes_no_new_ones() {
     assert_eq!(r.upstream(), busy.name);
 }
 
+/// Draining an endpoint closes its idle connections at once and the one a request in flight
+/// holds once that request is answered, HTTP/1.1 and HTTP/2 upstreams alike (a replica being
+/// stopped sees weir let go of it); enabled again, it is connected to again.
+#[tokio::test]
+async fn draining_closes_the_endpoints_connections_as_their_requests_end() {
+    for h2 in [false, true] {
+        let start = async |name| {
+            if h2 {
+                Upstream::start_h2(name).await
+            } else {
+                Upstream::start(name).await
+            }
+        };
+        let (a, b) = (start("a").await, start("b").await);
+        let gw = TestGateway::start(&app_pool(&[&a, &b], if h2 { "protocol = \"h2\"\n" } else { "" }, "")).await;
+        for _ in 0..4 {
+            assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+        }
+        assert!(a.open_connections() >= 1 && b.open_connections() >= 1);
+        let (a_before, b_before) = (a.requests(), b.requests());
+        let url = gw.url("client", "/delay/600");
+        let slow = tokio::spawn(async move { get(&url).await });
+        assert!(
+            eventually(Duration::from_secs(2), async || a.requests() + b.requests()
+                > a_before + b_before)
+            .await
+        );
+        let (busy, other) = if a.requests() > a_before { (&a, &b) } else { (&b, &a) };
+        let admin = |action: &str| {
+            Request::post(gw.admin_url(&format!("/api/v1/pools/app/endpoints/{}/{action}", busy.addr)))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        assert_eq!(request(admin("drain")).await.status, 200);
+        assert!(
+            busy.open_connections() >= 1,
+            "the request in flight keeps its connection"
+        );
+        let r = slow.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.upstream()), (200, busy.name.clone()));
+        assert!(
+            eventually(Duration::from_secs(3), async || busy.open_connections() == 0).await,
+            "h2 {h2}: {} connections still open to the drained endpoint",
+            busy.open_connections()
+        );
+        assert!(
+            other.open_connections() >= 1,
+            "the other endpoint keeps its connections"
+        );
+        assert_eq!(request(admin("enable")).await.status, 200);
+        for _ in 0..4 {
+            assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+        }
+        assert!(busy.open_connections() >= 1, "h2 {h2}: enabled again, connected again");
+    }
+}
+
 /// A gateway in front of `a` whose admin token is in a file (its path, and the folder that
 /// holds it) with `contents`.
 async fn with_admin_token(a: &Upstream, contents: &str) -> (TestGateway, std::path::PathBuf, tempfile::TempDir) {

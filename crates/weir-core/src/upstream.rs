@@ -387,9 +387,18 @@ impl Endpoint {
         self.drained.load(Ordering::Relaxed)
     }
 
+    /// Drains the endpoint (or takes it back). Draining also closes its idle connections, and
+    /// the others as their requests end ([`Endpoint::checkin`], and the sweep for HTTP/2
+    /// ones): a replica being stopped for a rolling update sees weir let go of it once its
+    /// last response is out, instead of `timeouts.idle` later (a server that waits for its
+    /// keep-alive connections to close, as Node's did, waited that long too).
     pub fn set_drained(&self, v: bool) {
         if self.drained.swap(v, Ordering::AcqRel) != v {
             HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+            if v {
+                while self.idle.pop().is_some() {}
+                self.h2.sweep(Duration::ZERO);
+            }
         }
     }
 
@@ -518,9 +527,13 @@ impl Endpoint {
         Box::pin(self.connect(connect_timeout, proxy, tls)).await
     }
 
-    /// Returns a connection whose response has been read to the end. There is one per request
-    /// in flight at most, so the queue holds no more than the peak of those; the sweep trims it.
+    /// Returns a connection whose response has been read to the end (closes it when the
+    /// endpoint is drained). There is one per request in flight at most, so the queue holds no
+    /// more than the peak of those; the sweep trims it.
     pub fn checkin(&self, conn: UpConn) {
+        if self.is_drained() {
+            return;
+        }
         self.idle.push(Idle {
             conn,
             since_ms: coarse_ms(),
@@ -540,6 +553,12 @@ impl Endpoint {
     /// second under `h2load -c64 -m10`, each one a socket left in TIME_WAIT for a minute. Once
     /// the traffic has gone, the third sweep is back at the cap.
     pub fn sweep_idle(&self, idle_timeout: Duration) {
+        // A drained endpoint keeps no idle connection.
+        let idle_timeout = if self.is_drained() {
+            Duration::ZERO
+        } else {
+            idle_timeout
+        };
         self.h2.sweep(idle_timeout);
         for _ in 0..self.idle.len() {
             match self.idle.pop() {

@@ -28,6 +28,8 @@ use tokio::task::JoinSet;
 #[derive(Default, Debug)]
 pub struct Counters {
     pub connections: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
     /// When set, every request's connection is closed without a response (a crashing server).
@@ -48,6 +50,15 @@ pub struct Counters {
     /// Requests (not `/upcheck`) being handled now, and the most at once.
     pub concurrent: AtomicU64,
     pub peak_concurrent: AtomicU64,
+}
+
+/// Counts a connection as open until dropped.
+struct Open(Arc<Counters>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Counts a request as being handled until dropped.
@@ -134,10 +145,12 @@ impl Upstream {
                     continue;
                 };
                 c.connections.fetch_add(1, Ordering::SeqCst);
+                c.open.fetch_add(1, Ordering::SeqCst);
                 let c = c.clone();
                 let name = name_s.clone();
                 let tls = tls.clone();
                 conns.spawn(async move {
+                    let _open = Open(c.clone());
                     match tls {
                         None => serve_connection(stream, h2, name, c).await,
                         Some(acceptor) => match acceptor.accept(stream).await {
@@ -212,6 +225,11 @@ impl Upstream {
 
     pub fn connections(&self) -> u64 {
         self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now (closed by either side: counted once the server has seen it).
+    pub fn open_connections(&self) -> u64 {
+        self.counters.open.load(Ordering::SeqCst)
     }
 
     /// What hyper refused so far (see [`Counters::refused`]).
