@@ -212,6 +212,54 @@ async fn advertise_feeds_the_forwarded_headers() {
     assert_eq!(listener["bind"], "127.0.0.1:0", "the configured bind");
 }
 
+/// A `Location` naming the endpoint that answered (a server whose base URL is its own address)
+/// names what clients use instead, as nginx's `proxy_redirect default` does: the request's host
+/// with the listener's scheme, or the advertised address; any other passes as sent. HTTP/1.1
+/// and HTTP/2 upstreams.
+#[tokio::test]
+async fn a_location_naming_the_endpoint_names_the_gateway() {
+    for h2 in [false, true] {
+        let up = if h2 {
+            Upstream::start_h2("a").await
+        } else {
+            Upstream::start("a").await
+        };
+        let pool = if h2 { "protocol = \"h2\"\n" } else { "" };
+        let plain = app_pool(&[&up], pool, "");
+        let advertised = plain.replacen(
+            "pool = \"app\"\n",
+            "pool = \"app\"\nadvertise = \"https://lb.example.com:9443\"\n",
+            1,
+        );
+        for (toml, origin) in [(plain, None), (advertised, Some("https://lb.example.com:9443"))] {
+            let gw = TestGateway::start(&toml).await;
+            let location = async |sent: String| {
+                let req = Request::post(gw.url("client", "/status/201"))
+                    .header("x-test-location", sent)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let r = request(req).await;
+                assert_eq!(r.status, 201);
+                r.headers["location"].to_str().unwrap().to_string()
+            };
+            let origin = origin.map_or_else(|| format!("http://{}", gw.addr("client")), str::to_string);
+            let named = format!("http://{}/fhir/Patient/7/_history/1?x=1", up.addr);
+            assert_eq!(
+                location(named).await,
+                format!("{origin}/fhir/Patient/7/_history/1?x=1"),
+                "h2 {h2}"
+            );
+            for other in [
+                "/fhir/Patient/7".to_string(),
+                "https://elsewhere.example/x".to_string(),
+                format!("http://{}:1/x", up.addr.ip()),
+            ] {
+                assert_eq!(location(other.clone()).await, other, "h2 {h2}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_both_ways() {
     let up = Upstream::start("a").await;

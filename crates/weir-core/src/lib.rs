@@ -26,6 +26,7 @@ pub mod health;
 mod http1_gen;
 pub mod interim;
 pub mod listener;
+pub mod location;
 pub mod metrics;
 pub mod parking;
 pub mod pin_box;

@@ -478,7 +478,7 @@ fn forward<'a>(
                     }
                 }
                 return match last {
-                    Some((failure, _, held)) => give_up(failure, held, upgrade, via, set_cookie),
+                    Some((failure, _, held)) => give_up(failure, held, upgrade, &forwarding, set_cookie),
                     None => ProxyError::NoEndpoint.response(),
                 };
             };
@@ -633,7 +633,7 @@ fn forward<'a>(
                         attempt < max_attempts && can_replay,
                         trace,
                     ) {
-                        return respond(answer, in_flight, upgrade, via, set_cookie);
+                        return respond(answer, in_flight, upgrade, &forwarding, set_cookie);
                     }
                     (FailureKind::HttpStatus(status), false, Some((answer, in_flight)))
                 }
@@ -697,7 +697,7 @@ fn forward<'a>(
                     tried.clear();
                 }
                 FailureDecision::Failover { .. } | FailureDecision::Fail => {
-                    return give_up(failure, held, upgrade, via, set_cookie);
+                    return give_up(failure, held, upgrade, &forwarding, set_cookie);
                 }
                 FailureDecision::Respond { status, headers, body } => {
                     // The upstream's held answer (if any) is let go: its connection closes
@@ -740,11 +740,11 @@ fn give_up(
     failure: FailureKind,
     held: Held,
     upgrade: bool,
-    via: Via,
+    forwarding: &Forwarding<'_>,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
     if let Some((answer, in_flight)) = held {
-        return respond(answer, in_flight, upgrade, via, set_cookie);
+        return respond(answer, in_flight, upgrade, forwarding, set_cookie);
     }
     let err = match failure {
         FailureKind::ConnectTimeout => ProxyError::ConnectTimeout,
@@ -824,20 +824,25 @@ fn select(pool: &PoolRt, ctx: &SelectCtx<'_>) -> Option<usize> {
     }
 }
 
+/// The client's response from an upstream's answer: `Via`, a sticky cookie, and a `Location`
+/// naming the endpoint made to name what clients use ([`crate::location`]).
 fn respond(
     answer: Answer,
     in_flight: InFlight,
     upgrade: bool,
-    via: Via,
+    forwarding: &Forwarding<'_>,
     set_cookie: Option<HeaderValue>,
 ) -> Response<ProxyBody> {
+    let via = forwarding.via();
     let (head, conn) = match answer {
         Answer::H1(head, conn) => (head, conn),
         Answer::H2(resp, stream) => {
             let (parts, body) = resp.into_parts();
+            let mut headers = parts.headers;
+            crate::location::rewrite(&mut headers, in_flight.endpoint(), forwarding);
             let mut resp = Response::new(ProxyBody::upstream_h2(body, stream, in_flight));
             *resp.status_mut() = parts.status;
-            *resp.headers_mut() = parts.headers;
+            *resp.headers_mut() = headers;
             add_via(resp.headers_mut(), via.received(Version::HTTP_2));
             if let Some(cookie) = set_cookie {
                 resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -870,6 +875,7 @@ fn respond(
         ..
     } = head;
     add_via(&mut headers, via.received(version));
+    crate::location::rewrite(&mut headers, in_flight.endpoint(), forwarding);
     if let Some(cookie) = set_cookie {
         headers.append(header::SET_COOKIE, cookie);
     }

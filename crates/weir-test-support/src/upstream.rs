@@ -338,6 +338,8 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
             .unwrap_or(StatusCode::OK),
         _ => StatusCode::OK,
     };
+    // `x-test-location`: answered as the response's `Location`.
+    let location = req.headers().get("x-test-location").cloned();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let version = format!("{:?}", req.version());
@@ -375,6 +377,9 @@ async fn handle(mut req: Request<Incoming>, name: String, c: Arc<Counters>) -> R
     let json = serde_json::json!({ "upstream": name, "method": method, "path": uri, "version": version, "headers": headers, "body_len": body_len, "max_frame": max_frame });
     let mut resp = Response::new(full(json.to_string()));
     *resp.status_mut() = status;
+    if let Some(location) = location {
+        resp.headers_mut().insert("location", location);
+    }
     resp.headers_mut().insert("x-upstream", name.parse().unwrap());
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
