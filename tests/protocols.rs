@@ -21,6 +21,29 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(get(&gw.url("client", "/")).await.status, 200);
 }
 
+/// An HTTP/2 client's cookies, one field each as browsers send them, reach an HTTP/1.1
+/// upstream as one `Cookie` field joined with "; " (RFC 9113 §8.2.3); one field passes as sent.
+#[tokio::test]
+async fn an_http2_clients_cookie_crumbs_reach_an_http1_upstream_as_one_field() {
+    use http_body_util::{BodyExt, Empty};
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let mut send = h2c_sender::<Empty<bytes::Bytes>>(gw.addr("client")).await;
+    for (crumbs, heard) in [
+        (&["a=1", "b=2", "c=3"][..], "a=1; b=2; c=3"),
+        (&["only=1"][..], "only=1"),
+    ] {
+        let mut req = http::Request::get("http://weir.test/c");
+        for c in crumbs {
+            req = req.header("cookie", *c);
+        }
+        let resp = send.send_request(req.body(Empty::new()).unwrap()).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(j["headers"]["cookie"], serde_json::json!([heard]));
+    }
+}
+
 fn tls_config(certs: &TestCerts, up: &Upstream) -> String {
     let (cert, key) = certs.leaf("default", &["default.test"]);
     let (api_cert, api_key) = certs.leaf("api", &["api.example.org"]);

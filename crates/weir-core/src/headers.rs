@@ -68,6 +68,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Stripped {
     strip_request(headers, ForwardingHeaders::NONE)
 }
 
+/// Joins an HTTP/2 client's `Cookie` crumbs into the one field an HTTP/1.1 server reads, with
+/// `"; "`, as RFC 9113 §8.2.3 asks of whoever passes them on to HTTP/1.1. Browsers send each
+/// cookie as a field of its own over HTTP/2 (HPACK compresses them better), and HTTP/1.1
+/// servers expect one (RFC 6265 §5.4): some read only the first, and WSGI servers join repeated
+/// fields with `", "`, which reads as one cookie whose value runs on into the next.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// [`strip_hop_by_hop`] for a request this hop writes `fields` into, which also removes what a
 /// CGI-style server (CGI, FastCGI, WSGI, Rack: request fields become `HTTP_*` variables) would
 /// misread: the underscore spellings of the `X-Forwarded-*` fields among `fields`

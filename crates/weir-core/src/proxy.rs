@@ -359,6 +359,9 @@ fn forward<'a>(
         {
             *req.uri_mut() = Uri::from(pq.clone());
         }
+        if req.version() == Version::HTTP_2 {
+            crate::headers::join_cookies(req.headers_mut());
+        }
         *req.version_mut() = Version::HTTP_11;
         let has_body = !body.is_end_stream();
         let max_attempts = first_pool.config.retry.max_attempts.max(1);
