@@ -84,12 +84,30 @@ async fn malformed_response_heads_give_502() {
         let gw = TestGateway::start(&pool_config(up.addr, "[pool.retry]\nmax_attempts = 1\n")).await;
         let r = get(&gw.url("client", "/")).await;
         assert_eq!(r.status, 502, "for {:?}", String::from_utf8_lossy(reply));
-        assert!(
-            !r.text().contains("HTTP/1.1"),
-            "upstream internals leaked: {}",
-            r.text()
+        assert_eq!(
+            r.text(),
+            "upstream sent an invalid response\n",
+            "for {:?}",
+            String::from_utf8_lossy(reply)
         );
+        assert_invalid_counted(&gw, up.addr).await;
     }
+    // A head cut short by the close is the upstream going away, not bad HTTP.
+    let up = raw_upstream(|_, _| Act::ReplyClose(vec![b"HTTP/1.1 200 OK\r\ncontent-le"])).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "[pool.retry]\nmax_attempts = 1\n")).await;
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (502, "upstream closed the connection before responding\n")
+    );
+}
+
+/// The attempt that met an invalid response is counted as one, and said why in the log.
+async fn assert_invalid_counted(gw: &TestGateway, endpoint: std::net::SocketAddr) {
+    let metrics = get(&gw.admin_url("/metrics")).await.text();
+    let line =
+        format!("weir_upstream_attempts_total{{pool=\"app\",endpoint=\"{endpoint}\",outcome=\"invalid_response\"}} 1");
+    assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
 }
 
 #[tokio::test]
@@ -100,7 +118,12 @@ async fn oversized_response_head_gives_502() {
     })
     .await;
     let gw = TestGateway::start(&pool_config(up.addr, "[pool.retry]\nmax_attempts = 1\n")).await;
-    assert_eq!(get(&gw.url("client", "/")).await.status, 502);
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (502, "upstream sent an invalid response\n")
+    );
+    assert_invalid_counted(&gw, up.addr).await;
 }
 
 #[tokio::test]

@@ -15,6 +15,8 @@ pub enum ProxyError {
     ConnectTimeout,
     /// The connection broke before a response head arrived.
     UpstreamReset,
+    /// The upstream's response head was malformed or too large.
+    UpstreamInvalid,
     ResponseTimeout,
     /// The client's body was malformed, too large or too slow.
     ClientBody {
@@ -43,7 +45,7 @@ impl ProxyError {
             ProxyError::NoEndpoint | ProxyError::ListenerGone | ProxyError::Draining | ProxyError::NoLocalResources => {
                 503
             }
-            ProxyError::ConnectFailed | ProxyError::UpstreamReset => 502,
+            ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::UpstreamInvalid => 502,
             ProxyError::UpgradeOverH2 | ProxyError::WebSocketNotOffered => 501,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => 504,
             ProxyError::ClientBody { status } | ProxyError::Local { status } => status,
@@ -57,6 +59,7 @@ impl ProxyError {
             ProxyError::ConnectFailed => "upstream connect failed",
             ProxyError::ConnectTimeout => "upstream connect timed out",
             ProxyError::UpstreamReset => "upstream closed the connection before responding",
+            ProxyError::UpstreamInvalid => "upstream sent an invalid response",
             ProxyError::ResponseTimeout => "upstream response timed out",
             ProxyError::ClientBody { status: 413 } => "request body too large",
             ProxyError::ClientBody { status: 408 } => "request body timeout",

@@ -117,6 +117,8 @@ pub enum AttemptOutcome {
     /// weir had no ephemeral port or file descriptor to connect with; the endpoint is not
     /// blamed.
     LocalError,
+    /// The response head was malformed or too large (a 502 for the client).
+    InvalidResponse,
 }
 
 impl AttemptOutcome {
@@ -126,7 +128,7 @@ impl AttemptOutcome {
     }
 }
 
-pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 9] = [
+pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 10] = [
     (AttemptOutcome::Ok, "ok"),
     (AttemptOutcome::ConnectError, "connect_error"),
     (AttemptOutcome::ConnectTimeout, "connect_timeout"),
@@ -136,6 +138,7 @@ pub const ATTEMPT_OUTCOMES: [(AttemptOutcome, &str); 9] = [
     (AttemptOutcome::StaleConnection, "stale_connection"),
     (AttemptOutcome::TlsError, "tls_error"),
     (AttemptOutcome::LocalError, "local_error"),
+    (AttemptOutcome::InvalidResponse, "invalid_response"),
 ];
 
 /// Process-wide counters that outlive generations, keyed by names.

@@ -144,6 +144,9 @@ pub enum FailureKind {
     TlsError,
     /// The connection failed before the response head (reset, closed).
     ResetBeforeResponse,
+    /// The upstream's response head was not HTTP weir can pass on (malformed, too large).
+    /// Plugins see it as `reset-before-response`.
+    InvalidResponse,
     ResponseTimeout,
     /// The upstream answered with a status the pool treats as a failure.
     HttpStatus(u16),

@@ -613,8 +613,13 @@ fn forward<'a>(
                                         fresh = true;
                                         continue;
                                     }
-                                    tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
-                                    Err((FailureKind::ResetBeforeResponse, unsent))
+                                    if let ExchangeError::Head(e) = &e {
+                                        warn_invalid_response(&endpoint.label, e);
+                                        Err((FailureKind::InvalidResponse, false))
+                                    } else {
+                                        tracing::debug!(endpoint = %endpoint.label, error = %e, reused, "upstream request failed");
+                                        Err((FailureKind::ResetBeforeResponse, unsent))
+                                    }
                                 }
                                 Err(_) => {
                                     endpoint.record_latency(per_try, Instant::now());
@@ -650,6 +655,7 @@ fn forward<'a>(
                     FailureKind::ConnectTimeout => AttemptOutcome::ConnectTimeout,
                     FailureKind::TlsError => AttemptOutcome::TlsError,
                     FailureKind::ResponseTimeout => AttemptOutcome::Timeout,
+                    FailureKind::InvalidResponse => AttemptOutcome::InvalidResponse,
                     _ => AttemptOutcome::Reset,
                 };
                 endpoint.record_failure(&pool.config.passive, format_args!("{}", outcome.label()));
@@ -734,6 +740,16 @@ impl Answer {
     }
 }
 
+/// Warns that an upstream sent a response head weir cannot pass on (the client gets a 502), at
+/// most once a second for the whole process: the reason is for the operator of that upstream,
+/// and a broken one would send it with every response.
+fn warn_invalid_response(endpoint: &str, e: &crate::h1client::HeadError) {
+    static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if crate::upstream::once_a_second(&LAST_MS) {
+        tracing::warn!(endpoint, error = %e, "upstream sent an invalid response; answered 502");
+    }
+}
+
 /// An upstream answer held back while the failover policy decides.
 type Held = Option<(Answer, InFlight)>;
 
@@ -755,6 +771,7 @@ fn give_up(
         FailureKind::ConnectRefused | FailureKind::TlsError => ProxyError::ConnectFailed,
         FailureKind::LocalResources => ProxyError::NoLocalResources,
         FailureKind::ResetBeforeResponse | FailureKind::HttpStatus(_) => ProxyError::UpstreamReset,
+        FailureKind::InvalidResponse => ProxyError::UpstreamInvalid,
     };
     err.response()
 }

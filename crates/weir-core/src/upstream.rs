@@ -100,15 +100,20 @@ pub enum ConnectError {
 /// connects a second.
 fn warn_local_resources(endpoint: &str, e: &ConnectError) {
     static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    let now = coarse_ms().max(1);
-    let last = LAST_MS.load(Ordering::Relaxed);
-    if (last == 0 || now.saturating_sub(last) >= 1000)
-        && LAST_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    if once_a_second(&LAST_MS) {
         tracing::warn!(endpoint = %endpoint, error = %e, "no local resource to open an upstream connection (ephemeral ports or file descriptors exhausted); the endpoint is not blamed");
     }
+}
+
+/// Whether a second has passed since the last time this said so for `last_ms` (then it
+/// stamps it): for warnings that would otherwise come with every request.
+pub fn once_a_second(last_ms: &AtomicU64) -> bool {
+    let now = coarse_ms().max(1);
+    let last = last_ms.load(Ordering::Relaxed);
+    (last == 0 || now.saturating_sub(last) >= 1000)
+        && last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 impl ConnectError {

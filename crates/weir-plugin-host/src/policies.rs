@@ -642,7 +642,9 @@ impl FailoverPolicy for WasmFailover {
                 FailureKind::ConnectRefused | FailureKind::LocalResources => types::FailureKind::ConnectRefused,
                 FailureKind::ConnectTimeout => types::FailureKind::ConnectTimeout,
                 FailureKind::TlsError => types::FailureKind::TlsError,
-                FailureKind::ResetBeforeResponse => types::FailureKind::ResetBeforeResponse,
+                FailureKind::ResetBeforeResponse | FailureKind::InvalidResponse => {
+                    types::FailureKind::ResetBeforeResponse
+                }
                 FailureKind::ResponseTimeout => types::FailureKind::ResponseTimeout,
                 FailureKind::HttpStatus(s) => types::FailureKind::HttpStatus(s),
             },

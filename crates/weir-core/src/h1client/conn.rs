@@ -483,11 +483,8 @@ async fn read_head<R: AsyncRead + Unpin>(
         }
         make_room(rbuf, READ_CHUNK);
         if reader.read_buf(rbuf).await.map_err(ExchangeError::Io)? == 0 {
-            return Err(if rbuf.is_empty() {
-                ExchangeError::Closed
-            } else {
-                HeadError::Malformed("connection closed inside the response head").into()
-            });
+            // Inside a head or before one: the upstream went away, it did not send bad HTTP.
+            return Err(ExchangeError::Closed);
         }
     }
 }
