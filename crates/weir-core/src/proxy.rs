@@ -740,13 +740,13 @@ impl Answer {
     }
 }
 
-/// Warns that an upstream sent a response head weir cannot pass on (the client gets a 502), at
+/// Warns that an upstream sent a response head weir cannot pass on (the attempt fails), at
 /// most once a second for the whole process: the reason is for the operator of that upstream,
 /// and a broken one would send it with every response.
 fn warn_invalid_response(endpoint: &str, e: &crate::h1client::HeadError) {
     static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if crate::upstream::once_a_second(&LAST_MS) {
-        tracing::warn!(endpoint, error = %e, "upstream sent an invalid response; answered 502");
+        tracing::warn!(endpoint, error = %e, "upstream sent an invalid response (the attempt failed)");
     }
 }
 
