@@ -585,3 +585,63 @@ async fn the_descriptor_limit_is_raised_to_the_hard_one_and_a_short_one_is_named
     );
     assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
 }
+
+/// An upstream that breaks HTTP is named in the log with what it did, once a second at most: a
+/// response head weir cannot pass on (the client gets a 502 saying so), and a body it cut short
+/// (the client got part of it). Before, both were silent.
+#[tokio::test]
+async fn an_upstream_breaking_http_is_named_in_the_log() {
+    let up = raw_upstream(|_, head| {
+        if head.starts_with("GET /bad-head") {
+            Act::ReplyClose(vec![
+                b"HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 2\r\n\r\nok",
+            ])
+        } else {
+            Act::ReplyClose(vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+                b"only part of it",
+            ])
+        }
+    })
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[pool.retry]\nmax_attempts = 1\n[pool.passive]\nmax_fails = 0\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        up.addr
+    );
+    let mut weir = WeirProcess::spawn(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let r = get(&format!("http://127.0.0.1:{port}/bad-head")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (502, "upstream sent an invalid response\n")
+    );
+    assert!(
+        weir.stderr_eventually_contains("upstream sent an invalid response")
+            .await,
+        "{}",
+        weir.stderr_text()
+    );
+    let log = weir.stderr_text();
+    assert!(
+        log.contains(&up.addr.to_string()) && log.contains("malformed response head"),
+        "{log}"
+    );
+
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cut = raw_exchange(addr, b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(
+        cut.starts_with("HTTP/1.1 200") && cut.ends_with("only part of it"),
+        "{cut}"
+    );
+    assert!(
+        weir.stderr_eventually_contains("response cut short").await,
+        "{}",
+        weir.stderr_text()
+    );
+    assert!(
+        weir.stderr_text()
+            .contains("upstream closed the connection inside the response body")
+    );
+    weir.signal("TERM");
+}

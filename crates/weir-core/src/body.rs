@@ -81,10 +81,16 @@ impl ProxyBody {
     }
 }
 
-/// A response cut because its upstream sent nothing of the body for `timeouts.body`.
-fn warn_stalled(in_flight: &Option<InFlight>, error: &dyn std::fmt::Display) {
-    if let Some(f) = in_flight {
-        tracing::warn!(endpoint = %f.endpoint().label, %error, "response cut: the upstream stalled inside its body");
+/// A response its upstream cut short (closed or reset inside the body, malformed chunks,
+/// nothing for `timeouts.body`): the client has part of it, and the operator should hear which
+/// endpoint did it and how (nginx logs "upstream prematurely closed connection"). At most once
+/// a second for the whole process.
+fn warn_cut(in_flight: &Option<InFlight>, error: &dyn std::fmt::Display) {
+    static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if let Some(f) = in_flight
+        && crate::upstream::once_a_second(&LAST_MS)
+    {
+        tracing::warn!(endpoint = %f.endpoint().label, %error, "response cut short: the client got part of the body");
     }
 }
 
@@ -106,10 +112,8 @@ impl Body for ProxyBody {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::H2(body, stream) => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                if let Poll::Ready(Some(Err(e))) = &polled
-                    && e.is::<crate::h1client::BodyError>()
-                {
-                    warn_stalled(&this.in_flight, e);
+                if let Poll::Ready(Some(Err(e))) = &polled {
+                    warn_cut(&this.in_flight, e);
                 }
                 let ended = match &polled {
                     Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
@@ -129,9 +133,7 @@ impl Body for ProxyBody {
                     Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    if let crate::h1client::BodyError::Stalled(_) = &e {
-                        warn_stalled(&this.in_flight, &e);
-                    }
+                    warn_cut(&this.in_flight, &e);
                     this.in_flight = None;
                     Poll::Ready(Some(Err(e.into())))
                 }
