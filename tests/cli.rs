@@ -645,3 +645,39 @@ async fn an_upstream_breaking_http_is_named_in_the_log() {
     );
     weir.signal("TERM");
 }
+
+/// A TLS listener's certificates are in `/metrics` with their expiry (the earliest `notAfter` of
+/// each chain, Unix time, by listener and certificate), and one that has expired is a warning
+/// when loaded: weir serves it on (clients refuse it), but the operator hears why.
+#[tokio::test]
+async fn certificate_expiry_is_a_metric_and_an_expired_one_a_warning() {
+    let up = Upstream::start("a").await;
+    let certs = TestCerts::new();
+    let (cert, key) = certs.leaf_until("default", &["default.test"], Some((2040, 1, 1)));
+    let (old_cert, old_key) = certs.leaf_until("old", &["old.test"], Some((2020, 1, 1)));
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:{port}\"\npool = \"app\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n[[listener.tls.sni]]\nserver_name = \"old.test\"\ncert = \"{}\"\nkey = \"{}\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        old_cert.display(),
+        old_key.display(),
+        up.addr
+    );
+    let mut weir = WeirProcess::spawn(weir(), &toml, format!("127.0.0.1:{admin}").parse().unwrap());
+    weir.wait_ready().await;
+    let metrics = get(&format!("http://127.0.0.1:{admin}/metrics")).await.text();
+    for line in [
+        "weir_tls_certificate_expiration_timestamp_seconds{listener=\"tls\",certificate=\"default\"} 2208988800",
+        "weir_tls_certificate_expiration_timestamp_seconds{listener=\"tls\",certificate=\"old.test\"} 1577836800",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
+    let log = weir.stderr_text();
+    assert!(
+        log.contains("TLS certificate has expired") && log.contains("old.test"),
+        "{log}"
+    );
+    assert_eq!(log.matches("TLS certificate").count(), 1, "{log}");
+    weir.signal("TERM");
+}

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod body;
 pub mod budget;
 pub mod bufpool;
+pub mod cert_expiry;
 pub mod client_body;
 pub mod dns;
 pub mod error;

@@ -408,6 +408,24 @@ pub fn render(shared: &Shared) -> String {
             .set(e.value().load(Ordering::Relaxed));
     }
     reg.register("weir_connections_active", "Open client connections, by listener", conns);
+    let expiry = Family::<Labels, Gauge>::default();
+    let tls_listeners: Vec<&str> = generation
+        .config
+        .listeners
+        .iter()
+        .filter(|l| l.tls.is_some())
+        .map(|l| l.name.as_str())
+        .collect();
+    for (listener, certificate, at) in crate::cert_expiry::dates(|l| tls_listeners.contains(&l)) {
+        expiry
+            .get_or_create(&vec![("listener", listener), ("certificate", certificate)])
+            .set(at);
+    }
+    reg.register(
+        "weir_tls_certificate_expiration_timestamp_seconds",
+        "When each certificate a TLS listener serves expires (the earliest notAfter of its chain), Unix time, by listener and certificate (default, or the SNI name)",
+        expiry,
+    );
     let parked = Family::<Labels, Gauge>::default();
     for e in m.connections.iter() {
         parked.get_or_create(&vec![("listener", e.key().clone())]).set(0);

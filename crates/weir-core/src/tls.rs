@@ -98,6 +98,12 @@ pub fn listener_config(name: &str, tls: &weir_config::Tls) -> Result<Arc<ServerC
     })
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The session ticket keys of the listener `name`: rustls's rotating ChaCha20-Poly1305 keys
 /// (a new one every 6 hours, the previous one still accepted), the same for every config a
 /// reload builds for that listener, so that clients resume across certificate rotations and
@@ -136,6 +142,17 @@ fn server_config(tls: &weir_config::Tls, name: &str) -> Result<Arc<ServerConfig>
     if !errors.is_empty() {
         return Err(errors);
     }
+    let mut served: Vec<(&str, &[CertificateDer<'static>])> = vec![("default", &default.cert)];
+    for sni in &tls.sni {
+        let key = match sni.server_name.strip_prefix("*.") {
+            Some(suffix) => wildcard.get(suffix),
+            None => exact.get(&sni.server_name),
+        };
+        if let Some(key) = key {
+            served.push((&sni.server_name, &key.cert));
+        }
+    }
+    crate::cert_expiry::record(name, &served, unix_now());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| vec![format!("TLS setup: {e}")])?

@@ -28,8 +28,16 @@ impl TestCerts {
 
     /// Writes `<file>.pem` and `<file>.key` for a leaf valid for `names`; returns both paths.
     pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        self.leaf_until(file, names, None)
+    }
+
+    /// [`TestCerts::leaf`] valid until `not_after` (year, month, day) when given.
+    pub fn leaf_until(&self, file: &str, names: &[&str], not_after: Option<(i32, u8, u8)>) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        if let Some((y, m, d)) = not_after {
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or("weir"));
