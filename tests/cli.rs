@@ -673,6 +673,14 @@ async fn certificate_expiry_is_a_metric_and_an_expired_one_a_warning() {
     ] {
         assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
     }
+    let status = get(&format!("http://127.0.0.1:{admin}/api/v1/status")).await.json();
+    assert_eq!(
+        status["listeners"][0]["certificates"],
+        serde_json::json!([
+            { "certificate": "default", "not_after_unix": 2_208_988_800i64 },
+            { "certificate": "old.test", "not_after_unix": 1_577_836_800i64 },
+        ])
+    );
     let log = weir.stderr_text();
     assert!(
         log.contains("TLS certificate has expired") && log.contains("old.test"),

@@ -264,17 +264,28 @@ impl Admin {
 
     fn status(&self) -> serde_json::Value {
         let g = self.shared.generation.load();
+        let certificates = crate::cert_expiry::dates(|_| true);
         let listeners: Vec<_> = g
             .listeners
             .iter()
             .map(|l| {
-                json!({
+                let mut listener = json!({
                     "name": l.name,
                     "bind": l.config.bind.to_string(),
                     "advertise": l.config.advertise.as_ref().map(|a| format!("{}://{}", a.scheme.as_str(), a.authority)),
                     "pool": g.pools.get(l.pool).map(|p| p.name.as_str()),
                     "tls": l.config.tls.is_some(),
-                })
+                });
+                if l.config.tls.is_some() {
+                    // What each certificate served expires at (the earliest `notAfter` of its
+                    // chain), Unix seconds.
+                    listener["certificates"] = certificates
+                        .iter()
+                        .filter(|(name, _, _)| *name == l.name)
+                        .map(|(_, certificate, at)| json!({ "certificate": certificate, "not_after_unix": at }))
+                        .collect();
+                }
+                listener
             })
             .collect();
         let pools: Vec<_> = g
