@@ -160,6 +160,48 @@ async fn websocket_echo_through_weir() {
     ws.close(None).await.unwrap();
 }
 
+/// A WebSocket's sockets on both sides of weir have TCP keep-alive on (a peer that vanished
+/// without a FIN is found, a quiet live one is never cut): each shows the kernel's keep-alive
+/// timer in /proc/net/tcp once the tunnel is idle.
+#[tokio::test]
+async fn a_websockets_sockets_keep_alive_on_both_sides() {
+    let up = Upstream::start("a").await;
+    let gw = TestGateway::start(&one_pool(&[&up])).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.addr("client")))
+        .await
+        .unwrap();
+    ws_echo(&mut ws, "hello", 1, &[1u8]).await;
+    let client = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
+        _ => unreachable!("a plain ws:// connection"),
+    };
+    // weir's accepted socket (its listener to the client) and its socket to the upstream.
+    let sides = [(Some(gw.addr("client")), client), (None, up.addr)];
+    let keepalive = |local: Option<std::net::SocketAddr>, remote: std::net::SocketAddr| {
+        let hex = |a: std::net::SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(ip) => format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port()),
+            std::net::IpAddr::V6(_) => unreachable!("loopback v4"),
+        };
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local, remote, state (01 established), then "tr:when": timer 2 is keep-alive.
+            f.len() > 5
+                && local.is_none_or(|l| f[1] == hex(l))
+                && f[2] == hex(remote)
+                && f[3] == "01"
+                && f[5].starts_with("02:")
+        })
+    };
+    for (local, remote) in sides {
+        assert!(
+            eventually(std::time::Duration::from_secs(5), async || keepalive(local, remote)).await,
+            "no keep-alive timer on weir's socket to {remote}"
+        );
+    }
+    ws.close(None).await.unwrap();
+}
+
 /// Echoes five text messages and a binary one larger than a DATA frame over `ws`, then closes.
 async fn echo_round<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
 where

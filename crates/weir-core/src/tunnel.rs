@@ -164,6 +164,24 @@ pub fn answer_h2_websocket(
     resp
 }
 
+/// TCP keep-alive on a tunnel's socket: a tunnel may be quiet for hours (a WebSocket that
+/// waits for events), and one whose peer vanished without a FIN or a reset (a laptop closed, a
+/// NAT entry dropped, a host powered off) would otherwise stay open for good, holding two
+/// sockets and its endpoint's in-flight count (which `least-request` balances by and a drain
+/// waits on). Probes after a minute of silence, every 10 s, six unanswered ones closing it: a
+/// dead peer is found about two minutes after the last byte; a live one answers the probes in
+/// its kernel and is never cut, however quiet. HTTP/2 connections need none: their PINGs do
+/// this (`idle_timeout` on the client side, the pool's pings upstream).
+pub fn keep_alive(socket: &tokio::net::TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = socket2::SockRef::from(socket).set_tcp_keepalive(&probes) {
+        tracing::debug!(error = %e, "TCP keep-alive for a tunnel not set");
+    }
+}
+
 /// Joins a client to the upstream side of its tunnel: what the upstream sent right behind its
 /// switch goes first, then bytes flow both ways until both have ended.
 pub async fn join<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, t: Tunnel) {
@@ -173,6 +191,9 @@ pub async fn join<C: AsyncRead + AsyncWrite + Unpin>(mut client: C, t: Tunnel) {
         in_flight,
     } = t;
     let _in_flight = in_flight;
+    if let TunnelIo::H1(up) = &upstream {
+        keep_alive(up.tcp());
+    }
     if !early.is_empty() && client.write_all(&early).await.is_err() {
         return;
     }

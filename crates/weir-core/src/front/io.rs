@@ -38,6 +38,9 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 's
     fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// The TCP socket under the connection, TLS or not: for socket options.
+    fn socket(&self) -> &TcpStream;
 }
 
 impl ClientIo for TcpStream {
@@ -56,9 +59,17 @@ impl ClientIo for TcpStream {
     fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(std::os::fd::AsRawFd::as_raw_fd(self))
     }
+
+    fn socket(&self) -> &TcpStream {
+        self
+    }
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {}
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
 
 /// The connection and what was read from it but not yet used.
 #[derive(Debug)]

@@ -650,6 +650,7 @@ async fn tunnel(mut conn: ConnIo, mut t: Tunnel) {
         return;
     }
     conn.rbuf = BytesMut::new();
+    crate::tunnel::keep_alive(conn.io.socket());
     crate::tunnel::join(&mut conn.io, t).await;
 }
 
