@@ -15,12 +15,16 @@ pub const WARN_WITHIN_DAYS: i64 = 14;
 /// The certificates a listener serves (`default`, or the SNI name) and their expiry.
 type Served = Vec<(String, i64)>;
 
-/// Per listener, what it serves.
-static EXPIRY: LazyLock<Mutex<HashMap<String, Served>>> = LazyLock::new(Default::default);
+/// Per listener: what its last built TLS config (by address) would serve, until applied.
+static BUILT: LazyLock<Mutex<HashMap<String, (usize, Served)>>> = LazyLock::new(Default::default);
+/// Per listener: what it serves.
+static SERVING: LazyLock<Mutex<HashMap<String, Served>>> = LazyLock::new(Default::default);
 
-/// Records the certificates `listener` now serves (replacing what it served before) and warns
-/// about those expired or close to it. `now` in Unix seconds.
-pub fn record(listener: &str, certificates: &[(&str, &[CertificateDer<'static>])], now: i64) {
+/// Notes the certificates of a TLS config just built for `listener` (`config`: its address)
+/// and warns about those expired or close to it. They count as served once [`serve`] says the
+/// config is: a reload refused for another reason leaves the served ones as they were. `now`
+/// in Unix seconds.
+pub fn built(listener: &str, config: usize, certificates: &[(&str, &[CertificateDer<'static>])], now: i64) {
     let mut dates = Vec::with_capacity(certificates.len());
     for (name, chain) in certificates {
         let Some(not_after) = earliest_not_after(chain) else {
@@ -34,18 +38,36 @@ pub fn record(listener: &str, certificates: &[(&str, &[CertificateDer<'static>])
         }
         dates.push((name.to_string(), not_after));
     }
-    if let Ok(mut expiry) = EXPIRY.lock() {
-        expiry.insert(listener.to_string(), dates);
+    if let Ok(mut built) = BUILT.lock() {
+        built.insert(listener.to_string(), (config, dates));
+    }
+}
+
+/// `listener` now serves the config at `config` (built by [`built`]).
+pub fn serve(listener: &str, config: usize) {
+    let dates = match BUILT.lock() {
+        Ok(mut built) => match built.remove(listener) {
+            Some((at, dates)) if at == config => dates,
+            Some(other) => {
+                built.insert(listener.to_string(), other);
+                return;
+            }
+            None => return,
+        },
+        Err(_) => return,
+    };
+    if let Ok(mut serving) = SERVING.lock() {
+        serving.insert(listener.to_string(), dates);
     }
 }
 
 /// Every recorded certificate of the listeners `keep` says are current: (listener,
 /// certificate, expiry in Unix seconds).
 pub fn dates(keep: impl Fn(&str) -> bool) -> Vec<(String, String, i64)> {
-    let Ok(expiry) = EXPIRY.lock() else {
+    let Ok(serving) = SERVING.lock() else {
         return Vec::new();
     };
-    expiry
+    serving
         .iter()
         .filter(|(listener, _)| keep(listener))
         .flat_map(|(listener, certs)| {
@@ -83,10 +105,12 @@ mod tests {
     }
 
     #[test]
-    fn the_earliest_date_of_a_chain_is_recorded_per_listener() {
+    fn the_earliest_date_of_a_chain_counts_once_its_config_serves() {
         let (late, early) = (chain((2040, 1, 1)), chain((2030, 6, 1)));
         let both: Vec<_> = late.iter().chain(&early).cloned().collect();
-        record("l1", &[("default", &late), ("api.test", &both)], 0);
+        built("l1", 1, &[("default", &late), ("api.test", &both)], 0);
+        assert!(dates(|l| l == "l1").is_empty(), "built, not served yet");
+        serve("l1", 1);
         let mut got = dates(|l| l == "l1");
         got.sort();
         assert_eq!(
@@ -96,10 +120,18 @@ mod tests {
                 ("l1".to_string(), "default".to_string(), 2_208_988_800),
             ]
         );
-        // A listener no longer current is left out; a new record replaces the old.
+        // A listener no longer current is left out; a config built but never served (a
+        // refused reload) changes nothing; the next served one replaces the old.
         assert!(dates(|l| l == "other").is_empty());
-        record("l1", &[("default", &early)], 0);
-        assert_eq!(dates(|l| l == "l1").len(), 1);
+        built("l1", 2, &[("default", &early)], 0);
+        serve("l1", 3);
+        assert_eq!(dates(|l| l == "l1").len(), 2);
+        built("l1", 4, &[("default", &early)], 0);
+        serve("l1", 4);
+        assert_eq!(
+            dates(|l| l == "l1"),
+            vec![("l1".to_string(), "default".to_string(), 1_906_502_400)]
+        );
         assert_eq!(date(1_906_502_400), "Jun  1 00:00:00 2030 +00:00");
     }
 }

@@ -83,6 +83,9 @@ pub fn spawn(
 ) -> std::io::Result<ListenerHandle> {
     let local_addr = listener.local_addr()?;
     let listener = Arc::new(listener);
+    if let Some(config) = &tls {
+        crate::cert_expiry::serve(name, crate::tls::config_key(config));
+    }
     let name: Arc<str> = Arc::from(name);
     let tls = tls.map(|t| Arc::new(ArcSwap::new(t)));
     let stop = CancellationToken::new();

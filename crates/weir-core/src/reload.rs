@@ -227,6 +227,7 @@ impl Controller {
                 if let Some(h) = handles.iter().find(|h| *h.name == *name)
                     && let Some(tls) = &h.tls
                 {
+                    crate::cert_expiry::serve(&name, crate::tls::config_key(&config));
                     tls.store(config);
                     tracing::info!(listener = %name, "certificates rotated for new handshakes");
                 }

@@ -98,6 +98,11 @@ pub fn listener_config(name: &str, tls: &weir_config::Tls) -> Result<Arc<ServerC
     })
 }
 
+/// What [`crate::cert_expiry`] knows a built config by: its address.
+pub fn config_key(config: &Arc<ServerConfig>) -> usize {
+    Arc::as_ptr(config) as usize
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,17 +147,17 @@ fn server_config(tls: &weir_config::Tls, name: &str) -> Result<Arc<ServerConfig>
     if !errors.is_empty() {
         return Err(errors);
     }
-    let mut served: Vec<(&str, &[CertificateDer<'static>])> = vec![("default", &default.cert)];
+    let mut served: Vec<(&str, Arc<CertifiedKey>)> = vec![("default", default.clone())];
     for sni in &tls.sni {
         let key = match sni.server_name.strip_prefix("*.") {
             Some(suffix) => wildcard.get(suffix),
             None => exact.get(&sni.server_name),
         };
         if let Some(key) = key {
-            served.push((&sni.server_name, &key.cert));
+            served.push((&sni.server_name, key.clone()));
         }
     }
-    crate::cert_expiry::record(name, &served, unix_now());
+
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| vec![format!("TLS setup: {e}")])?
@@ -164,5 +169,8 @@ fn server_config(tls: &weir_config::Tls, name: &str) -> Result<Arc<ServerConfig>
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = ticketer(name).map_err(|e| vec![e])?;
-    Ok(Arc::new(config))
+    let config = Arc::new(config);
+    let chains: Vec<(&str, &[CertificateDer<'static>])> = served.iter().map(|(n, k)| (*n, &k.cert[..])).collect();
+    crate::cert_expiry::built(name, config_key(&config), &chains, unix_now());
+    Ok(config)
 }
