@@ -260,6 +260,38 @@ async fn a_location_naming_the_endpoint_names_the_gateway() {
     }
 }
 
+/// A pool that reaches back into its own listener is a forwarding loop: the request comes back
+/// with weir's `Via` entries piling up, and after ten it gets a 508 saying so (before, it went
+/// round ~95 times, a connection held open each time, until its fields passed `max_headers`:
+/// a 431). A chain of a few weirs passes.
+#[tokio::test]
+async fn a_forwarding_loop_is_a_508() {
+    let up = Upstream::start("a").await;
+    let port = free_port();
+    let toml = format!(
+        "[[listener]]\nname = \"client\"\nbind = \"127.0.0.1:{port}\"\npool = \"self\"\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[[pool]]\nname = \"app\"\n[[pool.endpoint]]\naddress = \"{}\"\n[[pool]]\nname = \"self\"\n[[pool.endpoint]]\naddress = \"127.0.0.1:{port}\"\n",
+        up.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    let r = get(&gw.url("client", "/loop")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.text().as_str()),
+        (
+            508,
+            "forwarding loop: the request has passed through weir too many times\n"
+        )
+    );
+    let chained = Request::get(gw.url("other", "/"))
+        .header("via", "1.1 weir, 1.1 proxy.example")
+        .header("via", "1.1 weir")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = request(chained).await;
+    assert_eq!(r.status, 200);
+    let via = r.json()["headers"]["via"].to_string();
+    assert_eq!(via.matches("weir").count(), 3, "{via}");
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_are_removed_both_ways() {
     let up = Upstream::start("a").await;

@@ -17,6 +17,8 @@ pub enum ProxyError {
     UpstreamReset,
     /// The upstream's response head was malformed or too large.
     UpstreamInvalid,
+    /// The request has passed through weir too often: a pool reaches back into a listener.
+    LoopDetected,
     ResponseTimeout,
     /// The client's body was malformed, too large or too slow.
     ClientBody {
@@ -47,6 +49,7 @@ impl ProxyError {
             }
             ProxyError::ConnectFailed | ProxyError::UpstreamReset | ProxyError::UpstreamInvalid => 502,
             ProxyError::UpgradeOverH2 | ProxyError::WebSocketNotOffered => 501,
+            ProxyError::LoopDetected => 508,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => 504,
             ProxyError::ClientBody { status } | ProxyError::Local { status } => status,
         };
@@ -60,6 +63,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "upstream connect timed out",
             ProxyError::UpstreamReset => "upstream closed the connection before responding",
             ProxyError::UpstreamInvalid => "upstream sent an invalid response",
+            ProxyError::LoopDetected => "forwarding loop: the request has passed through weir too many times",
             ProxyError::ResponseTimeout => "upstream response timed out",
             ProxyError::ClientBody { status: 413 } => "request body too large",
             ProxyError::ClientBody { status: 408 } => "request body timeout",

@@ -68,6 +68,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Stripped {
     strip_request(headers, ForwardingHeaders::NONE)
 }
 
+/// How many `Via` entries name weir (`1.1 weir`): the hops the request made through weir
+/// before this one. Nothing is read when the request has no `Via`, as most have not.
+pub fn weir_hops(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|entry| entry.trim_ascii().ends_with(b" weir"))
+        .count()
+}
+
 /// Joins an HTTP/2 client's `Cookie` crumbs into the one field an HTTP/1.1 server reads, with
 /// `"; "`, as RFC 9113 §8.2.3 asks of whoever passes them on to HTTP/1.1. Browsers send each
 /// cookie as a field of its own over HTTP/2 (HPACK compresses them better), and HTTP/1.1

@@ -281,6 +281,10 @@ fn forward<'a>(
         let Some(listener) = generation.listener(&conn.listener) else {
             return ProxyError::ListenerGone.response();
         };
+        if crate::headers::weir_hops(req.headers()) >= MAX_WEIR_HOPS {
+            warn_loop(&conn.listener);
+            return ProxyError::LoopDetected.response();
+        }
         let request_id = shared.next_request_id();
         let target = match route(listener, generation, conn, req, request_id) {
             Ok(t) => t,
@@ -737,6 +741,26 @@ impl Answer {
             Answer::H1(head, _) => head.status.as_u16(),
             Answer::H2(resp, _) => resp.status().as_u16(),
         }
+    }
+}
+
+/// Hops through weir (its `Via` entries) a request may have made already before it is taken
+/// for a forwarding loop: a pool that reaches back into its own listener, directly, through a
+/// name or through another proxy. Each hop held a connection open and added header fields; a
+/// loop ended only when the fields outgrew `max_headers`, ~95 hops later, with a 431.
+/// Deliberate chains of weirs (an edge in front of an inner tier) are far shorter.
+const MAX_WEIR_HOPS: usize = 10;
+
+/// Warns about a forwarding loop at most once a second: it is a config mistake, and every
+/// request meets it.
+fn warn_loop(listener: &str) {
+    static LAST_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if crate::upstream::once_a_second(&LAST_MS) {
+        tracing::warn!(
+            listener,
+            hops = MAX_WEIR_HOPS,
+            "forwarding loop: a request came back through weir again and again (does a pool reach this listener?); answered 508"
+        );
     }
 }
 
