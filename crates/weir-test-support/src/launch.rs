@@ -183,13 +183,24 @@ pub fn wasm_policies(config: &weir_config::Config) -> Result<Arc<dyn PolicyFacto
     Ok(wasm)
 }
 
-/// A port that was free a moment ago (for configs the subprocess must bind itself).
+/// A port that was free a moment ago (for configs the subprocess must bind itself), and not
+/// one this test process was given before: the kernel may hand the port it just took back to
+/// the next `bind(0)`, and two calls in a row (a listener's port and the admin's) then
+/// returned the same one, which the config refuses.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The real `weir` binary running `weir run --config <file>`.
