@@ -102,7 +102,7 @@ async fn malformed_response_heads_give_502() {
     );
 }
 
-/// The attempt that met an invalid response is counted as one, and said why in the log.
+/// The attempt that met an invalid response is counted as one (the log line is `cli`'s to check).
 async fn assert_invalid_counted(gw: &TestGateway, endpoint: std::net::SocketAddr) {
     let metrics = get(&gw.admin_url("/metrics")).await.text();
     let line =

@@ -9,7 +9,7 @@
 //! `resolve = "all"` pool; no port where the URL's scheme has that port as default); any other
 //! URL, relative ones included, passes as sent.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue, header};
 use weir_config::EndpointAddress;
@@ -84,12 +84,7 @@ fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)> {
 /// Whether `host` and `port` are `address`'s.
 fn names(address: &EndpointAddress, host: &str, port: u16) -> bool {
     match address {
-        EndpointAddress::Socket(SocketAddr::V4(a)) => {
-            a.port() == port && host.parse::<IpAddr>() == Ok(IpAddr::V4(*a.ip()))
-        }
-        EndpointAddress::Socket(SocketAddr::V6(a)) => {
-            a.port() == port && host.parse::<IpAddr>() == Ok(IpAddr::V6(*a.ip()))
-        }
+        EndpointAddress::Socket(a) => a.port() == port && host.parse::<IpAddr>() == Ok(a.ip()),
         EndpointAddress::Host { host: name, port: p } => *p == port && name.eq_ignore_ascii_case(host),
     }
 }
