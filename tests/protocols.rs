@@ -434,3 +434,140 @@ async fn a_plain_http2_connect_gets_501_and_reaches_no_upstream() {
         .unwrap();
     assert_eq!(send.send_request(req).await.unwrap().status(), 200);
 }
+
+/// One request over a fresh HTTP/2 connection to `addr`, by the h2 crate's client (which shows
+/// interim responses): the interim responses, the final status and the body. With `body`, the
+/// request says `Expect: 100-continue` when `expect` and then sends `body` only after a `100`.
+async fn h2_interim_exchange(
+    addr: std::net::SocketAddr,
+    body: Option<&'static [u8]>,
+    expect: bool,
+) -> (Vec<http::Response<()>>, u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut req = http::Request::builder()
+        .method(if body.is_some() { "POST" } else { "GET" })
+        .uri(format!("http://{addr}/hints"));
+    if expect {
+        req = req.header("expect", "100-continue");
+    }
+    let (mut response, mut stream) = send.send_request(req.body(()).unwrap(), body.is_none()).unwrap();
+    let mut interim = Vec::new();
+    let next_interim = async |response: &mut h2::client::ResponseFuture| {
+        let polled = std::future::poll_fn(|cx| response.poll_informational(cx));
+        tokio::time::timeout(std::time::Duration::from_secs(10), polled)
+            .await
+            .expect("no interim or final response within 10 s")
+            .map(|r| r.unwrap())
+    };
+    if let Some(body) = body {
+        if expect {
+            interim.push(next_interim(&mut response).await.expect("a 100 before the body"));
+        }
+        stream.send_data(bytes::Bytes::from_static(body), true).unwrap();
+    }
+    while let Some(more) = next_interim(&mut response).await {
+        interim.push(more);
+    }
+    let resp = response.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut recv = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(data) = recv.data().await {
+        let data = data.unwrap();
+        let _ = recv.flow_control().release_capacity(data.len());
+        text.extend_from_slice(&data);
+    }
+    (interim, status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// An HTTP/1.1 upstream's `103 Early Hints` reaches an HTTP/2 client before the final response,
+/// with a request body or without (the body does not hold an HTTP/2 connection as it holds an
+/// HTTP/1.1 one); the upstream's `100 Continue` does not (weir answers `Expect` itself).
+#[tokio::test]
+async fn early_hints_reach_http2_clients_with_or_without_a_body() {
+    let up = raw_upstream(|_, _| {
+        Act::Reply(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ])
+    })
+    .await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    for body in [None, Some(&b"hi"[..])] {
+        let (interim, status, text) = h2_interim_exchange(gw.addr("client"), body, false).await;
+        let statuses: Vec<u16> = interim.iter().map(|r| r.status().as_u16()).collect();
+        assert_eq!(statuses, [103], "with body {body:?}");
+        assert_eq!(interim[0].headers()["link"], "</a.css>; rel=preload");
+        assert_eq!((status, text.as_str()), (200, "ok"));
+    }
+    assert!(
+        up.request(1).ends_with("\r\n\r\n2\r\nhi\r\n0\r\n\r\n"),
+        "{}",
+        up.request(1)
+    );
+}
+
+/// An HTTP/2 client that sends `Expect: 100-continue` and waits for a `100` before its body (as
+/// curl does, for a second) gets one as soon as weir reads the body, as an HTTP/1.1 client does.
+#[tokio::test]
+async fn an_http2_client_expecting_100_continue_gets_it() {
+    let up = raw_upstream(|_, _| Act::Reply(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"])).await;
+    let gw = TestGateway::start(&pool_config(up.addr, "")).await;
+    let (interim, status, text) = h2_interim_exchange(gw.addr("client"), Some(b"payload"), true).await;
+    let statuses: Vec<u16> = interim.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [100]);
+    assert_eq!((status, text.as_str()), (200, "ok"));
+    assert!(
+        up.request(0).ends_with("\r\n\r\n7\r\npayload\r\n0\r\n\r\n"),
+        "{}",
+        up.request(0)
+    );
+}
+
+/// An HTTP/2 upstream's `103 Early Hints` reaches HTTP/2 clients and HTTP/1.1 ones.
+#[tokio::test]
+async fn early_hints_from_an_http2_upstream_reach_the_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let hint = http::Response::builder()
+                        .status(103)
+                        .header("link", "</b.js>; rel=preload")
+                        .body(())
+                        .unwrap();
+                    respond.send_informational(hint).unwrap();
+                    let ok = http::Response::builder()
+                        .header("content-length", "2")
+                        .body(())
+                        .unwrap();
+                    let mut stream = respond.send_response(ok, false).unwrap();
+                    stream.send_data(bytes::Bytes::from_static(b"ok"), true).unwrap();
+                }
+            });
+        }
+    });
+    let gw = TestGateway::start(&pool_config(up, "protocol = \"h2\"\n")).await;
+    let (interim, status, text) = h2_interim_exchange(gw.addr("client"), None, false).await;
+    let statuses: Vec<u16> = interim.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [103]);
+    assert_eq!(interim[0].headers()["link"], "</b.js>; rel=preload");
+    assert_eq!((status, text.as_str()), (200, "ok"));
+    let h1 = raw_exchange(
+        gw.addr("client"),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        h1.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </b.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{h1}"
+    );
+    assert!(h1.ends_with("\r\n\r\nok"), "{h1}");
+}

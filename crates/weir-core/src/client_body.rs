@@ -84,17 +84,27 @@ pub struct H2Body {
     allowed: u64,
     timer: BodyTimer,
     failed: bool,
+    /// `Expect: 100-continue` not answered yet: the client waits for a `100` before its body,
+    /// which it gets when the body is first read, as an HTTP/1.1 client does.
+    expect_continue: bool,
 }
 
 impl H2Body {
     /// `max_body` 0 = unlimited.
-    pub fn new(body: Incoming, max_body: u64, body_timeout: Duration, retained: Arc<RetainedBodies>) -> Self {
+    pub fn new(
+        body: Incoming,
+        max_body: u64,
+        body_timeout: Duration,
+        retained: Arc<RetainedBodies>,
+        expect_continue: bool,
+    ) -> Self {
         H2Body {
             body,
             retained,
             allowed: if max_body == 0 { u64::MAX } else { max_body },
             timer: BodyTimer::new(body_timeout),
             failed: false,
+            expect_continue,
         }
     }
 
@@ -127,6 +137,13 @@ impl H2Body {
     }
 
     fn poll_timed(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if std::mem::take(&mut self.expect_continue) && !self.body.is_end_stream() {
+            // Queued by hyper's stream when the request's poll returns (dropped if the body
+            // is first read elsewhere, after the upstream answered: the answer goes instead).
+            let mut go_on = http::Response::new(());
+            *go_on.status_mut() = http::StatusCode::CONTINUE;
+            hyper::ext::send_http2_informational(go_on);
+        }
         if let Poll::Ready(frame) = self.poll_counted(cx) {
             self.timer.arrived();
             return Poll::Ready(frame);

@@ -132,7 +132,14 @@ impl Conn {
                     }
                 };
                 let retained = busy.0.retained.clone();
-                let req = req.map(|b| ClientBody::H2(H2Body::new(b, limits.max_body, limits.body_timeout, retained)));
+                let expect_continue = req
+                    .headers()
+                    .get(http::header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+                let req = req.map(|b| {
+                    let body = H2Body::new(b, limits.max_body, limits.body_timeout, retained, expect_continue);
+                    ClientBody::H2(body)
+                });
                 let resp = proxy::serve(&shared, &info, req).await;
                 let resp = match websocket {
                     // An open tunnel keeps the connection from counting as idle.

@@ -519,6 +519,10 @@ pub async fn exchange(stream: &H2Stream, head: Request<()>, body: H2ReqBody, per
                 Poll::Pending => {}
             }
         }
+        // `103 Early Hints` and the like, passed on to the client where it can take them.
+        while let Poll::Ready(Some(Ok(interim))) = response.poll_informational(cx) {
+            crate::interim::offer(interim.status(), interim.headers());
+        }
         if let Poll::Ready(resp) = Pin::new(&mut response).poll(cx) {
             return Poll::Ready(Ok(Ok(resp)));
         }

@@ -2,16 +2,18 @@
 //! Processing` reaches the client before the final response, as RFC 9110 §15.2 asks of a proxy
 //! (before, weir's upstream client skipped them).
 //!
-//! Only where the client can take one at that moment: an HTTP/1.1 client of weir's own server
-//! (never HTTP/1.0, which has no 1xx) whose request has no body, so that the connection is free
-//! to write while the request waits. hyper's HTTP/2 server cannot send interim responses, and a
-//! request body holds the HTTP/1 connection (its `100 Continue` is weir's own). `100 Continue`
-//! and `101` from an upstream are never passed on this way.
+//! Only where the client can take one at that moment: an HTTP/2 client (any request), or an
+//! HTTP/1.1 client of weir's own server (never HTTP/1.0, which has no 1xx) whose request has no
+//! body, so that the connection is free to write while the request waits (a request body holds
+//! the HTTP/1 connection; its `100 Continue` is weir's own). `100 Continue` and `101` from an
+//! upstream are never passed on this way.
 //!
 //! The request path runs inside the client connection's poll, so the two meet through the
 //! thread: the server marks the poll ([`Collecting`]), the upstream client adds what it reads to
 //! this thread's pending bytes ([`offer`]), and the server writes them once the poll returns
-//! ([`take`]). Nothing is allocated unless an interim response comes.
+//! ([`take`]). HTTP/2 streams meet the same way inside hyper (weir's vendored copy,
+//! `hyper::ext::send_http2_informational`). Nothing is allocated unless an interim response
+//! comes.
 
 use std::cell::{Cell, RefCell};
 
@@ -44,9 +46,18 @@ impl Drop for Collecting {
 }
 
 /// An upstream's interim response (hop-by-hop fields already gone): kept for the client when the
-/// current poll is [`Collecting`], dropped otherwise.
+/// current poll is [`Collecting`], else handed to the HTTP/2 stream whose poll this is, if any;
+/// dropped otherwise.
 pub fn offer(status: StatusCode, headers: &HeaderMap) {
-    if status == StatusCode::CONTINUE || status == StatusCode::SWITCHING_PROTOCOLS || !COLLECTING.get() {
+    if status == StatusCode::CONTINUE || status == StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    if !COLLECTING.get() {
+        // An HTTP/2 client's stream takes it if its service future is the poll in progress.
+        let mut interim = http::Response::new(());
+        *interim.status_mut() = status;
+        *interim.headers_mut() = headers.clone();
+        hyper::ext::send_http2_informational(interim);
         return;
     }
     PENDING.with_borrow_mut(|out| {
