@@ -143,9 +143,9 @@ async fn interim_responses_are_skipped() {
 }
 
 /// An upstream's `103 Early Hints` reaches an HTTP/1.1 client before the final response, as RFC
-/// 9110 §15.2 asks of a proxy; its `100 Continue` does not (weir answers `Expect` itself). An
-/// HTTP/1.0 client (no 1xx in its protocol) and a request with a body (whose connection the body
-/// holds) get the final response alone.
+/// 9110 §15.2 asks of a proxy, with a request body (fixed or chunked, read whole before the
+/// upstream answers) or without; its `100 Continue` does not (weir answers `Expect` itself). An
+/// HTTP/1.0 client (no 1xx in its protocol) gets the final response alone.
 #[tokio::test]
 async fn early_hints_reach_http11_clients_before_the_response() {
     let up = raw_upstream(|_, _| {
@@ -169,9 +169,31 @@ async fn early_hints_reach_http11_clients_before_the_response() {
     assert!(r.ends_with("\r\n\r\nok") && !r.contains("100 Continue"), "{r}");
     let r10 = raw_exchange(gw.addr("client"), b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
     assert!(r10.starts_with("HTTP/1.1 200 OK\r\n") && r10.ends_with("ok"), "{r10}");
-    let post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
-    let with_body = raw_exchange(gw.addr("client"), post).await;
-    assert!(with_body.starts_with("HTTP/1.1 200 OK\r\n"), "{with_body}");
+    let posts: [&[u8]; 2] = [
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    ];
+    for post in posts {
+        let with_body = raw_exchange(gw.addr("client"), post).await;
+        assert!(
+            with_body.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            "{with_body}"
+        );
+        assert!(with_body.ends_with("\r\n\r\nok"), "{with_body}");
+    }
+    // Pipelined behind bodies: each response has its hint, in order, on one connection.
+    let pipelined = raw_exchange(
+        gw.addr("client"),
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiPOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        pipelined.matches("HTTP/1.1 103 Early Hints\r\n").count(),
+        3,
+        "{pipelined}"
+    );
+    assert_eq!(pipelined.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{pipelined}");
+    assert!(pipelined.ends_with("\r\n\r\nok"), "{pipelined}");
     let h2 = h2c_get(&gw.url("client", "/")).await;
     assert_eq!((h2.status.as_u16(), h2.text()), (200, "ok".to_string()));
 }

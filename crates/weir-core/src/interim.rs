@@ -3,10 +3,10 @@
 //! (before, weir's upstream client skipped them).
 //!
 //! Only where the client can take one at that moment: an HTTP/2 client (any request), or an
-//! HTTP/1.1 client of weir's own server (never HTTP/1.0, which has no 1xx) whose request has no
-//! body, so that the connection is free to write while the request waits (a request body holds
-//! the HTTP/1 connection; its `100 Continue` is weir's own). `100 Continue` and `101` from an
-//! upstream are never passed on this way.
+//! HTTP/1.1 client of weir's own server (never HTTP/1.0, which has no 1xx) once its request
+//! body, if any, has been read whole, so that the connection is free to write while the request
+//! waits (until then the body holds the HTTP/1 connection; its `100 Continue` is weir's own).
+//! `100 Continue` and `101` from an upstream are never passed on this way.
 //!
 //! The request path runs inside the client connection's poll, so the two meet through the
 //! thread: the server marks the poll ([`Collecting`]), the upstream client adds what it reads to

@@ -54,7 +54,7 @@ pub enum Framing {
 
 impl RequestBody {
     /// Takes the connection for the body's lifetime; the receiver gets it back when the body
-    /// is dropped (with [`ConnIo::body_done`] telling whether it was read to its end).
+    /// has been read to its end or is dropped (with [`ConnIo::body_done`] telling which).
     pub fn new(
         conn: ConnIo,
         framing: Framing,
@@ -119,6 +119,7 @@ impl RequestBody {
                         if *n == 0 {
                             self.state = State::Done;
                             conn.body_done = true;
+                            self.hand_back();
                         }
                         self.timer.arrived();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -138,6 +139,7 @@ impl RequestBody {
                         conn.body_done = true;
                         let trailers = decoder.take_trailers();
                         self.state = State::Done;
+                        self.hand_back();
                         return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
                     Ok(Decoded::NeedMore) => {}
@@ -184,10 +186,19 @@ fn write_continue(conn: &mut ConnIo, cx: &mut Context<'_>, at: &mut usize) -> Po
     Pin::new(&mut conn.io).poll_flush(cx)
 }
 
-impl Drop for RequestBody {
-    fn drop(&mut self) {
+impl RequestBody {
+    /// Gives the connection back to its server, as soon as the body has been read to its end
+    /// (the server can then write interim responses while the request is still being handled)
+    /// or else when the body is dropped.
+    fn hand_back(&mut self) {
         if let (Some(tx), Some(conn)) = (self.back.take(), self.conn.take()) {
             let _ = tx.send(conn);
         }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.hand_back();
     }
 }

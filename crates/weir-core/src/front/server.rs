@@ -279,9 +279,21 @@ fn exchange<'a>(
         // not moved into another future (moved, it cost 8% of the requests a second).
         let served = proxy::serve(shared, info, request);
         tokio::pin!(served);
-        let response = match &mut held {
-            Held::Here(c) if !meta.http10 => passing_interim(c, served.as_mut(), settings.send_timeout).await,
-            _ => served.await,
+        // A request body holds the connection until it has been read whole; from then on the
+        // connection can take interim responses too.
+        let mut early = None;
+        if let Held::Lent(rx) = &mut held
+            && !meta.http10
+        {
+            match body_read_or_served(rx, served.as_mut()).await {
+                Ok(c) => held = Held::Here(c),
+                Err(response) => early = Some(response),
+            }
+        }
+        let response = match (early, &mut held) {
+            (Some(response), _) => response,
+            (None, Held::Here(c)) if !meta.http10 => passing_interim(c, served.as_mut(), settings.send_timeout).await,
+            (None, _) => served.await,
         };
         conn = match held {
             Held::Here(c) => c,
@@ -613,6 +625,27 @@ async fn passing_interim<F: Future>(conn: &mut ConnIo, mut served: Pin<&mut F>, 
             return response;
         }
     }
+}
+
+/// The connection back from a request body read to its end (`Ok`), or `served`'s response if
+/// that comes first (`Err`; the body comes back when the request path drops it).
+async fn body_read_or_served<F: Future>(
+    rx: &mut tokio::sync::oneshot::Receiver<ConnIo>,
+    mut served: Pin<&mut F>,
+) -> Result<ConnIo, F::Output> {
+    let mut body_gone = false;
+    poll_fn(|cx| {
+        if !body_gone {
+            match Pin::new(&mut *rx).poll(cx) {
+                Poll::Ready(Ok(conn)) => return Poll::Ready(Ok(conn)),
+                // Dropped without its connection: the response alone is left to wait for.
+                Poll::Ready(Err(_)) => body_gone = true,
+                Poll::Pending => {}
+            }
+        }
+        served.as_mut().poll(cx).map(Err)
+    })
+    .await
 }
 
 /// Writes all of `buf`, giving up when the client takes none of it for `limit`
