@@ -4,6 +4,7 @@
 # its user part) each round, then each binary's medians.
 #   usage: benches/load/ab.sh OLD_WEIR NEW_WEIR [ROUNDS=5] [SECONDS=4]
 #   AB_H2=1: HTTP/2 downstream (h2load -c64 -m10, h2c) instead of wrk's HTTP/1.1.
+#   AB_POST=1: wrk's requests are POSTs with a 512-byte body (Content-Length) instead of GETs.
 #   AB_UP_H2=1: HTTP/2 upstreams (demo upstreams speaking h2c, pools with protocol = "h2").
 #   WEIR_FORWARDING='': no `forwarding_headers` key (binaries older than it refuse it; weir-config.sh).
 #   LAYOUT=B: weir alone on core 0, the upstreams beside the load tool on core 1 (compare.sh's

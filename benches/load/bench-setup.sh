@@ -19,7 +19,7 @@ bench_cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done;
 jiffies() { awk '{sub(/^.*\) /, ""); print $12 + $13, $12}' "/proc/$1/stat"; }
 
 # One round of load on core 1 against 127.0.0.1:PORT for SECONDS: wrk -c64 (HTTP/1.1) or, with
-# LOAD=h2c, h2load -c64 -m10. Prints "req/s CPU-µs-per-request non-2xx user-CPU-µs-per-request",
+# LOAD=h2c, h2load -c64 -m10 (AB_POST=1: wrk's requests are POSTs with a 512-byte body). Prints "req/s CPU-µs-per-request non-2xx user-CPU-µs-per-request",
 # the CPU being that of process PID during the round. The user part is what a change to weir's
 # own code moves; the kernel's part is most of the total and moves with the machine's noise.
 #   load_round h1|h2c PORT PID SECONDS   (the load tool on core $LOAD_CPU, default 1; empty: unpinned)
@@ -33,7 +33,12 @@ load_round() {
     n=$(echo "$out" | awk '/^requests:/ {print $8}'); rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     bad=$(echo "$out" | awk '/^status codes:/ {print $5 + $7 + $9}')
   else
-    out=$(${LOAD_CPU:+taskset -c "$LOAD_CPU"} wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$port/")
+    local post=()
+    if [ "${AB_POST:-0}" = 1 ]; then
+      printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 512)\n' > "$W/post.lua"
+      post=(-s "$W/post.lua")
+    fi
+    out=$(${LOAD_CPU:+taskset -c "$LOAD_CPU"} wrk -t1 -c64 -d"${secs}s" "${post[@]}" "http://127.0.0.1:$port/")
     read -r c1 u1 < <(jiffies "$pid")
     n=$(echo "$out" | awk '/requests in/ {print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')

@@ -635,6 +635,11 @@ async fn body_read_or_served<F: Future>(
 ) -> Result<ConnIo, F::Output> {
     let mut body_gone = false;
     poll_fn(|cx| {
+        if let Poll::Ready(response) = served.as_mut().poll(cx) {
+            return Poll::Ready(Err(response));
+        }
+        // After the request path's poll: a body that came whole with its head was read in it,
+        // and is found here without a wake-up (none is registered yet).
         if !body_gone {
             match Pin::new(&mut *rx).poll(cx) {
                 Poll::Ready(Ok(conn)) => return Poll::Ready(Ok(conn)),
@@ -643,7 +648,7 @@ async fn body_read_or_served<F: Future>(
                 Poll::Pending => {}
             }
         }
-        served.as_mut().poll(cx).map(Err)
+        Poll::Pending
     })
     .await
 }
