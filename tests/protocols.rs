@@ -483,6 +483,11 @@ async fn h2_interim_exchange(
     (interim, status, String::from_utf8_lossy(&text).into_owned())
 }
 
+/// The statuses of interim responses, in order.
+fn statuses(interim: &[http::Response<()>]) -> Vec<u16> {
+    interim.iter().map(|r| r.status().as_u16()).collect()
+}
+
 /// An HTTP/1.1 upstream's `103 Early Hints` reaches an HTTP/2 client before the final response,
 /// with a request body or without (the body does not hold an HTTP/2 connection as it holds an
 /// HTTP/1.1 one); the upstream's `100 Continue` does not (weir answers `Expect` itself).
@@ -499,8 +504,7 @@ async fn early_hints_reach_http2_clients_with_or_without_a_body() {
     let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     for body in [None, Some(&b"hi"[..])] {
         let (interim, status, text) = h2_interim_exchange(gw.addr("client"), body, false).await;
-        let statuses: Vec<u16> = interim.iter().map(|r| r.status().as_u16()).collect();
-        assert_eq!(statuses, [103], "with body {body:?}");
+        assert_eq!(statuses(&interim), [103], "with body {body:?}");
         assert_eq!(interim[0].headers()["link"], "</a.css>; rel=preload");
         assert_eq!((status, text.as_str()), (200, "ok"));
     }
@@ -518,8 +522,7 @@ async fn an_http2_client_expecting_100_continue_gets_it() {
     let up = raw_upstream(|_, _| Act::Reply(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"])).await;
     let gw = TestGateway::start(&pool_config(up.addr, "")).await;
     let (interim, status, text) = h2_interim_exchange(gw.addr("client"), Some(b"payload"), true).await;
-    let statuses: Vec<u16> = interim.iter().map(|r| r.status().as_u16()).collect();
-    assert_eq!(statuses, [100]);
+    assert_eq!(statuses(&interim), [100]);
     assert_eq!((status, text.as_str()), (200, "ok"));
     assert!(
         up.request(0).ends_with("\r\n\r\n7\r\npayload\r\n0\r\n\r\n"),
@@ -556,8 +559,7 @@ async fn early_hints_from_an_http2_upstream_reach_the_client() {
     });
     let gw = TestGateway::start(&pool_config(up, "protocol = \"h2\"\n")).await;
     let (interim, status, text) = h2_interim_exchange(gw.addr("client"), None, false).await;
-    let statuses: Vec<u16> = interim.iter().map(|r| r.status().as_u16()).collect();
-    assert_eq!(statuses, [103]);
+    assert_eq!(statuses(&interim), [103]);
     assert_eq!(interim[0].headers()["link"], "</b.js>; rel=preload");
     assert_eq!((status, text.as_str()), (200, "ok"));
     let h1 = raw_exchange(

@@ -140,9 +140,7 @@ impl H2Body {
         if std::mem::take(&mut self.expect_continue) && !self.body.is_end_stream() {
             // Queued by hyper's stream when the request's poll returns (dropped if the body
             // is first read elsewhere, after the upstream answered: the answer goes instead).
-            let mut go_on = http::Response::new(());
-            *go_on.status_mut() = http::StatusCode::CONTINUE;
-            hyper::ext::send_http2_informational(go_on);
+            crate::interim::send_http2(http::StatusCode::CONTINUE, http::HeaderMap::new());
         }
         if let Poll::Ready(frame) = self.poll_counted(cx) {
             self.timer.arrived();

@@ -135,7 +135,7 @@ impl Conn {
                 let expect_continue = req
                     .headers()
                     .get(http::header::EXPECT)
-                    .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+                    .is_some_and(|v| crate::headers::expects_continue(v.as_bytes()));
                 let req = req.map(|b| {
                     let body = H2Body::new(b, limits.max_body, limits.body_timeout, retained, expect_continue);
                     ClientBody::H2(body)

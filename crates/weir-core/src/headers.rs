@@ -68,6 +68,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Stripped {
     strip_request(headers, ForwardingHeaders::NONE)
 }
 
+/// Whether an `Expect` value asks for `100 Continue` before the body (RFC 9110 §10.1.1).
+pub fn expects_continue(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+}
+
 /// How many `Via` entries name weir (`1.1 weir`): the hops the request made through weir
 /// before this one. Nothing is read when the request has no `Via`, as most have not.
 pub fn weir_hops(headers: &HeaderMap) -> usize {

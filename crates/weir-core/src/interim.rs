@@ -53,11 +53,7 @@ pub fn offer(status: StatusCode, headers: &HeaderMap) {
         return;
     }
     if !COLLECTING.get() {
-        // An HTTP/2 client's stream takes it if its service future is the poll in progress.
-        let mut interim = http::Response::new(());
-        *interim.status_mut() = status;
-        *interim.headers_mut() = headers.clone();
-        hyper::ext::send_http2_informational(interim);
+        send_http2(status, headers.clone());
         return;
     }
     PENDING.with_borrow_mut(|out| {
@@ -78,6 +74,16 @@ pub fn offer(status: StatusCode, headers: &HeaderMap) {
             out.truncate(start);
         }
     });
+}
+
+/// Sends an interim response to the HTTP/2 client whose stream's poll is in progress on this
+/// thread (hyper writes it when the poll returns, before the final response); nothing when
+/// there is none. weir's own `100 Continue` goes this way too ([`crate::client_body`]).
+pub fn send_http2(status: StatusCode, headers: HeaderMap) {
+    let mut interim = http::Response::new(());
+    *interim.status_mut() = status;
+    *interim.headers_mut() = headers;
+    hyper::ext::send_http2_informational(interim);
 }
 
 /// Whether interim heads wait to be written.

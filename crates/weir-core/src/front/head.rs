@@ -305,7 +305,7 @@ fn check_with<'b>(
                 connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue |= http11 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            expect_continue |= http11 && crate::headers::expects_continue(h.value);
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade |= crate::headers::offers_upgrade(h.value);
         }
