@@ -216,7 +216,7 @@ fn pool(c: &mut Criterion) {
         rt.block_on(async {
             let mut conns = Vec::new();
             for _ in 0..in_flight {
-                conns.push(endpoint.checkout(connect, idle, None, None).await.unwrap().0);
+                conns.push(endpoint.checkout(connect, idle, true, None, None).await.unwrap().0);
             }
             conns.into_iter().for_each(|c| endpoint.checkin(c));
         });
@@ -227,7 +227,7 @@ fn pool(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..iters {
                         for _ in 0..n {
-                            let (conn, taken) = endpoint.checkout(connect, idle, None, None).await.unwrap();
+                            let (conn, taken) = endpoint.checkout(connect, idle, true, None, None).await.unwrap();
                             assert_eq!(taken, weir_core::upstream::Taken::Idle);
                             held.push(conn);
                         }

@@ -2,6 +2,8 @@
 //! upstream may use, the ones it must not, and when a connection may be reused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -357,6 +359,94 @@ async fn a_connection_is_not_reused_once_it_nears_the_upstreams_announced_idle_t
         2,
         "timeout=0: never reused"
     );
+}
+
+/// An upstream that closes connections idle for `timeout` without announcing it (gunicorn,
+/// uvicorn and Go's server send no `Keep-Alive: timeout`), its close made to cross weir's
+/// next request every time: a request arriving on a connection idle that long is read and
+/// dropped without an answer. Counts connections and dropped requests.
+async fn closes_idle_connections_unannounced(
+    timeout: Duration,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, d) = (conns.clone(), dropped.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut last_answer = std::time::Instant::now();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // A head, and its body by its Content-Length.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                            let body = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                            if buf.len() >= i + 4 + body {
+                                break i + 4 + body;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..end);
+                    if last_answer.elapsed() >= timeout {
+                        d.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    if stream.write_all(OK).await.is_err() {
+                        return;
+                    }
+                    last_answer = std::time::Instant::now();
+                }
+            });
+        }
+    });
+    (addr, conns, dropped)
+}
+
+/// An upstream that closes idle connections without announcing when: a POST sent on one as it
+/// closes cannot go again and got a 502 (as from nginx). Once weir has seen the upstream close
+/// one, a request that could not go again takes only a connection younger than the longest
+/// idle time one has been seen to survive; idempotent requests reuse any (they go again on a
+/// new connection when they meet the close).
+#[tokio::test]
+async fn a_post_is_kept_off_connections_an_upstream_closing_them_unannounced_may_have_closed() {
+    let (addr, conns, dropped) = closes_idle_connections_unannounced(Duration::from_secs(1)).await;
+    let gw = TestGateway::start(&pool_config(addr, "")).await;
+    let post = || {
+        let req = http::Request::post(gw.url("client", "/order")).body(Full::new(Bytes::from_static(b"x")));
+        request(req.unwrap())
+    };
+    assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    // The idle times below are what is under test, not waits for something to happen.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The GET meets the close and goes again on a new connection; weir now knows.
+    assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    assert_eq!((conns.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst)), (2, 1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A connection idle for 300 ms carries a GET: it survived that long.
+    assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    // Young enough for a POST: reused.
+    let r = post().await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "ok".to_string()));
+    assert_eq!(conns.load(Ordering::SeqCst), 2, "the POST reused the pooled connection");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Older than any seen to survive: the POST goes on a new connection, not to its loss.
+    let r = post().await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "ok".to_string()));
+    assert_eq!((conns.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst)), (3, 1));
+    // The pooled connection is still there for a GET, which meets the close and goes again.
+    assert_eq!(get(&gw.url("client", "/")).await.status, 200);
 }
 
 /// An upstream that stops sending inside a body (a hung process, a lost network path with no

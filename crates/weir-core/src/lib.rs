@@ -25,6 +25,7 @@ pub mod headers;
 pub mod health;
 #[cfg(test)]
 mod http1_gen;
+pub mod idle_closes;
 pub mod interim;
 pub mod listener;
 pub mod location;

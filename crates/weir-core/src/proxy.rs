@@ -567,7 +567,7 @@ fn forward<'a>(
                             .map(|c| (c, Taken::New))
                     } else {
                         endpoint
-                            .checkout(t.connect, t.idle, proxy_out, pool.tls.as_deref())
+                            .checkout(t.connect, t.idle, replayable, proxy_out, pool.tls.as_deref())
                             .await
                     };
                     break match checkout {
@@ -594,24 +594,28 @@ fn forward<'a>(
                                 Instant::now()
                             };
                             match conn.exchange_within(timer_start, per_try, &head, &mut up_body).await {
-                                Ok(Ok(head)) => Ok(Answer::H1(head, conn)),
+                                Ok(Ok(head)) => {
+                                    if reused {
+                                        endpoint.idle_closes.survived(conn.idle_before_ms());
+                                    }
+                                    Ok(Answer::H1(head, conn))
+                                }
                                 Ok(Err(ExchangeError::ClientBody(e))) => {
                                     tracing::debug!(endpoint = %endpoint.label, error = %e, "client request body failed");
                                     return ProxyError::ClientBody { status: e.status }.response();
                                 }
                                 Ok(Err(e)) => {
                                     let unsent = matches!(e, ExchangeError::Unsent(_)) && reused;
+                                    let raced = reused && e.is_connection_gone() && conn.received_nothing();
+                                    if raced {
+                                        endpoint.closed_while_idle(conn.idle_before_ms());
+                                    }
                                     // The keep-alive race: the upstream closed this pooled connection as
                                     // it was taken, before any answer. A request that can go again (it
                                     // left nothing, or it is replayable) does, on a new connection, as
                                     // nginx and Go's client do; neither an attempt nor the endpoint's
                                     // failure.
-                                    if reused
-                                        && e.is_connection_gone()
-                                        && conn.received_nothing()
-                                        && up_body.resendable()
-                                        && (unsent || replayable)
-                                    {
+                                    if raced && up_body.resendable() && (unsent || replayable) {
                                         tracing::debug!(endpoint = %endpoint.label, error = %e, "pooled upstream connection was closed; sending on a new one");
                                         endpoint.count_attempt(AttemptOutcome::StaleConnection);
                                         fresh = true;

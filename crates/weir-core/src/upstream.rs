@@ -53,14 +53,32 @@ struct Idle {
     since_ms: u64,
 }
 
+/// What [`Idle::check`] found of a pooled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleCheck {
+    Usable,
+    /// Older than `idle_timeout` or than the upstream's own announced idle timeout.
+    Expired,
+    /// Closed by the upstream (or sent bytes nobody asked for).
+    Closed,
+}
+
 impl Idle {
-    /// Younger than `idle_timeout` and than the upstream's own idle timeout where it announced
-    /// one, and not closed by the upstream.
-    fn usable(&mut self, idle_timeout: Duration) -> bool {
-        let idle_ms = coarse_ms().saturating_sub(self.since_ms);
-        u128::from(idle_ms) < idle_timeout.as_millis()
-            && idle_ms < u64::from(self.conn.idle_limit_ms())
-            && self.conn.is_idle_usable()
+    /// How long it has idled, in milliseconds.
+    fn age_ms(&self) -> u64 {
+        coarse_ms().saturating_sub(self.since_ms)
+    }
+
+    /// Usable when younger than `idle_timeout` and than the upstream's own idle timeout where
+    /// it announced one, and not closed by the upstream.
+    fn check(&mut self, idle_timeout: Duration, age_ms: u64) -> IdleCheck {
+        if u128::from(age_ms) >= idle_timeout.as_millis() || age_ms >= u64::from(self.conn.idle_limit_ms()) {
+            IdleCheck::Expired
+        } else if self.conn.is_idle_usable() {
+            IdleCheck::Usable
+        } else {
+            IdleCheck::Closed
+        }
     }
 }
 
@@ -200,6 +218,8 @@ pub struct Endpoint {
     max_idle: usize,
     /// The connection of a `protocol = "h2"` pool, which every request to it shares.
     pub h2: crate::h2client::H2Slot,
+    /// Whether the upstream closes idle connections unannounced, and how long they live.
+    pub idle_closes: crate::idle_closes::IdleCloses,
 }
 
 /// Milliseconds on the kernel's coarse monotonic clock, which advances once a scheduler tick
@@ -267,6 +287,7 @@ impl Endpoint {
             previous_peak: AtomicU32::new(0),
             max_idle: max_idle.max(1),
             h2: crate::h2client::H2Slot::default(),
+            idle_closes: Default::default(),
         }
     }
 
@@ -455,17 +476,27 @@ impl Endpoint {
     /// With `proxy` (a `send_proxy` pool) a connection opens with a PROXY header naming the
     /// client, so only a connection opened for the same client (address and port: in practice
     /// its own client connection) is reused.
+    ///
+    /// A request that could not go again if its connection turned out closed (`can_go_again`
+    /// false: not idempotent, or its body streamed) takes only a connection young enough to be
+    /// safe from an upstream that closes idle ones unannounced ([`crate::idle_closes`]).
     pub async fn checkout(
         &self,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        can_go_again: bool,
         proxy: Option<crate::proxy_protocol::Out>,
         tls: Option<&UpstreamTls>,
     ) -> Result<(UpConn, Taken), ConnectError> {
         let tls_id = tls.map_or(0, |t| t.id);
+        let younger_than = if can_go_again {
+            None
+        } else {
+            self.idle_closes.safe_idle_ms()
+        };
         match proxy {
             None => {
-                if let Some(conn) = self.take_idle(idle_timeout, tls_id) {
+                if let Some(conn) = self.take_idle(idle_timeout, tls_id, younger_than) {
                     return Ok((conn, Taken::Idle));
                 }
             }
@@ -483,7 +514,7 @@ impl Endpoint {
             Err(e) if e.is_local() && proxy.is_none() => {
                 let returned = self
                     .idle_returned
-                    .within(connect_timeout, || self.take_idle(idle_timeout, tls_id));
+                    .within(connect_timeout, || self.take_idle(idle_timeout, tls_id, younger_than));
                 match Box::pin(returned).await {
                     Some(conn) => Ok((conn, Taken::AfterWait)),
                     None => Err(e),
@@ -494,15 +525,56 @@ impl Endpoint {
     }
 
     /// A usable pooled connection for any client, dropping the unusable ones it finds first.
-    fn take_idle(&self, idle_timeout: Duration, tls_id: u64) -> Option<UpConn> {
+    /// With `younger_than`, one that has idled no longer than that many milliseconds: older
+    /// ones, good for other requests, go back to the end of the queue (each is looked at once).
+    fn take_idle(&self, idle_timeout: Duration, tls_id: u64, younger_than: Option<u64>) -> Option<UpConn> {
+        let mut left_for_others = 0;
         while let Some(mut idle) = self.idle.pop() {
+            let age = idle.age_ms();
+            if !self.usable(&mut idle, idle_timeout, age) {
+                continue;
+            }
             // One a reload left from `send_proxy` days names a client: not for others;
             // one made with other TLS settings (or none) is not for this generation.
-            if idle.conn.proxied_for.is_none() && idle.conn.tls_id == tls_id && idle.usable(idle_timeout) {
-                return Some(idle.conn);
+            if idle.conn.proxied_for.is_some() || idle.conn.tls_id != tls_id {
+                continue;
             }
+            if younger_than.is_some_and(|max| age > max) {
+                self.idle.push(idle);
+                left_for_others += 1;
+                if left_for_others >= self.idle.len() {
+                    return None;
+                }
+                continue;
+            }
+            idle.conn.set_idle_before_ms(age);
+            return Some(idle.conn);
         }
         None
+    }
+
+    /// [`Idle::check`], telling [`crate::idle_closes`] what it saw.
+    fn usable(&self, idle: &mut Idle, idle_timeout: Duration, age_ms: u64) -> bool {
+        match idle.check(idle_timeout, age_ms) {
+            IdleCheck::Usable => true,
+            IdleCheck::Expired => false,
+            IdleCheck::Closed => {
+                self.closed_while_idle(age_ms);
+                false
+            }
+        }
+    }
+
+    /// The upstream closed a pooled connection after it idled `age_ms` (found in the pool, or
+    /// as a request it carried was lost).
+    pub fn closed_while_idle(&self, age_ms: u64) {
+        if self.idle_closes.closed(age_ms) {
+            tracing::info!(
+                endpoint = %self.label,
+                idle_ms = age_ms,
+                "the upstream closes idle connections without announcing when: requests that cannot be sent again now take only connections younger than it has been seen to keep"
+            );
+        }
     }
 
     /// A usable pooled connection opened for `client`. Looks at each pooled connection at most
@@ -510,10 +582,12 @@ impl Endpoint {
     fn take_idle_for(&self, client: SocketAddr, idle_timeout: Duration, tls_id: u64) -> Option<UpConn> {
         for _ in 0..self.idle.len() {
             let Some(mut idle) = self.idle.pop() else { break };
-            if !idle.usable(idle_timeout) {
+            let age = idle.age_ms();
+            if !self.usable(&mut idle, idle_timeout, age) {
                 continue;
             }
             if idle.conn.proxied_for == Some(client) && idle.conn.tls_id == tls_id {
+                idle.conn.set_idle_before_ms(age);
                 return Some(idle.conn);
             }
             self.idle.push(idle);
@@ -568,7 +642,9 @@ impl Endpoint {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
                 Some(mut idle) => {
-                    if idle.usable(idle_timeout) {
+                    let age = idle.age_ms();
+                    if self.usable(&mut idle, idle_timeout, age) {
+                        self.idle_closes.survived(age);
                         self.idle.push(idle);
                     }
                 }

@@ -125,6 +125,9 @@ pub struct ConnState {
     /// How long it may idle before it is not reused, in milliseconds: a little less than the
     /// upstream's last `Keep-Alive: timeout` ([`reuse_window_ms`]); `u32::MAX` without one.
     idle_limit_ms: u32,
+    /// How long it idled in the pool before its current request, in milliseconds; 0 for a
+    /// new connection ([`crate::idle_closes`] learns from it).
+    idle_before_ms: u32,
     /// The longest wait for the next bytes of the current response's body (the pool's
     /// `timeouts.body`); zero: no limit.
     body_timeout: Duration,
@@ -141,6 +144,7 @@ impl UpConn {
             proxied_for: None,
             tls_id: 0,
             idle_limit_ms: u32::MAX,
+            idle_before_ms: 0,
             body_timeout: Duration::ZERO,
         }))
     }
@@ -171,6 +175,16 @@ impl ConnState {
     /// (`u32::MAX`: as long as the pool's `idle` timeout allows).
     pub fn idle_limit_ms(&self) -> u32 {
         self.idle_limit_ms
+    }
+
+    /// How long it idled in the pool before its current request, in milliseconds (0: new).
+    pub fn idle_before_ms(&self) -> u64 {
+        u64::from(self.idle_before_ms)
+    }
+
+    /// Stamps a connection taken from the pool with how long it idled there.
+    pub(crate) fn set_idle_before_ms(&mut self, ms: u64) {
+        self.idle_before_ms = u32::try_from(ms).unwrap_or(u32::MAX);
     }
 
     /// Whether no byte of a response is waiting in the read buffer (after a failed exchange:
