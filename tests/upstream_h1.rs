@@ -427,7 +427,12 @@ async fn a_post_is_kept_off_connections_an_upstream_closing_them_unannounced_may
         let req = http::Request::post(gw.url("client", "/order")).body(Full::new(Bytes::from_static(b"x")));
         request(req.unwrap())
     };
+    let limit = async || {
+        get(&gw.admin_url("/api/v1/status")).await.json()["pools"][0]["endpoints"][0]["unreplayable_idle_limit_ms"]
+            .clone()
+    };
     assert_eq!(get(&gw.url("client", "/")).await.status, 200);
+    assert!(limit().await.is_null(), "never seen closing: no limit");
     // The idle times below are what is under test, not waits for something to happen.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The GET meets the close and goes again on a new connection; weir now knows.
@@ -440,6 +445,8 @@ async fn a_post_is_kept_off_connections_an_upstream_closing_them_unannounced_may
     let r = post().await;
     assert_eq!((r.status.as_u16(), r.text()), (200, "ok".to_string()));
     assert_eq!(conns.load(Ordering::SeqCst), 2, "the POST reused the pooled connection");
+    let seen = limit().await.as_u64().unwrap();
+    assert!((225..=825).contains(&seen), "a quarter below 300-1100 ms: {seen}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Older than any seen to survive: the POST goes on a new connection, not to its loss.
     let r = post().await;

@@ -313,6 +313,7 @@ impl Admin {
                             "ewma_latency_us": e.latency_us_at(crate::upstream::now_ms()),
                             "requests": e.requests(),
                             "idle_connections": e.idle_connections(),
+                            "unreplayable_idle_limit_ms": e.idle_closes.safe_idle_ms(),
                             "h2_connections": e.h2.open(),
                         })
                     })
