@@ -53,35 +53,6 @@ struct Idle {
     since_ms: u64,
 }
 
-/// What [`Idle::check`] found of a pooled connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IdleCheck {
-    Usable,
-    /// Older than `idle_timeout` or than the upstream's own announced idle timeout.
-    Expired,
-    /// Closed by the upstream (or sent bytes nobody asked for).
-    Closed,
-}
-
-impl Idle {
-    /// How long it has idled, in milliseconds.
-    fn age_ms(&self) -> u64 {
-        coarse_ms().saturating_sub(self.since_ms)
-    }
-
-    /// Usable when younger than `idle_timeout` and than the upstream's own idle timeout where
-    /// it announced one, and not closed by the upstream.
-    fn check(&mut self, idle_timeout: Duration, age_ms: u64) -> IdleCheck {
-        if u128::from(age_ms) >= idle_timeout.as_millis() || age_ms >= u64::from(self.conn.idle_limit_ms()) {
-            IdleCheck::Expired
-        } else if self.conn.is_idle_usable() {
-            IdleCheck::Usable
-        } else {
-            IdleCheck::Closed
-        }
-    }
-}
-
 /// Where [`Endpoint::checkout`]'s connection came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
@@ -530,10 +501,9 @@ impl Endpoint {
     fn take_idle(&self, idle_timeout: Duration, tls_id: u64, younger_than: Option<u64>) -> Option<UpConn> {
         let mut left_for_others = 0;
         while let Some(mut idle) = self.idle.pop() {
-            let age = idle.age_ms();
-            if !self.usable(&mut idle, idle_timeout, age) {
+            let Some(age) = self.usable_age(&mut idle, idle_timeout) else {
                 continue;
-            }
+            };
             // One a reload left from `send_proxy` days names a client: not for others;
             // one made with other TLS settings (or none) is not for this generation.
             if idle.conn.proxied_for.is_some() || idle.conn.tls_id != tls_id {
@@ -553,16 +523,19 @@ impl Endpoint {
         None
     }
 
-    /// [`Idle::check`], telling [`crate::idle_closes`] what it saw.
-    fn usable(&self, idle: &mut Idle, idle_timeout: Duration, age_ms: u64) -> bool {
-        match idle.check(idle_timeout, age_ms) {
-            IdleCheck::Usable => true,
-            IdleCheck::Expired => false,
-            IdleCheck::Closed => {
-                self.closed_while_idle(age_ms);
-                false
-            }
+    /// How long a pooled connection has idled, when it can still carry a request: younger than
+    /// `idle_timeout` and than the upstream's own idle timeout where it announced one, and not
+    /// closed by the upstream (a close is told to [`crate::idle_closes`]).
+    fn usable_age(&self, idle: &mut Idle, idle_timeout: Duration) -> Option<u64> {
+        let age = coarse_ms().saturating_sub(idle.since_ms);
+        if u128::from(age) >= idle_timeout.as_millis() || age >= u64::from(idle.conn.idle_limit_ms()) {
+            return None;
         }
+        if !idle.conn.is_idle_usable() {
+            self.closed_while_idle(age);
+            return None;
+        }
+        Some(age)
     }
 
     /// The upstream closed a pooled connection after it idled `age_ms` (found in the pool, or
@@ -582,10 +555,9 @@ impl Endpoint {
     fn take_idle_for(&self, client: SocketAddr, idle_timeout: Duration, tls_id: u64) -> Option<UpConn> {
         for _ in 0..self.idle.len() {
             let Some(mut idle) = self.idle.pop() else { break };
-            let age = idle.age_ms();
-            if !self.usable(&mut idle, idle_timeout, age) {
+            let Some(age) = self.usable_age(&mut idle, idle_timeout) else {
                 continue;
-            }
+            };
             if idle.conn.proxied_for == Some(client) && idle.conn.tls_id == tls_id {
                 idle.conn.set_idle_before_ms(age);
                 return Some(idle.conn);
@@ -642,8 +614,7 @@ impl Endpoint {
         for _ in 0..self.idle.len() {
             match self.idle.pop() {
                 Some(mut idle) => {
-                    let age = idle.age_ms();
-                    if self.usable(&mut idle, idle_timeout, age) {
+                    if let Some(age) = self.usable_age(&mut idle, idle_timeout) {
                         self.idle_closes.survived(age);
                         self.idle.push(idle);
                     }
