@@ -64,8 +64,8 @@ impl IdleCloses {
         if !self.seen.load(Ordering::Relaxed) {
             return None;
         }
-        let ms = self.survived_ms.load(Ordering::Relaxed);
-        Some(u64::from(ms - (ms / 4).min(1000)).max(FLOOR_MS))
+        let survived = self.survived_ms.load(Ordering::Relaxed);
+        Some(u64::from(crate::h1client::conn::reuse_window_ms(survived)).max(FLOOR_MS))
     }
 }
 

@@ -354,16 +354,16 @@ impl ConnState {
     }
 }
 
-/// How long a connection whose upstream announced `Keep-Alive: timeout=secs` may idle and
-/// still be reused: a quarter less, and at most a second less. The upstream closes it when
+/// How long a connection whose upstream closes idle ones after `timeout_ms` (announced with
+/// `Keep-Alive: timeout=N`, or learnt: [`crate::idle_closes`]) may idle and still carry a
+/// request that could not go again: a quarter less, and at most a second less. The upstream closes it when
 /// that time has passed since its last response; a request sent just then meets the close
 /// on its way (the keep-alive race), and one that cannot go again (a POST) gets a 502. So
 /// weir stops reusing it a little earlier, as Node's undici client does (a second less).
 /// Found with a Node-like upstream closing at 300 ms and a POST every 300 ms: 10 of 150 got a
 /// 502 from the race.
-pub(crate) fn reuse_window_ms(secs: u32) -> u32 {
-    let ms = secs.saturating_mul(1000);
-    ms - (ms / 4).min(1000)
+pub(crate) fn reuse_window_ms(timeout_ms: u32) -> u32 {
+    timeout_ms - (timeout_ms / 4).min(1000)
 }
 
 /// Grows (or reclaims) the read buffer to `size` when less than [`MIN_ROOM`] is free, taking
@@ -691,7 +691,7 @@ impl ResponseBody {
             conn.timer.quiet();
         }
         if let Some(secs) = self.idle_hint_secs {
-            conn.idle_limit_ms = reuse_window_ms(secs);
+            conn.idle_limit_ms = reuse_window_ms(secs.saturating_mul(1000));
             if conn.idle_limit_ms == 0 {
                 return None;
             }
@@ -807,10 +807,10 @@ mod tests {
     #[test]
     fn a_connection_is_reused_for_a_little_less_than_the_upstreams_keep_alive_timeout() {
         assert_eq!(reuse_window_ms(0), 0);
-        assert_eq!(reuse_window_ms(1), 750);
-        assert_eq!(reuse_window_ms(2), 1500);
-        assert_eq!(reuse_window_ms(5), 4000);
-        assert_eq!(reuse_window_ms(75), 74_000);
+        assert_eq!(reuse_window_ms(1_000), 750);
+        assert_eq!(reuse_window_ms(2_000), 1500);
+        assert_eq!(reuse_window_ms(5_000), 4000);
+        assert_eq!(reuse_window_ms(75_000), 74_000);
         assert_eq!(reuse_window_ms(u32::MAX), u32::MAX - 1000);
     }
 
