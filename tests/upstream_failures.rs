@@ -192,10 +192,15 @@ async fn a_crash_with_many_requests_in_flight_is_one_outage_logged_once() {
     );
 }
 
-/// One request on a kept-alive HTTP/1.1 connection: status and body.
+/// One GET on a kept-alive HTTP/1.1 connection: status and body.
 async fn exchange_on(client: &mut tokio::net::TcpStream) -> (u16, String) {
+    send_on(client, b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await
+}
+
+/// One request on a kept-alive HTTP/1.1 connection: status and body.
+async fn send_on(client: &mut tokio::net::TcpStream, request: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    client.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    client.write_all(request).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -306,6 +311,60 @@ async fn no_free_descriptor_is_not_the_endpoints_failure() {
     assert!(
         !weir.stderr_text().contains("endpoint unavailable (passive health)"),
         "{}",
+        weir.stderr_text()
+    );
+}
+
+/// A POST may not take a pooled connection older than the upstream has been seen to keep one
+/// (it closes idle ones unannounced). With no descriptor free for a new connection, it waits
+/// `timeouts.connect` for a young one to come back from a response; when none does, it takes
+/// an older one rather than answer 503 for want of a descriptor (it got the 503 before).
+#[tokio::test]
+async fn without_a_free_descriptor_a_post_takes_an_older_pooled_connection_over_a_503() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // The first answer's connection closes right after it, unannounced; the others stay open.
+    let up = raw_upstream(|i, _| {
+        if i == 0 {
+            Act::ReplyClose(vec![OK])
+        } else {
+            Act::Reply(vec![OK])
+        }
+    })
+    .await;
+    let (weir, port) = weir_in_front_of(up.addr, "[pool.timeouts]\nconnect = \"300ms\"\n").await;
+    let status = format!("http://{}/api/v1/status", weir.admin);
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            !get(&status).await.json()["pools"][0]["endpoints"][0]["unreplayable_idle_limit_ms"].is_null()
+        })
+        .await,
+        "weir never saw the upstream close a pooled connection"
+    );
+    assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
+    assert_eq!(up.connections(), 2);
+    // The idle time under test: the pooled connection grows older than a POST may take.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let limit = get(&status).await.json()["pools"][0]["endpoints"][0]["unreplayable_idle_limit_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(limit < 400, "{limit}");
+    let pid = weir.child.id();
+    let (soft, hard) = fd_limits(pid);
+    set_fd_limit(&weir.child, lowest_free_fd(pid), hard);
+    let got = send_on(
+        &mut client,
+        b"POST /order HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\n\r\nx",
+    )
+    .await;
+    set_fd_limit(&weir.child, soft, hard);
+    assert_eq!(got, (200, "ok".to_owned()), "{}", weir.stderr_text());
+    assert_eq!(up.connections(), 2, "the POST went on the pooled connection");
+    assert!(
+        weir.stderr_text()
+            .contains("no local resource to open an upstream connection"),
+        "no connect was refused for want of a descriptor: {}",
         weir.stderr_text()
     );
 }

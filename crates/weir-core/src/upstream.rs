@@ -450,7 +450,9 @@ impl Endpoint {
     ///
     /// A request that could not go again if its connection turned out closed (`can_go_again`
     /// false: not idempotent, or its body streamed) takes only a connection young enough to be
-    /// safe from an upstream that closes idle ones unannounced ([`crate::idle_closes`]).
+    /// safe from an upstream that closes idle ones unannounced ([`crate::idle_closes`]),
+    /// unless no new connection can be opened (no free port or descriptor) and none young
+    /// enough comes back within `connect_timeout`: then an older one, rather than a 503.
     pub async fn checkout(
         &self,
         connect_timeout: Duration,
@@ -488,7 +490,12 @@ impl Endpoint {
                     .within(connect_timeout, || self.take_idle(idle_timeout, tls_id, younger_than));
                 match Box::pin(returned).await {
                     Some(conn) => Ok((conn, Taken::AfterWait)),
-                    None => Err(e),
+                    // None came back young enough for a request that cannot go again: one older
+                    // than its limit (the upstream may have closed it) beats a sure 503.
+                    None => match younger_than.and_then(|_| self.take_idle(idle_timeout, tls_id, None)) {
+                        Some(conn) => Ok((conn, Taken::AfterWait)),
+                        None => Err(e),
+                    },
                 }
             }
             Err(e) => Err(e),
