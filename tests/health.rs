@@ -304,6 +304,48 @@ async fn max_fails_takes_an_endpoint_out_for_fail_timeout_then_one_probe() {
     assert_eq!(bad.requests(), 3, "after fail_timeout exactly one probe attempt");
 }
 
+/// A pool's only endpoint is never taken out by passive health, as nginx ignores `max_fails`
+/// for a lone server: a replica restarting behind weir serves the first request once it is
+/// back, not a 503 for `fail_timeout`. A backup makes two: then the same failure takes the
+/// primary out. A reload that leaves the taken-out endpoint alone in its pool brings it back.
+#[tokio::test]
+async fn passive_health_never_takes_out_a_pools_only_endpoint() {
+    let (lone, backup) = (Upstream::start("lone").await, Upstream::start("backup").await);
+    let passive = "[pool.passive]\nmax_fails = 1\nfail_timeout = \"60s\"\n";
+    let gw = TestGateway::start(&(one_pool(&[&lone]) + passive)).await;
+    lone.set_resetting(true);
+    for i in 1..=3 {
+        assert_eq!(get(&gw.url("client", "/")).await.status, 502);
+        assert!(lone.requests() >= i, "request {i} was not tried on the endpoint");
+    }
+    assert_eq!(endpoint_status(&gw, lone.addr).await["passively_down"], false);
+    lone.set_resetting(false);
+    let r = get(&gw.url("client", "/")).await;
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, "lone".to_string()));
+
+    let with_backup = one_pool(&[&lone, &backup]).replace(
+        &format!("address = \"{}\"\n", backup.addr),
+        &format!("address = \"{}\"\nbackup = true\n", backup.addr),
+    ) + passive;
+    gw.write_config(&with_backup);
+    gw.reload().await.unwrap();
+    lone.set_resetting(true);
+    // The GET is retried on the backup; the primary is out after its one failure.
+    assert_eq!(get(&gw.url("client", "/")).await.upstream(), "backup");
+    assert_eq!(endpoint_status(&gw, lone.addr).await["passively_down"], true);
+    lone.set_resetting(false);
+    let tried = lone.requests();
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("client", "/")).await.upstream(), "backup");
+    }
+    assert_eq!(lone.requests(), tried, "the primary got traffic while out");
+
+    gw.write_config(&(one_pool(&[&lone]) + passive));
+    gw.reload().await.unwrap();
+    assert_eq!(endpoint_status(&gw, lone.addr).await["passively_down"], false);
+    assert_eq!(get(&gw.url("client", "/")).await.upstream(), "lone");
+}
+
 #[tokio::test]
 async fn backups_serve_when_primaries_are_down_and_503_when_everything_is() {
     let hp = shared_free_port();

@@ -372,10 +372,10 @@ fn post(url: &str, body: &'static str) -> Request<Full<Bytes>> {
 }
 
 /// The primary pool's only endpoint dead, with the default `retries = 1`: the retry has
-/// nowhere to go in the pool, so the request moves to the fallback at once; once passive
-/// health takes the endpoint out, every request, POSTs included (nothing was sent), goes there
-/// without an attempt on the primary. Draining every primary endpoint does the same, and
-/// enabling one brings the traffic back.
+/// nowhere to go in the pool, so the request moves to the fallback at once, POSTs included
+/// (the refused connect sent nothing). Passive health never takes a pool's only endpoint out,
+/// so each request tries it first. Draining every endpoint of a pool sends its requests to
+/// the fallback without an attempt, and enabling one brings the traffic back.
 #[tokio::test]
 async fn pool_failover_moves_requests_from_a_pool_with_no_endpoint_left() {
     let (a, b, dr) = (

@@ -163,12 +163,25 @@ async fn weir_in_front_of(address: std::net::SocketAddr, pool: &str) -> (WeirPro
     (weir, port)
 }
 
+/// `passive` with a backup endpoint (never reached) and no retry: passive health leaves a
+/// pool's only endpoint alone, and these tests are about the one endpoint before it.
+fn with_a_backup(passive: &str) -> String {
+    format!(
+        "{passive}[pool.retry]\nmax_attempts = 1\n[[pool.endpoint]]\naddress = \"127.0.0.1:{}\"\nbackup = true\n",
+        free_port()
+    )
+}
+
 /// A replica that crashes with requests in flight fails them all at once: one passive-health
 /// outage, logged once, not one per request (it was one per request before).
 #[tokio::test]
 async fn a_crash_with_many_requests_in_flight_is_one_outage_logged_once() {
     let mut dying = Upstream::start("dying").await;
-    let (weir, port) = weir_in_front_of(dying.addr, "[pool.passive]\nmax_fails = 1\nfail_timeout = \"30s\"\n").await;
+    let (weir, port) = weir_in_front_of(
+        dying.addr,
+        &with_a_backup("[pool.passive]\nmax_fails = 1\nfail_timeout = \"30s\"\n"),
+    )
+    .await;
     let url = format!("http://127.0.0.1:{port}/hang");
     let waiting: Vec<_> = (0..8)
         .map(|_| {
@@ -271,7 +284,11 @@ async fn no_free_descriptor_is_not_the_endpoints_failure() {
         ])
     })
     .await;
-    let (weir, port) = weir_in_front_of(up.addr, "[pool.passive]\nmax_fails = 1\nfail_timeout = \"60s\"\n").await;
+    let (weir, port) = weir_in_front_of(
+        up.addr,
+        &with_a_backup("[pool.passive]\nmax_fails = 1\nfail_timeout = \"60s\"\n"),
+    )
+    .await;
     let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
     let pid = weir.child.id();
@@ -344,15 +361,23 @@ async fn without_a_free_descriptor_a_post_takes_an_older_pooled_connection_over_
     );
     assert_eq!(exchange_on(&mut client).await, (200, "ok".to_owned()));
     assert_eq!(up.connections(), 2);
-    // The idle time under test: the pooled connection grows older than a POST may take.
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let limit = get(&status).await.json()["pools"][0]["endpoints"][0]["unreplayable_idle_limit_ms"]
         .as_u64()
         .unwrap();
     assert!(limit < 400, "{limit}");
+    // The idle time under test: the pooled connection grows older than a POST may take.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let pid = weir.child.id();
     let (soft, hard) = fd_limits(pid);
-    set_fd_limit(&weir.child, lowest_free_fd(pid), hard);
+    // No descriptor below the limit: one closed after it was set (the admin connection just
+    // used) would let the POST open a new connection; then the limit is set again, lower.
+    loop {
+        let lowest = lowest_free_fd(pid);
+        set_fd_limit(&weir.child, lowest, hard);
+        if lowest_free_fd(pid) == lowest {
+            break;
+        }
+    }
     let got = send_on(
         &mut client,
         b"POST /order HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\n\r\nx",

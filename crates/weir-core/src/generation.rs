@@ -180,6 +180,17 @@ pub struct PoolRt {
     pub all_capped: bool,
 }
 
+impl PoolRt {
+    /// Whether passive health (`max_fails` within `fail_timeout`) may take an endpoint out.
+    /// Not in a pool of one endpoint, as nginx ignores `max_fails` for a lone server: taking
+    /// out the only endpoint turns every request into a 503 for `fail_timeout`, even after
+    /// a restarted replica is back, where trying it costs a refused connect at worst. Active
+    /// checks (`[pool.health]`) still take a lone endpoint out, and a backup makes two.
+    pub fn passive_applies(&self) -> bool {
+        self.endpoints.len() > 1
+    }
+}
+
 pub struct Generation {
     pub id: u64,
     pub config: Arc<Config>,
@@ -316,6 +327,9 @@ impl Generation {
                     Arc::new(RetrySafe)
                 }),
             };
+            if let [lone] = endpoints.as_slice() {
+                lone.clear_passive();
+            }
             let native = native_round_robin(&endpoints);
             let prev_tls = prev
                 .and_then(|g| g.pools.iter().find(|p| p.name == pc.name))

@@ -666,7 +666,9 @@ fn forward<'a>(
                     FailureKind::InvalidResponse => AttemptOutcome::InvalidResponse,
                     _ => AttemptOutcome::Reset,
                 };
-                endpoint.record_failure(&pool.config.passive, format_args!("{}", outcome.label()));
+                if pool.passive_applies() {
+                    endpoint.record_failure(&pool.config.passive, format_args!("{}", outcome.label()));
+                }
                 endpoint.count_attempt(outcome);
             }
             let info = AttemptInfo {
@@ -953,7 +955,9 @@ fn answered(
         AttemptOutcome::Ok
     });
     if pool.config.passive.fail_on_status.contains(&status) {
-        endpoint.record_failure(&pool.config.passive, format_args!("status {status}"));
+        if pool.passive_applies() {
+            endpoint.record_failure(&pool.config.passive, format_args!("status {status}"));
+        }
     } else {
         endpoint.record_success();
     }

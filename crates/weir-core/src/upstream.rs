@@ -341,6 +341,17 @@ impl Endpoint {
         }
     }
 
+    /// Forgets passive health: the endpoint became its pool's only one, which passive health
+    /// never takes out (nginx ignores `max_fails` for a lone server).
+    pub fn clear_passive(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        self.window_start_ms.store(0, Ordering::Relaxed);
+        self.probation.store(false, Ordering::Relaxed);
+        if self.down_until_ms.swap(0, Ordering::AcqRel) > now_ms() {
+            HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// A successful attempt: the failure count starts over.
     pub fn record_success(&self) {
         if self.fails.load(Ordering::Relaxed) != 0 {
