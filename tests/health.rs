@@ -340,6 +340,15 @@ async fn passive_health_never_takes_out_a_pools_only_endpoint() {
     }
     assert_eq!(lone.requests(), tried, "the primary got traffic while out");
 
+    // A reload refused (here by a failover plugin's `init`) changes nothing.
+    let refused = one_pool(&[&lone])
+        + passive
+        + "[pool.failover]\nplugin = \"pool-failover\"\nconfig = { fallback_pool = \"nowhere\" }\n";
+    gw.write_config(&refused);
+    let errors = gw.reload().await.expect_err("the reload was not refused");
+    assert!(errors.join("\n").contains("nowhere"), "{errors:?}");
+    assert_eq!(endpoint_status(&gw, lone.addr).await["passively_down"], true);
+
     gw.write_config(&(one_pool(&[&lone]) + passive));
     gw.reload().await.unwrap();
     assert_eq!(endpoint_status(&gw, lone.addr).await["passively_down"], false);

@@ -181,6 +181,14 @@ pub struct PoolRt {
 }
 
 impl PoolRt {
+    /// On a generation's install: an endpoint left alone in its pool by this generation
+    /// forgets an outage passive health gave it in a larger one.
+    pub fn forget_lone_outage(&self) {
+        if let [lone] = self.endpoints.as_slice() {
+            lone.clear_passive();
+        }
+    }
+
     /// Whether passive health (`max_fails` within `fail_timeout`) may take an endpoint out.
     /// Not in a pool of one endpoint, as nginx ignores `max_fails` for a lone server: taking
     /// out the only endpoint turns every request into a 503 for `fail_timeout`, even after
@@ -327,9 +335,6 @@ impl Generation {
                     Arc::new(RetrySafe)
                 }),
             };
-            if let [lone] = endpoints.as_slice() {
-                lone.clear_passive();
-            }
             let native = native_round_robin(&endpoints);
             let prev_tls = prev
                 .and_then(|g| g.pools.iter().find(|p| p.name == pc.name))

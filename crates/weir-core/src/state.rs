@@ -64,6 +64,9 @@ impl Shared {
     /// Makes `generation` the one new requests pin, noting which plugin versions it brought.
     pub fn install(&self, generation: Generation) {
         note_plugins(&self.plugin_generations, &generation);
+        for pool in &generation.pools {
+            pool.forget_lone_outage();
+        }
         self.generation.store(std::sync::Arc::new(generation));
     }
 
