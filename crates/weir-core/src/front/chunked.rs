@@ -109,6 +109,20 @@ mod tests {
         assert!(run(b"000000000000001\r\nx\r\n0\r\n\r\n").is_ok());
     }
 
+    /// RFC 9112's chunk-ext grammar allows spaces and tabs (BWS) before the `;`, and a
+    /// recipient must accept them; weir refused them before.
+    #[test]
+    fn spaces_before_an_extension_are_accepted() {
+        let body = b"5 ;a=b\r\nhello\r\n6\t \t;x\r\n world\r\n0 ;last\r\n\r\nGET";
+        assert_eq!(
+            run(body),
+            Ok(Step {
+                used: body.len() - 3,
+                done: true
+            })
+        );
+    }
+
     #[test]
     fn malformed_is_rejected() {
         for bad in [
@@ -123,7 +137,8 @@ mod tests {
             b"0\r\nno colon\r\n",
             b"0\r\n: no name\r\n",
             b"0\r\nx: a\x01b\r\n",
-            b"5 ;ext\r\nhello\r\n",
+            b"5 \r\nhello\r\n",
+            b"5 x;ext\r\nhello\r\n",
             b"1;a\x01\r\nx\r\n",
         ] {
             assert_eq!(run(bad), Err(MALFORMED), "{:?}", String::from_utf8_lossy(bad));

@@ -1,6 +1,7 @@
 //! Decodes a chunked response body (RFC 9112 §7.1) straight out of the connection's read buffer:
 //! data comes out as slices of that buffer, framing bytes are skipped. Strict: CRLF line ends,
-//! hex sizes without signs or spaces, bounded extensions and trailers (kept by
+//! hex sizes without signs, spaces only before an extension's `;` (the grammar's BWS, which a
+//! recipient must accept), bounded extensions and trailers (kept by
 //! [`ChunkedDecoder::decode`] for the client, as field lines).
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -17,6 +18,11 @@ enum St {
         value: u64,
     },
     Ext {
+        value: u64,
+        len: usize,
+    },
+    /// Spaces or tabs after the size: RFC 9112's BWS, allowed only before an extension's `;`.
+    SizeBws {
         value: u64,
         len: usize,
     },
@@ -195,8 +201,15 @@ impl ChunkedDecoder {
                 None => match b {
                     b';' => St::Ext { value, len: 0 },
                     b'\r' => St::SizeLf { value },
+                    b' ' | b'\t' => St::SizeBws { value, len: 1 },
                     _ => return Err("invalid chunk size"),
                 },
+            },
+            St::SizeBws { value, len } => match b {
+                b';' => St::Ext { value, len },
+                _ if len >= MAX_LINE => return Err("chunk extension too long"),
+                b' ' | b'\t' => St::SizeBws { value, len: len + 1 },
+                _ => return Err("whitespace after a chunk size not followed by an extension"),
             },
             St::Ext { value, len } => match b {
                 b'\r' => St::SizeLf { value },
