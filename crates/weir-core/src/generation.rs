@@ -189,13 +189,16 @@ impl PoolRt {
         }
     }
 
-    /// Whether passive health (`max_fails` within `fail_timeout`) may take an endpoint out.
-    /// Not in a pool of one endpoint, as nginx ignores `max_fails` for a lone server: taking
-    /// out the only endpoint turns every request into a 503 for `fail_timeout`, even after
-    /// a restarted replica is back, where trying it costs a refused connect at worst. Active
-    /// checks (`[pool.health]`) still take a lone endpoint out, and a backup makes two.
-    pub fn passive_applies(&self) -> bool {
-        self.endpoints.len() > 1
+    /// Counts a failed attempt on `endpoint` for passive health (`max_fails` within
+    /// `fail_timeout`). Not in a pool of one endpoint, as nginx ignores `max_fails` for a lone
+    /// server: taking out the only endpoint turns every request into a 503 for
+    /// `fail_timeout`, even after a restarted replica is back, where trying it costs a refused
+    /// connect at worst. Active checks (`[pool.health]`) still take a lone endpoint out, and a
+    /// backup makes two.
+    pub fn record_failure(&self, endpoint: &Endpoint, cause: std::fmt::Arguments<'_>) {
+        if self.endpoints.len() > 1 {
+            endpoint.record_failure(&self.config.passive, cause);
+        }
     }
 }
 

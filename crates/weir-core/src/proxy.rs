@@ -666,9 +666,7 @@ fn forward<'a>(
                     FailureKind::InvalidResponse => AttemptOutcome::InvalidResponse,
                     _ => AttemptOutcome::Reset,
                 };
-                if pool.passive_applies() {
-                    endpoint.record_failure(&pool.config.passive, format_args!("{}", outcome.label()));
-                }
+                pool.record_failure(&endpoint, format_args!("{}", outcome.label()));
                 endpoint.count_attempt(outcome);
             }
             let info = AttemptInfo {
@@ -955,9 +953,7 @@ fn answered(
         AttemptOutcome::Ok
     });
     if pool.config.passive.fail_on_status.contains(&status) {
-        if pool.passive_applies() {
-            endpoint.record_failure(&pool.config.passive, format_args!("status {status}"));
-        }
+        pool.record_failure(endpoint, format_args!("status {status}"));
     } else {
         endpoint.record_success();
     }
